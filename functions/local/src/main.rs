@@ -1,0 +1,288 @@
+//! `gateway-local`: every route in one process with embedded storage, plus the key CLI.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use gateway::auth::{NewKey, ensure_admin_key, generate_key};
+use gateway::config::Config;
+use gateway::gateway::Gateway;
+use gateway::store::KeyStore;
+use gateway::store::embedded::EmbeddedStore;
+
+#[derive(Parser)]
+#[command(
+    name = "gateway-local",
+    version,
+    about = "The AI gateway in one process, with embedded storage"
+)]
+struct Cli {
+    /// Address to listen on [default: 127.0.0.1:8080, or `server.listen` from the config]
+    #[arg(long, env = "GATEWAY_LISTEN", global = true)]
+    listen: Option<String>,
+    /// TOML config file [default: built-in mock models, plus OpenAI/Anthropic when their keys are set]
+    #[arg(long, env = "GATEWAY_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Where keys, spend and the response cache are stored
+    #[arg(
+        long,
+        env = "GATEWAY_DATA_DIR",
+        default_value = ".gateway",
+        global = true
+    )]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API (the default)
+    Serve,
+    /// Manage API keys
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Create a key and print it (it is shown only once)
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Models the key may use, comma-separated [default: all]
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
+        #[arg(long)]
+        rpm: Option<u64>,
+        #[arg(long)]
+        tpm: Option<u64>,
+        #[arg(long)]
+        budget_usd: Option<f64>,
+        /// The key stops working after this many days
+        #[arg(long)]
+        expires_in_days: Option<u64>,
+        /// May manage keys through /v1/admin
+        #[arg(long)]
+        admin: bool,
+    },
+    /// List keys (never their secrets)
+    List,
+    /// Revoke a key by id
+    Revoke { id: String },
+}
+
+type Failure = Box<dyn std::error::Error>;
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None | Some(Command::Serve) => serve(cli.listen, cli.config, cli.data_dir).await,
+        Some(Command::Keys { action }) => keys(action, &cli.data_dir).await,
+    };
+    if let Err(error) = result {
+        eprintln!("gateway-local: {error}");
+        std::process::exit(1);
+    }
+}
+
+fn load_config(path: Option<&PathBuf>) -> Result<Config, Failure> {
+    match path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+            Ok(Config::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))?)
+        }
+        None => Ok(Config::built_in(env)),
+    }
+}
+
+async fn serve(
+    listen: Option<String>,
+    config_path: Option<PathBuf>,
+    data_dir: PathBuf,
+) -> Result<(), Failure> {
+    gateway::telemetry::init_logging();
+    let config = load_config(config_path.as_ref())?;
+    let store = EmbeddedStore::open(&data_dir)?;
+    let gateway = Arc::new(Gateway::new(&config, store.backends()?, &env)?);
+    let first_run_key = bootstrap_keys(&store).await?;
+
+    let listen = listen
+        .or_else(|| config.server.listen.clone())
+        .unwrap_or_else(|| "127.0.0.1:8080".to_owned());
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let address = listener.local_addr()?;
+    print_banner(address, &gateway, first_run_key.as_deref());
+
+    axum::serve(listener, gateway::http::router(gateway))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    store.flush();
+    Ok(())
+}
+
+/// Applies `GATEWAY_ADMIN_KEY`, and on the very first run (no keys at all) creates a key so the
+/// printed curl example works as is. Returns that key, which is shown only this once.
+async fn bootstrap_keys(store: &Arc<EmbeddedStore>) -> Result<Option<String>, Failure> {
+    if let Some(admin) = env("GATEWAY_ADMIN_KEY").filter(|k| !k.is_empty()) {
+        ensure_admin_key(store.as_ref(), &admin, now_secs()).await?;
+        return Ok(None);
+    }
+    if !store.list().await?.is_empty() {
+        return Ok(None);
+    }
+    let (hash, secret, record) = generate_key(
+        NewKey {
+            name: "first-run".to_owned(),
+            ..NewKey::default()
+        },
+        now_secs(),
+    )?;
+    store.insert(&hash, &record).await?;
+    Ok(Some(secret))
+}
+
+fn print_banner(address: SocketAddr, gateway: &Gateway, first_run_key: Option<&str>) {
+    let url = format!("http://{address}");
+    let models: Vec<&str> = gateway.models.keys().map(String::as_str).collect();
+    let key = first_run_key.unwrap_or("$GATEWAY_KEY");
+    println!("AI gateway listening on {url} (OpenAI API at {url}/v1)");
+    println!("Models: {}", models.join(", "));
+    match first_run_key {
+        Some(secret) => println!("First run: created API key {secret} (shown once; stored hashed)"),
+        None => println!(
+            "Create a key with: gateway-local keys create --name me   (then export GATEWAY_KEY=...)"
+        ),
+    }
+    println!();
+    println!("Try it:");
+    println!(
+        "  curl -s {url}/v1/chat/completions -H 'Authorization: Bearer {key}' \
+         -H 'Content-Type: application/json' \
+         -d '{{\"model\":\"mock\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello gateway\"}}]}}'"
+    );
+    println!();
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
+
+async fn keys(action: KeysAction, data_dir: &std::path::Path) -> Result<(), Failure> {
+    let store = EmbeddedStore::open(data_dir)?;
+    match action {
+        KeysAction::Create {
+            name,
+            tenant,
+            models,
+            rpm,
+            tpm,
+            budget_usd,
+            expires_in_days,
+            admin,
+        } => {
+            let now = now_secs();
+            let (hash, secret, record) = generate_key(
+                NewKey {
+                    name,
+                    tenant,
+                    models,
+                    rpm,
+                    tpm,
+                    budget_usd,
+                    expires_at: expires_in_days.map(|days| now + days * 86_400),
+                    admin,
+                },
+                now,
+            )?;
+            store.insert(&hash, &record).await?;
+            eprintln!(
+                "created key {} ({}); it is shown only once:",
+                record.id, record.name
+            );
+            println!("{secret}");
+        }
+        KeysAction::List => {
+            let spend = store.spend_this_month()?;
+            println!(
+                "{:<22} {:<20} {:<12} {:<8} {:<8} {:<12} {:<12} STATUS",
+                "ID", "NAME", "TENANT", "RPM", "TPM", "BUDGET_USD", "SPENT_USD"
+            );
+            let month = gateway::limits::month_of(now_secs());
+            for record in store.list().await? {
+                let spent = spend
+                    .get(&(record.id.clone(), month))
+                    .copied()
+                    .unwrap_or(0.0);
+                let dash = || "-".to_owned();
+                let status = if record.disabled {
+                    "revoked"
+                } else if record.is_expired(now_secs()) {
+                    "expired"
+                } else {
+                    "active"
+                };
+                println!(
+                    "{:<22} {:<20} {:<12} {:<8} {:<8} {:<12} {:<12.6} {status}{}{}",
+                    record.id,
+                    record.name,
+                    record.tenant,
+                    record.rpm.map_or_else(dash, |v| v.to_string()),
+                    record.tpm.map_or_else(dash, |v| v.to_string()),
+                    record.budget_usd.map_or_else(dash, |v| v.to_string()),
+                    spent,
+                    if record.admin { " admin" } else { "" },
+                    if record.models.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" models={}", record.models.join(","))
+                    },
+                );
+            }
+        }
+        KeysAction::Revoke { id } => {
+            if !store.revoke(&id).await? {
+                return Err(format!("no key with id `{id}`").into());
+            }
+            println!("revoked {id}");
+        }
+    }
+    store.flush();
+    Ok(())
+}

@@ -1,0 +1,906 @@
+//! OpenAI wire types and request validation.
+//!
+//! Request types name the fields the gateway reads and keep every other field in `extra`, so what
+//! an SDK sends (including fields newer than this code) is forwarded upstream, not dropped.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+
+pub type JsonObject = Map<String, Value>;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChatRequest {
+    pub model: String,
+    pub messages: Vec<Message>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_options: Option<StreamOptions>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_completion_tokens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<Stop>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logit_bias: Option<JsonObject>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_logprobs: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<Tool>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel_tool_calls: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Value>,
+    #[serde(flatten)]
+    pub extra: JsonObject,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include_usage: Option<bool>,
+    #[serde(flatten)]
+    pub extra: JsonObject,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Stop {
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            Stop::One(s) => vec![s.clone()],
+            Stop::Many(v) => v.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    Developer,
+    User,
+    Assistant,
+    Tool,
+    Function,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Message {
+    pub role: Role,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<Content>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    #[serde(flatten)]
+    pub extra: JsonObject,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContentPart {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_url: Option<ImageUrl>,
+    #[serde(flatten)]
+    pub extra: JsonObject,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImageUrl {
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl Content {
+    /// The text of the message: a string, or its text parts joined by newlines.
+    pub fn text(&self) -> String {
+        match self {
+            Content::Text(s) => s.clone(),
+            Content::Parts(parts) => parts
+                .iter()
+                .filter_map(|p| p.text.as_deref())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
+
+    /// Characters of text, for token estimates without allocating.
+    pub fn text_len(&self) -> usize {
+        match self {
+            Content::Text(s) => s.len(),
+            Content::Parts(parts) => parts
+                .iter()
+                .map(|p| p.text.as_deref().map_or(0, str::len))
+                .sum(),
+        }
+    }
+
+    pub fn has_image(&self) -> bool {
+        matches!(self, Content::Parts(parts) if parts.iter().any(|p| p.image_url.is_some()))
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Tool {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<FunctionDefinition>,
+    #[serde(flatten)]
+    pub extra: JsonObject,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FunctionDefinition {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<Value>,
+    #[serde(flatten)]
+    pub extra: JsonObject,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolCall {
+    pub id: String,
+    #[serde(rename = "type", default = "function_kind")]
+    pub kind: String,
+    pub function: FunctionCall,
+}
+
+fn function_kind() -> String {
+    "function".to_owned()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionCall {
+    pub name: String,
+    #[serde(default)]
+    pub arguments: String,
+}
+
+/// The most messages one chat request may carry.
+pub const MAX_MESSAGES: usize = 10_000;
+
+impl ChatRequest {
+    pub fn is_stream(&self) -> bool {
+        self.stream.unwrap_or(false)
+    }
+
+    pub fn include_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false)
+    }
+
+    /// The completion-token cap the client asked for, whichever field it used.
+    pub fn max_output_tokens(&self) -> Option<u32> {
+        self.max_completion_tokens.or(self.max_tokens)
+    }
+
+    pub fn choices(&self) -> u32 {
+        self.n.unwrap_or(1)
+    }
+
+    /// A cheap, conservative estimate of prompt tokens (about four characters a token plus
+    /// per-message overhead), used to reserve TPM before the provider reports real usage.
+    pub fn estimate_prompt_tokens(&self) -> u64 {
+        let chars: usize = self
+            .messages
+            .iter()
+            .map(|m| {
+                m.content.as_ref().map_or(0, Content::text_len)
+                    + m.tool_calls.as_ref().map_or(0, |calls| {
+                        calls
+                            .iter()
+                            .map(|c| c.function.name.len() + c.function.arguments.len())
+                            .sum()
+                    })
+            })
+            .sum();
+        let tool_chars: usize = self.tools.as_ref().map_or(0, |tools| {
+            tools
+                .iter()
+                .map(|t| serde_json::to_string(t).map_or(0, |s| s.len()))
+                .sum()
+        });
+        ((chars + tool_chars) as u64).div_ceil(4) + 4 * self.messages.len() as u64 + 3
+    }
+
+    pub fn has_images(&self) -> bool {
+        self.messages
+            .iter()
+            .any(|m| m.content.as_ref().is_some_and(Content::has_image))
+    }
+
+    pub fn wants_json(&self) -> bool {
+        self.response_format
+            .as_ref()
+            .and_then(|f| f.get("type"))
+            .and_then(Value::as_str)
+            .is_some_and(|t| t == "json_object" || t == "json_schema")
+    }
+
+    /// Checks what the schema cannot express, naming the offending parameter.
+    pub fn validate(&self) -> Result<(), ApiError> {
+        if self.model.is_empty() {
+            return Err(ApiError::bad_request("`model` must not be empty").with_param("model"));
+        }
+        if self.messages.is_empty() {
+            return Err(
+                ApiError::bad_request("`messages` must contain at least one message")
+                    .with_param("messages"),
+            );
+        }
+        if self.messages.len() > MAX_MESSAGES {
+            return Err(ApiError::bad_request(format!(
+                "`messages` has {} entries; at most {MAX_MESSAGES} are accepted",
+                self.messages.len()
+            ))
+            .with_param("messages"));
+        }
+        if let Some(t) = self.temperature
+            && !(0.0..=2.0).contains(&t)
+        {
+            return Err(ApiError::bad_request(format!(
+                "`temperature` must be between 0 and 2, got {t}"
+            ))
+            .with_param("temperature"));
+        }
+        if let Some(p) = self.top_p
+            && !(0.0..=1.0).contains(&p)
+        {
+            return Err(
+                ApiError::bad_request(format!("`top_p` must be between 0 and 1, got {p}"))
+                    .with_param("top_p"),
+            );
+        }
+        if let Some(n) = self.n
+            && !(1..=128).contains(&n)
+        {
+            return Err(
+                ApiError::bad_request(format!("`n` must be between 1 and 128, got {n}"))
+                    .with_param("n"),
+            );
+        }
+        if self.max_output_tokens() == Some(0) {
+            return Err(
+                ApiError::bad_request("`max_tokens` must be at least 1").with_param("max_tokens")
+            );
+        }
+        for (i, m) in self.messages.iter().enumerate() {
+            if m.role == Role::Tool && m.tool_call_id.is_none() {
+                return Err(ApiError::bad_request(format!(
+                    "messages[{i}]: a `tool` message must have `tool_call_id`"
+                ))
+                .with_param(format!("messages[{i}].tool_call_id")));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChatCompletion {
+    pub id: String,
+    #[serde(default = "completion_object")]
+    pub object: String,
+    #[serde(default)]
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<Choice>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    #[serde(flatten)]
+    pub extra: JsonObject,
+}
+
+fn completion_object() -> String {
+    "chat.completion".to_owned()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Choice {
+    pub index: u32,
+    pub message: AssistantMessage,
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<Value>,
+    #[serde(flatten)]
+    pub extra: JsonObject,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AssistantMessage {
+    #[serde(default = "assistant_role")]
+    pub role: String,
+    #[serde(default)]
+    pub content: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
+    #[serde(flatten)]
+    pub extra: JsonObject,
+}
+
+fn assistant_role() -> String {
+    "assistant".to_owned()
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+}
+
+impl Usage {
+    pub fn new(prompt_tokens: u64, completion_tokens: u64) -> Self {
+        Self {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChatChunk {
+    pub id: String,
+    #[serde(default = "chunk_object")]
+    pub object: String,
+    #[serde(default)]
+    pub created: u64,
+    #[serde(default)]
+    pub model: String,
+    #[serde(default)]
+    pub choices: Vec<ChunkChoice>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    #[serde(flatten)]
+    pub extra: JsonObject,
+}
+
+fn chunk_object() -> String {
+    "chat.completion.chunk".to_owned()
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ChunkChoice {
+    pub index: u32,
+    #[serde(default)]
+    pub delta: Delta,
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Delta {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
+    #[serde(flatten)]
+    pub extra: JsonObject,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ToolCallDelta {
+    pub index: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<FunctionCallDelta>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FunctionCallDelta {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<String>,
+}
+
+impl ChatChunk {
+    pub fn new(id: &str, created: u64, model: &str, choices: Vec<ChunkChoice>) -> Self {
+        Self {
+            id: id.to_owned(),
+            object: chunk_object(),
+            created,
+            model: model.to_owned(),
+            choices,
+            usage: None,
+            extra: JsonObject::new(),
+        }
+    }
+}
+
+/// Rebuilds a complete answer from stream chunks, so a streamed answer can be cached, billed and
+/// replayed like a non-streamed one.
+#[derive(Debug, Default)]
+pub struct CompletionAssembler {
+    id: String,
+    created: u64,
+    model: String,
+    choices: Vec<Choice>,
+    pub usage: Option<Usage>,
+    completion_chars: usize,
+}
+
+impl CompletionAssembler {
+    pub fn push(&mut self, chunk: &ChatChunk) {
+        if self.id.is_empty() {
+            self.id.clone_from(&chunk.id);
+            self.created = chunk.created;
+            self.model.clone_from(&chunk.model);
+        }
+        if chunk.usage.is_some() {
+            self.usage = chunk.usage;
+        }
+        let mut added_chars = 0;
+        for c in &chunk.choices {
+            let choice = self.choice_mut(c.index);
+            if let Some(text) = &c.delta.content {
+                choice
+                    .message
+                    .content
+                    .get_or_insert_with(String::new)
+                    .push_str(text);
+                added_chars += text.len();
+            }
+            if let Some(calls) = &c.delta.tool_calls {
+                let choice = self.choice_mut(c.index);
+                let tool_calls = choice.message.tool_calls.get_or_insert_with(Vec::new);
+                for d in calls {
+                    let slot = d.index as usize;
+                    while tool_calls.len() <= slot {
+                        tool_calls.push(ToolCall {
+                            id: String::new(),
+                            kind: function_kind(),
+                            function: FunctionCall {
+                                name: String::new(),
+                                arguments: String::new(),
+                            },
+                        });
+                    }
+                    let call = &mut tool_calls[slot];
+                    if let Some(id) = &d.id {
+                        call.id.clone_from(id);
+                    }
+                    if let Some(f) = &d.function {
+                        if let Some(name) = &f.name {
+                            call.function.name.push_str(name);
+                        }
+                        if let Some(args) = &f.arguments {
+                            call.function.arguments.push_str(args);
+                            added_chars += args.len();
+                        }
+                    }
+                }
+            }
+            if c.finish_reason.is_some() {
+                self.choice_mut(c.index)
+                    .finish_reason
+                    .clone_from(&c.finish_reason);
+            }
+        }
+        self.completion_chars += added_chars;
+    }
+
+    fn choice_mut(&mut self, index: u32) -> &mut Choice {
+        let pos = match self.choices.iter().position(|c| c.index == index) {
+            Some(pos) => pos,
+            None => {
+                self.choices.push(Choice {
+                    index,
+                    message: AssistantMessage {
+                        role: assistant_role(),
+                        ..AssistantMessage::default()
+                    },
+                    finish_reason: None,
+                    logprobs: None,
+                    extra: JsonObject::new(),
+                });
+                self.choices.len() - 1
+            }
+        };
+        &mut self.choices[pos]
+    }
+
+    /// True once every choice seen has a finish reason.
+    pub fn is_finished(&self) -> bool {
+        !self.choices.is_empty() && self.choices.iter().all(|c| c.finish_reason.is_some())
+    }
+
+    /// Completion tokens by the four-characters rule, for when a provider reports no usage.
+    pub fn estimated_completion_tokens(&self) -> u64 {
+        (self.completion_chars as u64).div_ceil(4)
+    }
+
+    pub fn into_completion(mut self) -> ChatCompletion {
+        self.choices.sort_by_key(|c| c.index);
+        ChatCompletion {
+            id: self.id,
+            object: completion_object(),
+            created: self.created,
+            model: self.model,
+            choices: self.choices,
+            usage: self.usage,
+            extra: JsonObject::new(),
+        }
+    }
+}
+
+impl ChatCompletion {
+    /// The completion as the chunks a stream would have carried, for SSE replay from cache.
+    pub fn to_chunks(&self, include_usage: bool) -> Vec<ChatChunk> {
+        let mut chunks = Vec::with_capacity(self.choices.len() * 2 + 1);
+        for choice in &self.choices {
+            let tool_calls = choice.message.tool_calls.as_ref().map(|calls| {
+                calls
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| ToolCallDelta {
+                        index: i as u32,
+                        id: Some(c.id.clone()),
+                        kind: Some(c.kind.clone()),
+                        function: Some(FunctionCallDelta {
+                            name: Some(c.function.name.clone()),
+                            arguments: Some(c.function.arguments.clone()),
+                        }),
+                    })
+                    .collect()
+            });
+            chunks.push(ChatChunk::new(
+                &self.id,
+                self.created,
+                &self.model,
+                vec![ChunkChoice {
+                    index: choice.index,
+                    delta: Delta {
+                        role: Some(choice.message.role.clone()),
+                        content: choice.message.content.clone(),
+                        tool_calls,
+                        extra: JsonObject::new(),
+                    },
+                    finish_reason: None,
+                    logprobs: None,
+                }],
+            ));
+            chunks.push(ChatChunk::new(
+                &self.id,
+                self.created,
+                &self.model,
+                vec![ChunkChoice {
+                    index: choice.index,
+                    delta: Delta::default(),
+                    finish_reason: choice.finish_reason.clone(),
+                    logprobs: None,
+                }],
+            ));
+        }
+        if include_usage {
+            let mut usage_chunk = ChatChunk::new(&self.id, self.created, &self.model, Vec::new());
+            usage_chunk.usage = Some(self.usage.unwrap_or_default());
+            chunks.push(usage_chunk);
+        }
+        chunks
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EmbeddingRequest {
+    pub model: String,
+    pub input: EmbeddingInput,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding_format: Option<EncodingFormat>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dimensions: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(flatten)]
+    pub extra: JsonObject,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EncodingFormat {
+    Float,
+    Base64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EmbeddingInput {
+    One(String),
+    Many(Vec<String>),
+    Tokens(Vec<u32>),
+    ManyTokens(Vec<Vec<u32>>),
+}
+
+/// Most inputs in one embeddings request, as OpenAI allows.
+pub const MAX_EMBEDDING_INPUTS: usize = 2048;
+
+impl EmbeddingInput {
+    /// The inputs as texts; token arrays become their numbers separated by spaces, which keeps
+    /// them deterministic for the mock model and estimates.
+    pub fn texts(&self) -> Vec<String> {
+        fn tokens_text(tokens: &[u32]) -> String {
+            tokens
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(" ")
+        }
+        match self {
+            EmbeddingInput::One(s) => vec![s.clone()],
+            EmbeddingInput::Many(v) => v.clone(),
+            EmbeddingInput::Tokens(t) => vec![tokens_text(t)],
+            EmbeddingInput::ManyTokens(v) => v.iter().map(|t| tokens_text(t)).collect(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            EmbeddingInput::One(_) | EmbeddingInput::Tokens(_) => 1,
+            EmbeddingInput::Many(v) => v.len(),
+            EmbeddingInput::ManyTokens(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        match self {
+            EmbeddingInput::One(s) => s.is_empty(),
+            EmbeddingInput::Tokens(t) => t.is_empty(),
+            EmbeddingInput::Many(v) => v.is_empty(),
+            EmbeddingInput::ManyTokens(v) => v.is_empty(),
+        }
+    }
+
+    pub fn estimate_tokens(&self) -> u64 {
+        match self {
+            EmbeddingInput::One(s) => (s.len() as u64).div_ceil(4),
+            EmbeddingInput::Many(v) => v.iter().map(|s| (s.len() as u64).div_ceil(4)).sum(),
+            EmbeddingInput::Tokens(t) => t.len() as u64,
+            EmbeddingInput::ManyTokens(v) => v.iter().map(|t| t.len() as u64).sum(),
+        }
+    }
+}
+
+impl EmbeddingRequest {
+    pub fn validate(&self) -> Result<(), ApiError> {
+        if self.input.is_empty() {
+            return Err(ApiError::bad_request("`input` must not be empty").with_param("input"));
+        }
+        if self.input.len() > MAX_EMBEDDING_INPUTS {
+            return Err(ApiError::bad_request(format!(
+                "`input` has {} entries; at most {MAX_EMBEDDING_INPUTS} are accepted",
+                self.input.len()
+            ))
+            .with_param("input"));
+        }
+        if self.dimensions == Some(0) {
+            return Err(
+                ApiError::bad_request("`dimensions` must be at least 1").with_param("dimensions")
+            );
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EmbeddingResponse {
+    #[serde(default = "list_object")]
+    pub object: String,
+    pub data: Vec<Embedding>,
+    pub model: String,
+    #[serde(default)]
+    pub usage: EmbeddingUsage,
+}
+
+fn list_object() -> String {
+    "list".to_owned()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Embedding {
+    #[serde(default = "embedding_object")]
+    pub object: String,
+    pub index: u32,
+    pub embedding: EmbeddingVector,
+}
+
+fn embedding_object() -> String {
+    "embedding".to_owned()
+}
+
+/// A vector as floats or as OpenAI's base64 of little-endian f32s: both official SDKs ask for
+/// base64 by default and decode it, so the format the client asked for is the one it gets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EmbeddingVector {
+    Float(Vec<f32>),
+    Base64(String),
+}
+
+impl EmbeddingVector {
+    pub fn into_format(self, format: EncodingFormat) -> Result<Self, ApiError> {
+        use base64::Engine;
+        use base64::engine::general_purpose::STANDARD;
+        match (self, format) {
+            (EmbeddingVector::Float(v), EncodingFormat::Base64) => {
+                let bytes: Vec<u8> = v.iter().flat_map(|f| f.to_le_bytes()).collect();
+                Ok(EmbeddingVector::Base64(STANDARD.encode(bytes)))
+            }
+            (EmbeddingVector::Base64(s), EncodingFormat::Float) => {
+                let bytes = STANDARD.decode(s.as_bytes()).map_err(|e| {
+                    ApiError::new(
+                        http::StatusCode::BAD_GATEWAY,
+                        "api_error",
+                        format!("upstream sent an invalid base64 embedding: {e}"),
+                    )
+                })?;
+                Ok(EmbeddingVector::Float(
+                    bytes
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect(),
+                ))
+            }
+            (same, _) => Ok(same),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct EmbeddingUsage {
+    pub prompt_tokens: u64,
+    pub total_tokens: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ModelList {
+    pub object: &'static str,
+    pub data: Vec<ModelEntry>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ModelEntry {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub owned_by: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn unknown_fields_survive_a_round_trip() {
+        let body = json!({
+            "model": "m",
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}], "x_msg": 1}],
+            "reasoning_effort": "low",
+            "prediction": {"type": "content", "content": "x"},
+            "stream": true,
+            "stream_options": {"include_usage": true}
+        });
+        let req: ChatRequest = serde_json::from_value(body.clone()).unwrap();
+        assert!(req.is_stream() && req.include_usage());
+        assert_eq!(req.extra["reasoning_effort"], "low");
+        assert_eq!(serde_json::to_value(&req).unwrap(), body);
+    }
+
+    #[test]
+    fn validation_names_the_bad_parameter() {
+        let req: ChatRequest = serde_json::from_value(json!({
+            "model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": 3.5
+        }))
+        .unwrap();
+        let err = req.validate().unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("temperature"));
+        assert_eq!(err.status, http::StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn assembler_rebuilds_text_and_tool_calls_from_chunks() {
+        let chunks: Vec<ChatChunk> = serde_json::from_value(json!([
+            {"id": "c1", "created": 1, "model": "m", "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel"}}]},
+            {"id": "c1", "created": 1, "model": "m", "choices": [{"index": 0, "delta": {"content": "lo", "tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{\"a\""}}]}}]},
+            {"id": "c1", "created": 1, "model": "m", "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": ":1}"}}]}, "finish_reason": "tool_calls"}]},
+            {"id": "c1", "created": 1, "model": "m", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}
+        ]))
+        .unwrap();
+        let mut assembler = CompletionAssembler::default();
+        for c in &chunks {
+            assembler.push(c);
+        }
+        assert!(assembler.is_finished());
+        let completion = assembler.into_completion();
+        let message = &completion.choices[0].message;
+        assert_eq!(message.content.as_deref(), Some("Hello"));
+        let calls = message.tool_calls.as_ref().unwrap();
+        assert_eq!(calls[0].function.arguments, "{\"a\":1}");
+        assert_eq!(completion.usage, Some(Usage::new(3, 2)));
+    }
+
+    #[test]
+    fn replayed_chunks_reassemble_to_the_same_completion() {
+        let completion: ChatCompletion = serde_json::from_value(json!({
+            "id": "c", "object": "chat.completion", "created": 5, "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi there"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
+        }))
+        .unwrap();
+        let mut assembler = CompletionAssembler::default();
+        for c in completion.to_chunks(true) {
+            assembler.push(&c);
+        }
+        let again = assembler.into_completion();
+        assert_eq!(
+            serde_json::to_value(&again).unwrap(),
+            serde_json::to_value(&completion).unwrap()
+        );
+    }
+
+    #[test]
+    fn embeddings_convert_between_float_and_base64() {
+        let v = EmbeddingVector::Float(vec![1.0, -0.5]);
+        let b = v.clone().into_format(EncodingFormat::Base64).unwrap();
+        assert_eq!(b, EmbeddingVector::Base64("AACAPwAAAL8=".to_owned()));
+        assert_eq!(b.into_format(EncodingFormat::Float).unwrap(), v);
+    }
+}

@@ -1,0 +1,300 @@
+//! API keys: bearer secrets stored only as SHA-256 hashes, each with its tenant, model scope,
+//! limits, budget and expiry.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use http::HeaderMap;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+use crate::store::{KeyStore, StoreError};
+
+const KEY_PREFIX: &str = "gw-";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub id: String,
+    pub name: String,
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
+    /// Public model names this key may use; empty means every model.
+    #[serde(default)]
+    pub models: Vec<String>,
+    #[serde(default)]
+    pub rpm: Option<u64>,
+    #[serde(default)]
+    pub tpm: Option<u64>,
+    #[serde(default)]
+    pub budget_usd: Option<f64>,
+    /// Epoch seconds after which the key no longer works.
+    #[serde(default)]
+    pub expires_at: Option<u64>,
+    #[serde(default)]
+    pub disabled: bool,
+    #[serde(default)]
+    pub admin: bool,
+    #[serde(default)]
+    pub created_at: u64,
+}
+
+pub fn default_tenant() -> String {
+    "default".to_owned()
+}
+
+/// What a new key may do; the id and secret are generated.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewKey {
+    pub name: String,
+    #[serde(default)]
+    pub tenant: Option<String>,
+    #[serde(default)]
+    pub models: Vec<String>,
+    #[serde(default)]
+    pub rpm: Option<u64>,
+    #[serde(default)]
+    pub tpm: Option<u64>,
+    #[serde(default)]
+    pub budget_usd: Option<f64>,
+    #[serde(default)]
+    pub expires_at: Option<u64>,
+    #[serde(default)]
+    pub admin: bool,
+}
+
+impl KeyRecord {
+    pub fn allows_model(&self, model: &str) -> bool {
+        self.models.is_empty() || self.models.iter().any(|m| m == model)
+    }
+
+    pub fn is_expired(&self, now_secs: u64) -> bool {
+        self.expires_at.is_some_and(|at| at <= now_secs)
+    }
+}
+
+pub fn hash_secret(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// Creates a key: returns the secret (shown once) and the record to store under its hash.
+pub fn generate_key(new: NewKey, now_secs: u64) -> Result<(String, String, KeyRecord), ApiError> {
+    if new.name.trim().is_empty() {
+        return Err(ApiError::bad_request("a key needs a `name`").with_param("name"));
+    }
+    if new.budget_usd.is_some_and(|b| !b.is_finite() || b < 0.0) {
+        return Err(
+            ApiError::bad_request("`budget_usd` must be a non-negative number")
+                .with_param("budget_usd"),
+        );
+    }
+    let mut secret_bytes = [0u8; 24];
+    rand::rng().fill_bytes(&mut secret_bytes);
+    let mut id_bytes = [0u8; 8];
+    rand::rng().fill_bytes(&mut id_bytes);
+    let secret = format!("{KEY_PREFIX}{}", hex::encode(secret_bytes));
+    let record = KeyRecord {
+        id: format!("key_{}", hex::encode(id_bytes)),
+        name: new.name,
+        tenant: new.tenant.unwrap_or_else(default_tenant),
+        models: new.models,
+        rpm: new.rpm,
+        tpm: new.tpm,
+        budget_usd: new.budget_usd,
+        expires_at: new.expires_at,
+        disabled: false,
+        admin: new.admin,
+        created_at: now_secs,
+    };
+    Ok((hash_secret(&secret), secret, record))
+}
+
+/// Makes `secret` an admin key (id `admin`), replacing any earlier admin key set this way: this is
+/// how `GATEWAY_ADMIN_KEY` bootstraps a deployment that has no keys yet.
+pub async fn ensure_admin_key(
+    store: &dyn KeyStore,
+    secret: &str,
+    now_secs: u64,
+) -> Result<(), StoreError> {
+    let record = KeyRecord {
+        id: "admin".to_owned(),
+        name: "admin (GATEWAY_ADMIN_KEY)".to_owned(),
+        tenant: default_tenant(),
+        models: Vec::new(),
+        rpm: None,
+        tpm: None,
+        budget_usd: None,
+        expires_at: None,
+        disabled: false,
+        admin: true,
+        created_at: now_secs,
+    };
+    store.upsert(&hash_secret(secret), &record).await
+}
+
+/// The bearer token of a request, from `Authorization: Bearer` or, as Azure clients send it,
+/// `api-key`.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    if let Some(value) = headers.get(http::header::AUTHORIZATION) {
+        let value = value.to_str().ok()?;
+        let (scheme, token) = value.split_once(' ')?;
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim())
+            .filter(|t| !t.is_empty());
+    }
+    headers
+        .get("api-key")
+        .and_then(|v| v.to_str().ok())
+        .filter(|t| !t.is_empty())
+}
+
+/// Resolves bearer keys to records, trusting a record read from the store for `ttl`: keys are
+/// read on almost every request, and the short TTL bounds how long a revocation made elsewhere
+/// (another process, another Lambda container) takes to apply.
+pub struct Authenticator {
+    store: Arc<dyn KeyStore>,
+    ttl: Duration,
+    cache: RwLock<HashMap<String, (Arc<KeyRecord>, Instant)>>,
+}
+
+/// Most key records kept in memory; beyond it the cache is cleared rather than grown.
+const MAX_CACHED_KEYS: usize = 10_000;
+
+impl Authenticator {
+    pub fn new(store: Arc<dyn KeyStore>, ttl: Duration) -> Self {
+        Self {
+            store,
+            ttl,
+            cache: RwLock::new(HashMap::new()),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn KeyStore> {
+        &self.store
+    }
+
+    /// Forgets every cached record, so a change made through this process applies at once.
+    pub fn invalidate(&self) {
+        if let Ok(mut cache) = self.cache.write() {
+            cache.clear();
+        }
+    }
+
+    pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        now_secs: u64,
+    ) -> Result<Arc<KeyRecord>, ApiError> {
+        let token = bearer_token(headers).ok_or_else(|| {
+            ApiError::unauthorized(
+                "You didn't provide an API key. Send it as `Authorization: Bearer <key>`.",
+            )
+        })?;
+        let hash = hash_secret(token);
+        let cached = self.cache.read().ok().and_then(|cache| {
+            cache
+                .get(&hash)
+                .filter(|(_, at)| at.elapsed() < self.ttl)
+                .map(|(record, _)| Arc::clone(record))
+        });
+        let record = match cached {
+            Some(record) => record,
+            None => {
+                let record = self
+                    .store
+                    .get_by_hash(&hash)
+                    .await
+                    .map_err(store_unavailable)?
+                    .ok_or_else(|| ApiError::unauthorized("Incorrect API key provided."))?;
+                let record = Arc::new(record);
+                if let Ok(mut cache) = self.cache.write() {
+                    if cache.len() >= MAX_CACHED_KEYS {
+                        cache.clear();
+                    }
+                    cache.insert(hash, (Arc::clone(&record), Instant::now()));
+                }
+                record
+            }
+        };
+        if record.disabled {
+            return Err(ApiError::unauthorized("This API key has been revoked."));
+        }
+        if record.is_expired(now_secs) {
+            return Err(ApiError::unauthorized("This API key has expired."));
+        }
+        Ok(record)
+    }
+}
+
+pub fn store_unavailable(error: StoreError) -> ApiError {
+    tracing::error!(%error, "key store unavailable");
+    ApiError::new(
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        "api_error",
+        "The key store is unavailable; try again shortly.",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_and_azure_style_keys_are_read() {
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", "Bearer gw-abc".parse().unwrap());
+        assert_eq!(bearer_token(&headers), Some("gw-abc"));
+        headers.insert("authorization", "Basic xyz".parse().unwrap());
+        assert_eq!(bearer_token(&headers), None);
+        let mut azure = HeaderMap::new();
+        azure.insert("api-key", "gw-def".parse().unwrap());
+        assert_eq!(bearer_token(&azure), Some("gw-def"));
+    }
+
+    #[test]
+    fn generated_keys_hash_to_their_record_and_are_unique() {
+        let (hash, secret, record) = generate_key(
+            NewKey {
+                name: "ci".into(),
+                ..NewKey::default()
+            },
+            100,
+        )
+        .unwrap();
+        assert!(secret.starts_with("gw-"));
+        assert_eq!(hash, hash_secret(&secret));
+        assert_eq!(record.tenant, "default");
+        let (other, _, _) = generate_key(
+            NewKey {
+                name: "ci".into(),
+                ..NewKey::default()
+            },
+            100,
+        )
+        .unwrap();
+        assert_ne!(hash, other);
+    }
+
+    #[test]
+    fn scope_and_expiry() {
+        let record = KeyRecord {
+            id: "k".into(),
+            name: "n".into(),
+            tenant: "t".into(),
+            models: vec!["mock".into()],
+            rpm: None,
+            tpm: None,
+            budget_usd: None,
+            expires_at: Some(50),
+            disabled: false,
+            admin: false,
+            created_at: 0,
+        };
+        assert!(record.allows_model("mock") && !record.allows_model("gpt-4o"));
+        assert!(!record.is_expired(49) && record.is_expired(50));
+    }
+}

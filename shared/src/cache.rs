@@ -1,0 +1,354 @@
+//! The response cache: exact match on a hash of the canonical request, partitioned per tenant,
+//! with single flight so concurrent identical misses in one process make one upstream call.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use crate::api::{ChatRequest, JsonObject, Message, Stop, Tool};
+use crate::store::CacheStore;
+
+pub type CacheKey = [u8; 32];
+
+/// Whether a request may use the cache, from its headers and sampling parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheMode {
+    Use,
+    /// The client asked to bypass (`Cache-Control: no-cache`/`no-store`, `x-gateway-cache: bypass`)
+    /// or the model has caching off.
+    Bypass,
+    /// Sampling is random (temperature above 0) and the client did not opt in: not cached.
+    Skip,
+}
+
+impl CacheMode {
+    pub fn decide(headers: &HeaderMap, request: &ChatRequest, ttl_s: u64) -> Self {
+        let header_has = |name: &str, needle: &str| {
+            headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(|v| v.to_ascii_lowercase().contains(needle))
+        };
+        if ttl_s == 0
+            || header_has("cache-control", "no-cache")
+            || header_has("cache-control", "no-store")
+            || header_has("x-gateway-cache", "bypass")
+        {
+            return CacheMode::Bypass;
+        }
+        if header_has("x-gateway-cache", "use") || request.temperature == Some(0.0) {
+            CacheMode::Use
+        } else {
+            CacheMode::Skip
+        }
+    }
+
+    pub fn header_value(self, hit: bool) -> &'static str {
+        match (self, hit) {
+            (_, true) => "HIT",
+            (CacheMode::Use, false) => "MISS",
+            _ => "BYPASS",
+        }
+    }
+}
+
+/// Everything that changes the answer, and nothing that does not (`user`, `stream`,
+/// `stream_options`, `metadata`). Serialised with sorted object keys, so the hash is canonical.
+#[derive(Serialize)]
+struct CanonicalRequest<'a> {
+    partition: Option<&'a str>,
+    provider: &'a str,
+    upstream_model: &'a str,
+    model_version: Option<&'a str>,
+    messages: &'a [Message],
+    max_tokens: Option<u32>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    n: Option<u32>,
+    stop: Option<&'a Stop>,
+    seed: Option<i64>,
+    presence_penalty: Option<f64>,
+    frequency_penalty: Option<f64>,
+    logit_bias: Option<&'a JsonObject>,
+    logprobs: Option<bool>,
+    top_logprobs: Option<u32>,
+    tools: Option<&'a [Tool]>,
+    tool_choice: Option<&'a serde_json::Value>,
+    parallel_tool_calls: Option<bool>,
+    response_format: Option<&'a serde_json::Value>,
+    extra: &'a JsonObject,
+}
+
+/// Hashes a request for the cache. `partition` is the tenant, or `None` for a global cache.
+pub fn cache_key(
+    partition: Option<&str>,
+    provider: &str,
+    upstream_model: &str,
+    model_version: Option<&str>,
+    request: &ChatRequest,
+) -> CacheKey {
+    let canonical = CanonicalRequest {
+        partition,
+        provider,
+        upstream_model,
+        model_version,
+        messages: &request.messages,
+        max_tokens: request.max_output_tokens(),
+        temperature: request.temperature,
+        top_p: request.top_p,
+        n: request.n,
+        stop: request.stop.as_ref(),
+        seed: request.seed,
+        presence_penalty: request.presence_penalty,
+        frequency_penalty: request.frequency_penalty,
+        logit_bias: request.logit_bias.as_ref(),
+        logprobs: request.logprobs,
+        top_logprobs: request.top_logprobs,
+        tools: request.tools.as_deref(),
+        tool_choice: request.tool_choice.as_ref(),
+        parallel_tool_calls: request.parallel_tool_calls,
+        response_format: request.response_format.as_ref(),
+        extra: &request.extra,
+    };
+    let mut hasher = Sha256::new();
+    // Writing into a hasher cannot fail; a serialisation error would only drop the tail, and
+    // the types above have no fallible serialisers.
+    let _ = serde_json::to_writer(&mut HashWriter(&mut hasher), &canonical);
+    hasher.finalize().into()
+}
+
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+type Inflight = Mutex<HashMap<CacheKey, watch::Receiver<Option<Bytes>>>>;
+
+pub struct ResponseCache {
+    store: Arc<dyn CacheStore>,
+    inflight: Arc<Inflight>,
+}
+
+pub enum Lookup {
+    Hit(Bytes),
+    /// This request leads: it calls upstream and must `complete` (or drop) the guard.
+    Miss(Leader),
+}
+
+/// Held by the one request fetching an answer that others wait for. Dropping it without
+/// completing (an error, a cut stream) releases the waiters to make their own calls.
+pub struct Leader {
+    key: CacheKey,
+    sender: watch::Sender<Option<Bytes>>,
+    inflight: Arc<Inflight>,
+    store: Arc<dyn CacheStore>,
+}
+
+impl Leader {
+    pub fn key(&self) -> &CacheKey {
+        &self.key
+    }
+
+    /// Stores a complete answer and hands it to every waiting identical request.
+    pub async fn complete(self, body: Bytes, ttl_s: u64) {
+        if let Err(error) = self.store.put(&self.key, body.clone(), ttl_s).await {
+            crate::telemetry::cache_store_failed(&error);
+        }
+        let _ = self.sender.send(Some(body));
+    }
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        if let Ok(mut inflight) = self.inflight.lock() {
+            inflight.remove(&self.key);
+        }
+    }
+}
+
+impl ResponseCache {
+    pub fn new(store: Arc<dyn CacheStore>) -> Self {
+        Self {
+            store,
+            inflight: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// A stored answer, or an answer being fetched by an identical request, or the lead.
+    /// A store that cannot be read is treated as a miss: the cache never fails a request.
+    pub async fn lookup(&self, key: CacheKey) -> Lookup {
+        loop {
+            match self.store.get(&key).await {
+                Ok(Some(body)) => return Lookup::Hit(body),
+                Ok(None) => {}
+                Err(error) => crate::telemetry::cache_store_failed(&error),
+            }
+            let waiting = {
+                let Ok(mut inflight) = self.inflight.lock() else {
+                    return Lookup::Miss(self.leader(key));
+                };
+                match inflight.get(&key) {
+                    Some(receiver) => receiver.clone(),
+                    None => {
+                        let (sender, receiver) = watch::channel(None);
+                        inflight.insert(key, receiver);
+                        return Lookup::Miss(Leader {
+                            key,
+                            sender,
+                            inflight: Arc::clone(&self.inflight),
+                            store: Arc::clone(&self.store),
+                        });
+                    }
+                }
+            };
+            let mut waiting = waiting;
+            if let Ok(body) = waiting.wait_for(Option::is_some).await
+                && let Some(body) = body.clone()
+            {
+                return Lookup::Hit(body);
+            }
+            // The leader gave up without an answer: try again, possibly leading this time.
+        }
+    }
+
+    fn leader(&self, key: CacheKey) -> Leader {
+        let (sender, _) = watch::channel(None);
+        Leader {
+            key,
+            sender,
+            inflight: Arc::clone(&self.inflight),
+            store: Arc::clone(&self.store),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreError;
+    use async_trait::async_trait;
+    use serde_json::json;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn request(body: serde_json::Value) -> ChatRequest {
+        serde_json::from_value(body).unwrap()
+    }
+
+    #[test]
+    fn key_ignores_user_stream_and_metadata_but_not_sampling_or_tenant() {
+        let base = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 0});
+        let mut with_user = base.clone();
+        with_user["user"] = json!("u1");
+        with_user["stream"] = json!(true);
+        with_user["metadata"] = json!({"a": "b"});
+        let k = |v: &serde_json::Value, tenant| {
+            cache_key(Some(tenant), "p", "m", None, &request(v.clone()))
+        };
+        assert_eq!(k(&base, "t"), k(&with_user, "t"));
+        assert_ne!(k(&base, "t"), k(&base, "other"));
+        let mut seeded = base.clone();
+        seeded["seed"] = json!(1);
+        assert_ne!(k(&base, "t"), k(&seeded, "t"));
+        let mut unknown = base.clone();
+        unknown["reasoning_effort"] = json!("high");
+        assert_ne!(k(&base, "t"), k(&unknown, "t"));
+        let versioned = cache_key(
+            Some("t"),
+            "p",
+            "m",
+            Some("2024-08-06"),
+            &request(base.clone()),
+        );
+        assert_ne!(k(&base, "t"), versioned);
+    }
+
+    #[test]
+    fn mode_follows_headers_and_temperature() {
+        let t0 = request(json!({"model": "m", "messages": [], "temperature": 0}));
+        let t1 = request(json!({"model": "m", "messages": [], "temperature": 1}));
+        let mut headers = HeaderMap::new();
+        assert_eq!(CacheMode::decide(&headers, &t0, 60), CacheMode::Use);
+        assert_eq!(CacheMode::decide(&headers, &t1, 60), CacheMode::Skip);
+        assert_eq!(CacheMode::decide(&headers, &t0, 0), CacheMode::Bypass);
+        headers.insert("x-gateway-cache", "use".parse().unwrap());
+        assert_eq!(CacheMode::decide(&headers, &t1, 60), CacheMode::Use);
+        headers.insert("cache-control", "no-store".parse().unwrap());
+        assert_eq!(CacheMode::decide(&headers, &t1, 60), CacheMode::Bypass);
+    }
+
+    #[derive(Default)]
+    struct MemoryStore {
+        entries: Mutex<HashMap<CacheKey, Bytes>>,
+        reads: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl CacheStore for MemoryStore {
+        async fn get(&self, key: &CacheKey) -> Result<Option<Bytes>, StoreError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            Ok(self.entries.lock().unwrap().get(key).cloned())
+        }
+        async fn put(&self, key: &CacheKey, body: Bytes, _: u64) -> Result<(), StoreError> {
+            self.entries.lock().unwrap().insert(*key, body);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_identical_misses_have_one_leader() {
+        let cache = Arc::new(ResponseCache::new(Arc::new(MemoryStore::default())));
+        let leaders = Arc::new(AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let (cache, leaders) = (Arc::clone(&cache), Arc::clone(&leaders));
+                tokio::spawn(async move {
+                    match cache.lookup([1; 32]).await {
+                        Lookup::Hit(body) => body,
+                        Lookup::Miss(leader) => {
+                            leaders.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            let body = Bytes::from_static(b"answer");
+                            leader.complete(body.clone(), 60).await;
+                            body
+                        }
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            assert_eq!(&task.await.unwrap()[..], b"answer");
+        }
+        assert_eq!(leaders.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_leader_releases_waiters() {
+        let cache = Arc::new(ResponseCache::new(Arc::new(MemoryStore::default())));
+        let Lookup::Miss(leader) = cache.lookup([2; 32]).await else {
+            panic!("first lookup must miss")
+        };
+        let waiter = {
+            let cache = Arc::clone(&cache);
+            tokio::spawn(async move { matches!(cache.lookup([2; 32]).await, Lookup::Miss(_)) })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        drop(leader);
+        assert!(
+            waiter.await.unwrap(),
+            "the waiter leads once the first leader gives up"
+        );
+    }
+}

@@ -1,0 +1,143 @@
+//! The gateway's state, built once per process (or Lambda container) from the config and the
+//! backends: the model registry, the authenticator, the limiter and the response cache.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+
+use crate::auth::Authenticator;
+use crate::cache::ResponseCache;
+use crate::config::{CachePartition, Config, ConfigError, ModelKind, Price};
+use crate::error::ApiError;
+use crate::limits::Limiter;
+use crate::providers::Provider;
+use crate::store::Backends;
+
+/// One way to serve a model: a provider and the model name it knows.
+pub struct Deployment {
+    pub provider_name: String,
+    pub provider: Arc<Provider>,
+    pub model: String,
+    pub version: Option<String>,
+    pub weight: u32,
+}
+
+/// A public model name and everything needed to serve it.
+pub struct ModelRoute {
+    pub name: String,
+    pub kind: ModelKind,
+    pub deployments: Vec<Deployment>,
+    pub price: Price,
+    pub context_window: Option<u64>,
+    pub cache_ttl_s: u64,
+    pub fallbacks: Vec<String>,
+    total_weight: u32,
+}
+
+impl ModelRoute {
+    /// A deployment chosen at random in proportion to the weights.
+    pub fn pick(&self) -> &Deployment {
+        if self.deployments.len() > 1 {
+            let mut ticket = rand::rng().random_range(0..self.total_weight);
+            for deployment in &self.deployments {
+                if ticket < deployment.weight {
+                    return deployment;
+                }
+                ticket -= deployment.weight;
+            }
+        }
+        &self.deployments[0]
+    }
+}
+
+pub struct Gateway {
+    pub models: BTreeMap<String, Arc<ModelRoute>>,
+    pub auth: Authenticator,
+    pub limiter: Arc<dyn Limiter>,
+    pub cache: ResponseCache,
+    pub cache_partition: CachePartition,
+    pub max_body_bytes: usize,
+    pub started_at: u64,
+}
+
+impl Gateway {
+    /// Builds the gateway; credentials are read through `env` (the process environment in
+    /// production, a map in tests). Fails naming the config field at fault.
+    pub fn new(
+        config: &Config,
+        backends: Backends,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut providers = BTreeMap::new();
+        for (name, provider_config) in &config.providers {
+            providers.insert(
+                name.clone(),
+                Arc::new(Provider::from_config(name, provider_config, env)?),
+            );
+        }
+        let mut models = BTreeMap::new();
+        for (name, model) in &config.models {
+            let deployments = model
+                .deployments
+                .iter()
+                .map(|d| {
+                    // `Config::from_toml` checked that every deployment names a known provider.
+                    let provider = providers.get(&d.provider).cloned().ok_or_else(|| {
+                        ConfigError::new(
+                            format!("models.{name}.deployments"),
+                            format!("unknown provider `{}`", d.provider),
+                        )
+                    })?;
+                    Ok(Deployment {
+                        provider_name: d.provider.clone(),
+                        provider,
+                        model: d.model.clone(),
+                        version: d.version.clone(),
+                        weight: d.weight,
+                    })
+                })
+                .collect::<Result<Vec<_>, ConfigError>>()?;
+            models.insert(
+                name.clone(),
+                Arc::new(ModelRoute {
+                    name: name.clone(),
+                    kind: model.kind,
+                    total_weight: deployments.iter().map(|d| d.weight).sum(),
+                    deployments,
+                    price: model.price,
+                    context_window: model.context_window,
+                    cache_ttl_s: config.cache_ttl_s(model),
+                    fallbacks: model.fallbacks.clone(),
+                }),
+            );
+        }
+        Ok(Self {
+            models,
+            auth: Authenticator::new(
+                backends.keys,
+                Duration::from_millis(config.server.key_cache_ttl_ms),
+            ),
+            limiter: backends.limiter,
+            cache: ResponseCache::new(backends.cache),
+            cache_partition: config.cache.partition,
+            max_body_bytes: config.server.max_body_bytes,
+            started_at: crate::providers::now_secs(),
+        })
+    }
+
+    pub fn model(&self, name: &str) -> Result<&Arc<ModelRoute>, ApiError> {
+        self.models
+            .get(name)
+            .ok_or_else(|| ApiError::model_not_found(name))
+    }
+
+    /// The cache partition of a tenant: its own, unless the cache is configured global.
+    pub fn cache_partition<'a>(&self, tenant: &'a str) -> Option<&'a str> {
+        match self.cache_partition {
+            CachePartition::Tenant => Some(tenant),
+            CachePartition::Global => None,
+        }
+    }
+}

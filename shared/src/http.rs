@@ -1,0 +1,785 @@
+//! The one router shared by the Lambda functions and the local server.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use futures_util::StreamExt;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::api::{
+    ChatChunk, ChatCompletion, ChatRequest, CompletionAssembler, EmbeddingRequest, EncodingFormat,
+    ModelEntry, ModelList, StreamOptions, Usage,
+};
+use crate::auth::{KeyRecord, NewKey, generate_key, store_unavailable};
+use crate::cache::{CacheMode, Leader, Lookup, cache_key};
+use crate::config::{ModelKind, Price};
+use crate::error::ApiError;
+use crate::gateway::{Deployment, Gateway, ModelRoute};
+use crate::limits::{Estimate, Limiter, Reservation};
+use crate::providers::{ChunkStream, ProviderError, now_secs};
+use crate::store::StoreError;
+
+/// Output tokens reserved against TPM and budget when a request sets no `max_tokens`.
+const DEFAULT_RESERVED_OUTPUT_TOKENS: u64 = 1024;
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_GATEWAY_CACHE: HeaderName = HeaderName::from_static("x-gateway-cache");
+static X_GATEWAY_PROVIDER: HeaderName = HeaderName::from_static("x-gateway-provider");
+static X_GATEWAY_MODEL: HeaderName = HeaderName::from_static("x-gateway-model");
+static X_GATEWAY_COST: HeaderName = HeaderName::from_static("x-gateway-cost-usd");
+
+pub fn router(gateway: Arc<Gateway>) -> Router {
+    let max_body = gateway.max_body_bytes;
+    Router::new()
+        .route("/health", get(health))
+        .route("/v1/models", get(list_models))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/admin/keys", post(create_key).get(list_keys))
+        .route("/v1/admin/keys/{id}", delete(revoke_key))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn(request_id))
+        .with_state(gateway)
+}
+
+/// Every response carries `x-request-id`: the caller's, or a new one.
+async fn request_id(request: Request, next: Next) -> Response {
+    let id = request
+        .headers()
+        .get(&X_REQUEST_ID)
+        .filter(|v| v.len() <= 128)
+        .cloned()
+        .unwrap_or_else(|| {
+            let id = format!("req_{:032x}", rand::random::<u128>());
+            HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("req_unknown"))
+        });
+    let mut response = next.run(request).await;
+    response.headers_mut().insert(X_REQUEST_ID.clone(), id);
+    response
+}
+
+async fn health() -> impl IntoResponse {
+    axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("Unknown route. This gateway serves the OpenAI API under /v1.")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        "Method not allowed on this route.",
+    )
+}
+
+fn body_error(rejection: BytesRejection) -> ApiError {
+    let status = rejection.status();
+    let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        "Request body too large.".to_owned()
+    } else {
+        rejection.body_text()
+    };
+    ApiError::new(status, "invalid_request_error", message)
+}
+
+fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        let message = if e.is_syntax() || e.is_eof() {
+            format!("The request body is not valid JSON: {e}")
+        } else {
+            format!("Invalid request: {e}")
+        };
+        ApiError::bad_request(message)
+    })
+}
+
+fn json_response(status: StatusCode, body: Bytes) -> Response {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn to_json_bytes<T: Serialize>(value: &T) -> Result<Bytes, ApiError> {
+    serde_json::to_vec(value)
+        .map(Bytes::from)
+        .map_err(|e| ApiError::internal(format!("cannot encode response: {e}")))
+}
+
+fn set_header(response: &mut Response, name: &HeaderName, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        response.headers_mut().insert(name.clone(), value);
+    }
+}
+
+async fn list_models(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    let key = match gateway.auth.authenticate(&headers, now_secs()).await {
+        Ok(key) => key,
+        Err(e) => return e.into_response(),
+    };
+    let data = gateway
+        .models
+        .values()
+        .filter(|m| key.allows_model(&m.name))
+        .map(|m| ModelEntry {
+            id: m.name.clone(),
+            object: "model",
+            created: gateway.started_at,
+            owned_by: m.deployments[0].provider_name.clone(),
+        })
+        .collect();
+    axum::Json(ModelList {
+        object: "list",
+        data,
+    })
+    .into_response()
+}
+
+/// Checks that the key may use the model and that the model is of the kind the route serves.
+fn authorize_model<'g>(
+    gateway: &'g Gateway,
+    key: &KeyRecord,
+    model: &str,
+    kind: ModelKind,
+) -> Result<&'g Arc<ModelRoute>, ApiError> {
+    let route = gateway.model(model)?;
+    if !key.allows_model(model) {
+        return Err(ApiError::forbidden(format!(
+            "This API key is not allowed to use model `{model}`."
+        ))
+        .with_code("model_not_allowed")
+        .with_param("model"));
+    }
+    if route.kind != kind {
+        let expected = match kind {
+            ModelKind::Chat => "chat",
+            ModelKind::Embedding => "embedding",
+        };
+        return Err(
+            ApiError::bad_request(format!("Model `{model}` is not a {expected} model."))
+                .with_param("model"),
+        );
+    }
+    Ok(route)
+}
+
+/// Holds an admitted request's reservation until its real usage is known. Settling happens off
+/// the response path; a request dropped midway (client gone, error) settles what it observed.
+struct Settlement {
+    limiter: Arc<dyn Limiter>,
+    reservation: Option<Reservation>,
+    price: Price,
+    observed: Usage,
+}
+
+impl Settlement {
+    fn new(limiter: Arc<dyn Limiter>, reservation: Reservation, price: Price) -> Self {
+        Self {
+            limiter,
+            reservation: Some(reservation),
+            price,
+            observed: Usage::default(),
+        }
+    }
+
+    /// Settles with the given usage, billed at `price`; returns the cost.
+    fn finish(mut self, usage: Usage, price: Price) -> f64 {
+        self.price = price;
+        self.observed = usage;
+        self.settle()
+    }
+
+    fn settle(&mut self) -> f64 {
+        let cost = self
+            .price
+            .cost_usd(self.observed.prompt_tokens, self.observed.completion_tokens);
+        if let Some(reservation) = self.reservation.take() {
+            let limiter = Arc::clone(&self.limiter);
+            let tokens = self.observed.total_tokens;
+            tokio::spawn(async move { limiter.settle(reservation, tokens, cost).await });
+        }
+        cost
+    }
+}
+
+impl Drop for Settlement {
+    fn drop(&mut self) {
+        self.settle();
+    }
+}
+
+async fn chat_completions(
+    State(gateway): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match chat(&gateway, &headers, body).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn chat(
+    gateway: &Gateway,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let now = now_secs();
+    let key = gateway.auth.authenticate(headers, now).await?;
+    let body = body.map_err(body_error)?;
+    let mut request: ChatRequest = parse_json(&body)?;
+    request.validate()?;
+    let route = authorize_model(gateway, &key, &request.model, ModelKind::Chat)?;
+
+    let prompt_estimate = request.estimate_prompt_tokens();
+    if let Some(window) = route.context_window
+        && prompt_estimate > window
+    {
+        return Err(ApiError::bad_request(format!(
+            "This model's maximum context length is {window} tokens; the messages are about \
+             {prompt_estimate} tokens."
+        ))
+        .with_code("context_length_exceeded")
+        .with_param("messages"));
+    }
+    let output_reserve = request
+        .max_output_tokens()
+        .map_or(DEFAULT_RESERVED_OUTPUT_TOKENS, u64::from)
+        * u64::from(request.choices());
+    let estimate = Estimate {
+        tokens: prompt_estimate + output_reserve,
+        cost_usd: route.price.cost_usd(prompt_estimate, output_reserve),
+    };
+    let reservation = gateway
+        .limiter
+        .acquire(&key, estimate, now)
+        .await
+        .map_err(|e| e.to_api_error())?;
+    let mut settlement = Settlement::new(Arc::clone(&gateway.limiter), reservation, route.price);
+    settlement.observed.prompt_tokens = prompt_estimate;
+
+    let deployment = route.pick();
+    let mode = CacheMode::decide(headers, &request, route.cache_ttl_s);
+    let stream = request.is_stream();
+    let include_usage = request.include_usage();
+    let mut leader = None;
+    if mode == CacheMode::Use {
+        let key = cache_key(
+            gateway.cache_partition(&key.tenant),
+            &deployment.provider_name,
+            &deployment.model,
+            deployment.version.as_deref(),
+            &request,
+        );
+        match gateway.cache.lookup(key).await {
+            Lookup::Hit(body) => {
+                // A hit costs nothing upstream: only the request itself counts against RPM.
+                settlement.finish(Usage::default(), route.price);
+                return cached_response(body, stream, include_usage, route, deployment);
+            }
+            Lookup::Miss(guard) => leader = Some(guard),
+        }
+    }
+
+    if stream {
+        // Usage is always requested upstream, so the gateway can bill streams exactly; the
+        // client sees the usage chunk only if it asked for it.
+        request
+            .stream_options
+            .get_or_insert_with(StreamOptions::default)
+            .include_usage = Some(true);
+    }
+    let Answer {
+        outcome,
+        route: answered,
+        provider_name,
+        fallback_depth,
+    } = call_with_fallbacks(gateway, route, deployment, &mut request, stream).await?;
+    // Only the primary deployment's answers are cached under its key.
+    let leader = leader.filter(|_| fallback_depth == 0);
+    match outcome {
+        Outcome::Complete(completion) => {
+            let usage = completion
+                .usage
+                .unwrap_or_else(|| Usage::new(prompt_estimate, 0));
+            let cost = settlement.finish(usage, answered.price);
+            let body = to_json_bytes(&completion)?;
+            if let Some(leader) = leader {
+                let (body, ttl) = (body.clone(), answered.cache_ttl_s);
+                tokio::spawn(leader.complete(body, ttl));
+            }
+            let mut response = json_response(StatusCode::OK, body);
+            gateway_headers(
+                &mut response,
+                mode.header_value(false),
+                answered,
+                provider_name,
+            );
+            set_header(&mut response, &X_GATEWAY_COST, &format!("{cost:.8}"));
+            Ok(response)
+        }
+        Outcome::Stream(chunks) => {
+            settlement.price = answered.price;
+            let relay = StreamRelay {
+                upstream: chunks,
+                assembler: CompletionAssembler::default(),
+                include_usage,
+                usage_sent: false,
+                settlement: Some(settlement),
+                leader,
+                cache_ttl_s: answered.cache_ttl_s,
+                prompt_estimate,
+                finished: false,
+            };
+            let mut response = sse_response(Body::from_stream(relay.into_stream()));
+            gateway_headers(
+                &mut response,
+                mode.header_value(false),
+                answered,
+                provider_name,
+            );
+            Ok(response)
+        }
+    }
+}
+
+enum Outcome {
+    Complete(ChatCompletion),
+    Stream(ChunkStream),
+}
+
+struct Answer<'g> {
+    outcome: Outcome,
+    route: &'g ModelRoute,
+    provider_name: &'g str,
+    fallback_depth: usize,
+}
+
+fn gateway_headers(
+    response: &mut Response,
+    cache: &'static str,
+    route: &ModelRoute,
+    provider: &str,
+) {
+    response
+        .headers_mut()
+        .insert(X_GATEWAY_CACHE.clone(), HeaderValue::from_static(cache));
+    set_header(response, &X_GATEWAY_PROVIDER, provider);
+    set_header(response, &X_GATEWAY_MODEL, &route.name);
+}
+
+/// Calls the chosen deployment, then each fallback model in order while the failure is one a
+/// different deployment could fix (rate limit, outage, timeout).
+async fn call_with_fallbacks<'g>(
+    gateway: &'g Gateway,
+    route: &'g ModelRoute,
+    deployment: &'g Deployment,
+    request: &mut ChatRequest,
+    stream: bool,
+) -> Result<Answer<'g>, ApiError> {
+    let mut candidates: Vec<(&ModelRoute, &Deployment)> = vec![(route, deployment)];
+    for name in &route.fallbacks {
+        if let Some(fallback) = gateway.models.get(name) {
+            candidates.push((fallback, fallback.pick()));
+        }
+    }
+    let mut last_error: Option<(ProviderError, &str)> = None;
+    for (depth, (route, deployment)) in candidates.into_iter().enumerate() {
+        request.model.clone_from(&deployment.model);
+        let result = if stream {
+            deployment
+                .provider
+                .chat_stream(request)
+                .await
+                .map(Outcome::Stream)
+        } else {
+            deployment
+                .provider
+                .chat(request)
+                .await
+                .map(Outcome::Complete)
+        };
+        match result {
+            Ok(outcome) => {
+                return Ok(Answer {
+                    outcome,
+                    route,
+                    provider_name: &deployment.provider_name,
+                    fallback_depth: depth,
+                });
+            }
+            Err(error) => {
+                tracing::warn!(
+                    provider = %deployment.provider_name,
+                    model = %deployment.model,
+                    %error,
+                    "provider call failed"
+                );
+                let retryable = error.is_retryable();
+                last_error = Some((error, &deployment.provider_name));
+                if !retryable {
+                    break;
+                }
+            }
+        }
+    }
+    Err(match last_error {
+        Some((error, provider)) => error.to_api_error(provider),
+        None => ApiError::internal("no deployment to call"),
+    })
+}
+
+fn sse_response(body: Body) -> Response {
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+fn sse_data<T: Serialize>(value: &T) -> Bytes {
+    let mut frame = b"data: ".to_vec();
+    if serde_json::to_writer(&mut frame, value).is_err() {
+        frame.truncate(6);
+        frame.extend_from_slice(
+            br#"{"error":{"message":"cannot encode chunk","type":"api_error"}}"#,
+        );
+    }
+    frame.extend_from_slice(b"\n\n");
+    Bytes::from(frame)
+}
+
+const SSE_DONE: &[u8] = b"data: [DONE]\n\n";
+
+fn sse_error(error: &ApiError) -> Bytes {
+    Bytes::from(format!("data: {}\n\n", error.body_json()))
+}
+
+fn cached_response(
+    body: Bytes,
+    stream: bool,
+    include_usage: bool,
+    route: &ModelRoute,
+    deployment: &Deployment,
+) -> Result<Response, ApiError> {
+    let mut response = if stream {
+        let completion: ChatCompletion = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::internal(format!("cached answer is unreadable: {e}")))?;
+        let mut frames: Vec<Result<Bytes, Infallible>> = completion
+            .to_chunks(include_usage)
+            .iter()
+            .map(|c| Ok(sse_data(c)))
+            .collect();
+        frames.push(Ok(Bytes::from_static(SSE_DONE)));
+        sse_response(Body::from_stream(futures_util::stream::iter(frames)))
+    } else {
+        json_response(StatusCode::OK, body)
+    };
+    response
+        .headers_mut()
+        .insert(X_GATEWAY_CACHE.clone(), HeaderValue::from_static("HIT"));
+    set_header(
+        &mut response,
+        &X_GATEWAY_PROVIDER,
+        &deployment.provider_name,
+    );
+    set_header(&mut response, &X_GATEWAY_MODEL, &route.name);
+    set_header(&mut response, &X_GATEWAY_COST, "0");
+    Ok(response)
+}
+
+/// Relays an upstream stream to the client as SSE while assembling the whole answer, so that a
+/// complete stream is billed and cached and an incomplete one never passes for an answer.
+struct StreamRelay {
+    upstream: ChunkStream,
+    assembler: CompletionAssembler,
+    include_usage: bool,
+    usage_sent: bool,
+    settlement: Option<Settlement>,
+    leader: Option<Leader>,
+    cache_ttl_s: u64,
+    prompt_estimate: u64,
+    finished: bool,
+}
+
+impl StreamRelay {
+    fn into_stream(self) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> + Send {
+        futures_util::stream::unfold(self, |mut relay| async move {
+            let frame = relay.next_frame().await?;
+            Some((Ok(frame), relay))
+        })
+    }
+
+    fn usage(&self) -> Usage {
+        self.assembler.usage.unwrap_or_else(|| {
+            Usage::new(
+                self.prompt_estimate,
+                self.assembler.estimated_completion_tokens(),
+            )
+        })
+    }
+
+    async fn next_frame(&mut self) -> Option<Bytes> {
+        if self.finished {
+            return None;
+        }
+        loop {
+            match self.upstream.next().await {
+                Some(Ok(mut chunk)) => {
+                    self.assembler.push(&chunk);
+                    let usage = self.usage();
+                    if let Some(settlement) = &mut self.settlement {
+                        settlement.observed = usage;
+                    }
+                    let usage_only = chunk.choices.is_empty() && chunk.usage.is_some();
+                    if usage_only {
+                        if !self.include_usage {
+                            continue;
+                        }
+                        self.usage_sent = true;
+                    } else if !self.include_usage {
+                        chunk.usage = None;
+                    }
+                    return Some(sse_data(&chunk));
+                }
+                Some(Err(error)) => {
+                    self.finished = true;
+                    return Some(self.fail(error.to_api_error("upstream")));
+                }
+                None => {
+                    self.finished = true;
+                    return Some(self.complete());
+                }
+            }
+        }
+    }
+
+    /// Ends a stream that broke: an SSE error event the SDKs raise, no cache entry.
+    fn fail(&mut self, error: ApiError) -> Bytes {
+        self.leader = None;
+        self.settlement = None;
+        sse_error(&error)
+    }
+
+    /// Ends a stream the upstream closed: `[DONE]` if the answer is complete, else an error.
+    fn complete(&mut self) -> Bytes {
+        if !self.assembler.is_finished() {
+            return self.fail(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "api_error",
+                "The provider's stream ended before the answer was complete.",
+            ));
+        }
+        let usage = self.usage();
+        let mut frames = Vec::new();
+        if self.include_usage && !self.usage_sent {
+            let mut chunk = ChatChunk::new("", 0, "", Vec::new());
+            chunk.usage = Some(usage);
+            frames.extend_from_slice(&sse_data(&chunk));
+        }
+        frames.extend_from_slice(SSE_DONE);
+        let assembled = std::mem::take(&mut self.assembler);
+        let mut completion = assembled.into_completion();
+        completion.usage = Some(usage);
+        if let Some(settlement) = self.settlement.take() {
+            let price = settlement.price;
+            settlement.finish(usage, price);
+        }
+        if let Some(leader) = self.leader.take()
+            && let Ok(body) = serde_json::to_vec(&completion)
+        {
+            tokio::spawn(leader.complete(Bytes::from(body), self.cache_ttl_s));
+        }
+        Bytes::from(frames)
+    }
+}
+
+async fn embeddings(
+    State(gateway): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match embed(&gateway, &headers, body).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn embed(
+    gateway: &Gateway,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let now = now_secs();
+    let key = gateway.auth.authenticate(headers, now).await?;
+    let body = body.map_err(body_error)?;
+    let mut request: EmbeddingRequest = parse_json(&body)?;
+    request.validate()?;
+    let route = authorize_model(gateway, &key, &request.model, ModelKind::Embedding)?;
+    let tokens = request.input.estimate_tokens();
+    let reservation = gateway
+        .limiter
+        .acquire(
+            &key,
+            Estimate {
+                tokens,
+                cost_usd: route.price.cost_usd(tokens, 0),
+            },
+            now,
+        )
+        .await
+        .map_err(|e| e.to_api_error())?;
+    let settlement = Settlement::new(Arc::clone(&gateway.limiter), reservation, route.price);
+    let deployment = route.pick();
+    let format = request.encoding_format.unwrap_or(EncodingFormat::Float);
+    request.model.clone_from(&deployment.model);
+    let mut response = deployment
+        .provider
+        .embed(&request)
+        .await
+        .map_err(|e| e.to_api_error(&deployment.provider_name))?;
+    for item in &mut response.data {
+        let vector = std::mem::replace(
+            &mut item.embedding,
+            crate::api::EmbeddingVector::Float(Vec::new()),
+        );
+        item.embedding = vector.into_format(format)?;
+    }
+    let usage = Usage::new(response.usage.prompt_tokens, 0);
+    let cost = settlement.finish(usage, route.price);
+    let mut http_response = json_response(StatusCode::OK, to_json_bytes(&response)?);
+    set_header(
+        &mut http_response,
+        &X_GATEWAY_PROVIDER,
+        &deployment.provider_name,
+    );
+    set_header(&mut http_response, &X_GATEWAY_MODEL, &route.name);
+    set_header(&mut http_response, &X_GATEWAY_COST, &format!("{cost:.8}"));
+    Ok(http_response)
+}
+
+async fn admin_key(gateway: &Gateway, headers: &HeaderMap) -> Result<Arc<KeyRecord>, ApiError> {
+    let key = gateway.auth.authenticate(headers, now_secs()).await?;
+    if !key.admin {
+        return Err(ApiError::forbidden("This route needs an admin key."));
+    }
+    Ok(key)
+}
+
+#[derive(Serialize)]
+struct CreatedKey {
+    key: String,
+    #[serde(flatten)]
+    record: KeyRecord,
+}
+
+async fn create_key(
+    State(gateway): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        admin_key(&gateway, &headers).await?;
+        let new: NewKey = parse_json(&body.map_err(body_error)?)?;
+        let (hash, secret, record) = generate_key(new, now_secs())?;
+        gateway
+            .auth
+            .store()
+            .insert(&hash, &record)
+            .await
+            .map_err(admin_store_error)?;
+        let body = to_json_bytes(&CreatedKey {
+            key: secret,
+            record,
+        })?;
+        Ok::<_, ApiError>(json_response(StatusCode::CREATED, body))
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+#[derive(Serialize)]
+struct KeyListEntry {
+    #[serde(flatten)]
+    record: KeyRecord,
+    spent_usd_this_month: Option<f64>,
+}
+
+async fn list_keys(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    let result = async {
+        admin_key(&gateway, &headers).await?;
+        let records = gateway
+            .auth
+            .store()
+            .list()
+            .await
+            .map_err(admin_store_error)?;
+        let now = now_secs();
+        let mut data = Vec::with_capacity(records.len());
+        for record in records {
+            let spent = gateway.limiter.spent_usd(&record.id, now).await.ok();
+            data.push(KeyListEntry {
+                record,
+                spent_usd_this_month: spent,
+            });
+        }
+        let body = to_json_bytes(&serde_json::json!({"object": "list", "data": data}))?;
+        Ok::<_, ApiError>(json_response(StatusCode::OK, body))
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn revoke_key(
+    State(gateway): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let result = async {
+        admin_key(&gateway, &headers).await?;
+        let found = gateway
+            .auth
+            .store()
+            .revoke(&id)
+            .await
+            .map_err(admin_store_error)?;
+        if !found {
+            return Err(ApiError::not_found(format!("No key with id `{id}`.")));
+        }
+        gateway.auth.invalidate();
+        let body = to_json_bytes(&serde_json::json!({"id": id, "revoked": true}))?;
+        Ok(json_response(StatusCode::OK, body))
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+fn admin_store_error(error: StoreError) -> ApiError {
+    match error {
+        StoreError::Conflict(what) => ApiError::new(
+            StatusCode::CONFLICT,
+            "invalid_request_error",
+            format!("{what} already exists"),
+        ),
+        other => store_unavailable(other),
+    }
+}

@@ -1,0 +1,13 @@
+//! The gateway library: everything that is not an entrypoint.
+
+pub mod api;
+pub mod auth;
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod gateway;
+pub mod http;
+pub mod limits;
+pub mod providers;
+pub mod store;
+pub mod telemetry;

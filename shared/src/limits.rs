@@ -1,0 +1,380 @@
+//! Per-key limits: requests per minute, tokens per minute (reserved up front, settled on actual
+//! usage) and a monthly budget in USD (estimated cost reserved up front, actual spend recorded
+//! after the response). Windows are calendar minutes and calendar months in UTC, so every
+//! implementation — in process or in DynamoDB — counts the same way.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+
+use crate::auth::KeyRecord;
+use crate::error::ApiError;
+
+/// What a request is expected to consume, known before it runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Estimate {
+    pub tokens: u64,
+    pub cost_usd: f64,
+}
+
+/// What an admitted request holds until it is settled.
+#[derive(Debug, Clone)]
+pub struct Reservation {
+    pub key_id: Arc<str>,
+    pub minute: u64,
+    pub month: u32,
+    pub tokens: u64,
+    pub cost_usd: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum LimitError {
+    Exceeded {
+        limit: &'static str,
+        retry_after_secs: u64,
+    },
+    Unavailable(String),
+}
+
+impl LimitError {
+    pub fn to_api_error(&self) -> ApiError {
+        match self {
+            LimitError::Exceeded {
+                limit,
+                retry_after_secs,
+            } => ApiError::rate_limited(
+                format!("Rate limit reached: {limit}. Retry after {retry_after_secs} s."),
+                *retry_after_secs,
+            )
+            .with_code(if *limit == BUDGET {
+                "budget_exceeded"
+            } else {
+                "rate_limit_exceeded"
+            }),
+            LimitError::Unavailable(reason) => {
+                tracing::error!(%reason, "limit store unavailable");
+                ApiError::new(
+                    http::StatusCode::SERVICE_UNAVAILABLE,
+                    "api_error",
+                    "Limits cannot be checked right now, so the request was refused; try again shortly.",
+                )
+            }
+        }
+    }
+}
+
+pub const RPM: &str = "requests per minute";
+pub const TPM: &str = "tokens per minute";
+pub const BUDGET: &str = "monthly budget";
+
+#[async_trait]
+pub trait Limiter: Send + Sync {
+    /// Admits the request and reserves its estimate, or says which limit refuses it.
+    async fn acquire(
+        &self,
+        key: &KeyRecord,
+        estimate: Estimate,
+        now_secs: u64,
+    ) -> Result<Reservation, LimitError>;
+
+    /// Replaces the reservation with what the request really used. Never fails the request:
+    /// errors are logged.
+    async fn settle(&self, reservation: Reservation, tokens: u64, cost_usd: f64);
+
+    /// Spend recorded this month for a key, in USD.
+    async fn spent_usd(&self, key_id: &str, now_secs: u64) -> Result<f64, LimitError>;
+}
+
+/// Where an in-process limiter persists spend; the embedded store implements it.
+pub trait SpendSink: Send + Sync {
+    /// Records spend without waiting for it to reach disk.
+    fn record(&self, key_id: &str, month: u32, cost_usd: f64);
+}
+
+#[derive(Default)]
+struct KeyWindow {
+    minute: u64,
+    requests: u64,
+    tokens: u64,
+    month: u32,
+    spent_usd: f64,
+    reserved_usd: f64,
+}
+
+/// Limits kept in memory, exact under concurrency within one process: one short critical section
+/// per admission, and spend handed to a sink that writes it off the request path.
+pub struct LocalLimiter {
+    windows: Mutex<HashMap<Arc<str>, KeyWindow>>,
+    spend: Option<Arc<dyn SpendSink>>,
+    /// Spend recorded before this process started, per (key, month).
+    spent_before: HashMap<(String, u32), f64>,
+}
+
+impl LocalLimiter {
+    pub fn new(
+        spend: Option<Arc<dyn SpendSink>>,
+        spent_before: HashMap<(String, u32), f64>,
+    ) -> Self {
+        Self {
+            windows: Mutex::new(HashMap::new()),
+            spend,
+            spent_before,
+        }
+    }
+
+    fn prior_spend(&self, key_id: &str, month: u32) -> f64 {
+        self.spent_before
+            .get(&(key_id.to_owned(), month))
+            .copied()
+            .unwrap_or(0.0)
+    }
+}
+
+#[async_trait]
+impl Limiter for LocalLimiter {
+    async fn acquire(
+        &self,
+        key: &KeyRecord,
+        estimate: Estimate,
+        now_secs: u64,
+    ) -> Result<Reservation, LimitError> {
+        let minute = now_secs / 60;
+        let month = month_of(now_secs);
+        let mut windows = self
+            .windows
+            .lock()
+            .map_err(|_| LimitError::Unavailable("limiter lock poisoned".into()))?;
+        let key_id: Arc<str> = match windows.get_key_value(key.id.as_str()) {
+            Some((id, _)) => Arc::clone(id),
+            None => Arc::from(key.id.as_str()),
+        };
+        let window = windows.entry(Arc::clone(&key_id)).or_default();
+        if window.minute != minute {
+            window.minute = minute;
+            window.requests = 0;
+            window.tokens = 0;
+        }
+        if window.month != month {
+            window.month = month;
+            window.spent_usd = self.prior_spend(&key.id, month);
+            window.reserved_usd = 0.0;
+        }
+        let next_minute = 60 - now_secs % 60;
+        if key.rpm.is_some_and(|rpm| window.requests >= rpm) {
+            return Err(LimitError::Exceeded {
+                limit: RPM,
+                retry_after_secs: next_minute,
+            });
+        }
+        if key
+            .tpm
+            .is_some_and(|tpm| window.tokens + estimate.tokens > tpm)
+        {
+            return Err(LimitError::Exceeded {
+                limit: TPM,
+                retry_after_secs: next_minute,
+            });
+        }
+        if key
+            .budget_usd
+            .is_some_and(|budget| window.spent_usd + window.reserved_usd >= budget)
+        {
+            return Err(LimitError::Exceeded {
+                limit: BUDGET,
+                retry_after_secs: secs_until_next_month(now_secs),
+            });
+        }
+        window.requests += 1;
+        window.tokens += estimate.tokens;
+        window.reserved_usd += estimate.cost_usd;
+        Ok(Reservation {
+            key_id,
+            minute,
+            month,
+            tokens: estimate.tokens,
+            cost_usd: estimate.cost_usd,
+        })
+    }
+
+    async fn settle(&self, reservation: Reservation, tokens: u64, cost_usd: f64) {
+        if let Ok(mut windows) = self.windows.lock()
+            && let Some(window) = windows.get_mut(&reservation.key_id)
+        {
+            if window.minute == reservation.minute {
+                window.tokens = (window.tokens + tokens).saturating_sub(reservation.tokens);
+            }
+            if window.month == reservation.month {
+                window.reserved_usd = (window.reserved_usd - reservation.cost_usd).max(0.0);
+                window.spent_usd += cost_usd;
+            }
+        }
+        if cost_usd > 0.0
+            && let Some(sink) = &self.spend
+        {
+            sink.record(&reservation.key_id, reservation.month, cost_usd);
+        }
+    }
+
+    async fn spent_usd(&self, key_id: &str, now_secs: u64) -> Result<f64, LimitError> {
+        let month = month_of(now_secs);
+        let windows = self
+            .windows
+            .lock()
+            .map_err(|_| LimitError::Unavailable("limiter lock poisoned".into()))?;
+        Ok(match windows.get(key_id) {
+            Some(window) if window.month == month => window.spent_usd,
+            _ => self.prior_spend(key_id, month),
+        })
+    }
+}
+
+/// Days since 1970-01-01 to (year, month), by Howard Hinnant's civil-from-days algorithm; a date
+/// crate would be the only reason to pull one in.
+fn civil_from_days(days: i64) -> (i64, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month)
+}
+
+/// (year, month) to days since 1970-01-01 of its first day; the inverse of the above.
+fn days_from_civil(year: i64, month: u32) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let m = i64::from(month);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The UTC calendar month of a time, as YYYYMM.
+pub fn month_of(now_secs: u64) -> u32 {
+    let (year, month) = civil_from_days((now_secs / 86_400) as i64);
+    year as u32 * 100 + month
+}
+
+pub fn secs_until_next_month(now_secs: u64) -> u64 {
+    let (year, month) = civil_from_days((now_secs / 86_400) as i64);
+    let (next_year, next_month) = if month == 12 {
+        (year + 1, 1)
+    } else {
+        (year, month + 1)
+    };
+    let start = days_from_civil(next_year, next_month) as u64 * 86_400;
+    start.saturating_sub(now_secs).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(rpm: Option<u64>, tpm: Option<u64>, budget: Option<f64>) -> KeyRecord {
+        KeyRecord {
+            id: "key_1".into(),
+            name: "t".into(),
+            tenant: "t".into(),
+            models: vec![],
+            rpm,
+            tpm,
+            budget_usd: budget,
+            expires_at: None,
+            disabled: false,
+            admin: false,
+            created_at: 0,
+        }
+    }
+
+    #[test]
+    fn months_are_utc_calendar_months() {
+        assert_eq!(month_of(0), 197001);
+        // 2024-02-29T23:59:59Z, a leap day.
+        assert_eq!(month_of(1_709_251_199), 202402);
+        assert_eq!(secs_until_next_month(1_709_251_199), 1);
+        // 2026-12-31T00:00:00Z: a day to the new year.
+        assert_eq!(month_of(1_798_675_200), 202612);
+        assert_eq!(secs_until_next_month(1_798_675_200), 86_400);
+    }
+
+    #[tokio::test]
+    async fn rpm_admits_exactly_the_limit_under_concurrency() {
+        let limiter = Arc::new(LocalLimiter::new(None, HashMap::new()));
+        let k = Arc::new(key(Some(50), None, None));
+        let tasks: Vec<_> = (0..500)
+            .map(|_| {
+                let (limiter, k) = (Arc::clone(&limiter), Arc::clone(&k));
+                tokio::spawn(async move { limiter.acquire(&k, Estimate::default(), 120).await })
+            })
+            .collect();
+        let mut admitted = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(_) => admitted += 1,
+                Err(LimitError::Exceeded {
+                    limit,
+                    retry_after_secs,
+                }) => {
+                    assert_eq!(limit, RPM);
+                    assert_eq!(retry_after_secs, 60);
+                }
+                Err(other) => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(admitted, 50);
+        // A new minute opens a new window.
+        assert!(limiter.acquire(&k, Estimate::default(), 180).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn tpm_reserves_then_settles_to_actual_usage() {
+        let limiter = LocalLimiter::new(None, HashMap::new());
+        let k = key(None, Some(100), None);
+        let big = Estimate {
+            tokens: 80,
+            cost_usd: 0.0,
+        };
+        let first = limiter.acquire(&k, big, 0).await.unwrap();
+        assert!(limiter.acquire(&k, big, 1).await.is_err());
+        // It used 10 of the 80 it reserved: the rest goes back to the window.
+        limiter.settle(first, 10, 0.0).await;
+        assert!(limiter.acquire(&k, big, 2).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn budget_refuses_once_spent_and_counts_in_flight_reservations() {
+        let limiter = LocalLimiter::new(None, HashMap::new());
+        let k = key(None, None, Some(1.0));
+        let est = Estimate {
+            tokens: 0,
+            cost_usd: 0.6,
+        };
+        let a = limiter.acquire(&k, est, 0).await.unwrap();
+        let b = limiter.acquire(&k, est, 0).await.unwrap();
+        // 1.2 is reserved against a budget of 1.0: nothing more gets in while those run.
+        let refused = limiter.acquire(&k, est, 0).await.unwrap_err();
+        assert!(matches!(
+            refused,
+            LimitError::Exceeded { limit: BUDGET, .. }
+        ));
+        limiter.settle(a, 0, 0.3).await;
+        limiter.settle(b, 0, 0.3).await;
+        assert!((limiter.spent_usd("key_1", 0).await.unwrap() - 0.6).abs() < 1e-9);
+        let c = limiter.acquire(&k, est, 0).await.unwrap();
+        limiter.settle(c, 0, 0.5).await;
+        assert!(limiter.acquire(&k, est, 0).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn spend_from_before_a_restart_counts() {
+        let prior = HashMap::from([(("key_1".to_owned(), month_of(0)), 5.0)]);
+        let limiter = LocalLimiter::new(None, prior);
+        let k = key(None, None, Some(5.0));
+        assert!(limiter.acquire(&k, Estimate::default(), 0).await.is_err());
+    }
+}

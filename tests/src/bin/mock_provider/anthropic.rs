@@ -1,0 +1,488 @@
+//! Anthropic Messages API (`POST /v1/messages`), including its named SSE event sequence.
+
+use std::sync::Arc;
+
+use axum::{
+    Json,
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, StatusCode, header::RETRY_AFTER},
+    response::{IntoResponse, Response},
+};
+use serde_json::{Value, json};
+
+use crate::{
+    AppState, AuthFailure, Fault, field,
+    generate::{
+        ANTHROPIC_TOOL_USE_ID, Completion, Finish, Reply, TOOL_ARGUMENT_PIECES, ToolChoice,
+        content_text, count_words, tool_input,
+    },
+    header, parse_object, sse,
+};
+
+const BLOCK_TYPES: [&str; 8] = [
+    "text",
+    "image",
+    "document",
+    "search_result",
+    "tool_use",
+    "tool_result",
+    "thinking",
+    "redacted_thinking",
+];
+
+/// An error in Anthropic's body shape: `{"type": "error", "error": {"type", "message"}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    /// A raw code because Anthropic's 529 has no `StatusCode` constant.
+    status: u16,
+    kind: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: u16, kind: &'static str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        Self {
+            status,
+            kind,
+            message,
+        }
+    }
+
+    fn invalid(message: impl Into<String>) -> Self {
+        Self::new(400, "invalid_request_error", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = Json(json!({
+            "type": "error",
+            "error": {"type": self.kind, "message": self.message},
+        }));
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            (status, [(RETRY_AFTER, "1")], body).into_response()
+        } else {
+            (status, body).into_response()
+        }
+    }
+}
+
+impl From<Fault> for ApiError {
+    fn from(fault: Fault) -> Self {
+        match fault {
+            Fault::Unauthorized => Self::new(401, "authentication_error", "invalid x-api-key"),
+            Fault::BadRequest => {
+                Self::invalid("model: 'error-400' is the mock provider's bad-request trigger")
+            }
+            Fault::ContextLength => {
+                Self::invalid("prompt is too long: 210000 tokens > 200000 maximum")
+            }
+            Fault::ContentFilter => Self::invalid("Output blocked by content filtering policy"),
+            Fault::RateLimited => Self::new(
+                429,
+                "rate_limit_error",
+                "Number of requests has exceeded your per-minute rate limit",
+            ),
+            Fault::Internal => Self::new(500, "api_error", "Internal server error"),
+            Fault::Unavailable => Self::new(503, "api_error", "Service unavailable"),
+            Fault::Overloaded => Self::new(529, "overloaded_error", "Overloaded"),
+        }
+    }
+}
+
+pub async fn messages(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    state
+        .check_key(header(&headers, "x-api-key"))
+        .map_err(|failure| match failure {
+            AuthFailure::Missing => {
+                ApiError::new(401, "authentication_error", "x-api-key header is required")
+            }
+            AuthFailure::Invalid => Fault::Unauthorized.into(),
+        })?;
+    if header(&headers, "anthropic-version").is_none() {
+        return Err(ApiError::invalid("anthropic-version: header is required"));
+    }
+    let request = parse_object(&body).ok_or_else(|| {
+        ApiError::invalid(
+            "There was an error parsing the body of your request. Please make sure it is valid JSON.",
+        )
+    })?;
+    let model = field(&request, "model")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::invalid("model: Field required"))?;
+    if let Some(fault) = Fault::from_model(model) {
+        return Err(fault.into());
+    }
+    let max_tokens = field(&request, "max_tokens")
+        .ok_or_else(|| ApiError::invalid("max_tokens: Field required"))?
+        .as_u64()
+        .filter(|&n| n >= 1)
+        .ok_or_else(|| {
+            ApiError::invalid("max_tokens: Input should be an integer greater than or equal to 1")
+        })?;
+    let messages = field(&request, "messages")
+        .and_then(Value::as_array)
+        .ok_or_else(|| ApiError::invalid("messages: Field required"))?;
+    check_messages(messages)?;
+    let system = system_text(field(&request, "system"))?;
+    let tool_names = tool_names(&request)?;
+    let stops: Vec<String> = field(&request, "stop_sequences")
+        .and_then(Value::as_array)
+        .map(|stops| {
+            stops
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+
+    let user_text = messages
+        .iter()
+        .rev()
+        .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+        .and_then(|m| m.get("content"))
+        .map(content_text)
+        .unwrap_or_default();
+    let input_tokens = system.as_deref().map_or(0, count_words)
+        + messages
+            .iter()
+            .filter_map(|m| m.get("content"))
+            .map(|content| count_words(&content_text(content)))
+            .sum::<usize>();
+    let reply = Reply::decide(
+        tool_choice(field(&request, "tool_choice")),
+        &tool_names,
+        &user_text,
+        || Completion::generate(system.as_deref(), &user_text, Some(max_tokens), &stops),
+    );
+    let message = Message {
+        id: format!("msg_mock{:016}", state.next_id()),
+        model,
+        input_tokens,
+        reply,
+    };
+    let stream = field(&request, "stream")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    Ok(if stream {
+        sse(message.events(), state.chunk_delay())
+    } else {
+        Json(message.body()).into_response()
+    })
+}
+
+/// Rejects what the real API rejects and a translating gateway is likely to produce.
+fn check_messages(messages: &[Value]) -> Result<(), ApiError> {
+    for (i, message) in messages.iter().enumerate() {
+        match message.get("role").and_then(Value::as_str) {
+            Some("user" | "assistant") => {}
+            Some("system") => {
+                return Err(ApiError::invalid(
+                    "messages: Unexpected role \"system\". The Messages API accepts a top-level `system` parameter, not \"system\" as an input message role.",
+                ));
+            }
+            _ => {
+                return Err(ApiError::invalid(format!(
+                    "messages.{i}.role: Input should be 'user' or 'assistant'"
+                )));
+            }
+        }
+        let empty = || {
+            ApiError::invalid(format!(
+                "messages.{i}: all messages must have non-empty content except for the optional final assistant message"
+            ))
+        };
+        match message.get("content") {
+            Some(Value::String(text)) if !text.is_empty() => {}
+            Some(Value::Array(blocks)) if !blocks.is_empty() => {
+                for (j, block) in blocks.iter().enumerate() {
+                    check_block(block).map_err(|problem| {
+                        ApiError::invalid(format!("messages.{i}.content.{j}: {problem}"))
+                    })?;
+                }
+            }
+            Some(Value::String(_) | Value::Array(_)) => return Err(empty()),
+            _ => {
+                return Err(ApiError::invalid(format!(
+                    "messages.{i}.content: Input should be a valid string or a list of content blocks"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_block(block: &Value) -> Result<(), String> {
+    let kind = block.get("type").and_then(Value::as_str).unwrap_or("");
+    if !BLOCK_TYPES.contains(&kind) {
+        return Err(format!(
+            "Input tag '{kind}' found using 'type' does not match any of the expected tags: {}",
+            BLOCK_TYPES.map(|t| format!("'{t}'")).join(", ")
+        ));
+    }
+    if kind == "text"
+        && block
+            .get("text")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+    {
+        return Err("text content blocks must be non-empty".to_owned());
+    }
+    Ok(())
+}
+
+/// `system` as plain text; it may be a string or a list of text blocks.
+fn system_text(system: Option<&Value>) -> Result<Option<String>, ApiError> {
+    match system {
+        None => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text.clone())),
+        Some(blocks @ Value::Array(items))
+            if items
+                .iter()
+                .all(|b| b.get("type").and_then(Value::as_str) == Some("text")) =>
+        {
+            Ok(Some(content_text(blocks)))
+        }
+        Some(_) => Err(ApiError::invalid(
+            "system: Input should be a valid string or a list of text blocks",
+        )),
+    }
+}
+
+fn tool_names(request: &Value) -> Result<Vec<String>, ApiError> {
+    let Some(tools) = field(request, "tools") else {
+        return Ok(Vec::new());
+    };
+    let tools = tools
+        .as_array()
+        .ok_or_else(|| ApiError::invalid("tools: Input should be a valid list"))?;
+    tools
+        .iter()
+        .enumerate()
+        .map(|(i, tool)| {
+            if !tool.get("input_schema").is_some_and(Value::is_object) {
+                return Err(ApiError::invalid(format!(
+                    "tools.{i}.input_schema: Field required"
+                )));
+            }
+            tool.get("name")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| ApiError::invalid(format!("tools.{i}.name: Field required")))
+        })
+        .collect()
+}
+
+fn tool_choice(choice: Option<&Value>) -> ToolChoice {
+    let kind = choice.and_then(|c| c.get("type")).and_then(Value::as_str);
+    let name = choice.and_then(|c| c.get("name")).and_then(Value::as_str);
+    match (kind, name) {
+        (Some("none"), _) => ToolChoice::None,
+        (Some("any"), _) => ToolChoice::Required,
+        (Some("tool"), Some(name)) => ToolChoice::Named(name.to_owned()),
+        _ => ToolChoice::Auto,
+    }
+}
+
+/// One generated assistant message, rendered whole or as SSE events.
+struct Message<'a> {
+    id: String,
+    model: &'a str,
+    input_tokens: usize,
+    reply: Reply,
+}
+
+impl Message<'_> {
+    fn stop(&self) -> (&'static str, Option<&str>) {
+        match &self.reply {
+            Reply::ToolCall(_) => ("tool_use", None),
+            Reply::Text(completion) => match &completion.finish {
+                Finish::Complete => ("end_turn", None),
+                Finish::MaxTokens => ("max_tokens", None),
+                Finish::StopSequence(stop) => ("stop_sequence", Some(stop)),
+            },
+        }
+    }
+
+    fn usage(&self, output_tokens: usize) -> Value {
+        json!({
+            "input_tokens": self.input_tokens,
+            "output_tokens": output_tokens,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+        })
+    }
+
+    fn envelope(
+        &self,
+        content: Value,
+        stop_reason: Option<&str>,
+        stop_sequence: Option<&str>,
+        usage: Value,
+    ) -> Value {
+        json!({
+            "id": self.id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": content,
+            "stop_reason": stop_reason,
+            "stop_sequence": stop_sequence,
+            "usage": usage,
+        })
+    }
+
+    fn body(&self) -> Value {
+        let block = match &self.reply {
+            Reply::Text(completion) => json!({"type": "text", "text": completion.text()}),
+            Reply::ToolCall(name) => json!({
+                "type": "tool_use",
+                "id": ANTHROPIC_TOOL_USE_ID,
+                "name": name,
+                "input": tool_input(),
+            }),
+        };
+        let (stop_reason, stop_sequence) = self.stop();
+        let usage = self.usage(self.reply.output_tokens());
+        self.envelope(json!([block]), Some(stop_reason), stop_sequence, usage)
+    }
+
+    /// The documented sequence: message_start, content_block_start, ping, content_block_delta…,
+    /// content_block_stop, message_delta, message_stop.
+    fn events(&self) -> Vec<String> {
+        let event = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
+        let (start_block, deltas): (Value, Vec<Value>) = match &self.reply {
+            Reply::Text(completion) => (
+                json!({"type": "text", "text": ""}),
+                completion
+                    .pieces()
+                    .into_iter()
+                    .map(|text| json!({"type": "text_delta", "text": text}))
+                    .collect(),
+            ),
+            Reply::ToolCall(name) => (
+                json!({"type": "tool_use", "id": ANTHROPIC_TOOL_USE_ID, "name": name, "input": {}}),
+                TOOL_ARGUMENT_PIECES
+                    .iter()
+                    .map(|piece| json!({"type": "input_json_delta", "partial_json": piece}))
+                    .collect(),
+            ),
+        };
+        let (stop_reason, stop_sequence) = self.stop();
+
+        let mut frames = vec![
+            event(
+                "message_start",
+                json!({
+                    "type": "message_start",
+                    "message": self.envelope(json!([]), None, None, self.usage(1)),
+                }),
+            ),
+            event(
+                "content_block_start",
+                json!({"type": "content_block_start", "index": 0, "content_block": start_block}),
+            ),
+            event("ping", json!({"type": "ping"})),
+        ];
+        frames.extend(deltas.into_iter().map(|delta| {
+            event(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 0, "delta": delta}),
+            )
+        }));
+        frames.extend([
+            event(
+                "content_block_stop",
+                json!({"type": "content_block_stop", "index": 0}),
+            ),
+            event(
+                "message_delta",
+                json!({
+                    "type": "message_delta",
+                    "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
+                    "usage": {"output_tokens": self.reply.output_tokens()},
+                }),
+            ),
+            event("message_stop", json!({"type": "message_stop"})),
+        ]);
+        frames
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_events(frames: &[String]) -> Vec<(String, Value)> {
+        frames
+            .iter()
+            .map(|frame| {
+                let (name, data) = frame
+                    .strip_prefix("event: ")
+                    .and_then(|f| f.strip_suffix("\n\n"))
+                    .and_then(|f| f.split_once("\ndata: "))
+                    .unwrap();
+                (name.to_owned(), serde_json::from_str(data).unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn stream_follows_documented_event_sequence() {
+        let completion = Completion::generate(Some("be brief"), "hello world", Some(100), &[]);
+        let message = Message {
+            id: "msg_x".into(),
+            model: "claude",
+            input_tokens: 4,
+            reply: Reply::Text(completion.clone()),
+        };
+        let events = parse_events(&message.events());
+        let names: Vec<&str> = events.iter().map(|(name, _)| name.as_str()).collect();
+        let deltas = vec!["content_block_delta"; completion.tokens.len()];
+        let expected = [
+            &["message_start", "content_block_start", "ping"][..],
+            &deltas,
+            &["content_block_stop", "message_delta", "message_stop"],
+        ]
+        .concat();
+        assert_eq!(names, expected);
+        for (name, data) in &events {
+            assert_eq!(data["type"], *name, "data.type matches the event name");
+        }
+        assert_eq!(events[0].1["message"]["usage"]["input_tokens"], 4);
+        let text: String = events
+            .iter()
+            .filter_map(|(_, data)| data["delta"]["text"].as_str())
+            .collect();
+        assert_eq!(text, "[system: be brief] echo: hello world");
+        assert_eq!(
+            events[events.len() - 2].1["delta"]["stop_reason"],
+            "end_turn"
+        );
+        assert_eq!(events[events.len() - 2].1["usage"]["output_tokens"], 6);
+    }
+
+    #[test]
+    fn rejects_openai_shapes_a_gateway_failed_to_translate() {
+        let system_role =
+            json!([{"role": "system", "content": "x"}, {"role": "user", "content": "y"}]);
+        let image_url =
+            json!([{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]);
+        let null_content = json!([{"role": "assistant", "content": null}]);
+        let empty_text = json!([{"role": "user", "content": [{"type": "text", "text": ""}]}]);
+        for messages in [system_role, image_url, null_content, empty_text] {
+            let messages = messages.as_array().unwrap();
+            assert!(check_messages(messages).is_err(), "{messages:?}");
+        }
+        let openai_tool = json!({"tools": [{"type": "function", "function": {"name": "f"}}]});
+        assert!(tool_names(&openai_tool).is_err());
+    }
+}

@@ -1,0 +1,1 @@
+//! Helpers shared by the integration tests: the mock provider lives in `src/bin/mock_provider.rs`.
