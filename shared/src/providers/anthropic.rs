@@ -114,13 +114,11 @@ struct ErrorBody {
 
 fn parse_error(status: u16, body: &[u8], retry_after: Option<u64>) -> ProviderError {
     match serde_json::from_slice::<ErrorEnvelope>(body) {
-        Ok(envelope) => ProviderError::from_status(
-            status,
-            envelope.error.message,
-            Some(envelope.error.kind),
-            None,
-            retry_after,
-        ),
+        // Anthropic's error `type` is a class, not an OpenAI `code`: the status and message
+        // classify it.
+        Ok(envelope) => {
+            ProviderError::from_status(status, envelope.error.message, None, None, retry_after)
+        }
         Err(_) => ProviderError::from_status(
             status,
             format!("HTTP {status}: {}", String::from_utf8_lossy(body)),
@@ -144,7 +142,7 @@ fn stream_error(data: &str) -> ProviderError {
         "overloaded_error" => 529,
         _ => 500,
     };
-    ProviderError::from_status(status, message, Some(kind), None, None)
+    ProviderError::from_status(status, message, None, None, None)
 }
 
 #[derive(Serialize)]

@@ -1,0 +1,310 @@
+//! Shared by the integration tests: the mock provider as a child process, and the gateway's real
+//! router served in process on a loopback port over an embedded store in a temporary folder.
+#![allow(dead_code)] // each test crate uses a different subset of these helpers
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use gateway::auth::{KeyRecord, NewKey, generate_key};
+use gateway::config::Config;
+use gateway::gateway::Gateway;
+use gateway::store::KeyStore;
+use gateway::store::embedded::EmbeddedStore;
+use reqwest::header::HeaderMap;
+use serde_json::Value;
+
+/// The credential the gateway must forward to the mock provider.
+pub const UPSTREAM_KEY: &str = "sk-upstream-test";
+
+/// `mock-provider` on a free loopback port, killed when dropped.
+pub struct MockUpstream {
+    child: Child,
+    pub url: String,
+}
+
+impl MockUpstream {
+    pub fn start(extra_args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mock-provider"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra_args)
+            .env("MOCK_PROVIDER_REQUIRE_KEY", UPSTREAM_KEY)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mock-provider starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("mock-provider prints its address");
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .expect("address line")
+            .to_owned();
+        Self { child, url }
+    }
+
+    pub async fn stats(&self) -> Value {
+        let body = reqwest::get(format!("{}/_mock/stats", self.url))
+            .await
+            .expect("stats")
+            .bytes()
+            .await
+            .expect("stats body");
+        serde_json::from_slice(&body).expect("stats json")
+    }
+
+    pub async fn requests(&self) -> u64 {
+        self.stats().await["requests"].as_u64().expect("request count")
+    }
+}
+
+impl Drop for MockUpstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A config with the built-in mock, and OpenAI-compatible, Azure and Anthropic providers all
+/// pointing at the mock provider; the `err-*` models make the mock answer with that error.
+pub fn test_config(upstream: &str) -> String {
+    let mut config = format!(
+        r#"
+[providers.mock]
+kind = "mock"
+
+[providers.upstream]
+kind = "openai"
+base_url = "{upstream}/v1"
+api_key_env = "UPSTREAM_KEY"
+
+[providers.azure]
+kind = "azure"
+base_url = "{upstream}"
+api_key_env = "UPSTREAM_KEY"
+api_version = "2024-10-21"
+
+[providers.claude]
+kind = "anthropic"
+base_url = "{upstream}"
+api_key_env = "UPSTREAM_KEY"
+
+[models.mock]
+deployments = [{{ provider = "mock", model = "mock" }}]
+price = {{ input_per_mtok = 1000, output_per_mtok = 2000 }}
+context_window = 2000
+
+[models.mock-embed]
+kind = "embedding"
+deployments = [{{ provider = "mock", model = "mock-embed" }}]
+price = {{ input_per_mtok = 1000 }}
+
+[models.gpt]
+deployments = [{{ provider = "upstream", model = "gpt-test" }}]
+price = {{ input_per_mtok = 1, output_per_mtok = 2 }}
+
+[models.gpt-embed]
+kind = "embedding"
+deployments = [{{ provider = "upstream", model = "embed-test" }}]
+
+[models.azure-gpt]
+deployments = [{{ provider = "azure", model = "my-deployment" }}]
+
+[models.claude]
+deployments = [{{ provider = "claude", model = "claude-test" }}]
+price = {{ input_per_mtok = 3, output_per_mtok = 15 }}
+
+[models.flaky]
+deployments = [{{ provider = "upstream", model = "error-503" }}]
+fallbacks = ["gpt"]
+"#
+    );
+    for (alias, provider, upstream_model) in [
+        ("err-429", "upstream", "error-429"),
+        ("err-401", "upstream", "error-401"),
+        ("err-500", "upstream", "error-500"),
+        ("err-400", "upstream", "error-400"),
+        ("err-context", "upstream", "error-context"),
+        ("err-content", "upstream", "error-content-filter"),
+        ("claude-529", "claude", "error-529"),
+        ("claude-429", "claude", "error-429"),
+        ("claude-context", "claude", "error-context"),
+    ] {
+        config.push_str(&format!(
+            "\n[models.{alias}]\ndeployments = [{{ provider = \"{provider}\", model = \"{upstream_model}\" }}]\n"
+        ));
+    }
+    config
+}
+
+static NEXT_DIR: AtomicU64 = AtomicU64::new(0);
+
+/// The gateway router on a loopback port, as `gateway-local` serves it.
+pub struct TestGateway {
+    pub url: String,
+    pub store: Arc<EmbeddedStore>,
+    pub http: reqwest::Client,
+    dir: PathBuf,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl TestGateway {
+    pub async fn start(config_toml: &str) -> Self {
+        let config = Config::from_toml(config_toml).expect("valid test config");
+        let dir = std::env::temp_dir().join(format!(
+            "gateway-it-{}-{}",
+            std::process::id(),
+            NEXT_DIR.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = EmbeddedStore::open(&dir).expect("store opens");
+        let env: HashMap<&str, &str> = HashMap::from([("UPSTREAM_KEY", UPSTREAM_KEY)]);
+        let lookup = move |name: &str| env.get(name).map(|v| (*v).to_owned());
+        let gateway = Gateway::new(&config, store.backends().expect("backends"), &lookup)
+            .expect("gateway builds");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let router = gateway::http::router(Arc::new(gateway));
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        Self {
+            url,
+            store,
+            http: reqwest::Client::new(),
+            dir,
+            server,
+        }
+    }
+
+    pub async fn key(&self, new: NewKey) -> (String, KeyRecord) {
+        let (hash, secret, record) = generate_key(new, now_secs()).expect("key");
+        self.store.insert(&hash, &record).await.expect("insert key");
+        (secret, record)
+    }
+
+    pub async fn plain_key(&self) -> String {
+        self.key(NewKey {
+            name: "test".into(),
+            ..NewKey::default()
+        })
+        .await
+        .0
+    }
+
+    pub async fn post(&self, path: &str, key: &str, body: &Value) -> Reply {
+        self.post_with(path, key, body, &[]).await
+    }
+
+    pub async fn post_with(
+        &self,
+        path: &str,
+        key: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut request = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(key)
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(body).expect("json"));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        Reply::read(request.send().await.expect("gateway answers")).await
+    }
+
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
+        Reply::read(request.send().await.expect("gateway answers")).await
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        self.server.abort();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    async fn read(response: reqwest::Response) -> Self {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.expect("body");
+        Self {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body))
+        })
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The `data:` payloads of an SSE body, in order; `[DONE]` stays a string.
+    pub fn sse_data(&self) -> Vec<String> {
+        String::from_utf8_lossy(&self.body)
+            .split("\n\n")
+            .filter_map(|event| {
+                event
+                    .lines()
+                    .find_map(|line| line.strip_prefix("data: "))
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
+
+    /// The SSE chunks as JSON (without the closing `[DONE]`).
+    pub fn sse_chunks(&self) -> Vec<Value> {
+        self.sse_data()
+            .iter()
+            .filter(|d| d.as_str() != "[DONE]")
+            .map(|d| serde_json::from_str(d).expect("chunk json"))
+            .collect()
+    }
+
+    /// Concatenated `delta.content` of choice 0.
+    pub fn streamed_text(&self) -> String {
+        self.sse_chunks()
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    pub fn error_code(&self) -> Option<String> {
+        self.json()["error"]["code"].as_str().map(str::to_owned)
+    }
+}
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+pub fn chat(model: &str, text: &str) -> Value {
+    serde_json::json!({"model": model, "messages": [{"role": "user", "content": text}]})
+}
