@@ -39,6 +39,20 @@ pub struct KeyRecord {
     pub admin: bool,
     #[serde(default)]
     pub created_at: u64,
+    #[serde(default)]
+    pub context_policy: ContextPolicy,
+}
+
+/// What to do with a conversation longer than the model's context window when no larger-context
+/// model is configured.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContextPolicy {
+    /// Refuse with `context_length_exceeded`.
+    #[default]
+    Reject,
+    /// Drop the oldest turns (never the system prompt or the last user turn).
+    Trim,
 }
 
 pub fn default_tenant() -> String {
@@ -64,6 +78,8 @@ pub struct NewKey {
     pub expires_at: Option<u64>,
     #[serde(default)]
     pub admin: bool,
+    #[serde(default)]
+    pub context_policy: ContextPolicy,
 }
 
 impl KeyRecord {
@@ -108,6 +124,7 @@ pub fn generate_key(new: NewKey, now_secs: u64) -> Result<(String, String, KeyRe
         disabled: false,
         admin: new.admin,
         created_at: now_secs,
+        context_policy: new.context_policy,
     };
     Ok((hash_secret(&secret), secret, record))
 }
@@ -131,6 +148,7 @@ pub async fn ensure_admin_key(
         disabled: false,
         admin: true,
         created_at: now_secs,
+        context_policy: ContextPolicy::Reject,
     };
     store.upsert(&hash_secret(secret), &record).await
 }
@@ -293,6 +311,7 @@ mod tests {
             disabled: false,
             admin: false,
             created_at: 0,
+            context_policy: ContextPolicy::Reject,
         };
         assert!(record.allows_model("mock") && !record.allows_model("gpt-4o"));
         assert!(!record.is_expired(49) && record.is_expired(50));

@@ -17,6 +17,8 @@ pub struct Config {
     #[serde(default)]
     pub cache: CacheConfig,
     #[serde(default)]
+    pub routing: RoutingConfig,
+    #[serde(default)]
     pub providers: BTreeMap<String, ProviderConfig>,
     #[serde(default)]
     pub models: BTreeMap<String, ModelConfig>,
@@ -87,6 +89,105 @@ fn default_cache_ttl_s() -> u64 {
     3600
 }
 
+/// Retries, backoff and circuit breaking, for every model.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// Most provider calls one request may make, retries and fallbacks included.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Exponential backoff with full jitter: the n-th retry waits a random time up to
+    /// `min(backoff_max_ms, backoff_base_ms * 2^n)`.
+    #[serde(default = "default_backoff_base_ms")]
+    pub backoff_base_ms: u64,
+    #[serde(default = "default_backoff_max_ms")]
+    pub backoff_max_ms: u64,
+    /// A provider's `Retry-After` is honoured up to this; a longer one moves on to a fallback
+    /// (or returns the 429) instead of holding the request.
+    #[serde(default = "default_max_retry_after_ms")]
+    pub max_retry_after_ms: u64,
+    /// After a stream's finish reason, how long to wait for its usage chunk and end.
+    #[serde(default = "default_stream_finish_grace_ms")]
+    pub stream_finish_grace_ms: u64,
+    #[serde(default)]
+    pub breaker: BreakerConfig,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: default_max_attempts(),
+            backoff_base_ms: default_backoff_base_ms(),
+            backoff_max_ms: default_backoff_max_ms(),
+            max_retry_after_ms: default_max_retry_after_ms(),
+            stream_finish_grace_ms: default_stream_finish_grace_ms(),
+            breaker: BreakerConfig::default(),
+        }
+    }
+}
+
+fn default_max_attempts() -> u32 {
+    4
+}
+fn default_backoff_base_ms() -> u64 {
+    250
+}
+fn default_backoff_max_ms() -> u64 {
+    4_000
+}
+fn default_max_retry_after_ms() -> u64 {
+    10_000
+}
+fn default_stream_finish_grace_ms() -> u64 {
+    500
+}
+
+/// A circuit breaker per deployment: it opens after `consecutive_failures` failures in a row, or
+/// when at least `min_requests` of the last `window` calls include a `failure_rate` share of
+/// failures; stays open `open_ms`; then lets one probe through and closes if it succeeds.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerConfig {
+    #[serde(default = "default_consecutive_failures")]
+    pub consecutive_failures: u32,
+    #[serde(default = "default_failure_rate")]
+    pub failure_rate: f64,
+    #[serde(default = "default_window")]
+    pub window: u32,
+    #[serde(default = "default_min_requests")]
+    pub min_requests: u32,
+    #[serde(default = "default_open_ms")]
+    pub open_ms: u64,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: default_consecutive_failures(),
+            failure_rate: default_failure_rate(),
+            window: default_window(),
+            min_requests: default_min_requests(),
+            open_ms: default_open_ms(),
+        }
+    }
+}
+
+fn default_consecutive_failures() -> u32 {
+    5
+}
+fn default_failure_rate() -> f64 {
+    0.5
+}
+fn default_window() -> u32 {
+    20
+}
+fn default_min_requests() -> u32 {
+    10
+}
+fn default_open_ms() -> u64 {
+    30_000
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProviderKind {
@@ -129,6 +230,9 @@ pub struct Timeouts {
     /// From sending the request to the response headers.
     #[serde(default = "default_first_byte_ms")]
     pub first_byte_ms: u64,
+    /// From sending a streamed request to its first token.
+    #[serde(default = "default_first_token_ms")]
+    pub first_token_ms: u64,
     /// Most time allowed between two streamed chunks.
     #[serde(default = "default_idle_ms")]
     pub idle_ms: u64,
@@ -142,6 +246,7 @@ impl Default for Timeouts {
         Self {
             connect_ms: default_connect_ms(),
             first_byte_ms: default_first_byte_ms(),
+            first_token_ms: default_first_token_ms(),
             idle_ms: default_idle_ms(),
             total_ms: default_total_ms(),
         }
@@ -152,6 +257,9 @@ fn default_connect_ms() -> u64 {
     5_000
 }
 fn default_first_byte_ms() -> u64 {
+    60_000
+}
+fn default_first_token_ms() -> u64 {
     60_000
 }
 fn default_idle_ms() -> u64 {
@@ -174,7 +282,14 @@ pub enum ModelKind {
 pub struct ModelConfig {
     #[serde(default)]
     pub kind: ModelKind,
+    /// Where the model is served; empty for a routing alias (`route`).
+    #[serde(default)]
     pub deployments: Vec<DeploymentConfig>,
+    /// Makes this model an alias that picks one of its candidates per request.
+    #[serde(default)]
+    pub route: Option<RouteConfig>,
+    #[serde(default)]
+    pub capabilities: Capabilities,
     #[serde(default)]
     pub price: Price,
     #[serde(default)]
@@ -183,6 +298,101 @@ pub struct ModelConfig {
     pub cache: Option<ModelCacheConfig>,
     #[serde(default)]
     pub fallbacks: Vec<String>,
+}
+
+/// What a model can take; requests needing more are not sent to it by a routing alias.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capabilities {
+    #[serde(default = "yes")]
+    pub tools: bool,
+    #[serde(default = "yes")]
+    pub images: bool,
+    #[serde(default = "yes")]
+    pub json: bool,
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Self {
+            tools: true,
+            images: true,
+            json: true,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteStrategy {
+    /// The cheapest candidate able to serve the request, unless the classifier escalates.
+    Cost,
+}
+
+/// A routing alias such as `auto`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub strategy: RouteStrategy,
+    pub candidates: Vec<String>,
+    /// The model for requests the classifier judges hard; default: the priciest candidate.
+    #[serde(default)]
+    pub strong: Option<String>,
+    #[serde(default)]
+    pub escalate: EscalationRules,
+}
+
+/// The rule-based classifier: a request matching any rule needs the strong model.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EscalationRules {
+    /// Prompts at least this long (estimated tokens).
+    #[serde(default = "default_escalate_tokens")]
+    pub min_prompt_tokens: u64,
+    /// Words in the last user message that signal hard work (matched case-insensitively).
+    #[serde(default = "default_escalate_keywords")]
+    pub keywords: Vec<String>,
+    /// Requests offering at least this many tools.
+    #[serde(default = "default_escalate_tools")]
+    pub min_tools: usize,
+}
+
+impl Default for EscalationRules {
+    fn default() -> Self {
+        Self {
+            min_prompt_tokens: default_escalate_tokens(),
+            keywords: default_escalate_keywords(),
+            min_tools: default_escalate_tools(),
+        }
+    }
+}
+
+fn default_escalate_tokens() -> u64 {
+    4_000
+}
+fn default_escalate_keywords() -> Vec<String> {
+    [
+        "prove",
+        "proof",
+        "step by step",
+        "analyze",
+        "analyse",
+        "refactor",
+        "debug",
+        "architecture",
+        "derive",
+        "optimize",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect()
+}
+fn default_escalate_tools() -> usize {
+    5
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -360,6 +570,7 @@ impl Config {
             for (value, name) in [
                 (t.connect_ms, "connect_ms"),
                 (t.first_byte_ms, "first_byte_ms"),
+                (t.first_token_ms, "first_token_ms"),
                 (t.idle_ms, "idle_ms"),
                 (t.total_ms, "total_ms"),
             ] {
@@ -371,13 +582,43 @@ impl Config {
                 }
             }
         }
+        let r = &self.routing;
+        if r.max_attempts == 0 {
+            return Err(ConfigError::new(
+                "routing.max_attempts",
+                "must be at least 1",
+            ));
+        }
+        let b = &r.breaker;
+        if !(b.failure_rate > 0.0 && b.failure_rate <= 1.0) {
+            return Err(ConfigError::new(
+                "routing.breaker.failure_rate",
+                "must be in (0, 1]",
+            ));
+        }
+        if b.consecutive_failures == 0 || b.window == 0 || b.min_requests > b.window {
+            return Err(ConfigError::new(
+                "routing.breaker",
+                "consecutive_failures and window must be at least 1, min_requests at most window",
+            ));
+        }
         for (name, model) in &self.models {
             let field = |f: &str| format!("models.{name}.{f}");
-            if model.deployments.is_empty() {
-                return Err(ConfigError::new(
-                    field("deployments"),
-                    "needs at least one deployment",
-                ));
+            match &model.route {
+                None if model.deployments.is_empty() => {
+                    return Err(ConfigError::new(
+                        field("deployments"),
+                        "needs at least one deployment (or a `route` making the model an alias)",
+                    ));
+                }
+                Some(_) if !model.deployments.is_empty() => {
+                    return Err(ConfigError::new(
+                        field("route"),
+                        "a routing alias has candidates, not deployments",
+                    ));
+                }
+                Some(route) => self.validate_route(name, model, route)?,
+                None => {}
             }
             for (i, d) in model.deployments.iter().enumerate() {
                 if !self.providers.contains_key(&d.provider) {
@@ -423,6 +664,50 @@ impl Config {
                     }
                     Some(_) => {}
                 }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_route(
+        &self,
+        name: &str,
+        model: &ModelConfig,
+        route: &RouteConfig,
+    ) -> Result<(), ConfigError> {
+        let field = |f: &str| format!("models.{name}.route.{f}");
+        if route.candidates.is_empty() {
+            return Err(ConfigError::new(
+                field("candidates"),
+                "needs at least one model",
+            ));
+        }
+        for (i, candidate) in route.candidates.iter().chain(&route.strong).enumerate() {
+            let at = if i < route.candidates.len() {
+                format!("candidates[{i}]")
+            } else {
+                "strong".to_owned()
+            };
+            match self.models.get(candidate) {
+                None => {
+                    return Err(ConfigError::new(
+                        field(&at),
+                        format!("unknown model `{candidate}`"),
+                    ));
+                }
+                Some(target) if target.route.is_some() => {
+                    return Err(ConfigError::new(
+                        field(&at),
+                        format!("`{candidate}` is itself an alias"),
+                    ));
+                }
+                Some(target) if target.kind != model.kind => {
+                    return Err(ConfigError::new(
+                        field(&at),
+                        format!("`{candidate}` is not the same kind of model"),
+                    ));
+                }
+                Some(_) => {}
             }
         }
         Ok(())

@@ -5,14 +5,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::Rng;
-
 use crate::auth::Authenticator;
 use crate::cache::ResponseCache;
-use crate::config::{CachePartition, Config, ConfigError, ModelKind, Price};
+use crate::config::{
+    CachePartition, Capabilities, Config, ConfigError, ModelKind, Price, RouteConfig,
+    RoutingConfig, Timeouts,
+};
 use crate::error::ApiError;
 use crate::limits::Limiter;
 use crate::providers::Provider;
+use crate::providers::routing::DeploymentHealth;
 use crate::store::Backends;
 
 /// One way to serve a model: a provider and the model name it knows.
@@ -22,6 +24,8 @@ pub struct Deployment {
     pub model: String,
     pub version: Option<String>,
     pub weight: u32,
+    pub timeouts: Timeouts,
+    pub health: DeploymentHealth,
 }
 
 /// A public model name and everything needed to serve it.
@@ -33,23 +37,9 @@ pub struct ModelRoute {
     pub context_window: Option<u64>,
     pub cache_ttl_s: u64,
     pub fallbacks: Vec<String>,
-    total_weight: u32,
-}
-
-impl ModelRoute {
-    /// A deployment chosen at random in proportion to the weights.
-    pub fn pick(&self) -> &Deployment {
-        if self.deployments.len() > 1 {
-            let mut ticket = rand::rng().random_range(0..self.total_weight);
-            for deployment in &self.deployments {
-                if ticket < deployment.weight {
-                    return deployment;
-                }
-                ticket -= deployment.weight;
-            }
-        }
-        &self.deployments[0]
-    }
+    pub capabilities: Capabilities,
+    /// Set for a routing alias (such as `auto`), which has no deployments of its own.
+    pub alias: Option<RouteConfig>,
 }
 
 pub struct Gateway {
@@ -58,6 +48,7 @@ pub struct Gateway {
     pub limiter: Arc<dyn Limiter>,
     pub cache: ResponseCache,
     pub cache_partition: CachePartition,
+    pub routing: RoutingConfig,
     pub max_body_bytes: usize,
     pub started_at: u64,
 }
@@ -84,6 +75,11 @@ impl Gateway {
                 .iter()
                 .map(|d| {
                     // `Config::from_toml` checked that every deployment names a known provider.
+                    let timeouts = config
+                        .providers
+                        .get(&d.provider)
+                        .map(|p| p.timeouts)
+                        .unwrap_or_default();
                     let provider = providers.get(&d.provider).cloned().ok_or_else(|| {
                         ConfigError::new(
                             format!("models.{name}.deployments"),
@@ -96,6 +92,8 @@ impl Gateway {
                         model: d.model.clone(),
                         version: d.version.clone(),
                         weight: d.weight,
+                        timeouts,
+                        health: DeploymentHealth::new(config.routing.breaker),
                     })
                 })
                 .collect::<Result<Vec<_>, ConfigError>>()?;
@@ -104,12 +102,13 @@ impl Gateway {
                 Arc::new(ModelRoute {
                     name: name.clone(),
                     kind: model.kind,
-                    total_weight: deployments.iter().map(|d| d.weight).sum(),
                     deployments,
                     price: model.price,
                     context_window: model.context_window,
                     cache_ttl_s: config.cache_ttl_s(model),
                     fallbacks: model.fallbacks.clone(),
+                    capabilities: model.capabilities,
+                    alias: model.route.clone(),
                 }),
             );
         }
@@ -122,6 +121,7 @@ impl Gateway {
             limiter: backends.limiter,
             cache: ResponseCache::new(backends.cache),
             cache_partition: config.cache.partition,
+            routing: config.routing,
             max_body_bytes: config.server.max_body_bytes,
             started_at: crate::providers::now_secs(),
         })

@@ -2,11 +2,12 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -25,8 +26,10 @@ use crate::config::{ModelKind, Price};
 use crate::error::ApiError;
 use crate::gateway::{Deployment, Gateway, ModelRoute};
 use crate::limits::{Estimate, Limiter, Reservation};
-use crate::providers::{ChunkStream, ProviderError, now_secs};
+use crate::providers::routing::{self, Outcome, Selection};
+use crate::providers::{ChunkStream, now_secs};
 use crate::store::StoreError;
+use crate::telemetry::{METRICS, Metrics};
 
 /// Output tokens reserved against TPM and budget when a request sets no `max_tokens`.
 const DEFAULT_RESERVED_OUTPUT_TOKENS: u64 = 1024;
@@ -36,11 +39,14 @@ static X_GATEWAY_CACHE: HeaderName = HeaderName::from_static("x-gateway-cache");
 static X_GATEWAY_PROVIDER: HeaderName = HeaderName::from_static("x-gateway-provider");
 static X_GATEWAY_MODEL: HeaderName = HeaderName::from_static("x-gateway-model");
 static X_GATEWAY_COST: HeaderName = HeaderName::from_static("x-gateway-cost-usd");
+static X_GATEWAY_ROUTE: HeaderName = HeaderName::from_static("x-gateway-route");
+static X_GATEWAY_CONTEXT: HeaderName = HeaderName::from_static("x-gateway-context");
 
 pub fn router(gateway: Arc<Gateway>) -> Router {
     let max_body = gateway.max_body_bytes;
     Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .route("/v1/models", get(list_models))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/embeddings", post(embeddings))
@@ -71,6 +77,16 @@ async fn request_id(request: Request, next: Next) -> Response {
 
 async fn health() -> impl IntoResponse {
     axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn metrics() -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        METRICS.render(),
+    )
 }
 
 async fn not_found() -> ApiError {
@@ -198,11 +214,13 @@ impl Settlement {
         }
     }
 
-    /// Settles with the given usage, billed at `price`; returns the cost.
-    fn finish(mut self, usage: Usage, price: Price) -> f64 {
+    /// Settles with the given usage, billed at `price` to `model`; returns the cost.
+    fn finish(mut self, usage: Usage, price: Price, model: &str) -> f64 {
         self.price = price;
         self.observed = usage;
-        self.settle()
+        let cost = self.settle();
+        METRICS.record_usage(model, usage.prompt_tokens, usage.completion_tokens, cost);
+        cost
     }
 
     fn settle(&mut self) -> f64 {
@@ -224,12 +242,19 @@ impl Drop for Settlement {
     }
 }
 
+/// The latest moment a request may still be worked on, set by an entrypoint that has one (on
+/// Lambda, the invocation's deadline); provider calls and streams stop before it.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestDeadline(pub tokio::time::Instant);
+
 async fn chat_completions(
     State(gateway): State<Arc<Gateway>>,
+    deadline: Option<Extension<RequestDeadline>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match chat(&gateway, &headers, body).await {
+    let deadline = deadline.map(|Extension(RequestDeadline(at))| at);
+    match chat(&gateway, &headers, body, deadline).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     }
@@ -239,25 +264,18 @@ async fn chat(
     gateway: &Gateway,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
+    invocation_deadline: Option<tokio::time::Instant>,
 ) -> Result<Response, ApiError> {
     let now = now_secs();
     let key = gateway.auth.authenticate(headers, now).await?;
     let body = body.map_err(body_error)?;
     let mut request: ChatRequest = parse_json(&body)?;
     request.validate()?;
-    let route = authorize_model(gateway, &key, &request.model, ModelKind::Chat)?;
+    let requested = authorize_model(gateway, &key, &request.model, ModelKind::Chat)?;
+    let selection = routing::select(gateway, requested, &key, &mut request)?;
+    let route = selection.route;
 
     let prompt_estimate = request.estimate_prompt_tokens();
-    if let Some(window) = route.context_window
-        && prompt_estimate > window
-    {
-        return Err(ApiError::bad_request(format!(
-            "This model's maximum context length is {window} tokens; the messages are about \
-             {prompt_estimate} tokens."
-        ))
-        .with_code("context_length_exceeded")
-        .with_param("messages"));
-    }
     let output_reserve = request
         .max_output_tokens()
         .map_or(DEFAULT_RESERVED_OUTPUT_TOKENS, u64::from)
@@ -274,24 +292,30 @@ async fn chat(
     let mut settlement = Settlement::new(Arc::clone(&gateway.limiter), reservation, route.price);
     settlement.observed.prompt_tokens = prompt_estimate;
 
-    let deployment = route.pick();
+    let preferred = routing::choose(route, &[], Instant::now());
+    let primary = &route.deployments[preferred.unwrap_or(0)];
     let mode = CacheMode::decide(headers, &request, route.cache_ttl_s);
+    Metrics::count(&METRICS.cache, &[("result", mode.header_value(false))]);
     let stream = request.is_stream();
     let include_usage = request.include_usage();
     let mut leader = None;
     if mode == CacheMode::Use {
         let key = cache_key(
             gateway.cache_partition(&key.tenant),
-            &deployment.provider_name,
-            &deployment.model,
-            deployment.version.as_deref(),
+            &primary.provider_name,
+            &primary.model,
+            primary.version.as_deref(),
             &request,
         );
         match gateway.cache.lookup(key).await {
             Lookup::Hit(body) => {
+                Metrics::count(&METRICS.cache, &[("result", "HIT")]);
                 // A hit costs nothing upstream: only the request itself counts against RPM.
-                settlement.finish(Usage::default(), route.price);
-                return cached_response(body, stream, include_usage, route, deployment);
+                settlement.finish(Usage::default(), route.price, &route.name);
+                let mut response = cached_response(body, stream, include_usage)?;
+                gateway_headers(&mut response, "HIT", route, primary, &selection);
+                set_header(&mut response, &X_GATEWAY_COST, "0");
+                return Ok(response);
             }
             Lookup::Miss(guard) => leader = Some(guard),
         }
@@ -305,144 +329,82 @@ async fn chat(
             .get_or_insert_with(StreamOptions::default)
             .include_usage = Some(true);
     }
-    let Answer {
-        outcome,
-        route: answered,
-        provider_name,
-        fallback_depth,
-    } = call_with_fallbacks(gateway, route, deployment, &mut request, stream).await?;
-    // Only the primary deployment's answers are cached under its key.
-    let leader = leader.filter(|_| fallback_depth == 0);
-    match outcome {
+    let total = tokio::time::Instant::now() + Duration::from_millis(primary.timeouts.total_ms);
+    let deadline = invocation_deadline.map_or(total, |at| at.min(total));
+    let answer =
+        routing::execute(gateway, route, preferred, &mut request, stream, deadline).await?;
+    // Only an answer from the deployment the key was computed for is cached under it.
+    let leader = leader.filter(|_| std::ptr::eq(answer.deployment, primary));
+    let cache_header = mode.header_value(false);
+    match answer.outcome {
         Outcome::Complete(completion) => {
             let usage = completion
                 .usage
                 .unwrap_or_else(|| Usage::new(prompt_estimate, 0));
-            let cost = settlement.finish(usage, answered.price);
+            let cost = settlement.finish(usage, answer.route.price, &answer.route.name);
             let body = to_json_bytes(&completion)?;
             if let Some(leader) = leader {
-                let (body, ttl) = (body.clone(), answered.cache_ttl_s);
+                let (body, ttl) = (body.clone(), answer.route.cache_ttl_s);
                 tokio::spawn(leader.complete(body, ttl));
             }
             let mut response = json_response(StatusCode::OK, body);
             gateway_headers(
                 &mut response,
-                mode.header_value(false),
-                answered,
-                provider_name,
+                cache_header,
+                answer.route,
+                answer.deployment,
+                &selection,
             );
             set_header(&mut response, &X_GATEWAY_COST, &format!("{cost:.8}"));
             Ok(response)
         }
         Outcome::Stream(chunks) => {
-            settlement.price = answered.price;
+            settlement.price = answer.route.price;
             let relay = StreamRelay {
                 upstream: chunks,
                 assembler: CompletionAssembler::default(),
                 include_usage,
                 usage_sent: false,
                 settlement: Some(settlement),
+                model: answer.route.name.clone(),
                 leader,
-                cache_ttl_s: answered.cache_ttl_s,
+                cache_ttl_s: answer.route.cache_ttl_s,
                 prompt_estimate,
+                deadline,
+                finish_grace: Duration::from_millis(gateway.routing.stream_finish_grace_ms),
                 finished: false,
             };
             let mut response = sse_response(Body::from_stream(relay.into_stream()));
             gateway_headers(
                 &mut response,
-                mode.header_value(false),
-                answered,
-                provider_name,
+                cache_header,
+                answer.route,
+                answer.deployment,
+                &selection,
             );
             Ok(response)
         }
     }
 }
 
-enum Outcome {
-    Complete(ChatCompletion),
-    Stream(ChunkStream),
-}
-
-struct Answer<'g> {
-    outcome: Outcome,
-    route: &'g ModelRoute,
-    provider_name: &'g str,
-    fallback_depth: usize,
-}
-
 fn gateway_headers(
     response: &mut Response,
     cache: &'static str,
     route: &ModelRoute,
-    provider: &str,
+    deployment: &Deployment,
+    selection: &Selection<'_>,
 ) {
     response
         .headers_mut()
         .insert(X_GATEWAY_CACHE.clone(), HeaderValue::from_static(cache));
-    set_header(response, &X_GATEWAY_PROVIDER, provider);
+    set_header(response, &X_GATEWAY_PROVIDER, &deployment.provider_name);
     set_header(response, &X_GATEWAY_MODEL, &route.name);
-}
-
-/// Calls the chosen deployment, then each fallback model in order while the failure is one a
-/// different deployment could fix (rate limit, outage, timeout).
-async fn call_with_fallbacks<'g>(
-    gateway: &'g Gateway,
-    route: &'g ModelRoute,
-    deployment: &'g Deployment,
-    request: &mut ChatRequest,
-    stream: bool,
-) -> Result<Answer<'g>, ApiError> {
-    let mut candidates: Vec<(&ModelRoute, &Deployment)> = vec![(route, deployment)];
-    for name in &route.fallbacks {
-        if let Some(fallback) = gateway.models.get(name) {
-            candidates.push((fallback, fallback.pick()));
-        }
+    if let Some(routed) = &selection.routed {
+        set_header(response, &X_GATEWAY_ROUTE, routed);
     }
-    let mut last_error: Option<(ProviderError, &str)> = None;
-    for (depth, (route, deployment)) in candidates.into_iter().enumerate() {
-        request.model.clone_from(&deployment.model);
-        let result = if stream {
-            deployment
-                .provider
-                .chat_stream(request)
-                .await
-                .map(Outcome::Stream)
-        } else {
-            deployment
-                .provider
-                .chat(request)
-                .await
-                .map(Outcome::Complete)
-        };
-        match result {
-            Ok(outcome) => {
-                return Ok(Answer {
-                    outcome,
-                    route,
-                    provider_name: &deployment.provider_name,
-                    fallback_depth: depth,
-                });
-            }
-            Err(error) => {
-                tracing::warn!(
-                    provider = %deployment.provider_name,
-                    model = %deployment.model,
-                    %error,
-                    "provider call failed"
-                );
-                let retryable = error.is_retryable();
-                last_error = Some((error, &deployment.provider_name));
-                if !retryable {
-                    break;
-                }
-            }
-        }
+    if let Some(context) = &selection.context {
+        set_header(response, &X_GATEWAY_CONTEXT, context);
     }
-    Err(match last_error {
-        Some((error, provider)) => error.to_api_error(provider),
-        None => ApiError::internal("no deployment to call"),
-    })
 }
 
 fn sse_response(body: Body) -> Response {
@@ -474,37 +436,21 @@ fn sse_error(error: &ApiError) -> Bytes {
     Bytes::from(format!("data: {}\n\n", error.body_json()))
 }
 
-fn cached_response(
-    body: Bytes,
-    stream: bool,
-    include_usage: bool,
-    route: &ModelRoute,
-    deployment: &Deployment,
-) -> Result<Response, ApiError> {
-    let mut response = if stream {
-        let completion: ChatCompletion = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::internal(format!("cached answer is unreadable: {e}")))?;
-        let mut frames: Vec<Result<Bytes, Infallible>> = completion
-            .to_chunks(include_usage)
-            .iter()
-            .map(|c| Ok(sse_data(c)))
-            .collect();
-        frames.push(Ok(Bytes::from_static(SSE_DONE)));
-        sse_response(Body::from_stream(futures_util::stream::iter(frames)))
-    } else {
-        json_response(StatusCode::OK, body)
-    };
-    response
-        .headers_mut()
-        .insert(X_GATEWAY_CACHE.clone(), HeaderValue::from_static("HIT"));
-    set_header(
-        &mut response,
-        &X_GATEWAY_PROVIDER,
-        &deployment.provider_name,
-    );
-    set_header(&mut response, &X_GATEWAY_MODEL, &route.name);
-    set_header(&mut response, &X_GATEWAY_COST, "0");
-    Ok(response)
+fn cached_response(body: Bytes, stream: bool, include_usage: bool) -> Result<Response, ApiError> {
+    if !stream {
+        return Ok(json_response(StatusCode::OK, body));
+    }
+    let completion: ChatCompletion = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::internal(format!("cached answer is unreadable: {e}")))?;
+    let mut frames: Vec<Result<Bytes, Infallible>> = completion
+        .to_chunks(include_usage)
+        .iter()
+        .map(|c| Ok(sse_data(c)))
+        .collect();
+    frames.push(Ok(Bytes::from_static(SSE_DONE)));
+    Ok(sse_response(Body::from_stream(futures_util::stream::iter(
+        frames,
+    ))))
 }
 
 /// Relays an upstream stream to the client as SSE while assembling the whole answer, so that a
@@ -515,9 +461,14 @@ struct StreamRelay {
     include_usage: bool,
     usage_sent: bool,
     settlement: Option<Settlement>,
+    model: String,
     leader: Option<Leader>,
     cache_ttl_s: u64,
     prompt_estimate: u64,
+    deadline: tokio::time::Instant,
+    /// After every choice has its finish reason, how long to wait for the usage chunk and the
+    /// end: a provider that forgets `[DONE]` must not hold the client.
+    finish_grace: Duration,
     finished: bool,
 }
 
@@ -543,7 +494,29 @@ impl StreamRelay {
             return None;
         }
         loop {
-            match self.upstream.next().await {
+            let finishing = self.assembler.is_finished();
+            let wait_until = if finishing {
+                self.deadline
+                    .min(tokio::time::Instant::now() + self.finish_grace)
+            } else {
+                self.deadline
+            };
+            let next = match tokio::time::timeout_at(wait_until, self.upstream.next()).await {
+                Ok(next) => next,
+                Err(_) if finishing => None,
+                Err(_) => {
+                    self.finished = true;
+                    return Some(self.fail(
+                        "deadline",
+                        ApiError::new(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            "timeout",
+                            "The request's deadline passed before the answer was complete.",
+                        ),
+                    ));
+                }
+            };
+            match next {
                 Some(Ok(mut chunk)) => {
                     self.assembler.push(&chunk);
                     let usage = self.usage();
@@ -563,7 +536,8 @@ impl StreamRelay {
                 }
                 Some(Err(error)) => {
                     self.finished = true;
-                    return Some(self.fail(error.to_api_error("upstream")));
+                    let reason = format!("{:?}", error.kind).to_lowercase();
+                    return Some(self.fail(&reason, error.to_api_error("upstream")));
                 }
                 None => {
                     self.finished = true;
@@ -573,8 +547,11 @@ impl StreamRelay {
         }
     }
 
-    /// Ends a stream that broke: an SSE error event the SDKs raise, no cache entry.
-    fn fail(&mut self, error: ApiError) -> Bytes {
+    /// Ends a stream that broke: an SSE error event the SDKs raise, no cache entry; what was
+    /// produced is billed when the settlement drops.
+    fn fail(&mut self, reason: &str, error: ApiError) -> Bytes {
+        tracing::warn!(reason, model = %self.model, "stream broken after it started");
+        Metrics::count(&METRICS.broken_streams, &[("reason", reason)]);
         self.leader = None;
         self.settlement = None;
         sse_error(&error)
@@ -583,11 +560,14 @@ impl StreamRelay {
     /// Ends a stream the upstream closed: `[DONE]` if the answer is complete, else an error.
     fn complete(&mut self) -> Bytes {
         if !self.assembler.is_finished() {
-            return self.fail(ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "api_error",
-                "The provider's stream ended before the answer was complete.",
-            ));
+            return self.fail(
+                "incomplete",
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "api_error",
+                    "The provider's stream ended before the answer was complete.",
+                ),
+            );
         }
         let usage = self.usage();
         let mut frames = Vec::new();
@@ -602,7 +582,7 @@ impl StreamRelay {
         completion.usage = Some(usage);
         if let Some(settlement) = self.settlement.take() {
             let price = settlement.price;
-            settlement.finish(usage, price);
+            settlement.finish(usage, price, &self.model);
         }
         if let Some(leader) = self.leader.take()
             && let Ok(body) = serde_json::to_vec(&completion)
@@ -649,7 +629,7 @@ async fn embed(
         .await
         .map_err(|e| e.to_api_error())?;
     let settlement = Settlement::new(Arc::clone(&gateway.limiter), reservation, route.price);
-    let deployment = route.pick();
+    let deployment = &route.deployments[routing::choose(route, &[], Instant::now()).unwrap_or(0)];
     let format = request.encoding_format.unwrap_or(EncodingFormat::Float);
     request.model.clone_from(&deployment.model);
     let mut response = deployment
@@ -665,7 +645,7 @@ async fn embed(
         item.embedding = vector.into_format(format)?;
     }
     let usage = Usage::new(response.usage.prompt_tokens, 0);
-    let cost = settlement.finish(usage, route.price);
+    let cost = settlement.finish(usage, route.price, &route.name);
     let mut http_response = json_response(StatusCode::OK, to_json_bytes(&response)?);
     set_header(
         &mut http_response,

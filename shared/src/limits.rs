@@ -288,6 +288,7 @@ mod tests {
             disabled: false,
             admin: false,
             created_at: 0,
+            context_policy: crate::auth::ContextPolicy::Reject,
         }
     }
 

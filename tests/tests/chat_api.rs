@@ -30,7 +30,11 @@ async fn chat_completion_has_openai_shape_and_gateway_headers() {
     assert_eq!(body["choices"][0]["finish_reason"], "stop");
     assert_eq!(body["usage"]["completion_tokens"], 5);
     assert_eq!(body["usage"]["total_tokens"], 7);
-    assert!(reply.header("x-request-id").is_some_and(|id| !id.is_empty()));
+    assert!(
+        reply
+            .header("x-request-id")
+            .is_some_and(|id| !id.is_empty())
+    );
     assert_eq!(reply.header("x-gateway-provider"), Some("mock"));
     assert_eq!(reply.header("x-gateway-model"), Some("mock"));
     // 2 prompt tokens at $1000/M plus 5 completion tokens at $2000/M.
@@ -79,7 +83,11 @@ async fn stream_sends_chunks_usage_and_done_only_when_asked() {
     let usage_chunk = chunks.last().unwrap();
     assert_eq!(usage_chunk["choices"], json!([]));
     assert_eq!(usage_chunk["usage"]["completion_tokens"], 5);
-    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk"));
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["object"] == "chat.completion.chunk")
+    );
 
     body["stream_options"] = json!({"include_usage": false});
     let reply = gw.post("/v1/chat/completions", &key, &body).await;
@@ -150,7 +158,11 @@ async fn models_lists_what_the_key_may_use() {
         })
         .await;
     let reply = gw
-        .send(gw.http.get(format!("{}/v1/models", gw.url)).bearer_auth(&scoped))
+        .send(
+            gw.http
+                .get(format!("{}/v1/models", gw.url))
+                .bearer_auth(&scoped),
+        )
         .await;
     let ids: Vec<String> = reply.json()["data"]
         .as_array()
@@ -229,7 +241,11 @@ async fn bad_input_gets_clear_4xx_errors_in_openai_shape() {
     assert!(too_large.json()["error"]["message"].is_string());
 
     let too_long = gw
-        .post("/v1/chat/completions", &key, &chat("mock", &"word ".repeat(20_000)))
+        .post(
+            "/v1/chat/completions",
+            &key,
+            &chat("mock", &"word ".repeat(20_000)),
+        )
         .await;
     assert_eq!(too_long.status, 400);
     assert_eq!(
@@ -273,7 +289,12 @@ async fn content_parts_tools_and_unknown_fields_are_accepted() {
         "metadata": {"trace": "t"}, "reasoning_effort": "low", "service_tier": "auto"
     });
     let reply = gw.post("/v1/chat/completions", &key, &body).await;
-    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
     assert_eq!(
         reply.json()["choices"][0]["message"]["content"],
         "Mock answer to: so?"

@@ -46,7 +46,12 @@ async fn missing_unknown_expired_and_revoked_keys_get_401() {
         .await;
     let reply = gw.post("/v1/chat/completions", &expired, &body).await;
     assert_eq!(reply.status, 401);
-    assert!(reply.json()["error"]["message"].as_str().unwrap().contains("expired"));
+    assert!(
+        reply.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("expired")
+    );
 
     let (admin, _) = gw
         .key(NewKey {
@@ -55,7 +60,10 @@ async fn missing_unknown_expired_and_revoked_keys_get_401() {
         })
         .await;
     let (doomed, record) = gw.key(new_key("doomed")).await;
-    assert_eq!(gw.post("/v1/chat/completions", &doomed, &body).await.status, 200);
+    assert_eq!(
+        gw.post("/v1/chat/completions", &doomed, &body).await.status,
+        200
+    );
     let revoke = gw
         .send(
             gw.http
@@ -67,7 +75,12 @@ async fn missing_unknown_expired_and_revoked_keys_get_401() {
     // Revoking through the gateway applies at once, despite the key cache.
     let reply = gw.post("/v1/chat/completions", &doomed, &body).await;
     assert_eq!(reply.status, 401);
-    assert!(reply.json()["error"]["message"].as_str().unwrap().contains("revoked"));
+    assert!(
+        reply.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("revoked")
+    );
 }
 
 #[tokio::test]
@@ -142,14 +155,21 @@ async fn admin_routes_create_list_and_need_an_admin_key() {
         .map(|k| k["name"].as_str().unwrap())
         .collect();
     assert!(names.contains(&"svc"));
-    assert!(!listed.to_string().contains(&secret), "secrets are never listed");
+    assert!(
+        !listed.to_string().contains(&secret),
+        "secrets are never listed"
+    );
 
     let forbidden = gw
         .post("/v1/admin/keys", &user, &json!({"name": "x"}))
         .await;
     assert_eq!(forbidden.status, 403);
     let bad = gw
-        .post("/v1/admin/keys", &admin, &json!({"name": "x", "rpm": "lots"}))
+        .post(
+            "/v1/admin/keys",
+            &admin,
+            &json!({"name": "x", "rpm": "lots"}),
+        )
         .await;
     assert_eq!(bad.status, 400);
 }
@@ -168,8 +188,12 @@ async fn rpm_admits_exactly_the_limit_among_parallel_requests() {
         .map(|i| {
             let (gw, key) = (Arc::clone(&gw), key.clone());
             tokio::spawn(async move {
-                gw.post("/v1/chat/completions", &key, &chat("mock", &format!("n{i}")))
-                    .await
+                gw.post(
+                    "/v1/chat/completions",
+                    &key,
+                    &chat("mock", &format!("n{i}")),
+                )
+                .await
             })
         })
         .collect();
@@ -203,10 +227,18 @@ async fn tpm_counts_the_prompt_estimate_and_max_tokens() {
     big["max_tokens"] = json!(150);
     let refused = gw.post("/v1/chat/completions", &key, &big).await;
     assert_eq!(refused.status, 429);
-    assert!(refused.json()["error"]["message"].as_str().unwrap().contains("tokens per minute"));
+    assert!(
+        refused.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("tokens per minute")
+    );
     let mut small = chat("mock", "hello");
     small["max_tokens"] = json!(20);
-    assert_eq!(gw.post("/v1/chat/completions", &key, &small).await.status, 200);
+    assert_eq!(
+        gw.post("/v1/chat/completions", &key, &small).await.status,
+        200
+    );
 }
 
 #[tokio::test]

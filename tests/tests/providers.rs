@@ -19,7 +19,12 @@ async fn openai_compatible_upstream_gets_the_upstream_model_credential_and_unkno
     body["reasoning_effort"] = json!("low");
     body["user"] = json!("end-user-1");
     let reply = gw.post("/v1/chat/completions", &key, &body).await;
-    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
     assert_eq!(
         reply.json()["choices"][0]["message"]["content"],
         "echo: hello upstream"
@@ -47,7 +52,10 @@ async fn openai_compatible_stream_passes_through_and_usage_is_requested_upstream
     // The client did not ask for usage, so it gets none, but the gateway asked for it upstream.
     assert!(reply.sse_chunks().iter().all(|c| c["usage"].is_null()));
     let stats = upstream.stats().await;
-    assert_eq!(stats["last_request"]["stream_options"]["include_usage"], true);
+    assert_eq!(
+        stats["last_request"]["stream_options"]["include_usage"],
+        true
+    );
 }
 
 #[tokio::test]
@@ -56,7 +64,12 @@ async fn azure_uses_deployment_urls_and_the_api_key_header() {
     let reply = gw
         .post("/v1/chat/completions", &key, &chat("azure-gpt", "hi azure"))
         .await;
-    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
     assert_eq!(reply.json()["model"], "my-deployment");
     let stats = upstream.stats().await;
     assert_eq!(stats["last_headers"]["api-key"], UPSTREAM_KEY);
@@ -75,7 +88,12 @@ async fn anthropic_translates_system_prompt_and_usage() {
         "max_tokens": 50
     });
     let reply = gw.post("/v1/chat/completions", &key, &body).await;
-    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
     let answer = reply.json();
     assert_eq!(
         answer["choices"][0]["message"]["content"],
@@ -123,7 +141,12 @@ async fn anthropic_tool_use_becomes_tool_calls_both_ways() {
             ]}),
         )
         .await;
-    assert_eq!(second.status, 200, "{}", String::from_utf8_lossy(&second.body));
+    assert_eq!(
+        second.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&second.body)
+    );
     let sent = upstream.stats().await["last_request"].clone();
     assert_eq!(sent["messages"][1]["content"][0]["type"], "tool_use");
     assert_eq!(sent["messages"][2]["role"], "user");
@@ -199,9 +222,17 @@ async fn upstream_errors_map_to_the_status_codes_sdks_expect() {
         let reply = gw
             .post("/v1/chat/completions", &key, &chat(model, "x"))
             .await;
-        assert_eq!(reply.status, status, "{model}: {}", String::from_utf8_lossy(&reply.body));
+        assert_eq!(
+            reply.status,
+            status,
+            "{model}: {}",
+            String::from_utf8_lossy(&reply.body)
+        );
         let error = &reply.json()["error"];
-        assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "{model}");
+        assert!(
+            error["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{model}"
+        );
         assert!(error["type"].is_string(), "{model}");
         if let Some(code) = code {
             assert_eq!(error["code"], code, "{model}");
@@ -226,9 +257,18 @@ async fn upstream_error_before_the_stream_starts_is_a_plain_error_response() {
 async fn a_failing_model_falls_back_and_bills_the_model_that_answered() {
     let (_upstream, gw, key) = gateway().await;
     let reply = gw
-        .post("/v1/chat/completions", &key, &chat("flaky", "fall back please"))
+        .post(
+            "/v1/chat/completions",
+            &key,
+            &chat("flaky", "fall back please"),
+        )
         .await;
-    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
     assert_eq!(reply.header("x-gateway-model"), Some("gpt"));
     assert_eq!(reply.json()["model"], "gpt-test");
     let usage = &reply.json()["usage"];

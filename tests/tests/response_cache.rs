@@ -55,10 +55,7 @@ async fn a_streamed_request_is_answered_from_cache_as_an_sse_replay() {
         plain["choices"][0]["message"]["content"].as_str().unwrap()
     );
     assert_eq!(replay.sse_data().last().map(String::as_str), Some("[DONE]"));
-    assert_eq!(
-        replay.sse_chunks().last().unwrap()["usage"],
-        plain["usage"]
-    );
+    assert_eq!(replay.sse_chunks().last().unwrap()["usage"], plain["usage"]);
     assert_eq!(upstream.requests().await, 1);
 }
 
@@ -72,7 +69,11 @@ async fn a_completed_stream_is_cached_for_plain_requests() {
     let text = first.streamed_text();
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     let plain = gw
-        .post("/v1/chat/completions", &key, &deterministic("gpt", "stream then plain"))
+        .post(
+            "/v1/chat/completions",
+            &key,
+            &deterministic("gpt", "stream then plain"),
+        )
         .await;
     assert_eq!(plain.header("x-gateway-cache"), Some("HIT"));
     assert_eq!(plain.json()["choices"][0]["message"]["content"], text);
@@ -102,8 +103,12 @@ async fn cache_control_and_sampling_decide_whether_the_cache_is_used() {
     assert_eq!(b.header("x-gateway-cache"), Some("BYPASS"));
 
     let opt_in = [("x-gateway-cache", "use")];
-    let c = gw.post_with("/v1/chat/completions", &key, &random, &opt_in).await;
-    let d = gw.post_with("/v1/chat/completions", &key, &random, &opt_in).await;
+    let c = gw
+        .post_with("/v1/chat/completions", &key, &random, &opt_in)
+        .await;
+    let d = gw
+        .post_with("/v1/chat/completions", &key, &random, &opt_in)
+        .await;
     assert_eq!(c.header("x-gateway-cache"), Some("MISS"));
     assert_eq!(d.header("x-gateway-cache"), Some("HIT"));
     assert_eq!(upstream.requests().await, 5);

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use gateway::auth::{NewKey, ensure_admin_key, generate_key};
+use gateway::auth::{ContextPolicy, NewKey, ensure_admin_key, generate_key};
 use gateway::config::Config;
 use gateway::gateway::Gateway;
 use gateway::store::KeyStore;
@@ -70,6 +70,9 @@ enum KeysAction {
         /// May manage keys through /v1/admin
         #[arg(long)]
         admin: bool,
+        /// Drop the oldest turns of conversations too long for the model (instead of a 400)
+        #[arg(long)]
+        trim_context: bool,
     },
     /// List keys (never their secrets)
     List,
@@ -216,6 +219,7 @@ async fn keys(action: KeysAction, data_dir: &std::path::Path) -> Result<(), Fail
             budget_usd,
             expires_in_days,
             admin,
+            trim_context,
         } => {
             let now = now_secs();
             let (hash, secret, record) = generate_key(
@@ -228,6 +232,11 @@ async fn keys(action: KeysAction, data_dir: &std::path::Path) -> Result<(), Fail
                     budget_usd,
                     expires_at: expires_in_days.map(|days| now + days * 86_400),
                     admin,
+                    context_policy: if trim_context {
+                        ContextPolicy::Trim
+                    } else {
+                        ContextPolicy::Reject
+                    },
                 },
                 now,
             )?;

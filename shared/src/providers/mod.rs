@@ -3,6 +3,7 @@
 pub mod anthropic;
 pub mod mock;
 pub mod openai;
+pub mod routing;
 mod transport;
 
 use std::time::Duration;

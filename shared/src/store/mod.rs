@@ -1,6 +1,7 @@
 //! The storage traits: every stateful part of the gateway sits behind one of these, with an
 //! embedded implementation (local run, tests, small installs) and an AWS one.
 
+pub mod dynamo;
 pub mod embedded;
 
 use std::sync::Arc;

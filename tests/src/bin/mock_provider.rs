@@ -2,12 +2,15 @@
 //! so integration tests and benchmarks can exercise the gateway offline and deterministically.
 //!
 //! It prints `listening on http://ADDR` once bound; `GET /_mock/stats` shows what it received.
+//! Model names starting with `fault:` inject failures; see `mock_provider/fault.rs`.
 
 // A binary's root resolves modules beside it, where cargo would take them for more binaries.
 #[path = "mock_provider/anthropic.rs"]
 mod anthropic;
 #[path = "mock_provider/embed.rs"]
 mod embed;
+#[path = "mock_provider/fault.rs"]
+mod fault;
 #[path = "mock_provider/generate.rs"]
 mod generate;
 #[path = "mock_provider/openai.rs"]
@@ -15,30 +18,26 @@ mod openai;
 
 use std::{
     collections::BTreeMap,
-    convert::Infallible,
     io::Write,
     net::SocketAddr,
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use axum::{
     Json, Router,
     body::Body,
-    extract::{DefaultBodyLimit, Request, State},
-    http::{
-        HeaderMap, StatusCode,
-        header::{CACHE_CONTROL, CONTENT_TYPE},
-    },
+    extract::{ConnectInfo, DefaultBodyLimit, Request, State},
+    http::{HeaderMap, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
 use clap::Parser;
-use futures_util::{StreamExt, stream};
+use fault::{Attempt, History, KillSwitch, KillableListener};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -76,6 +75,10 @@ struct Stats {
     requests: u64,
     last_request: Value,
     last_headers: BTreeMap<String, String>,
+    /// `by_model` and `timestamps`: attempts per model (or Azure deployment), which also drive
+    /// the `fault:` models' `times` and `for_ms`.
+    #[serde(flatten)]
+    history: History,
 }
 
 /// Why a presented API key was refused.
@@ -169,34 +172,63 @@ pub fn unix_time() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// A `text/event-stream` response sending `frames` (already SSE-encoded) with `delay` between.
-pub fn sse(frames: Vec<String>, delay: Duration) -> Response {
-    let events = stream::iter(frames.into_iter().enumerate()).then(move |(i, frame)| async move {
-        if i > 0 && !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        Ok::<_, Infallible>(frame)
-    });
-    (
-        [
-            (CONTENT_TYPE, "text/event-stream; charset=utf-8"),
-            (CACHE_CONTROL, "no-cache"),
-        ],
-        Body::from_stream(events),
-    )
-        .into_response()
+/// The model a request is for: the Azure deployment in the path, else the body's `model`.
+fn model_key(path: &str, body: &Value) -> Option<String> {
+    match path.strip_prefix("/openai/deployments/") {
+        // Decoded as axum's `Path` extractor decodes it for the Azure handlers.
+        Some(rest) => rest.split('/').next().map(percent_decode),
+        None => body.get("model").and_then(Value::as_str).map(str::to_owned),
+    }
 }
 
-/// Records every API request for `/_mock/stats`, then applies `--latency-ms`.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&byte) = bytes.get(i) {
+        let escaped = (byte == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .filter(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(decoded) => {
+                out.push(decoded);
+                i += 3;
+            }
+            None => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Records every API request for `/_mock/stats` and hands the handler its [`Attempt`], then
+/// applies `--latency-ms`.
 async fn record(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let Ok(body) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
         return (StatusCode::PAYLOAD_TOO_LARGE, "request body too large").into_response();
+    };
+    let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let model = model_key(parts.uri.path(), &json);
+    let mut attempt = Attempt {
+        connection: parts
+            .extensions
+            .get::<ConnectInfo<KillSwitch>>()
+            .map(|info| info.0.clone()),
+        ..Attempt::default()
     };
     {
         let mut stats = state.stats();
         stats.requests += 1;
-        stats.last_request = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        if let Some(model) = &model {
+            (attempt.index, attempt.since_first) = stats.history.record(model, Instant::now());
+        }
+        stats.last_request = json;
         stats.last_headers.clear();
         for (name, value) in &parts.headers {
             let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
@@ -213,6 +245,7 @@ async fn record(State(state): State<Arc<AppState>>, request: Request, next: Next
     if !state.latency.is_zero() {
         tokio::time::sleep(state.latency).await;
     }
+    parts.extensions.insert(attempt);
     next.run(Request::from_parts(parts, Body::from(body))).await
 }
 
@@ -258,5 +291,36 @@ async fn main() -> std::io::Result<()> {
     let mut stdout = std::io::stdout();
     writeln!(stdout, "listening on http://{}", listener.local_addr()?)?;
     stdout.flush()?;
-    axum::serve(listener, app(state)).await
+    // The `reset` fault needs each connection's kill switch; see `KillableListener`.
+    let app = app(state).into_make_service_with_connect_info::<KillSwitch>();
+    axum::serve(KillableListener(listener), app).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_key_prefers_the_azure_deployment() {
+        let body = json!({"model": "gpt-4o"});
+        assert_eq!(
+            model_key("/v1/chat/completions", &body).as_deref(),
+            Some("gpt-4o")
+        );
+        assert_eq!(
+            model_key(
+                "/openai/deployments/fault:status=429%3Btimes=1/chat/completions",
+                &body
+            )
+            .as_deref(),
+            Some("fault:status=429;times=1")
+        );
+        assert_eq!(model_key("/v1/models", &Value::Null), None);
+    }
+
+    #[test]
+    fn percent_decoding_leaves_bad_escapes_alone() {
+        assert_eq!(percent_decode("a%20b%3d%zz%4"), "a b=%zz%4");
+        assert_eq!(percent_decode("%+1"), "%+1");
+    }
 }

@@ -61,7 +61,9 @@ impl MockUpstream {
     }
 
     pub async fn requests(&self) -> u64 {
-        self.stats().await["requests"].as_u64().expect("request count")
+        self.stats().await["requests"]
+            .as_u64()
+            .expect("request count")
     }
 }
 
@@ -255,9 +257,8 @@ impl Reply {
     }
 
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body))
-        })
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -290,7 +291,11 @@ impl Reply {
     pub fn streamed_text(&self) -> String {
         self.sse_chunks()
             .iter()
-            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+            .filter_map(|c| {
+                c["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
             .collect()
     }
 

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::{
-    Json,
+    Extension, Json,
     body::Bytes,
     extract::State,
     http::{HeaderMap, StatusCode, header::RETRY_AFTER},
@@ -12,13 +12,20 @@ use axum::{
 use serde_json::{Value, json};
 
 use crate::{
-    AppState, AuthFailure, Fault, field,
+    AppState, AuthFailure, Fault,
+    fault::{Attempt, Early, ErrorFault, Frames, Plan, sse_steps},
+    field,
     generate::{
         ANTHROPIC_TOOL_USE_ID, Completion, Finish, Reply, TOOL_ARGUMENT_PIECES, ToolChoice,
         content_text, count_words, tool_input,
     },
-    header, parse_object, sse,
+    header, parse_object,
 };
+
+/// What `malformed_at` sends in place of a content_block_delta: the start of one, cut off.
+const MALFORMED_EVENT: &str = "event: content_block_delta\ndata: {\"type\": \"content_block_delta\", \"index\": 0, \"delta\": {\n\n";
+const CONTEXT_LENGTH_MESSAGE: &str = "prompt is too long: 210000 tokens > 200000 maximum";
+const CONTENT_FILTER_MESSAGE: &str = "Output blocked by content filtering policy";
 
 const BLOCK_TYPES: [&str; 8] = [
     "text",
@@ -38,6 +45,7 @@ pub struct ApiError {
     status: u16,
     kind: &'static str,
     message: String,
+    retry_after: Option<String>,
 }
 
 impl ApiError {
@@ -47,6 +55,69 @@ impl ApiError {
             status,
             kind,
             message,
+            retry_after: None,
+        }
+    }
+
+    fn retry_after(mut self, seconds: Option<String>) -> Self {
+        self.retry_after = seconds;
+        self
+    }
+
+    /// A `fault:` model's error with Anthropic's type for the status; the OpenAI `code`s for
+    /// context length and content filtering pick Anthropic's messages for those.
+    fn from_fault(fault: ErrorFault, model: &str) -> Self {
+        let ErrorFault {
+            status,
+            code,
+            retry_after,
+        } = fault;
+        let (kind, message) = match status {
+            401 => ("authentication_error", "invalid x-api-key".to_owned()),
+            403 => (
+                "permission_error",
+                "Your API key does not have permission to use the specified resource.".to_owned(),
+            ),
+            404 => ("not_found_error", format!("model: {model}")),
+            413 => (
+                "request_too_large",
+                "Request exceeds the maximum allowed number of bytes.".to_owned(),
+            ),
+            429 => (
+                "rate_limit_error",
+                "Number of requests has exceeded your per-minute rate limit".to_owned(),
+            ),
+            500 => ("api_error", "Internal server error".to_owned()),
+            503 => ("api_error", "Service unavailable".to_owned()),
+            529 => ("overloaded_error", "Overloaded".to_owned()),
+            server if server >= 500 => (
+                "api_error",
+                format!("Internal server error (mock provider fault: HTTP {status})"),
+            ),
+            _ => (
+                "invalid_request_error",
+                format!("Invalid request (mock provider fault: HTTP {status})"),
+            ),
+        };
+        let message = match code.as_deref() {
+            Some("context_length_exceeded") => CONTEXT_LENGTH_MESSAGE.to_owned(),
+            Some("content_filter") => CONTENT_FILTER_MESSAGE.to_owned(),
+            Some(other) => format!("{message} ({other})"),
+            None => message,
+        };
+        Self::new(status, kind, message).retry_after(retry_after)
+    }
+
+    /// The error for a request a fault ended before its headers.
+    fn early(early: Early, model: &str) -> Self {
+        match early {
+            Early::Error(fault) => Self::from_fault(fault, model),
+            // Never sent: the connection is gone, unless no kill switch reached the handler.
+            Early::Reset => Self::new(
+                500,
+                "api_error",
+                "mock provider: the reset fault needs the mock's own listener",
+            ),
         }
     }
 
@@ -62,10 +133,9 @@ impl IntoResponse for ApiError {
             "type": "error",
             "error": {"type": self.kind, "message": self.message},
         }));
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            (status, [(RETRY_AFTER, "1")], body).into_response()
-        } else {
-            (status, body).into_response()
+        match self.retry_after {
+            Some(seconds) => (status, [(RETRY_AFTER, seconds)], body).into_response(),
+            None => (status, body).into_response(),
         }
     }
 }
@@ -77,15 +147,14 @@ impl From<Fault> for ApiError {
             Fault::BadRequest => {
                 Self::invalid("model: 'error-400' is the mock provider's bad-request trigger")
             }
-            Fault::ContextLength => {
-                Self::invalid("prompt is too long: 210000 tokens > 200000 maximum")
-            }
-            Fault::ContentFilter => Self::invalid("Output blocked by content filtering policy"),
+            Fault::ContextLength => Self::invalid(CONTEXT_LENGTH_MESSAGE),
+            Fault::ContentFilter => Self::invalid(CONTENT_FILTER_MESSAGE),
             Fault::RateLimited => Self::new(
                 429,
                 "rate_limit_error",
                 "Number of requests has exceeded your per-minute rate limit",
-            ),
+            )
+            .retry_after(Some("1".to_owned())),
             Fault::Internal => Self::new(500, "api_error", "Internal server error"),
             Fault::Unavailable => Self::new(503, "api_error", "Service unavailable"),
             Fault::Overloaded => Self::new(529, "overloaded_error", "Overloaded"),
@@ -95,6 +164,7 @@ impl From<Fault> for ApiError {
 
 pub async fn messages(
     State(state): State<Arc<AppState>>,
+    Extension(attempt): Extension<Attempt>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -120,6 +190,10 @@ pub async fn messages(
     if let Some(fault) = Fault::from_model(model) {
         return Err(fault.into());
     }
+    let plan = Plan::for_request(model, &attempt).map_err(ApiError::invalid)?;
+    plan.before_headers(&attempt)
+        .await
+        .map_err(|early| ApiError::early(early, model))?;
     let max_tokens = field(&request, "max_tokens")
         .ok_or_else(|| ApiError::invalid("max_tokens: Field required"))?
         .as_u64()
@@ -161,20 +235,26 @@ pub async fn messages(
         tool_choice(field(&request, "tool_choice")),
         &tool_names,
         &user_text,
-        || Completion::generate(system.as_deref(), &user_text, Some(max_tokens), &stops),
+        || match plan.tokens {
+            Some(count) => Completion::numbered(count),
+            None => Completion::generate(system.as_deref(), &user_text, Some(max_tokens), &stops),
+        },
     );
     let message = Message {
         id: format!("msg_mock{:016}", state.next_id()),
         model,
         input_tokens,
         reply,
+        report_usage: !plan.no_usage,
     };
     let stream = field(&request, "stream")
         .and_then(Value::as_bool)
         .unwrap_or(false);
     Ok(if stream {
-        sse(message.events(), state.chunk_delay())
+        let steps = plan.shape(message.events(), MALFORMED_EVENT);
+        sse_steps(steps, state.chunk_delay())
     } else {
+        plan.before_body().await;
         Json(message.body()).into_response()
     })
 }
@@ -298,6 +378,9 @@ struct Message<'a> {
     model: &'a str,
     input_tokens: usize,
     reply: Reply,
+    /// False for `no_usage`: every `usage` object is left out, as from a provider that does not
+    /// report it (the gateway's parser then sees zeros).
+    report_usage: bool,
 }
 
 impl Message<'_> {
@@ -328,7 +411,7 @@ impl Message<'_> {
         stop_sequence: Option<&str>,
         usage: Value,
     ) -> Value {
-        json!({
+        let mut envelope = json!({
             "id": self.id,
             "type": "message",
             "role": "assistant",
@@ -336,8 +419,11 @@ impl Message<'_> {
             "content": content,
             "stop_reason": stop_reason,
             "stop_sequence": stop_sequence,
-            "usage": usage,
-        })
+        });
+        if self.report_usage {
+            envelope["usage"] = usage;
+        }
+        envelope
     }
 
     fn body(&self) -> Value {
@@ -357,7 +443,7 @@ impl Message<'_> {
 
     /// The documented sequence: message_start, content_block_start, ping, content_block_delta…,
     /// content_block_stop, message_delta, message_stop.
-    fn events(&self) -> Vec<String> {
+    fn events(&self) -> Frames {
         let event = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
         let (start_block, deltas): (Value, Vec<Value>) = match &self.reply {
             Reply::Text(completion) => (
@@ -378,7 +464,7 @@ impl Message<'_> {
         };
         let (stop_reason, stop_sequence) = self.stop();
 
-        let mut frames = vec![
+        let head = vec![
             event(
                 "message_start",
                 json!({
@@ -392,28 +478,34 @@ impl Message<'_> {
             ),
             event("ping", json!({"type": "ping"})),
         ];
-        frames.extend(deltas.into_iter().map(|delta| {
-            event(
-                "content_block_delta",
-                json!({"type": "content_block_delta", "index": 0, "delta": delta}),
-            )
-        }));
-        frames.extend([
-            event(
-                "content_block_stop",
-                json!({"type": "content_block_stop", "index": 0}),
-            ),
-            event(
-                "message_delta",
-                json!({
-                    "type": "message_delta",
-                    "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
-                    "usage": {"output_tokens": self.reply.output_tokens()},
-                }),
-            ),
-            event("message_stop", json!({"type": "message_stop"})),
-        ]);
-        frames
+        let content = deltas
+            .into_iter()
+            .map(|delta| {
+                event(
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": 0, "delta": delta}),
+                )
+            })
+            .collect();
+        let mut message_delta = json!({
+            "type": "message_delta",
+            "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
+        });
+        if self.report_usage {
+            message_delta["usage"] = json!({"output_tokens": self.reply.output_tokens()});
+        }
+        Frames {
+            head,
+            content,
+            tail: vec![
+                event(
+                    "content_block_stop",
+                    json!({"type": "content_block_stop", "index": 0}),
+                ),
+                event("message_delta", message_delta),
+            ],
+            done: Some(event("message_stop", json!({"type": "message_stop"}))),
+        }
     }
 }
 
@@ -443,8 +535,9 @@ mod tests {
             model: "claude",
             input_tokens: 4,
             reply: Reply::Text(completion.clone()),
+            report_usage: true,
         };
-        let events = parse_events(&message.events());
+        let events = parse_events(&message.events().all());
         let names: Vec<&str> = events.iter().map(|(name, _)| name.as_str()).collect();
         let deltas = vec!["content_block_delta"; completion.tokens.len()];
         let expected = [

@@ -88,6 +88,14 @@ impl Completion {
         Self { tokens, finish }
     }
 
+    /// Exactly `count` words, `w1 w2 ... wcount`, for streams a fault cuts at a known point.
+    pub fn numbered(count: usize) -> Self {
+        Self {
+            tokens: (1..=count).map(|i| format!("w{i}")).collect(),
+            finish: Finish::Complete,
+        }
+    }
+
     pub fn text(&self) -> String {
         self.tokens.join(" ")
     }
@@ -225,6 +233,14 @@ mod tests {
         // A stop sequence beyond the token budget is never reached.
         let late = echo(None, "one two three four", Some(2), &["four"]);
         assert_eq!(late.finish, Finish::MaxTokens);
+    }
+
+    #[test]
+    fn numbered_completion_has_exactly_the_requested_words() {
+        let c = Completion::numbered(3);
+        assert_eq!(c.text(), "w1 w2 w3");
+        assert_eq!(c.finish, Finish::Complete);
+        assert!(Completion::numbered(0).tokens.is_empty());
     }
 
     #[test]

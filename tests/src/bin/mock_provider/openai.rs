@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::{
-    Json,
+    Extension, Json,
     body::Bytes,
     extract::{Path, Query, State},
     http::{HeaderMap, Method, StatusCode, Uri, header::RETRY_AFTER},
@@ -13,18 +13,22 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::{
-    AppState, AuthFailure, Fault, embed, field,
+    AppState, AuthFailure, Fault, embed,
+    fault::{Attempt, Early, ErrorFault, Frames, Plan, sse_steps},
+    field,
     generate::{
         Completion, Finish, OPENAI_TOOL_CALL_ID, Reply, TOOL_ARGUMENT_PIECES, ToolChoice,
         content_text, count_words, tool_arguments,
     },
-    header, parse_object, sse, unix_time,
+    header, parse_object, unix_time,
 };
 
 const DEFAULT_DIMENSIONS: u64 = 8;
 /// Caps allocation per input; real models top out at 3072.
 const MAX_DIMENSIONS: u64 = 4096;
 const FINGERPRINT: &str = "fp_mock";
+/// What `malformed_at` sends in place of a chunk: the start of one, cut off.
+const MALFORMED_CHUNK: &str = "data: {\"choices\": [\n\n";
 const MODELS: [&str; 4] = [
     "gpt-4o",
     "gpt-4o-mini",
@@ -37,23 +41,118 @@ const MODELS: [&str; 4] = [
 pub struct ApiError {
     status: StatusCode,
     kind: &'static str,
-    code: Option<&'static str>,
+    code: Option<String>,
     message: String,
+    retry_after: Option<String>,
 }
 
 impl ApiError {
     fn new(
         status: StatusCode,
         kind: &'static str,
-        code: Option<&'static str>,
+        code: Option<&str>,
         message: impl Into<String>,
     ) -> Self {
         let message = message.into();
         Self {
             status,
             kind,
-            code,
+            code: code.map(str::to_owned),
             message,
+            retry_after: None,
+        }
+    }
+
+    fn retry_after(mut self, seconds: Option<String>) -> Self {
+        self.retry_after = seconds;
+        self
+    }
+
+    /// A `fault:` model's error, with OpenAI's type, default code and message for the status,
+    /// or the message OpenAI sends with the given `code`.
+    fn from_fault(fault: ErrorFault, model: &str) -> Self {
+        let ErrorFault {
+            status,
+            code,
+            retry_after,
+        } = fault;
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let (kind, default_code, message) = match status.as_u16() {
+            401 => (
+                "invalid_request_error",
+                Some("invalid_api_key"),
+                "Incorrect API key provided: sk-mock***. You can find your API key at https://platform.openai.com/account/api-keys.".to_owned(),
+            ),
+            403 => (
+                "invalid_request_error",
+                None,
+                format!("You are not allowed to sample from this model ({model})."),
+            ),
+            404 => (
+                "invalid_request_error",
+                Some("model_not_found"),
+                format!("The model `{model}` does not exist or you do not have access to it."),
+            ),
+            429 => (
+                "requests",
+                Some("rate_limit_exceeded"),
+                // A wait hint only with `retry_after`, so "no Retry-After" means no hint at all.
+                format!(
+                    "Rate limit reached for {model} on requests per min (RPM): Limit 3, Used 3, Requested 1. Please try again {}.",
+                    retry_after
+                        .as_deref()
+                        .map_or_else(|| "later".to_owned(), |after| format!("in {after}s"))
+                ),
+            ),
+            500 => (
+                "server_error",
+                None,
+                "The server had an error while processing your request. Sorry about that!"
+                    .to_owned(),
+            ),
+            502 => ("server_error", None, "Bad gateway.".to_owned()),
+            503 => (
+                "server_error",
+                None,
+                "The engine is currently overloaded, please try again later.".to_owned(),
+            ),
+            504 => ("server_error", None, "Gateway timeout.".to_owned()),
+            server if server >= 500 => (
+                "server_error",
+                None,
+                format!("The server had an error (mock provider fault: HTTP {status})."),
+            ),
+            _ => (
+                "invalid_request_error",
+                None,
+                format!("Invalid request (mock provider fault: HTTP {status})."),
+            ),
+        };
+        let code = code.as_deref().or(default_code);
+        let message = match code {
+            Some("context_length_exceeded") => CONTEXT_LENGTH_MESSAGE.to_owned(),
+            Some("content_filter") => CONTENT_FILTER_MESSAGE.to_owned(),
+            Some("insufficient_quota") => "You exceeded your current quota, please check your plan and billing details. For more information on this error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors.".to_owned(),
+            _ => message,
+        };
+        let kind = match code {
+            Some("insufficient_quota") => "insufficient_quota",
+            _ => kind,
+        };
+        Self::new(status, kind, code, message).retry_after(retry_after)
+    }
+
+    /// The error for a request a fault ended before its headers.
+    fn early(early: Early, model: &str) -> Self {
+        match early {
+            Early::Error(fault) => Self::from_fault(fault, model),
+            // Never sent: the connection is gone, unless no kill switch reached the handler.
+            Early::Reset => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                None,
+                "mock provider: the reset fault needs the mock's own listener",
+            ),
         }
     }
 
@@ -75,13 +174,15 @@ impl IntoResponse for ApiError {
             "param": null,
             "code": self.code,
         }}));
-        if self.status == StatusCode::TOO_MANY_REQUESTS {
-            (self.status, [(RETRY_AFTER, "1")], body).into_response()
-        } else {
-            (self.status, body).into_response()
+        match self.retry_after {
+            Some(seconds) => (self.status, [(RETRY_AFTER, seconds)], body).into_response(),
+            None => (self.status, body).into_response(),
         }
     }
 }
+
+const CONTEXT_LENGTH_MESSAGE: &str = "This model's maximum context length is 128000 tokens. However, your messages resulted in 131072 tokens. Please reduce the length of the messages.";
+const CONTENT_FILTER_MESSAGE: &str = "The response was filtered due to the prompt triggering Azure OpenAI's content management policy. Please modify your prompt and retry.";
 
 impl From<Fault> for ApiError {
     fn from(fault: Fault) -> Self {
@@ -99,20 +200,21 @@ impl From<Fault> for ApiError {
                 StatusCode::BAD_REQUEST,
                 "invalid_request_error",
                 Some("context_length_exceeded"),
-                "This model's maximum context length is 128000 tokens. However, your messages resulted in 131072 tokens. Please reduce the length of the messages.",
+                CONTEXT_LENGTH_MESSAGE,
             ),
             Fault::ContentFilter => Self::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_request_error",
                 Some("content_filter"),
-                "The response was filtered due to the prompt triggering Azure OpenAI's content management policy. Please modify your prompt and retry.",
+                CONTENT_FILTER_MESSAGE,
             ),
             Fault::RateLimited => Self::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "requests",
                 Some("rate_limit_exceeded"),
                 "Rate limit reached for requests per min (RPM). Please try again in 1s.",
-            ),
+            )
+            .retry_after(Some("1".to_owned())),
             Fault::Internal => Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "server_error",
@@ -187,44 +289,60 @@ fn azure_preamble(
 
 pub async fn chat(
     State(state): State<Arc<AppState>>,
+    Extension(attempt): Extension<Attempt>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     authorize(&state, bearer(&headers), MISSING_BEARER)?;
     let request = parse(&body)?;
-    chat_completion(&state, &request, model(&request)?)
+    chat_completion(&state, &attempt, &request, model(&request)?).await
 }
 
 pub async fn azure_chat(
     State(state): State<Arc<AppState>>,
+    Extension(attempt): Extension<Attempt>,
     Path(deployment): Path<String>,
     Query(query): Query<AzureQuery>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     azure_preamble(&state, &headers, &query)?;
-    chat_completion(&state, &parse(&body)?, &deployment)
+    chat_completion(&state, &attempt, &parse(&body)?, &deployment).await
 }
 
 pub async fn embeddings(
     State(state): State<Arc<AppState>>,
+    Extension(attempt): Extension<Attempt>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&state, bearer(&headers), MISSING_BEARER)?;
     let request = parse(&body)?;
-    embedding_list(&request, model(&request)?)
+    let model = model(&request)?;
+    embedding_faults(&attempt, model).await?;
+    embedding_list(&request, model)
 }
 
 pub async fn azure_embeddings(
     State(state): State<Arc<AppState>>,
+    Extension(attempt): Extension<Attempt>,
     Path(deployment): Path<String>,
     Query(query): Query<AzureQuery>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     azure_preamble(&state, &headers, &query)?;
-    embedding_list(&parse(&body)?, &deployment)
+    let request = parse(&body)?;
+    embedding_faults(&attempt, &deployment).await?;
+    embedding_list(&request, &deployment)
+}
+
+/// Embeddings take a `fault:` model's status, reset, hang and headers delay; nothing streams.
+async fn embedding_faults(attempt: &Attempt, model: &str) -> Result<(), ApiError> {
+    let plan = Plan::for_request(model, attempt).map_err(ApiError::invalid)?;
+    plan.before_headers(attempt)
+        .await
+        .map_err(|early| ApiError::early(early, model))
 }
 
 pub async fn models(
@@ -255,10 +373,19 @@ struct Meta<'a> {
     model: &'a str,
 }
 
-fn chat_completion(state: &AppState, request: &Value, model: &str) -> Result<Response, ApiError> {
+async fn chat_completion(
+    state: &AppState,
+    attempt: &Attempt,
+    request: &Value,
+    model: &str,
+) -> Result<Response, ApiError> {
     if let Some(fault) = Fault::from_model(model) {
         return Err(fault.into());
     }
+    let plan = Plan::for_request(model, attempt).map_err(ApiError::invalid)?;
+    plan.before_headers(attempt)
+        .await
+        .map_err(|early| ApiError::early(early, model))?;
     let messages = field(request, "messages")
         .and_then(Value::as_array)
         .ok_or_else(|| ApiError::invalid("Missing required parameter: 'messages'."))?;
@@ -276,7 +403,8 @@ fn chat_completion(state: &AppState, request: &Value, model: &str) -> Result<Res
     let include_usage = stream_options
         .and_then(|options| options.get("include_usage"))
         .and_then(Value::as_bool)
-        .unwrap_or(false);
+        .unwrap_or(false)
+        && !plan.no_usage;
 
     // A tool result answers the last question, so it stands in for the latest user turn.
     let user_text = messages
@@ -299,7 +427,10 @@ fn chat_completion(state: &AppState, request: &Value, model: &str) -> Result<Res
         tool_choice(field(request, "tool_choice")),
         &tool_names,
         &user_text,
-        || Completion::generate(None, &user_text, max_tokens, &stops),
+        || match plan.tokens {
+            Some(count) => Completion::numbered(count),
+            None => Completion::generate(None, &user_text, max_tokens, &stops),
+        },
     );
     let completion_tokens = reply.output_tokens();
     let usage = json!({
@@ -314,8 +445,11 @@ fn chat_completion(state: &AppState, request: &Value, model: &str) -> Result<Res
     };
     Ok(if stream {
         let usage = include_usage.then_some(usage);
-        sse(stream_frames(&meta, &reply, usage), state.chunk_delay())
+        let steps = plan.shape(stream_frames(&meta, &reply, usage), MALFORMED_CHUNK);
+        sse_steps(steps, state.chunk_delay())
     } else {
+        plan.before_body().await;
+        let usage = (!plan.no_usage).then_some(usage);
         Json(completion_body(&meta, &reply, usage)).into_response()
     })
 }
@@ -415,7 +549,8 @@ fn tool_call(name: &str, arguments: &str) -> Value {
     json!({"id": OPENAI_TOOL_CALL_ID, "type": "function", "function": {"name": name, "arguments": arguments}})
 }
 
-fn completion_body(meta: &Meta, reply: &Reply, usage: Value) -> Value {
+/// Without `usage` the body has no usage at all, as from a provider that does not report it.
+fn completion_body(meta: &Meta, reply: &Reply, usage: Option<Value>) -> Value {
     let (message, finish_reason) = match reply {
         Reply::Text(completion) => (
             json!({"role": "assistant", "content": completion.text(), "refusal": null}),
@@ -431,20 +566,23 @@ fn completion_body(meta: &Meta, reply: &Reply, usage: Value) -> Value {
             "tool_calls",
         ),
     };
-    json!({
+    let mut body = json!({
         "id": meta.id,
         "object": "chat.completion",
         "created": meta.created,
         "model": meta.model,
         "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish_reason}],
-        "usage": usage,
         "system_fingerprint": FINGERPRINT,
-    })
+    });
+    if let Some(usage) = usage {
+        body["usage"] = usage;
+    }
+    body
 }
 
 /// The `chat.completion.chunk` events; with `usage`, every chunk carries `"usage": null` and a
 /// final choice-less chunk carries the totals, exactly as OpenAI does for `include_usage`.
-fn stream_frames(meta: &Meta, reply: &Reply, usage: Option<Value>) -> Vec<String> {
+fn stream_frames(meta: &Meta, reply: &Reply, usage: Option<Value>) -> Frames {
     let include_usage = usage.is_some();
     let chunk = |choices: Value, usage: Value| {
         let mut chunk = json!({
@@ -466,14 +604,14 @@ fn stream_frames(meta: &Meta, reply: &Reply, usage: Option<Value>) -> Vec<String
         chunk(choice, Value::Null)
     };
 
-    let mut frames = Vec::new();
+    let mut frames = Frames::default();
     let finish = match reply {
         Reply::Text(completion) => {
-            frames.push(delta(
+            frames.head.push(delta(
                 json!({"role": "assistant", "content": "", "refusal": null}),
                 None,
             ));
-            frames.extend(
+            frames.content.extend(
                 completion
                     .pieces()
                     .into_iter()
@@ -484,22 +622,24 @@ fn stream_frames(meta: &Meta, reply: &Reply, usage: Option<Value>) -> Vec<String
         Reply::ToolCall(name) => {
             let mut call = tool_call(name, "");
             call["index"] = json!(0);
-            frames.push(delta(
+            frames.head.push(delta(
                 json!({"role": "assistant", "content": null, "tool_calls": [call]}),
                 None,
             ));
-            frames.extend(TOOL_ARGUMENT_PIECES.iter().map(|piece| {
-                let call = json!({"index": 0, "function": {"arguments": piece}});
-                delta(json!({"tool_calls": [call]}), None)
-            }));
+            frames
+                .content
+                .extend(TOOL_ARGUMENT_PIECES.iter().map(|piece| {
+                    let call = json!({"index": 0, "function": {"arguments": piece}});
+                    delta(json!({"tool_calls": [call]}), None)
+                }));
             "tool_calls"
         }
     };
-    frames.push(delta(json!({}), Some(finish)));
+    frames.tail.push(delta(json!({}), Some(finish)));
     if let Some(usage) = usage {
-        frames.push(chunk(json!([]), usage));
+        frames.tail.push(chunk(json!([]), usage));
     }
-    frames.push("data: [DONE]\n\n".to_owned());
+    frames.done = Some("data: [DONE]\n\n".to_owned());
     frames
 }
 
@@ -606,7 +746,7 @@ mod tests {
         };
         let completion = Completion::generate(None, "hi there", None, &[]);
         let reply = Reply::Text(completion.clone());
-        let frames = stream_frames(&meta, &reply, Some(json!({"total_tokens": 5})));
+        let frames = stream_frames(&meta, &reply, Some(json!({"total_tokens": 5}))).all();
         assert_eq!(frames.last().unwrap(), "data: [DONE]\n\n");
         let chunks = events(&frames);
         assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
@@ -635,7 +775,7 @@ mod tests {
             created: 1,
             model: "m",
         };
-        let frames = stream_frames(&meta, &Reply::ToolCall("get_weather".into()), None);
+        let frames = stream_frames(&meta, &Reply::ToolCall("get_weather".into()), None).all();
         let chunks = events(&frames);
         let call = &chunks[0]["choices"][0]["delta"]["tool_calls"][0];
         assert_eq!(call["function"]["name"], "get_weather");
