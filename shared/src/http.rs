@@ -44,19 +44,47 @@ static X_GATEWAY_CONTEXT: HeaderName = HeaderName::from_static("x-gateway-contex
 
 pub fn router(gateway: Arc<Gateway>) -> Router {
     let max_body = gateway.max_body_bytes;
-    Router::new()
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
+    let authenticated = Router::new()
         .route("/v1/models", get(list_models))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/admin/keys", post(create_key).get(list_keys))
         .route("/v1/admin/keys/{id}", delete(revoke_key))
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&gateway),
+            authenticate,
+        ));
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .merge(authenticated)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn(request_id))
         .with_state(gateway)
+}
+
+/// Resolves the bearer key of every route but `/health` and `/metrics`, unless a front (the API
+/// Gateway authorizer) already did.
+async fn authenticate(
+    State(gateway): State<Arc<Gateway>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    if request.extensions().get::<AuthorizedKey>().is_none() {
+        match gateway
+            .auth
+            .authenticate(request.headers(), now_secs())
+            .await
+        {
+            Ok(key) => {
+                request.extensions_mut().insert(AuthorizedKey(key));
+            }
+            Err(error) => return error.into_response(),
+        }
+    }
+    next.run(request).await
 }
 
 /// Every response carries `x-request-id`: the caller's, or a new one.
@@ -144,11 +172,10 @@ fn set_header(response: &mut Response, name: &HeaderName, value: &str) {
     }
 }
 
-async fn list_models(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    let key = match gateway.auth.authenticate(&headers, now_secs()).await {
-        Ok(key) => key,
-        Err(e) => return e.into_response(),
-    };
+async fn list_models(
+    State(gateway): State<Arc<Gateway>>,
+    Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
+) -> Response {
     let data = gateway
         .models
         .values()
@@ -242,6 +269,12 @@ impl Drop for Settlement {
     }
 }
 
+/// A key already authenticated in front of the router (on AWS, by the API Gateway authorizer,
+/// whose verdict the Lambda adapter attaches); the router then trusts it instead of looking
+/// the bearer key up again.
+#[derive(Debug, Clone)]
+pub struct AuthorizedKey(pub Arc<KeyRecord>);
+
 /// The latest moment a request may still be worked on, set by an entrypoint that has one (on
 /// Lambda, the invocation's deadline); provider calls and streams stop before it.
 #[derive(Debug, Clone, Copy)]
@@ -249,12 +282,13 @@ pub struct RequestDeadline(pub tokio::time::Instant);
 
 async fn chat_completions(
     State(gateway): State<Arc<Gateway>>,
+    Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
     deadline: Option<Extension<RequestDeadline>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let deadline = deadline.map(|Extension(RequestDeadline(at))| at);
-    match chat(&gateway, &headers, body, deadline).await {
+    match chat(&gateway, &key, &headers, body, deadline).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     }
@@ -262,12 +296,12 @@ async fn chat_completions(
 
 async fn chat(
     gateway: &Gateway,
+    key: &KeyRecord,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
     invocation_deadline: Option<tokio::time::Instant>,
 ) -> Result<Response, ApiError> {
     let now = now_secs();
-    let key = gateway.auth.authenticate(headers, now).await?;
     let body = body.map_err(body_error)?;
     let mut request: ChatRequest = parse_json(&body)?;
     request.validate()?;
@@ -595,10 +629,10 @@ impl StreamRelay {
 
 async fn embeddings(
     State(gateway): State<Arc<Gateway>>,
-    headers: HeaderMap,
+    Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match embed(&gateway, &headers, body).await {
+    match embed(&gateway, &key, body).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     }
@@ -606,11 +640,10 @@ async fn embeddings(
 
 async fn embed(
     gateway: &Gateway,
-    headers: &HeaderMap,
+    key: &KeyRecord,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let now = now_secs();
-    let key = gateway.auth.authenticate(headers, now).await?;
     let body = body.map_err(body_error)?;
     let mut request: EmbeddingRequest = parse_json(&body)?;
     request.validate()?;
@@ -657,12 +690,12 @@ async fn embed(
     Ok(http_response)
 }
 
-async fn admin_key(gateway: &Gateway, headers: &HeaderMap) -> Result<Arc<KeyRecord>, ApiError> {
-    let key = gateway.auth.authenticate(headers, now_secs()).await?;
-    if !key.admin {
-        return Err(ApiError::forbidden("This route needs an admin key."));
+fn require_admin(key: &KeyRecord) -> Result<(), ApiError> {
+    if key.admin {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden("This route needs an admin key."))
     }
-    Ok(key)
 }
 
 #[derive(Serialize)]
@@ -674,11 +707,11 @@ struct CreatedKey {
 
 async fn create_key(
     State(gateway): State<Arc<Gateway>>,
-    headers: HeaderMap,
+    Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
-        admin_key(&gateway, &headers).await?;
+        require_admin(&key)?;
         let new: NewKey = parse_json(&body.map_err(body_error)?)?;
         let (hash, secret, record) = generate_key(new, now_secs())?;
         gateway
@@ -704,9 +737,12 @@ struct KeyListEntry {
     spent_usd_this_month: Option<f64>,
 }
 
-async fn list_keys(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+async fn list_keys(
+    State(gateway): State<Arc<Gateway>>,
+    Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
+) -> Response {
     let result = async {
-        admin_key(&gateway, &headers).await?;
+        require_admin(&key)?;
         let records = gateway
             .auth
             .store()
@@ -731,11 +767,11 @@ async fn list_keys(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> R
 
 async fn revoke_key(
     State(gateway): State<Arc<Gateway>>,
-    headers: HeaderMap,
+    Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
     Path(id): Path<String>,
 ) -> Response {
     let result = async {
-        admin_key(&gateway, &headers).await?;
+        require_admin(&key)?;
         let found = gateway
             .auth
             .store()

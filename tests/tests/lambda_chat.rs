@@ -1,0 +1,313 @@
+//! The chat function's Lambda handler fed real API Gateway REST, HTTP API, Function URL and ALB
+//! event payloads (the fixtures `lambda_http` ships), answered streamed or buffered as each front
+//! needs.
+
+mod common;
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use gateway::auth::{KeyRecord, NewKey, generate_key};
+use gateway::config::Config;
+use gateway::gateway::Gateway;
+use gateway::lambda::{ResponseMode, handle};
+use gateway::store::KeyStore;
+use gateway::store::embedded::EmbeddedStore;
+use lambda_http::request::LambdaRequest;
+use lambda_http::{Context, LambdaEvent};
+use lambda_runtime::FunctionResponse;
+use serde_json::{Value, json};
+
+struct Setup {
+    router: axum::Router,
+    key: String,
+    record: KeyRecord,
+    _dir: tempdir::TempDir,
+}
+
+mod tempdir {
+    /// A folder removed on drop.
+    pub struct TempDir(pub std::path::PathBuf);
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+async fn setup() -> Setup {
+    let dir = std::env::temp_dir().join(format!(
+        "gateway-lambda-test-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    let store = EmbeddedStore::open(&dir).expect("store");
+    let (hash, key, record) = generate_key(
+        NewKey {
+            name: "lambda".into(),
+            ..NewKey::default()
+        },
+        common::now_secs(),
+    )
+    .expect("key");
+    store.insert(&hash, &record).await.expect("insert");
+    let gateway = Gateway::new(
+        &Config::built_in(|_| None),
+        store.backends().expect("backends"),
+        &|_| None,
+    )
+    .expect("gateway");
+    Setup {
+        router: gateway::http::router(Arc::new(gateway)),
+        key,
+        record,
+        _dir: tempdir::TempDir(dir),
+    }
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn fixture(name: &str) -> Value {
+    let path = format!("{}/fixtures/lambda_http/{name}", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("fixture json")
+}
+
+/// A fixture turned into a request for `path` with a JSON body and a bearer key.
+fn event(name: &str, method: &str, path: &str, key: Option<&str>, body: Option<&Value>) -> Value {
+    let mut event = fixture(name);
+    let mut headers = json!({"content-type": "application/json", "host": "gateway.example"});
+    if let Some(key) = key {
+        headers["authorization"] = json!(format!("Bearer {key}"));
+    }
+    event["headers"] = headers.clone();
+    if event.get("multiValueHeaders").is_some() {
+        event["multiValueHeaders"] = json!({});
+    }
+    event["body"] = body.map_or(Value::Null, |b| json!(b.to_string()));
+    event["isBase64Encoded"] = json!(false);
+    event["queryStringParameters"] = json!({});
+    if event.get("rawPath").is_some() {
+        event["rawPath"] = json!(path);
+        event["rawQueryString"] = json!("");
+        event["requestContext"]["http"]["method"] = json!(method);
+        event["requestContext"]["http"]["path"] = json!(path);
+    } else {
+        event["path"] = json!(path);
+        event["httpMethod"] = json!(method);
+        if event["requestContext"].get("httpMethod").is_some() {
+            event["requestContext"]["httpMethod"] = json!(method);
+            event["requestContext"]["path"] = json!(path);
+            event["requestContext"]["resourcePath"] = json!("/{proxy+}");
+        }
+    }
+    event
+}
+
+fn lambda_event(payload: Value) -> LambdaEvent<LambdaRequest> {
+    let request: LambdaRequest = serde_json::from_value(payload).expect("a LambdaRequest");
+    LambdaEvent::new(request, Context::default())
+}
+
+/// What the front receives: status, headers and body, whichever way it was produced.
+struct Answer {
+    streamed: bool,
+    status: u16,
+    headers: Value,
+    body: String,
+}
+
+async fn invoke(setup: &Setup, payload: Value) -> Answer {
+    let response = handle(
+        setup.router.clone(),
+        ResponseMode::Auto,
+        lambda_event(payload),
+    )
+    .await
+    .expect("handler succeeds");
+    match response {
+        FunctionResponse::BufferedResponse(buffered) => {
+            let value = serde_json::to_value(&buffered).expect("serialisable response");
+            Answer {
+                streamed: false,
+                status: value["statusCode"].as_u64().expect("status") as u16,
+                headers: value["headers"].clone(),
+                body: value["body"].as_str().unwrap_or("").to_owned(),
+            }
+        }
+        FunctionResponse::StreamingResponse(streaming) => {
+            let prelude = serde_json::to_value(&streaming.metadata_prelude).expect("prelude");
+            let mut body = Vec::new();
+            let mut stream = streaming.stream;
+            while let Some(chunk) = stream.next().await {
+                body.extend_from_slice(&chunk.expect("stream chunk"));
+            }
+            Answer {
+                streamed: true,
+                status: prelude["statusCode"].as_u64().expect("status") as u16,
+                headers: prelude["headers"].clone(),
+                body: String::from_utf8(body).expect("utf-8"),
+            }
+        }
+    }
+}
+
+fn completion_request(stream: bool) -> Value {
+    json!({"model": "mock", "stream": stream, "messages": [{"role": "user", "content": "hello lambda"}]})
+}
+
+#[tokio::test]
+async fn every_front_gets_a_complete_non_streamed_answer() {
+    let setup = setup().await;
+    for (fixture, streams) in [
+        ("apigw_proxy_request.json", true),
+        ("apigw_v2_proxy_request.json", false),
+        ("lambda_function_url_request.json", true),
+        ("alb_request.json", false),
+    ] {
+        let payload = event(
+            fixture,
+            "POST",
+            "/v1/chat/completions",
+            Some(&setup.key),
+            Some(&completion_request(false)),
+        );
+        let answer = invoke(&setup, payload).await;
+        assert_eq!(answer.streamed, streams, "{fixture}");
+        assert_eq!(answer.status, 200, "{fixture}: {}", answer.body);
+        let body: Value = serde_json::from_str(&answer.body).unwrap_or_else(|e| {
+            panic!(
+                "{fixture}: body is not the whole JSON ({e}): {}",
+                answer.body
+            )
+        });
+        assert_eq!(
+            body["choices"][0]["message"]["content"], "Mock answer to: hello lambda",
+            "{fixture}"
+        );
+        assert!(answer.headers.get("x-request-id").is_some(), "{fixture}");
+    }
+}
+
+#[tokio::test]
+async fn streaming_fronts_get_server_sent_events() {
+    let setup = setup().await;
+    for fixture in [
+        "apigw_proxy_request.json",
+        "lambda_function_url_request.json",
+    ] {
+        let payload = event(
+            fixture,
+            "POST",
+            "/v1/chat/completions",
+            Some(&setup.key),
+            Some(&completion_request(true)),
+        );
+        let answer = invoke(&setup, payload).await;
+        assert!(answer.streamed);
+        assert_eq!(
+            answer.headers["content-type"], "text/event-stream",
+            "{fixture}"
+        );
+        let data: Vec<&str> = answer
+            .body
+            .split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .collect();
+        assert_eq!(data.last(), Some(&"[DONE]"), "{fixture}");
+        let text: String = data
+            .iter()
+            .filter(|d| **d != "[DONE]")
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .filter_map(|c| {
+                c["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .collect();
+        assert_eq!(text, "Mock answer to: hello lambda");
+    }
+}
+
+#[tokio::test]
+async fn buffered_fronts_receive_a_streamed_request_as_one_sse_body() {
+    let setup = setup().await;
+    let payload = event(
+        "alb_request.json",
+        "POST",
+        "/v1/chat/completions",
+        Some(&setup.key),
+        Some(&completion_request(true)),
+    );
+    let answer = invoke(&setup, payload).await;
+    assert!(!answer.streamed);
+    assert!(answer.body.ends_with("data: [DONE]\n\n"), "{}", answer.body);
+}
+
+#[tokio::test]
+async fn errors_keep_their_status_and_openai_shape_on_every_front() {
+    let setup = setup().await;
+    for fixture in [
+        "apigw_proxy_request.json",
+        "apigw_v2_proxy_request.json",
+        "lambda_function_url_request.json",
+        "alb_request.json",
+    ] {
+        let payload = event(
+            fixture,
+            "POST",
+            "/v1/chat/completions",
+            None,
+            Some(&completion_request(false)),
+        );
+        let answer = invoke(&setup, payload).await;
+        assert_eq!(answer.status, 401, "{fixture}");
+        let body: Value = serde_json::from_str(&answer.body).expect("error json");
+        assert_eq!(body["error"]["code"], "invalid_api_key", "{fixture}");
+    }
+}
+
+#[tokio::test]
+async fn behind_the_authorizer_the_function_trusts_its_context() {
+    let setup = setup().await;
+    let mut payload = event(
+        "apigw_proxy_request.json",
+        "POST",
+        "/v1/chat/completions",
+        None,
+        Some(&completion_request(false)),
+    );
+    payload["requestContext"]["authorizer"] = json!({
+        "principalId": setup.record.id,
+        "key": serde_json::to_string(&setup.record).unwrap(),
+    });
+    let answer = invoke(&setup, payload).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+
+    // Another front's event cannot smuggle an authorizer verdict in.
+    let mut payload = event(
+        "apigw_v2_proxy_request.json",
+        "POST",
+        "/v1/chat/completions",
+        None,
+        Some(&completion_request(false)),
+    );
+    payload["requestContext"]["authorizer"] =
+        json!({"lambda": {"key": serde_json::to_string(&setup.record).unwrap()}});
+    assert_eq!(invoke(&setup, payload).await.status, 401);
+}
+
+#[tokio::test]
+async fn health_answers_without_a_key() {
+    let setup = setup().await;
+    let answer = invoke(
+        &setup,
+        event("apigw_v2_proxy_request.json", "GET", "/health", None, None),
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    assert!(answer.body.contains("ok"));
+}
