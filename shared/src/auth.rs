@@ -2,7 +2,7 @@
 //! limits, budget and expiry.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use http::HeaderMap;
@@ -41,6 +41,19 @@ pub struct KeyRecord {
     pub created_at: u64,
     #[serde(default)]
     pub context_policy: ContextPolicy,
+    /// API Gateway usage plan tier (`free`, `standard` or `partner`); `None` means `standard`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+    /// The value of the API Gateway API key that mirrors this key in its tier's usage plan (see
+    /// `crate::edge`): the authorizer returns it as `usageIdentifierKey` so API Gateway throttles
+    /// and meters the key. It is NOT the gateway secret and never lets anyone call the gateway:
+    /// the API takes API keys only from the authorizer (`ApiKeySourceType: AUTHORIZER`), never
+    /// from a client header. `None` for keys made without an edge (local run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_key: Option<String>,
+    /// The id of that API Gateway API key, which deleting it needs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_key_id: Option<String>,
 }
 
 /// What to do with a conversation longer than the model's context window when no larger-context
@@ -58,6 +71,11 @@ pub enum ContextPolicy {
 pub fn default_tenant() -> String {
     "default".to_owned()
 }
+
+/// The usage plan tiers a key can be in (one API Gateway usage plan each).
+pub const TIERS: [&str; 3] = ["free", "standard", "partner"];
+/// The tier of a key created without one.
+pub const DEFAULT_TIER: &str = "standard";
 
 /// What a new key may do; the id and secret are generated.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -80,6 +98,9 @@ pub struct NewKey {
     pub admin: bool,
     #[serde(default)]
     pub context_policy: ContextPolicy,
+    /// Usage plan tier: `free`, `standard` (the default) or `partner`.
+    #[serde(default)]
+    pub tier: Option<String>,
 }
 
 impl KeyRecord {
@@ -89,6 +110,11 @@ impl KeyRecord {
 
     pub fn is_expired(&self, now_secs: u64) -> bool {
         self.expires_at.is_some_and(|at| at <= now_secs)
+    }
+
+    /// The usage plan tier, `standard` when unset.
+    pub fn tier(&self) -> &str {
+        self.tier.as_deref().unwrap_or(DEFAULT_TIER)
     }
 }
 
@@ -105,6 +131,16 @@ pub fn generate_key(new: NewKey, now_secs: u64) -> Result<(String, String, KeyRe
         return Err(
             ApiError::bad_request("`budget_usd` must be a non-negative number")
                 .with_param("budget_usd"),
+        );
+    }
+    if new
+        .tier
+        .as_deref()
+        .is_some_and(|tier| !TIERS.contains(&tier))
+    {
+        return Err(
+            ApiError::bad_request("`tier` must be one of `free`, `standard` or `partner`")
+                .with_param("tier"),
         );
     }
     let mut secret_bytes = [0u8; 24];
@@ -125,6 +161,9 @@ pub fn generate_key(new: NewKey, now_secs: u64) -> Result<(String, String, KeyRe
         admin: new.admin,
         created_at: now_secs,
         context_policy: new.context_policy,
+        tier: new.tier,
+        usage_key: None,
+        usage_key_id: None,
     };
     Ok((hash_secret(&secret), secret, record))
 }
@@ -149,6 +188,9 @@ pub async fn ensure_admin_key(
         admin: true,
         created_at: now_secs,
         context_policy: ContextPolicy::Reject,
+        tier: None,
+        usage_key: None,
+        usage_key_id: None,
     };
     store.upsert(&hash_secret(secret), &record).await
 }
@@ -177,7 +219,12 @@ pub struct Authenticator {
     store: Arc<dyn KeyStore>,
     ttl: Duration,
     cache: RwLock<HashMap<String, (Arc<KeyRecord>, Instant)>>,
+    /// Reads in progress, so a burst on a key that is not cached (a cold Lambda container, an
+    /// expired entry) makes one store read, not one per request.
+    reads: Mutex<HashMap<String, Arc<KeyRead>>>,
 }
+
+type KeyRead = tokio::sync::OnceCell<Result<Option<Arc<KeyRecord>>, StoreError>>;
 
 /// Most key records kept in memory; beyond it the cache is cleared rather than grown.
 const MAX_CACHED_KEYS: usize = 10_000;
@@ -188,6 +235,7 @@ impl Authenticator {
             store,
             ttl,
             cache: RwLock::new(HashMap::new()),
+            reads: Mutex::new(HashMap::new()),
         }
     }
 
@@ -221,22 +269,11 @@ impl Authenticator {
         });
         let record = match cached {
             Some(record) => record,
-            None => {
-                let record = self
-                    .store
-                    .get_by_hash(&hash)
-                    .await
-                    .map_err(store_unavailable)?
-                    .ok_or_else(|| ApiError::unauthorized("Incorrect API key provided."))?;
-                let record = Arc::new(record);
-                if let Ok(mut cache) = self.cache.write() {
-                    if cache.len() >= MAX_CACHED_KEYS {
-                        cache.clear();
-                    }
-                    cache.insert(hash, (Arc::clone(&record), Instant::now()));
-                }
-                record
-            }
+            None => self
+                .read(hash)
+                .await
+                .map_err(store_unavailable)?
+                .ok_or_else(|| ApiError::unauthorized("Incorrect API key provided."))?,
         };
         if record.disabled {
             return Err(ApiError::unauthorized("This API key has been revoked."));
@@ -245,6 +282,35 @@ impl Authenticator {
             return Err(ApiError::unauthorized("This API key has expired."));
         }
         Ok(record)
+    }
+}
+
+impl Authenticator {
+    /// Reads a key from the store, joining a read of the same key already in progress.
+    async fn read(&self, hash: String) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+        let read = match self.reads.lock() {
+            Ok(mut reads) => Arc::clone(reads.entry(hash.clone()).or_default()),
+            Err(_) => Arc::new(KeyRead::new()),
+        };
+        let result = read
+            .get_or_init(|| async {
+                let record = self.store.get_by_hash(&hash).await?.map(Arc::new);
+                if let (Some(record), Ok(mut cache)) = (&record, self.cache.write()) {
+                    if cache.len() >= MAX_CACHED_KEYS {
+                        cache.clear();
+                    }
+                    cache.insert(hash.clone(), (Arc::clone(record), Instant::now()));
+                }
+                Ok(record)
+            })
+            .await
+            .clone();
+        if let Ok(mut reads) = self.reads.lock()
+            && reads.get(&hash).is_some_and(|r| Arc::ptr_eq(r, &read))
+        {
+            reads.remove(&hash);
+        }
+        result
     }
 }
 
@@ -312,6 +378,9 @@ mod tests {
             admin: false,
             created_at: 0,
             context_policy: ContextPolicy::Reject,
+            tier: None,
+            usage_key: None,
+            usage_key_id: None,
         };
         assert!(record.allows_model("mock") && !record.allows_model("gpt-4o"));
         assert!(!record.is_expired(49) && record.is_expired(50));

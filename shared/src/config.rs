@@ -196,6 +196,8 @@ pub enum ProviderKind {
     /// Azure OpenAI: deployment URLs, `api-version` and the `api-key` header.
     Azure,
     Anthropic,
+    /// Amazon Bedrock's Converse API: IAM credentials from the standard AWS chain, no API key.
+    Bedrock,
     /// The built-in deterministic model.
     Mock,
 }
@@ -212,6 +214,9 @@ pub struct ProviderConfig {
     /// Azure's `api-version` query parameter, or Anthropic's `anthropic-version` header.
     #[serde(default)]
     pub api_version: Option<String>,
+    /// Bedrock only: the AWS region (default: the standard AWS environment, e.g. `AWS_REGION`).
+    #[serde(default)]
+    pub region: Option<String>,
     #[serde(default)]
     pub timeouts: Timeouts,
     /// Mock only: delay before answering.
@@ -547,7 +552,8 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         for (name, provider) in &self.providers {
             let field = |f: &str| format!("providers.{name}.{f}");
-            let needs_url = provider.kind != ProviderKind::Mock;
+            // Bedrock's endpoint follows from its region; `base_url` only overrides it.
+            let needs_url = !matches!(provider.kind, ProviderKind::Mock | ProviderKind::Bedrock);
             match &provider.base_url {
                 None if needs_url => {
                     return Err(ConfigError::new(field("base_url"), "is required"));
@@ -559,6 +565,13 @@ impl Config {
                     ));
                 }
                 _ => {}
+            }
+            if provider.kind == ProviderKind::Bedrock && provider.api_key_env.is_some() {
+                return Err(ConfigError::new(
+                    field("api_key_env"),
+                    "is not used by Bedrock, which signs with IAM credentials from the AWS \
+                     environment (role, profile or AWS_ACCESS_KEY_ID); remove it",
+                ));
             }
             if provider.kind == ProviderKind::Azure && provider.api_version.is_none() {
                 return Err(ConfigError::new(

@@ -305,8 +305,8 @@ async fn chat(
     let body = body.map_err(body_error)?;
     let mut request: ChatRequest = parse_json(&body)?;
     request.validate()?;
-    let requested = authorize_model(gateway, &key, &request.model, ModelKind::Chat)?;
-    let selection = routing::select(gateway, requested, &key, &mut request)?;
+    let requested = authorize_model(gateway, key, &request.model, ModelKind::Chat)?;
+    let selection = routing::select(gateway, requested, key, &mut request)?;
     let route = selection.route;
 
     let prompt_estimate = request.estimate_prompt_tokens();
@@ -320,7 +320,7 @@ async fn chat(
     };
     let reservation = gateway
         .limiter
-        .acquire(&key, estimate, now)
+        .acquire(key, estimate, now)
         .await
         .map_err(|e| e.to_api_error())?;
     let mut settlement = Settlement::new(Arc::clone(&gateway.limiter), reservation, route.price);
@@ -647,12 +647,12 @@ async fn embed(
     let body = body.map_err(body_error)?;
     let mut request: EmbeddingRequest = parse_json(&body)?;
     request.validate()?;
-    let route = authorize_model(gateway, &key, &request.model, ModelKind::Embedding)?;
+    let route = authorize_model(gateway, key, &request.model, ModelKind::Embedding)?;
     let tokens = request.input.estimate_tokens();
     let reservation = gateway
         .limiter
         .acquire(
-            &key,
+            key,
             Estimate {
                 tokens,
                 cost_usd: route.price.cost_usd(tokens, 0),

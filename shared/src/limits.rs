@@ -289,6 +289,9 @@ mod tests {
             admin: false,
             created_at: 0,
             context_policy: crate::auth::ContextPolicy::Reject,
+            tier: None,
+            usage_key: None,
+            usage_key_id: None,
         }
     }
 

@@ -1,15 +1,23 @@
-//! The `authorizer` Lambda. Its handler arrives with the authorizer issue; until then every invocation fails
-//! with a clear message instead of pretending to succeed.
+//! The `authorizer` Lambda: API Gateway REQUEST authorizer for gateway keys. The decision logic is
+//! `gateway::edge::authorizer` (event and response shapes are documented there); this binary builds
+//! the key store once per container from the environment (`GATEWAY_KEYS_TABLE`, ...,
+//! `GATEWAY_KEY_CACHE_TTL_MS`) and hands each invocation to it.
 
+use std::sync::Arc;
+
+use gateway::edge::authorizer::KeyAuthorizer;
+use lambda_http::aws_lambda_events::apigw::ApiGatewayCustomAuthorizerRequestTypeRequest;
 use lambda_http::lambda_runtime::{self, Error, LambdaEvent, service_fn};
-use serde_json::Value;
-
-async fn handle(_event: LambdaEvent<Value>) -> Result<Value, Error> {
-    Err("the authorizer function is not implemented yet".into())
-}
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     gateway::telemetry::init_logging();
-    lambda_runtime::run(service_fn(handle)).await
+    let authorizer = Arc::new(KeyAuthorizer::from_env().await?);
+    lambda_runtime::run(service_fn(
+        move |event: LambdaEvent<ApiGatewayCustomAuthorizerRequestTypeRequest>| {
+            let authorizer = Arc::clone(&authorizer);
+            async move { authorizer.handle(&event.payload).await }
+        },
+    ))
+    .await
 }

@@ -1,15 +1,16 @@
 //! `gateway-local`: every route in one process with embedded storage, plus the key CLI.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use gateway::auth::{ContextPolicy, NewKey, ensure_admin_key, generate_key};
 use gateway::config::Config;
 use gateway::gateway::Gateway;
-use gateway::store::KeyStore;
+use gateway::store::dynamo::DynamoConfig;
 use gateway::store::embedded::EmbeddedStore;
+use gateway::store::{Backends, KeyStore};
 
 #[derive(Parser)]
 #[command(
@@ -24,7 +25,7 @@ struct Cli {
     /// TOML config file [default: built-in mock models, plus OpenAI/Anthropic when their keys are set]
     #[arg(long, env = "GATEWAY_CONFIG", global = true)]
     config: Option<PathBuf>,
-    /// Where keys, spend and the response cache are stored
+    /// Where keys, spend and the response cache are stored (embedded backend)
     #[arg(
         long,
         env = "GATEWAY_DATA_DIR",
@@ -32,8 +33,23 @@ struct Cli {
         global = true
     )]
     data_dir: PathBuf,
+    /// `embedded` (SQLite in --data-dir) or `aws` (the DynamoDB tables named by
+    /// GATEWAY_KEYS_TABLE, GATEWAY_LIMITS_TABLE and GATEWAY_CACHE_TABLE, as on Lambda)
+    #[arg(
+        long,
+        env = "GATEWAY_BACKEND",
+        default_value = "embedded",
+        global = true
+    )]
+    backend: Backend,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Backend {
+    Embedded,
+    Aws,
 }
 
 #[derive(Subcommand)]
@@ -45,6 +61,9 @@ enum Command {
         #[command(subcommand)]
         action: KeysAction,
     },
+    /// Create the DynamoDB tables for `--backend aws` where they do not exist (for local
+    /// emulators and debugging; on AWS the SAM template owns them)
+    CreateTables,
 }
 
 #[derive(Subcommand)]
@@ -96,8 +115,11 @@ fn env(name: &str) -> Option<String> {
 async fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        None | Some(Command::Serve) => serve(cli.listen, cli.config, cli.data_dir).await,
-        Some(Command::Keys { action }) => keys(action, &cli.data_dir).await,
+        None | Some(Command::Serve) => {
+            serve(cli.listen, cli.config, cli.backend, cli.data_dir).await
+        }
+        Some(Command::Keys { action }) => keys(action, cli.backend, &cli.data_dir).await,
+        Some(Command::CreateTables) => create_tables().await,
     };
     if let Err(error) = result {
         eprintln!("gateway-local: {error}");
@@ -116,16 +138,46 @@ fn load_config(path: Option<&PathBuf>) -> Result<Config, Failure> {
     }
 }
 
+/// The backends, and the embedded store behind them when there is one (it is flushed at exit).
+async fn open_backends(
+    backend: Backend,
+    data_dir: &Path,
+) -> Result<(Backends, Option<Arc<EmbeddedStore>>), Failure> {
+    match backend {
+        Backend::Embedded => {
+            let store = EmbeddedStore::open(data_dir)?;
+            Ok((store.backends()?, Some(store)))
+        }
+        Backend::Aws => Ok((gateway::store::dynamo::backends_from_env().await?, None)),
+    }
+}
+
+async fn create_tables() -> Result<(), Failure> {
+    let config = DynamoConfig::from_env()?;
+    let sdk_config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await;
+    let client = aws_sdk_dynamodb::Client::new(&sdk_config);
+    gateway::store::dynamo::create_tables(&client, &config).await?;
+    println!(
+        "tables ready: {}, {}, {}",
+        config.keys_table, config.limits_table, config.cache_table
+    );
+    Ok(())
+}
+
 async fn serve(
     listen: Option<String>,
     config_path: Option<PathBuf>,
+    backend: Backend,
     data_dir: PathBuf,
 ) -> Result<(), Failure> {
     gateway::telemetry::init_logging();
     let config = load_config(config_path.as_ref())?;
-    let store = EmbeddedStore::open(&data_dir)?;
-    let gateway = Arc::new(Gateway::new(&config, store.backends()?, &env)?);
-    let first_run_key = bootstrap_keys(&store).await?;
+    let (backends, embedded) = open_backends(backend, &data_dir).await?;
+    let keys = Arc::clone(&backends.keys);
+    let gateway = Arc::new(Gateway::new(&config, backends, &env)?);
+    let first_run_key = bootstrap_keys(keys.as_ref()).await?;
 
     let listen = listen
         .or_else(|| config.server.listen.clone())
@@ -139,15 +191,17 @@ async fn serve(
     axum::serve(listener, gateway::http::router(gateway))
         .with_graceful_shutdown(shutdown_signal())
         .await?;
-    store.flush();
+    if let Some(store) = embedded {
+        store.flush();
+    }
     Ok(())
 }
 
 /// Applies `GATEWAY_ADMIN_KEY`, and on the very first run (no keys at all) creates a key so the
 /// printed curl example works as is. Returns that key, which is shown only this once.
-async fn bootstrap_keys(store: &Arc<EmbeddedStore>) -> Result<Option<String>, Failure> {
+async fn bootstrap_keys(store: &dyn KeyStore) -> Result<Option<String>, Failure> {
     if let Some(admin) = env("GATEWAY_ADMIN_KEY").filter(|k| !k.is_empty()) {
-        ensure_admin_key(store.as_ref(), &admin, now_secs()).await?;
+        ensure_admin_key(store, &admin, now_secs()).await?;
         return Ok(None);
     }
     if !store.list().await?.is_empty() {
@@ -164,26 +218,38 @@ async fn bootstrap_keys(store: &Arc<EmbeddedStore>) -> Result<Option<String>, Fa
     Ok(Some(secret))
 }
 
+/// Prints where the gateway listens and how to call it, in one write: whoever reads the first
+/// line and closes the pipe (a test, a supervisor) must not make a later write fail.
 fn print_banner(address: SocketAddr, gateway: &Gateway, first_run_key: Option<&str>) {
+    use std::io::Write;
     let url = format!("http://{address}");
     let models: Vec<&str> = gateway.models.keys().map(String::as_str).collect();
     let key = first_run_key.unwrap_or("$GATEWAY_KEY");
-    println!("AI gateway listening on {url} (OpenAI API at {url}/v1)");
-    println!("Models: {}", models.join(", "));
-    match first_run_key {
-        Some(secret) => println!("First run: created API key {secret} (shown once; stored hashed)"),
-        None => println!(
+    let key_line = match first_run_key {
+        Some(secret) => format!("First run: created API key {secret} (shown once; stored hashed)"),
+        None => {
             "Create a key with: gateway-local keys create --name me   (then export GATEWAY_KEY=...)"
-        ),
-    }
-    println!();
-    println!("Try it:");
-    println!(
-        "  curl -s {url}/v1/chat/completions -H 'Authorization: Bearer {key}' \
+                .to_owned()
+        }
+    };
+    let banner = format!(
+        "AI gateway listening on {url} (OpenAI API at {url}/v1)\n\
+         Models: {models}\n\
+         {key_line}\n\n\
+         Try it:\n  \
+         curl -s {url}/v1/chat/completions -H 'Authorization: Bearer {key}' \
          -H 'Content-Type: application/json' \
-         -d '{{\"model\":\"mock\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello gateway\"}}]}}'"
+         -d '{{\"model\":\"mock\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello gateway\"}}]}}'\n\n",
+        models = models.join(", "),
     );
-    println!();
+    let mut stdout = std::io::stdout().lock();
+    if stdout
+        .write_all(banner.as_bytes())
+        .and_then(|()| stdout.flush())
+        .is_err()
+    {
+        tracing::warn!("could not print the start-up banner");
+    }
 }
 
 async fn shutdown_signal() {
@@ -207,8 +273,9 @@ async fn shutdown_signal() {
     }
 }
 
-async fn keys(action: KeysAction, data_dir: &std::path::Path) -> Result<(), Failure> {
-    let store = EmbeddedStore::open(data_dir)?;
+async fn keys(action: KeysAction, backend: Backend, data_dir: &Path) -> Result<(), Failure> {
+    let (backends, embedded) = open_backends(backend, data_dir).await?;
+    let store = Arc::clone(&backends.keys);
     match action {
         KeysAction::Create {
             name,
@@ -237,6 +304,7 @@ async fn keys(action: KeysAction, data_dir: &std::path::Path) -> Result<(), Fail
                     } else {
                         ContextPolicy::Reject
                     },
+                    tier: None,
                 },
                 now,
             )?;
@@ -248,16 +316,15 @@ async fn keys(action: KeysAction, data_dir: &std::path::Path) -> Result<(), Fail
             println!("{secret}");
         }
         KeysAction::List => {
-            let spend = store.spend_this_month()?;
             println!(
                 "{:<22} {:<20} {:<12} {:<8} {:<8} {:<12} {:<12} STATUS",
                 "ID", "NAME", "TENANT", "RPM", "TPM", "BUDGET_USD", "SPENT_USD"
             );
-            let month = gateway::limits::month_of(now_secs());
             for record in store.list().await? {
-                let spent = spend
-                    .get(&(record.id.clone(), month))
-                    .copied()
+                let spent = backends
+                    .limiter
+                    .spent_usd(&record.id, now_secs())
+                    .await
                     .unwrap_or(0.0);
                 let dash = || "-".to_owned();
                 let status = if record.disabled {
@@ -292,6 +359,8 @@ async fn keys(action: KeysAction, data_dir: &std::path::Path) -> Result<(), Fail
             println!("revoked {id}");
         }
     }
-    store.flush();
+    if let Some(store) = embedded {
+        store.flush();
+    }
     Ok(())
 }

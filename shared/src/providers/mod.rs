@@ -1,6 +1,7 @@
 //! Upstream providers, one file per kind, behind one enum so the hot path dispatches statically.
 
 pub mod anthropic;
+pub mod bedrock;
 pub mod mock;
 pub mod openai;
 pub mod routing;
@@ -20,6 +21,7 @@ pub type ChunkStream = BoxStream<'static, Result<ChatChunk, ProviderError>>;
 pub enum Provider {
     OpenAi(openai::OpenAiProvider),
     Anthropic(anthropic::AnthropicProvider),
+    Bedrock(bedrock::BedrockProvider),
     Mock(mock::MockProvider),
 }
 
@@ -64,6 +66,7 @@ impl Provider {
                 anthropic::AnthropicProvider::new(http, base_url, api_key, config)
                     .map_err(|e| ConfigError::new(format!("providers.{name}.api_key_env"), e))?,
             ),
+            ProviderKind::Bedrock => Provider::Bedrock(bedrock::BedrockProvider::new(config)),
             ProviderKind::Mock => Provider::Mock(mock::MockProvider::new(
                 Duration::from_millis(config.latency_ms),
                 Duration::from_millis(config.chunk_delay_ms),
@@ -76,6 +79,7 @@ impl Provider {
         match self {
             Provider::OpenAi(p) => p.chat(request).await,
             Provider::Anthropic(p) => p.chat(request).await,
+            Provider::Bedrock(p) => p.chat(request).await,
             Provider::Mock(p) => p.chat(request).await,
         }
     }
@@ -85,6 +89,7 @@ impl Provider {
         match self {
             Provider::OpenAi(p) => p.chat_stream(request).await,
             Provider::Anthropic(p) => p.chat_stream(request).await,
+            Provider::Bedrock(p) => p.chat_stream(request).await,
             Provider::Mock(p) => p.chat_stream(request).await,
         }
     }
@@ -98,6 +103,10 @@ impl Provider {
             Provider::Anthropic(_) => Err(ProviderError::new(
                 ProviderErrorKind::BadRequest,
                 "Anthropic has no embeddings API; configure an embedding model on another provider",
+            )),
+            Provider::Bedrock(_) => Err(ProviderError::new(
+                ProviderErrorKind::BadRequest,
+                "Bedrock's Converse API has no embeddings; configure an embedding model on another provider",
             )),
             Provider::Mock(p) => p.embed(request).await,
         }

@@ -1,0 +1,264 @@
+//! The API Gateway REQUEST authorizer: `Authorization: Bearer <gateway key>` -> an Allow policy
+//! for the whole API, the key as context, and the key's API Gateway key as `usageIdentifierKey`
+//! so the usage plan of its tier throttles and meters it (`ApiKeySourceType: AUTHORIZER`).
+//!
+//! Answers:
+//! - a valid key: `principalId` = key id; policy `Allow execute-api:Invoke` on
+//!   `arn:<partition>:execute-api:<region>:<account>:<api id>/<stage>/*/*`, derived from the
+//!   `methodArn`, because API Gateway caches the decision per `Authorization` header and reuses it
+//!   on every route; `context` = `key_id`, `tenant`, `admin` (bool), `tier` and `key` (the whole
+//!   `KeyRecord` as a JSON string: context values can only be strings, numbers and booleans);
+//!   `usageIdentifierKey` = `KeyRecord::usage_key` (absent for a key without one: API Gateway then
+//!   refuses the key on routes that require an API key).
+//! - a missing, malformed, unknown, revoked or expired key: the error `Unauthorized`, which is the
+//!   exact message that makes API Gateway answer 401.
+//! - a key store failure or a malformed event: any other error (API Gateway answers 500) and an
+//!   error log. Never Allow.
+//!
+//! Key records are read through [`Authenticator`], which trusts a record for the key cache TTL
+//! (`GATEWAY_KEY_CACHE_TTL_MS`, default 1000 ms). A revocation therefore reaches API Gateway within
+//! that TTL plus API Gateway's own authorizer cache TTL (`AuthorizerCacheTtlSeconds` in the
+//! template, 300 s by default) — set that lower if revocations must apply faster.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::HeaderMap;
+use http::header::AUTHORIZATION;
+use lambda_http::aws_lambda_events::apigw::{
+    ApiGatewayCustomAuthorizerPolicy, ApiGatewayCustomAuthorizerRequestTypeRequest,
+    ApiGatewayCustomAuthorizerResponse,
+};
+use lambda_http::aws_lambda_events::iam::{IamPolicyEffect, IamPolicyStatement};
+use lambda_http::lambda_runtime::Diagnostic;
+use serde_json::json;
+
+use crate::auth::{Authenticator, KeyRecord};
+use crate::store::KeyStore;
+
+/// How long the authorizer trusts a key record it read, in milliseconds.
+pub const KEY_CACHE_TTL_ENV: &str = "GATEWAY_KEY_CACHE_TTL_MS";
+/// The same default as the router's `server.key_cache_ttl_ms`.
+pub const DEFAULT_KEY_CACHE_TTL: Duration = Duration::from_millis(1000);
+
+/// Why the authorizer did not allow a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthorizerError {
+    /// API Gateway answers 401 when the authorizer fails with exactly this message.
+    #[error("Unauthorized")]
+    Unauthorized,
+    /// Any other message makes API Gateway answer 500.
+    #[error("authorizer failure: {0}")]
+    Failure(String),
+}
+
+impl From<AuthorizerError> for Diagnostic {
+    fn from(error: AuthorizerError) -> Self {
+        Diagnostic {
+            error_type: match error {
+                AuthorizerError::Unauthorized => "Unauthorized",
+                AuthorizerError::Failure(_) => "AuthorizerFailure",
+            }
+            .to_owned(),
+            error_message: error.to_string(),
+        }
+    }
+}
+
+/// The authorizer's state: built once per container, shared by every invocation.
+pub struct KeyAuthorizer {
+    auth: Authenticator,
+}
+
+impl KeyAuthorizer {
+    pub fn new(store: Arc<dyn KeyStore>, key_cache_ttl: Duration) -> Self {
+        Self {
+            auth: Authenticator::new(store, key_cache_ttl),
+        }
+    }
+
+    /// Over the DynamoDB key store named by the environment (`GATEWAY_KEYS_TABLE`, ...), with the
+    /// key cache TTL from `GATEWAY_KEY_CACHE_TTL_MS`.
+    pub async fn from_env() -> Result<Self, String> {
+        let ttl = key_cache_ttl(|name| std::env::var(name).ok())?;
+        let backends = crate::store::dynamo::backends_from_env().await?;
+        Ok(Self::new(backends.keys, ttl))
+    }
+
+    /// One invocation, at the current time.
+    pub async fn handle(
+        &self,
+        request: &ApiGatewayCustomAuthorizerRequestTypeRequest,
+    ) -> Result<ApiGatewayCustomAuthorizerResponse, AuthorizerError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.authorize(request, now).await
+    }
+
+    /// Decides one request at `now_secs` (epoch seconds).
+    pub async fn authorize(
+        &self,
+        request: &ApiGatewayCustomAuthorizerRequestTypeRequest,
+        now_secs: u64,
+    ) -> Result<ApiGatewayCustomAuthorizerResponse, AuthorizerError> {
+        let Some(method_arn) = request.method_arn.as_deref() else {
+            tracing::error!("authorizer event without a methodArn");
+            return Err(AuthorizerError::Failure(
+                "the event has no methodArn".into(),
+            ));
+        };
+        let Some(resource) = api_wide_resource(method_arn) else {
+            tracing::error!(method_arn, "authorizer event with a malformed methodArn");
+            return Err(AuthorizerError::Failure(
+                "the event's methodArn is malformed".into(),
+            ));
+        };
+        // Only `Authorization` decides: it is the identity source API Gateway caches the decision
+        // by, so no other header (such as `api-key`, which the router also accepts) may.
+        let mut headers = HeaderMap::new();
+        let authorization = request
+            .headers
+            .get(AUTHORIZATION)
+            .or_else(|| request.multi_value_headers.get(AUTHORIZATION));
+        if let Some(value) = authorization {
+            headers.insert(AUTHORIZATION, value.clone());
+        }
+        let record = match self.auth.authenticate(&headers, now_secs).await {
+            Ok(record) => record,
+            Err(error) if error.status == http::StatusCode::UNAUTHORIZED => {
+                tracing::info!(reason = %error.message, "authorizer: unauthorized");
+                return Err(AuthorizerError::Unauthorized);
+            }
+            // `store_unavailable` has logged the store's error.
+            Err(error) => return Err(AuthorizerError::Failure(error.message)),
+        };
+        allow(&record, resource)
+    }
+}
+
+fn allow(
+    record: &KeyRecord,
+    resource: String,
+) -> Result<ApiGatewayCustomAuthorizerResponse, AuthorizerError> {
+    let key_json = serde_json::to_string(record).map_err(|e| {
+        tracing::error!(key_id = %record.id, error = %e, "cannot encode a key record");
+        AuthorizerError::Failure("cannot encode the key record".into())
+    })?;
+    if record.usage_key.is_none() {
+        tracing::warn!(key_id = %record.id,
+            "key has no API Gateway key: routes that require one answer 403 (create the key through the CLI or admin API on AWS)");
+    }
+    let mut statement = IamPolicyStatement::default();
+    statement.action = vec!["execute-api:Invoke".to_owned()];
+    statement.effect = IamPolicyEffect::Allow;
+    statement.resource = vec![resource];
+    let mut policy = ApiGatewayCustomAuthorizerPolicy::default();
+    policy.version = Some("2012-10-17".to_owned());
+    policy.statement = vec![statement];
+    let mut response = ApiGatewayCustomAuthorizerResponse::default();
+    response.principal_id = Some(record.id.clone());
+    response.policy_document = policy;
+    response.context = json!({
+        "key_id": record.id,
+        "tenant": record.tenant,
+        "admin": record.admin,
+        "tier": record.tier(),
+        "key": key_json,
+    });
+    response.usage_identifier_key = record.usage_key.clone();
+    tracing::debug!(key_id = %record.id, "authorizer: allowed");
+    Ok(response)
+}
+
+/// Every method and path of the API and stage in `method_arn`
+/// (`arn:aws:execute-api:us-east-1:123456789012:abc123/api/POST/v1/chat/completions` ->
+/// `arn:aws:execute-api:us-east-1:123456789012:abc123/api/*/*`).
+pub fn api_wide_resource(method_arn: &str) -> Option<String> {
+    let mut parts = method_arn.splitn(6, ':');
+    let (arn, partition, service, region, account, path) = (
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+    );
+    if arn != "arn" || service != "execute-api" {
+        return None;
+    }
+    if [partition, region, account].iter().any(|s| s.is_empty()) {
+        return None;
+    }
+    let mut path = path.split('/');
+    let api_id = path.next().filter(|s| !s.is_empty())?;
+    let stage = path.next().filter(|s| !s.is_empty())?;
+    Some(format!(
+        "arn:{partition}:execute-api:{region}:{account}:{api_id}/{stage}/*/*"
+    ))
+}
+
+/// The key cache TTL from `GATEWAY_KEY_CACHE_TTL_MS` (read through `lookup`), or the default.
+pub fn key_cache_ttl(lookup: impl Fn(&str) -> Option<String>) -> Result<Duration, String> {
+    match lookup(KEY_CACHE_TTL_ENV).map(|v| v.trim().to_owned()) {
+        None => Ok(DEFAULT_KEY_CACHE_TTL),
+        Some(value) if value.is_empty() => Ok(DEFAULT_KEY_CACHE_TTL),
+        Some(value) => value
+            .parse::<u64>()
+            .map(Duration::from_millis)
+            .map_err(|_| {
+                format!("{KEY_CACHE_TTL_ENV} is `{value}`; expected a number of milliseconds")
+            }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_policy_covers_every_route_of_the_stage() {
+        assert_eq!(
+            api_wide_resource(
+                "arn:aws:execute-api:us-east-1:123456789012:abc123/api/POST/v1/chat/completions"
+            )
+            .as_deref(),
+            Some("arn:aws:execute-api:us-east-1:123456789012:abc123/api/*/*")
+        );
+        assert_eq!(
+            api_wide_resource("arn:aws-cn:execute-api:cn-north-1:123456789012:abc/prod/GET/")
+                .as_deref(),
+            Some("arn:aws-cn:execute-api:cn-north-1:123456789012:abc/prod/*/*")
+        );
+        for bad in [
+            "",
+            "arn:aws:lambda:us-east-1:123456789012:function:f",
+            "arn:aws:execute-api:us-east-1:123456789012:abc",
+            "arn:aws:execute-api::123456789012:abc/api/GET/x",
+        ] {
+            assert_eq!(api_wide_resource(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn key_cache_ttl_defaults_and_parses() {
+        assert_eq!(key_cache_ttl(|_| None), Ok(DEFAULT_KEY_CACHE_TTL));
+        assert_eq!(
+            key_cache_ttl(|_| Some("250".into())),
+            Ok(Duration::from_millis(250))
+        );
+        assert!(
+            key_cache_ttl(|_| Some("soon".into()))
+                .unwrap_err()
+                .contains(KEY_CACHE_TTL_ENV)
+        );
+    }
+
+    #[test]
+    fn unauthorized_reaches_lambda_as_exactly_that_message() {
+        let diagnostic = Diagnostic::from(AuthorizerError::Unauthorized);
+        assert_eq!(diagnostic.error_message, "Unauthorized");
+        let failure = Diagnostic::from(AuthorizerError::Failure("x".into()));
+        assert_ne!(failure.error_message, "Unauthorized");
+    }
+}

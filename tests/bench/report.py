@@ -1,0 +1,188 @@
+#!/usr/bin/env python3
+"""Turns the raw results of one `tests/bench/run` into its table (stdlib only).
+
+    report.py RESULTS_DIR            prints the table (Markdown) and writes RESULTS_DIR/table.md
+    report.py --row FILE             prints one latency result as `p50_us p99_us ok errors rps`
+
+Each measurement is one JSON file in RESULTS_DIR, named CASE@TARGET.json: the output of `oha
+--output-format json` or of `bench-driver`. Other files: meta.json (machine, settings), rss.json,
+coldstart@BIN.json, zip@BIN.json.
+"""
+
+import json
+import os
+import sys
+
+
+def load(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def latency(result, stream=False):
+    """(p50_us, p99_us, ok, errors, achieved_rps) of an oha or bench-driver result."""
+    if result is None:
+        return None
+    if "latencyPercentiles" in result:  # oha
+        statuses = result.get("statusCodeDistribution") or {}
+        ok = int(statuses.get("200", 0))
+        failed = sum(int(v) for k, v in statuses.items() if k != "200")
+        failed += sum(int(v) for v in (result.get("errorDistribution") or {}).values())
+        pct = result["latencyPercentiles"]
+        if pct.get("p50") is None:
+            return (None, None, ok, failed, 0.0)
+        total = result["summary"].get("total") or 0
+        rps = ok / total if total else 0.0
+        return (pct["p50"] * 1e6, pct["p99"] * 1e6, ok, failed, rps)
+    if "first_us" in result:  # bench-driver load
+        series = result["first_us"] if stream else result["total_us"]
+        if not series:
+            return (None, None, result["ok"], result["errors"], 0.0)
+        return (series["p50"], series["p99"], result["ok"], result["errors"], result["achieved_rps"])
+    return None
+
+
+def ms(us):
+    return "-" if us is None else f"{us / 1000:.2f} ms"
+
+
+def added(us):
+    return "-" if us is None else f"{us / 1000:+.3f} ms"
+
+
+def verdict(value, limit):
+    if value is None:
+        return "MISS (no data)"
+    return "PASS" if value <= limit else "MISS"
+
+
+def main(results):
+    meta = load(os.path.join(results, "meta.json")) or {}
+    get = lambda name: load(os.path.join(results, name + ".json"))
+    rows = []  # (measure, subject, baseline, added, goal, verdict)
+
+    def lat_rows(case, title, target, base_target, base_label, stream=False, goals=None):
+        mine = latency(get(f"{case}@{target}"), stream)
+        base = latency(get(f"{case}@{base_target}"), stream)
+        if mine is None:
+            return
+        goals = goals or {}
+        for i, name in ((0, "p50"), (1, "p99")):
+            value = mine[i]
+            base_value = base[i] if base else None
+            delta = None if value is None or base_value is None else value - base_value
+            goal, result = "", ""
+            if name in goals:
+                limit_us, goal, on_delta = goals[name]
+                result = verdict(delta if on_delta else value, limit_us)
+            errors = f" ({mine[3]} errors of {mine[2] + mine[3]})" if mine[3] else ""
+            base_errors = f" ({base[3]} errors)" if base and base[3] else ""
+            rows.append((
+                f"{title} {name}",
+                ms(value) + errors,
+                f"{ms(base_value)} {base_label}{base_errors}",
+                added(delta),
+                goal,
+                result,
+            ))
+
+    rates = meta.get("rates", [500, 1000])
+    top = max(rates)
+    for target, who in [("gateway", "gateway")] + [(p, p) for p in meta.get("peers", [])]:
+        prefix = "" if who == "gateway" else f"[{who}] "
+        for rate in rates:
+            goals = None
+            if who == "gateway" and rate == top:
+                goals = {"p50": (100, "added <= 0.1 ms", True), "p99": (500, "added <= 0.5 ms", True)}
+            lat_rows(f"plain{rate}", f"{prefix}cache miss (uncached), plain, {rate} rps,", target,
+                     "direct", "direct to mock", goals=goals)
+        for rate in rates:
+            goals = None
+            if who == "gateway" and rate == top:
+                goals = {"p50": (200, "added <= 0.2 ms", True)}
+            lat_rows(f"stream{rate}", f"{prefix}streamed time to first token, {rate} rps,", target,
+                     "direct", "direct to mock", stream=True, goals=goals)
+        if who == "gateway":
+            lat_rows(f"miss{top}", f"cache miss (temperature 0, unique prompts: lookup + store), {top} rps,",
+                     target, "direct", "direct to mock")
+            lat_rows(f"hit{top}", f"cache hit, {top} rps,", target, "direct0",
+                     "direct to a 0 ms mock", goals={"p99": (300, "p99 <= 0.3 ms", False)})
+        for case, title, base_target, base_label in (
+            ("tput", "max throughput, uncached (closed loop)", "direct0", "direct to a 0 ms mock"),
+            ("tputhit", "max throughput, cache hits (closed loop)", "direct0", "direct to a 0 ms mock"),
+        ):
+            mine = latency(get(f"{case}@{target}"))
+            base = latency(get(f"{case}@{base_target}"))
+            if mine is None:
+                continue
+            describe = lambda r: "-" if r is None else f"{r[4]:,.0f} req/s" + (
+                f" ({r[3]} errors)" if r[3] else ", 0 errors")
+            rows.append((f"{prefix}{title}", describe(mine), f"{describe(base)} {base_label}",
+                         "" if not (mine and base and base[4]) else f"{mine[4] / base[4]:.0%} of direct",
+                         "", ""))
+        rss = get(f"rss@{target}")
+        if rss:
+            peak = rss["hwm_kb"] / 1024
+            goal, result = ("<= 40 MB", verdict(peak, 40)) if who == "gateway" else ("", "")
+            rows.append((f"{prefix}peak RSS under load (VmHWM)", f"{peak:.1f} MB",
+                         f"{rss['idle_kb'] / 1024:.1f} MB at idle; mock peak {rss['mock_hwm_kb'] / 1024:.1f} MB",
+                         "", goal, result))
+
+    floor = get("coldstart@lambda-floor")
+    floor_us = floor["start_to_poll_us"]["p50"] if floor else None
+    for name in meta.get("lambdas", []):
+        cold = get(f"coldstart@{name}")
+        if not cold:
+            rows.append((f"Lambda cold start: {name}", "failed", "", "", "<= 25 ms", "MISS"))
+            continue
+        s = cold["start_to_poll_us"]
+        value = s["p50"]
+        note = f" (p90 {ms(s['p90'])}, {s['n']} starts" + (
+            f", {cold['failures']} failed)" if cold.get("failures") else ")")
+        rows.append((f"Lambda init, start to first poll: {name} (median)", ms(value) + note,
+                     f"{ms(floor_us)} minimal poller", added(None if floor_us is None else value - floor_us),
+                     "<= 25 ms", verdict(value / 1000, 25)))
+    for name in meta.get("lambdas", []):
+        z = get(f"zip@{name}")
+        if not z:
+            continue
+        size = z.get("zip_bytes")
+        native = z.get("native_bytes")
+        rows.append((f"arm64 zip: {name}", "-" if size is None else f"{size / 1e6:.2f} MB",
+                     "-" if native is None else f"{native / 1e6:.2f} MB x86_64 binary, unzipped",
+                     "", "<= 6 MB", verdict(None if size is None else size / 1e6, 6)))
+
+    head = [
+        f"Machine: {meta.get('nproc', '?')} cores, {meta.get('cpu', '?')}, {meta.get('mem', '?')}; "
+        f"load average at start {meta.get('load_start', '?')}, at end {meta.get('load_end', '?')}.",
+        f"Mock provider latency {meta.get('latency_ms', '?')} ms; {meta.get('duration_s', '?')} s per "
+        f"fixed-rate point after {meta.get('warmup_s', '?')} s of warm-up; load: {meta.get('tool', 'oha')} "
+        "(open loop at a fixed rate, latency measured from each request's scheduled start) for plain "
+        "requests and cache hits, bench-driver (tests/bench/driver, open loop) for time to first token "
+        "and unique-prompt misses; closed loop for throughput. Lambda init uses the native x86_64 "
+        "release builds; zips are arm64.",
+    ]
+    out = ["\n".join(head), "",
+           "| measure | subject | baseline (same run) | added | goal | |",
+           "|---|---|---|---|---|---|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    passed = sum(1 for r in rows if r[5] == "PASS")
+    missed = sum(1 for r in rows if r[5].startswith("MISS"))
+    out += ["", f"Goals: {passed} PASS, {missed} MISS."]
+    text = "\n".join(out)
+    with open(os.path.join(results, "table.md"), "w") as f:
+        f.write(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--row":
+        row = latency(load(sys.argv[2]), stream="stream" in os.path.basename(sys.argv[2]))
+        print("none" if row is None else " ".join("-" if v is None else f"{v:.0f}" for v in row))
+    elif len(sys.argv) == 2:
+        main(sys.argv[1])
+    else:
+        sys.exit(__doc__)

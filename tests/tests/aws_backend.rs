@@ -1,0 +1,255 @@
+//! Two `gateway-local --backend aws` processes over one set of DynamoDB tables (moto): limits and
+//! budgets stay exact across processes, as they must across Lambda containers.
+
+#[path = "common/moto.rs"]
+mod moto;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use moto::Moto;
+use serde_json::json;
+
+/// The `gateway-local` binary of this workspace (built by `tests/run` before the tests).
+fn gateway_local() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let binary = target.join("debug/gateway-local");
+    assert!(
+        binary.exists(),
+        "{} is missing: build it with `cargo build -p local` (tests/run does)",
+        binary.display()
+    );
+    binary
+}
+
+/// Everything a `gateway-local --backend aws` process needs to find its tables in moto.
+struct Environment {
+    vars: Vec<(&'static str, String)>,
+    config: PathBuf,
+}
+
+impl Environment {
+    fn new(moto: &Moto, name: &str) -> Self {
+        let prefix = format!("{name}-{}", std::process::id());
+        let config = std::env::temp_dir().join(format!("{prefix}.toml"));
+        // Requests are built so that what is reserved is what is used (see `REQUEST`): settling
+        // changes nothing, and the admitted count is exact however the burst interleaves.
+        std::fs::write(
+            &config,
+            r#"
+[providers.mock]
+kind = "mock"
+latency_ms = 500
+
+[models.mock]
+deployments = [{ provider = "mock", model = "mock" }]
+price = { input_per_mtok = 0, output_per_mtok = 1000 }
+"#,
+        )
+        .expect("config written");
+        Self {
+            vars: vec![
+                ("AWS_ENDPOINT_URL", moto.endpoint().to_owned()),
+                ("AWS_ACCESS_KEY_ID", "test".into()),
+                ("AWS_SECRET_ACCESS_KEY", "test".into()),
+                ("AWS_REGION", "us-east-1".into()),
+                ("AWS_EC2_METADATA_DISABLED", "true".into()),
+                ("GATEWAY_BACKEND", "aws".into()),
+                ("GATEWAY_KEYS_TABLE", format!("{prefix}-keys")),
+                ("GATEWAY_LIMITS_TABLE", format!("{prefix}-limits")),
+                ("GATEWAY_CACHE_TABLE", format!("{prefix}-cache")),
+                ("RUST_LOG", "warn".into()),
+            ],
+            config,
+        }
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new(gateway_local());
+        command
+            .envs(self.vars.iter().map(|(k, v)| (*k, v.as_str())))
+            .env_remove("GATEWAY_ADMIN_KEY")
+            .arg("--config")
+            .arg(&self.config)
+            .stdin(Stdio::null());
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let output = self
+            .command()
+            .args(args)
+            .output()
+            .expect("gateway-local runs");
+        assert!(
+            output.status.success(),
+            "gateway-local {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).expect("utf-8")
+    }
+
+    fn start(&self) -> Server {
+        let mut child = self
+            .command()
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("gateway-local starts");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("banner");
+        // Keep the pipe drained, so the server never writes into a closed pipe.
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no URL in banner: {line}"))
+            .to_owned();
+        Server { child, url }
+    }
+}
+
+impl Drop for Environment {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits for a fresh minute when less than 20 s are left in this one, so a burst is counted in
+/// one RPM/TPM window.
+async fn start_of_a_minute() {
+    let second = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() % 60);
+    if second > 40 {
+        tokio::time::sleep(Duration::from_secs(61 - second)).await;
+    }
+}
+
+/// Fourteen one-letter words: the gateway's prompt estimate (27 characters / 4, rounded up, plus
+/// 4 per message and 3) is 14 tokens, exactly what the mock counts (one per word). With
+/// `max_tokens = 3` the mock answers exactly 3 tokens, so each request reserves and uses 17
+/// tokens and costs 3 output tokens.
+const PROMPT: &str = "a a a a a a a a a a a a a a";
+
+/// Sends `count` requests at once, alternating between the servers; returns (admitted, refused).
+async fn burst(servers: &[Server], key: &str, count: usize) -> (usize, usize) {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client");
+    let body = json!({"model": "mock", "max_tokens": 3, "messages": [{"role": "user", "content": PROMPT}]})
+        .to_string();
+    let urls: Arc<Vec<String>> = Arc::new(servers.iter().map(|s| s.url.clone()).collect());
+    let tasks: Vec<_> = (0..count)
+        .map(|i| {
+            let (client, urls, body, key) = (
+                client.clone(),
+                Arc::clone(&urls),
+                body.clone(),
+                key.to_owned(),
+            );
+            tokio::spawn(async move {
+                let response = client
+                    .post(format!("{}/v1/chat/completions", urls[i % urls.len()]))
+                    .bearer_auth(key)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .timeout(Duration::from_secs(60))
+                    .send()
+                    .await
+                    .expect("gateway answers");
+                let status = response.status().as_u16();
+                let retry_after = response.headers().contains_key("retry-after");
+                let body = response.text().await.unwrap_or_default();
+                (status, retry_after, body)
+            })
+        })
+        .collect();
+    let (mut admitted, mut refused) = (0, 0);
+    for task in tasks {
+        let (status, retry_after, body) = task.await.expect("task");
+        match status {
+            200 => admitted += 1,
+            429 => {
+                assert!(retry_after, "a 429 carries Retry-After");
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    (admitted, refused)
+}
+
+/// One burst at a time: moto is one Python process, and parallel bursts would measure its
+/// queueing rather than the gateway.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn setup(moto: &Moto, name: &str, key_args: &[&str]) -> (Environment, String) {
+    let environment = Environment::new(moto, name);
+    environment.run(&["create-tables"]);
+    let mut args = vec!["keys", "create", "--name", name];
+    args.extend_from_slice(key_args);
+    let key = environment.run(&args).trim().to_owned();
+    assert!(key.starts_with("gw-"), "{key}");
+    (environment, key)
+}
+
+#[tokio::test]
+async fn rpm_is_exact_across_two_processes() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let moto = Moto::shared();
+    let (environment, key) = setup(&moto, "rpm", &["--rpm", "50"]);
+    let servers = [environment.start(), environment.start()];
+    start_of_a_minute().await;
+    let (admitted, refused) = burst(&servers, &key, 500).await;
+    assert_eq!((admitted, refused), (50, 450));
+}
+
+#[tokio::test]
+async fn tpm_is_exact_across_two_processes() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let moto = Moto::shared();
+    // Each request reserves and uses 17 tokens.
+    let (environment, key) = setup(&moto, "tpm", &["--tpm", "510"]);
+    let servers = [environment.start(), environment.start()];
+    start_of_a_minute().await;
+    let (admitted, refused) = burst(&servers, &key, 500).await;
+    assert_eq!((admitted, refused), (30, 470));
+}
+
+#[tokio::test]
+async fn budget_is_exact_across_two_processes_and_spend_is_recorded() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let moto = Moto::shared();
+    // Each answer is 3 output tokens at $1000 per million: $0.003; $0.06 buys exactly 20.
+    let (environment, key) = setup(&moto, "budget", &["--budget-usd", "0.06"]);
+    let servers = [environment.start(), environment.start()];
+    let (admitted, refused) = burst(&servers, &key, 500).await;
+    assert_eq!((admitted, refused), (20, 480));
+    // Spend is settled after the answers; it reaches the budget and the key list shows it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let listing = environment.run(&["keys", "list"]);
+    assert!(listing.contains("0.060000"), "{listing}");
+    let (admitted, refused) = burst(&servers, &key, 5).await;
+    assert_eq!((admitted, refused), (0, 5));
+}
