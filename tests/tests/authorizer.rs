@@ -4,6 +4,7 @@
 //! set per test, over an embedded key store; and the key provisioning that gives each key its
 //! API Gateway key (`gateway::edge::{provision, revoke, ensure_admin_key}`).
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,14 +34,34 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn store() -> Arc<EmbeddedStore> {
+/// An embedded store in its own temporary folder, removed when the test ends.
+struct TestStore {
+    store: Arc<EmbeddedStore>,
+    dir: PathBuf,
+}
+
+impl Drop for TestStore {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl std::ops::Deref for TestStore {
+    type Target = Arc<EmbeddedStore>;
+    fn deref(&self) -> &Self::Target {
+        &self.store
+    }
+}
+
+fn store() -> TestStore {
     let dir = std::env::temp_dir().join(format!(
         "gateway-authorizer-{}-{}",
         std::process::id(),
         NEXT_DIR.fetch_add(1, Ordering::SeqCst)
     ));
     let _ = std::fs::remove_dir_all(&dir);
-    EmbeddedStore::open(&dir).expect("store opens")
+    let store = EmbeddedStore::open(&dir).expect("store opens");
+    TestStore { store, dir }
 }
 
 /// The shipped REQUEST-authorizer event with the method ARN of `method_arn` and, if given, one
@@ -127,8 +148,8 @@ fn new_key(name: &str) -> NewKey {
     }
 }
 
-fn authorizer(store: &Arc<EmbeddedStore>, ttl: Duration) -> KeyAuthorizer {
-    KeyAuthorizer::new(store.clone(), ttl)
+fn authorizer(store: &TestStore, ttl: Duration) -> KeyAuthorizer {
+    KeyAuthorizer::new(store.store.clone(), ttl)
 }
 
 #[tokio::test]

@@ -64,6 +64,8 @@ price = { input_per_mtok = 0, output_per_mtok = 1000 }
                 ("GATEWAY_LIMITS_TABLE", format!("{prefix}-limits")),
                 ("GATEWAY_CACHE_TABLE", format!("{prefix}-cache")),
                 ("RUST_LOG", "warn".into()),
+                // moto is one Python process: a 500-request burst queues there for seconds.
+                ("GATEWAY_DYNAMODB_TIMEOUT_MS", "60000".into()),
             ],
             config,
         }
@@ -134,13 +136,13 @@ impl Drop for Server {
     }
 }
 
-/// Waits for a fresh minute when less than 20 s are left in this one, so a burst is counted in
+/// Waits for a fresh minute when less than 30 s are left in this one, so a burst is counted in
 /// one RPM/TPM window.
 async fn start_of_a_minute() {
     let second = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() % 60);
-    if second > 40 {
+    if second > 30 {
         tokio::time::sleep(Duration::from_secs(61 - second)).await;
     }
 }

@@ -18,7 +18,6 @@
 //! or a REST API with response streaming) and `chat-buffered` buffers every answer (what `auto`
 //! does for an HTTP API or an ALB). Both must answer plain and streamed requests correctly.
 
-#[allow(dead_code)] // this test uses only part of it
 #[path = "common/moto.rs"]
 mod moto;
 

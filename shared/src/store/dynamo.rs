@@ -153,9 +153,18 @@ impl DynamoConfig {
 pub async fn backends_from_env() -> Result<Backends, String> {
     let config = DynamoConfig::from_env()?;
     let sdk_config = aws_config::defaults(BehaviorVersion::latest()).load().await;
+    // `GATEWAY_DYNAMODB_TIMEOUT_MS` raises both bounds for slow stand-ins (an emulator under a
+    // burst); DynamoDB itself answers in milliseconds.
+    let (attempt, operation) = match std::env::var("GATEWAY_DYNAMODB_TIMEOUT_MS")
+        .ok()
+        .and_then(|ms| ms.trim().parse::<u64>().ok())
+    {
+        Some(ms) => (Duration::from_millis(ms), Duration::from_millis(ms)),
+        None => (ATTEMPT_TIMEOUT, OPERATION_TIMEOUT),
+    };
     let timeouts = TimeoutConfig::builder()
-        .operation_attempt_timeout(ATTEMPT_TIMEOUT)
-        .operation_timeout(OPERATION_TIMEOUT)
+        .operation_attempt_timeout(attempt)
+        .operation_timeout(operation)
         .build();
     let client = Client::from_conf(
         aws_sdk_dynamodb::config::Builder::from(&sdk_config)

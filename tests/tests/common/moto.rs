@@ -3,6 +3,7 @@
 //!
 //! Nothing here touches the process environment: tests run in parallel in one process, so each
 //! client is configured explicitly with the endpoint and the test credentials.
+#![allow(dead_code)] // each test crate including this uses a different subset
 
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
