@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::Authenticator;
+use crate::background::Background;
 use crate::cache::ResponseCache;
 use crate::config::{
     CachePartition, Capabilities, Config, ConfigError, ModelKind, Price, RouteConfig,
@@ -51,6 +52,7 @@ pub struct Gateway {
     pub routing: RoutingConfig,
     pub max_body_bytes: usize,
     pub started_at: u64,
+    pub background: Background,
 }
 
 impl Gateway {
@@ -124,6 +126,7 @@ impl Gateway {
             routing: config.routing,
             max_body_bytes: config.server.max_body_bytes,
             started_at: crate::providers::now_secs(),
+            background: Background::default(),
         })
     }
 

@@ -21,6 +21,7 @@ use crate::api::{
     ModelEntry, ModelList, StreamOptions, Usage,
 };
 use crate::auth::{KeyRecord, NewKey, generate_key, store_unavailable};
+use crate::background::Background;
 use crate::cache::{CacheMode, Leader, Lookup, cache_key};
 use crate::config::{ModelKind, Price};
 use crate::error::ApiError;
@@ -226,15 +227,17 @@ fn authorize_model<'g>(
 /// the response path; a request dropped midway (client gone, error) settles what it observed.
 struct Settlement {
     limiter: Arc<dyn Limiter>,
+    background: Background,
     reservation: Option<Reservation>,
     price: Price,
     observed: Usage,
 }
 
 impl Settlement {
-    fn new(limiter: Arc<dyn Limiter>, reservation: Reservation, price: Price) -> Self {
+    fn new(gateway: &Gateway, reservation: Reservation, price: Price) -> Self {
         Self {
-            limiter,
+            limiter: Arc::clone(&gateway.limiter),
+            background: gateway.background.clone(),
             reservation: Some(reservation),
             price,
             observed: Usage::default(),
@@ -257,7 +260,8 @@ impl Settlement {
         if let Some(reservation) = self.reservation.take() {
             let limiter = Arc::clone(&self.limiter);
             let tokens = self.observed.total_tokens;
-            tokio::spawn(async move { limiter.settle(reservation, tokens, cost).await });
+            self.background
+                .spawn(async move { limiter.settle(reservation, tokens, cost).await });
         }
         cost
     }
@@ -323,7 +327,7 @@ async fn chat(
         .acquire(key, estimate, now)
         .await
         .map_err(|e| e.to_api_error())?;
-    let mut settlement = Settlement::new(Arc::clone(&gateway.limiter), reservation, route.price);
+    let mut settlement = Settlement::new(gateway, reservation, route.price);
     settlement.observed.prompt_tokens = prompt_estimate;
 
     let preferred = routing::choose(route, &[], Instant::now());
@@ -379,7 +383,7 @@ async fn chat(
             let body = to_json_bytes(&completion)?;
             if let Some(leader) = leader {
                 let (body, ttl) = (body.clone(), answer.route.cache_ttl_s);
-                tokio::spawn(leader.complete(body, ttl));
+                gateway.background.spawn(leader.complete(body, ttl));
             }
             let mut response = json_response(StatusCode::OK, body);
             gateway_headers(
@@ -402,6 +406,7 @@ async fn chat(
                 settlement: Some(settlement),
                 model: answer.route.name.clone(),
                 leader,
+                background: gateway.background.clone(),
                 cache_ttl_s: answer.route.cache_ttl_s,
                 prompt_estimate,
                 deadline,
@@ -497,6 +502,7 @@ struct StreamRelay {
     settlement: Option<Settlement>,
     model: String,
     leader: Option<Leader>,
+    background: Background,
     cache_ttl_s: u64,
     prompt_estimate: u64,
     deadline: tokio::time::Instant,
@@ -621,7 +627,8 @@ impl StreamRelay {
         if let Some(leader) = self.leader.take()
             && let Ok(body) = serde_json::to_vec(&completion)
         {
-            tokio::spawn(leader.complete(Bytes::from(body), self.cache_ttl_s));
+            self.background
+                .spawn(leader.complete(Bytes::from(body), self.cache_ttl_s));
         }
         Bytes::from(frames)
     }
@@ -661,7 +668,7 @@ async fn embed(
         )
         .await
         .map_err(|e| e.to_api_error())?;
-    let settlement = Settlement::new(Arc::clone(&gateway.limiter), reservation, route.price);
+    let settlement = Settlement::new(gateway, reservation, route.price);
     let deployment = &route.deployments[routing::choose(route, &[], Instant::now()).unwrap_or(0)];
     let format = request.encoding_format.unwrap_or(EncodingFormat::Float);
     request.model.clone_from(&deployment.model);

@@ -14,13 +14,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use bytes::Bytes;
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use lambda_http::request::{LambdaRequest, RequestOrigin};
 use lambda_http::{Adapter, Context, Error, LambdaEvent, RequestExt, Service, StreamAdapter};
-use lambda_runtime::FunctionResponse;
 use lambda_runtime::tower::ServiceExt;
+use lambda_runtime::{FunctionResponse, StreamResponse};
 
 use crate::auth::KeyRecord;
+use crate::background::Background;
+use crate::gateway::Gateway;
 use crate::http::{AuthorizedKey, RequestDeadline};
 
 /// Time kept back from the invocation deadline to end a stream cleanly with an error event.
@@ -140,8 +142,12 @@ fn with_invocation_facts(
 
 /// Answers one invocation in the mode its front needs; used by `serve` and by tests, which feed
 /// it real API Gateway, Function URL and ALB event payloads.
+///
+/// Background work a response started (settling limits, storing cache entries) finishes before
+/// the response does: Lambda freezes the container once it has the whole response.
 pub async fn handle(
     router: Router,
+    background: Background,
     mode: ResponseMode,
     event: LambdaEvent<LambdaRequest>,
 ) -> Result<
@@ -157,17 +163,27 @@ pub async fn handle(
         router.map_request(move |request| with_invocation_facts(request, authorized.clone()));
     if streams {
         let response = StreamAdapter::from(router).call(event).await?;
-        Ok(FunctionResponse::StreamingResponse(response))
+        let drained = futures_util::stream::once(async move { background.idle().await })
+            .filter_map(|()| std::future::ready(None));
+        Ok(FunctionResponse::StreamingResponse(StreamResponse {
+            metadata_prelude: response.metadata_prelude,
+            stream: Box::pin(response.stream.chain(drained)),
+        }))
     } else {
         let response = Adapter::from(router).call(event).await?;
+        background.idle().await;
         Ok(FunctionResponse::BufferedResponse(response))
     }
 }
 
-/// Runs the Lambda runtime loop with the shared router.
-pub async fn serve(router: Router, mode: ResponseMode) -> Result<(), Error> {
+/// Runs the Lambda runtime loop with the shared router over `gateway`.
+pub async fn serve(gateway: Arc<Gateway>, mode: ResponseMode) -> Result<(), Error> {
+    let background = gateway.background.clone();
+    let router = crate::http::router(gateway);
     lambda_runtime::run(lambda_runtime::service_fn(
-        move |event: LambdaEvent<LambdaRequest>| handle(router.clone(), mode, event),
+        move |event: LambdaEvent<LambdaRequest>| {
+            handle(router.clone(), background.clone(), mode, event)
+        },
     ))
     .await
 }

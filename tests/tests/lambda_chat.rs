@@ -19,7 +19,9 @@ use lambda_runtime::FunctionResponse;
 use serde_json::{Value, json};
 
 struct Setup {
+    gateway: Arc<Gateway>,
     router: axum::Router,
+    background: gateway::background::Background,
     key: String,
     record: KeyRecord,
     _dir: tempdir::TempDir,
@@ -57,8 +59,12 @@ async fn setup() -> Setup {
         &|_| None,
     )
     .expect("gateway");
+    let background = gateway.background.clone();
+    let gateway = Arc::new(gateway);
     Setup {
-        router: gateway::http::router(Arc::new(gateway)),
+        gateway: Arc::clone(&gateway),
+        router: gateway::http::router(gateway),
+        background,
         key,
         record,
         _dir: tempdir::TempDir(dir),
@@ -123,6 +129,7 @@ struct Answer {
 async fn invoke(setup: &Setup, payload: Value) -> Answer {
     let response = handle(
         setup.router.clone(),
+        setup.background.clone(),
         ResponseMode::Auto,
         lambda_event(payload),
     )
@@ -310,4 +317,33 @@ async fn health_answers_without_a_key() {
     .await;
     assert_eq!(answer.status, 200);
     assert!(answer.body.contains("ok"));
+}
+
+#[tokio::test]
+async fn spend_is_settled_before_the_invocation_ends() {
+    let setup = setup().await;
+    for fixture in ["alb_request.json", "lambda_function_url_request.json"] {
+        let before = setup
+            .gateway
+            .limiter
+            .spent_usd(&setup.record.id, common::now_secs())
+            .await
+            .unwrap();
+        let payload = event(
+            fixture,
+            "POST",
+            "/v1/chat/completions",
+            Some(&setup.key),
+            Some(&completion_request(false)),
+        );
+        assert_eq!(invoke(&setup, payload).await.status, 200);
+        // No waiting: Lambda may freeze the container as soon as the response is complete.
+        let after = setup
+            .gateway
+            .limiter
+            .spent_usd(&setup.record.id, common::now_secs())
+            .await
+            .unwrap();
+        assert!(after > before, "{fixture}: spend {before} -> {after}");
+    }
 }

@@ -23,5 +23,5 @@ async fn main() -> Result<(), Error> {
     let backends = gateway::store::dynamo::backends_from_env().await?;
     let gateway = Arc::new(Gateway::new(&config, backends, &env)?);
     let mode = ResponseMode::from_env(env("GATEWAY_RESPONSE_MODE").as_deref())?;
-    gateway::lambda::serve(gateway::http::router(gateway), mode).await
+    gateway::lambda::serve(gateway, mode).await
 }
