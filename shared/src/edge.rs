@@ -249,7 +249,8 @@ pub enum ProvisionError {
     /// The key is revoked in the store (it no longer authenticates), but its API Gateway key
     /// could not be deleted. Revoking it again retries the deletion.
     #[error(
-        "key `{id}` is revoked, but deleting its API Gateway key failed ({reason}); revoke it again to retry"
+        "key `{id}` is revoked, but deleting its API Gateway key failed ({reason}); \
+         revoke it again to retry"
     )]
     EdgeCleanup { id: String, reason: String },
 }
@@ -324,8 +325,11 @@ pub async fn provision(
     Ok((secret, record))
 }
 
-/// Revokes a key in the store (it stops authenticating at once in this process, and everywhere
-/// within the key caches' TTLs), then deletes its edge key. `false` if no key has that id.
+/// Revokes a key in the store, then deletes its edge key. `false` if no key has that id.
+///
+/// The key stops authenticating everywhere within the key caches' TTLs (the authorizer's
+/// `GATEWAY_KEY_CACHE_TTL_MS` plus API Gateway's authorizer cache TTL); a caller holding an
+/// `Authenticator` should also `invalidate()` it so this process refuses the key at once.
 pub async fn revoke(
     keys: &dyn KeyStore,
     edge: &dyn EdgeKeys,
@@ -381,7 +385,7 @@ pub async fn ensure_admin_key(
         record.usage_key_id = Some(edge_key.id);
         if let Err(error) = keys.upsert(&hash, &record).await {
             if let Err(cleanup) = edge.detach(&record).await {
-                tracing::warn!(error = %cleanup, "could not delete an unused admin API Gateway key");
+                tracing::warn!(error = %cleanup, "could not delete an unused admin API key");
             }
             return Err(error.into());
         }

@@ -12,6 +12,7 @@ use crate::config::{
     CachePartition, Capabilities, Config, ConfigError, ModelKind, Price, RouteConfig,
     RoutingConfig, Timeouts,
 };
+use crate::edge::EdgeKeys;
 use crate::error::ApiError;
 use crate::limits::Limiter;
 use crate::providers::Provider;
@@ -53,6 +54,7 @@ pub struct Gateway {
     pub max_body_bytes: usize,
     pub started_at: u64,
     pub background: Background,
+    pub edge: Arc<dyn EdgeKeys>,
 }
 
 impl Gateway {
@@ -127,6 +129,7 @@ impl Gateway {
             max_body_bytes: config.server.max_body_bytes,
             started_at: crate::providers::now_secs(),
             background: Background::default(),
+            edge: backends.edge,
         })
     }
 

@@ -20,10 +20,11 @@ use crate::api::{
     ChatChunk, ChatCompletion, ChatRequest, CompletionAssembler, EmbeddingRequest, EncodingFormat,
     ModelEntry, ModelList, StreamOptions, Usage,
 };
-use crate::auth::{KeyRecord, NewKey, generate_key, store_unavailable};
+use crate::auth::{KeyRecord, NewKey, store_unavailable};
 use crate::background::Background;
 use crate::cache::{CacheMode, Leader, Lookup, cache_key};
 use crate::config::{ModelKind, Price};
+use crate::edge;
 use crate::error::ApiError;
 use crate::gateway::{Deployment, Gateway, ModelRoute};
 use crate::limits::{Estimate, Limiter, Reservation};
@@ -720,13 +721,8 @@ async fn create_key(
     let result = async {
         require_admin(&key)?;
         let new: NewKey = parse_json(&body.map_err(body_error)?)?;
-        let (hash, secret, record) = generate_key(new, now_secs())?;
-        gateway
-            .auth
-            .store()
-            .insert(&hash, &record)
-            .await
-            .map_err(admin_store_error)?;
+        let (secret, record) =
+            edge::provision(gateway.auth.store().as_ref(), gateway.edge.as_ref(), new).await?;
         let body = to_json_bytes(&CreatedKey {
             key: secret,
             record,
@@ -779,16 +775,12 @@ async fn revoke_key(
 ) -> Response {
     let result = async {
         require_admin(&key)?;
-        let found = gateway
-            .auth
-            .store()
-            .revoke(&id)
-            .await
-            .map_err(admin_store_error)?;
-        if !found {
+        let revoked = edge::revoke(gateway.auth.store().as_ref(), gateway.edge.as_ref(), &id).await;
+        // Forgotten even if the edge cleanup failed: the key itself is revoked by then.
+        gateway.auth.invalidate();
+        if !revoked? {
             return Err(ApiError::not_found(format!("No key with id `{id}`.")));
         }
-        gateway.auth.invalidate();
         let body = to_json_bytes(&serde_json::json!({"id": id, "revoked": true}))?;
         Ok(json_response(StatusCode::OK, body))
     }

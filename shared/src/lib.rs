@@ -12,5 +12,6 @@ pub mod http;
 pub mod lambda;
 pub mod limits;
 pub mod providers;
+pub mod secrets;
 pub mod store;
 pub mod telemetry;

@@ -2,7 +2,11 @@
 //! handler) fed the REQUEST-authorizer event payload `aws_lambda_events` ships
 //! (`tests/fixtures/apigw-custom-auth-request-type-request.json`) with its `Authorization` header
 //! set per test, over an embedded key store; and the key provisioning that gives each key its
-//! API Gateway key (`gateway::edge::{provision, revoke, ensure_admin_key}`).
+//! API Gateway key (`gateway::edge::{provision, revoke, ensure_admin_key}`). The last tests use the
+//! DynamoDB key store in moto (`MOTO_SERVER`, set by `tests/run`), as the deployed authorizer does.
+
+#[path = "common/moto.rs"]
+mod moto;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,6 +17,7 @@ use async_trait::async_trait;
 use gateway::auth::{KeyRecord, NewKey, hash_secret};
 use gateway::edge::authorizer::{AuthorizerError, KeyAuthorizer};
 use gateway::edge::{self, EdgeError, EdgeKey, EdgeKeys, NoEdgeKeys, ProvisionError};
+use gateway::store::dynamo::{DynamoConfig, DynamoStore, FailurePolicy, create_tables};
 use gateway::store::embedded::EmbeddedStore;
 use gateway::store::{KeyStore, StoreError};
 use lambda_http::aws_lambda_events::apigw::{
@@ -538,5 +543,103 @@ async fn the_bootstrap_admin_key_gets_one_api_gateway_key() {
     assert_eq!(
         response.usage_identifier_key.as_deref(),
         Some("usage-key-value-000000000000000000000001")
+    );
+}
+
+/// A key store of its own on the shared moto server.
+async fn dynamo_store(test: &str) -> (Arc<moto::Moto>, DynamoStore) {
+    let moto = moto::Moto::shared();
+    let client = moto.client();
+    let config = DynamoConfig {
+        keys_table: format!("authorizer-{test}-keys"),
+        limits_table: format!("authorizer-{test}-limits"),
+        cache_table: format!("authorizer-{test}-cache"),
+        limits_failure_policy: FailurePolicy::Closed,
+    };
+    create_tables(&client, &config).await.expect("tables");
+    let store = DynamoStore::new(client, &config);
+    (moto, store)
+}
+
+#[tokio::test]
+async fn keys_in_dynamodb_are_allowed_with_their_usage_key_and_refused_once_revoked() {
+    let (_moto, store) = dynamo_store("lifecycle").await;
+    let store: Arc<dyn KeyStore> = Arc::new(store);
+    let edge = RecordingEdge::default();
+    let (secret, record) = edge::provision(
+        store.as_ref(),
+        &edge,
+        NewKey {
+            name: "app".into(),
+            tenant: Some("acme".into()),
+            tier: Some("free".into()),
+            ..NewKey::default()
+        },
+    )
+    .await
+    .expect("provisioned");
+    let authorizer = KeyAuthorizer::new(Arc::clone(&store), Duration::ZERO);
+    let request = event(CHAT_ARN, Some(("authorization", &bearer(&secret))));
+
+    let response = authorizer
+        .authorize(&request, now_secs())
+        .await
+        .expect("allowed");
+    assert_eq!(response.usage_identifier_key, record.usage_key);
+    assert_eq!(response.context["tier"], "free");
+    let key: KeyRecord = serde_json::from_str(response.context["key"].as_str().unwrap()).unwrap();
+    assert_eq!(key, record);
+
+    assert!(
+        edge::revoke(store.as_ref(), &edge, &record.id)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        *edge.detached.lock().unwrap(),
+        [record.usage_key_id.unwrap()]
+    );
+    assert_eq!(
+        authorizer
+            .authorize(&request, now_secs())
+            .await
+            .unwrap_err(),
+        AuthorizerError::Unauthorized
+    );
+    let unknown = event(CHAT_ARN, Some(("authorization", "Bearer gw-unknown")));
+    assert_eq!(
+        authorizer
+            .authorize(&unknown, now_secs())
+            .await
+            .unwrap_err(),
+        AuthorizerError::Unauthorized
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_dynamodb_is_a_failure_not_unauthorized() {
+    // Nothing listens on a port just freed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free port");
+    let config = DynamoConfig {
+        keys_table: "keys".into(),
+        limits_table: "limits".into(),
+        cache_table: "cache".into(),
+        limits_failure_policy: FailurePolicy::Closed,
+    };
+    let client = moto::client_for(&format!("http://127.0.0.1:{port}"));
+    let authorizer =
+        KeyAuthorizer::new(Arc::new(DynamoStore::new(client, &config)), Duration::ZERO);
+    let result = authorizer
+        .authorize(
+            &event(CHAT_ARN, Some(("Authorization", "Bearer gw-anything"))),
+            now_secs(),
+        )
+        .await;
+    assert!(
+        matches!(result, Err(AuthorizerError::Failure(_))),
+        "{result:?}"
     );
 }

@@ -134,10 +134,12 @@ async fn tenants_do_not_share_cached_answers() {
 #[tokio::test]
 async fn errors_are_never_cached() {
     let (upstream, gw, key) = gateway(&[]).await;
-    let body = deterministic("err-500", "fails");
+    // A 400 is neither retried nor counted by the circuit breaker: one upstream call each.
+    let body = deterministic("err-400", "fails");
     for _ in 0..3 {
         let reply = gw.post("/v1/chat/completions", &key, &body).await;
-        assert_eq!(reply.status, 502);
+        assert_eq!(reply.status, 400);
+        assert_ne!(reply.header("x-gateway-cache"), Some("HIT"));
     }
     assert_eq!(upstream.requests().await, 3);
 }

@@ -5,12 +5,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use gateway::auth::{ContextPolicy, NewKey, ensure_admin_key, generate_key};
+use gateway::auth::{ContextPolicy, NewKey};
 use gateway::config::Config;
+use gateway::edge::{ApiGatewayEdgeKeys, ensure_admin_key, provision, revoke};
 use gateway::gateway::Gateway;
+use gateway::store::Backends;
 use gateway::store::dynamo::DynamoConfig;
 use gateway::store::embedded::EmbeddedStore;
-use gateway::store::{Backends, KeyStore};
 
 #[derive(Parser)]
 #[command(
@@ -92,6 +93,9 @@ enum KeysAction {
         /// Drop the oldest turns of conversations too long for the model (instead of a 400)
         #[arg(long)]
         trim_context: bool,
+        /// Usage plan tier at the API Gateway edge: free, standard or partner [default: standard]
+        #[arg(long)]
+        tier: Option<String>,
     },
     /// List keys (never their secrets)
     List,
@@ -148,7 +152,14 @@ async fn open_backends(
             let store = EmbeddedStore::open(data_dir)?;
             Ok((store.backends()?, Some(store)))
         }
-        Backend::Aws => Ok((gateway::store::dynamo::backends_from_env().await?, None)),
+        Backend::Aws => {
+            let mut backends = gateway::store::dynamo::backends_from_env().await?;
+            // With the stack's usage plans named, keys get their API Gateway keys as on Lambda.
+            if env("GATEWAY_USAGE_PLAN_IDS").is_some_and(|v| !v.is_empty()) {
+                backends.edge = Arc::new(ApiGatewayEdgeKeys::from_env().await?);
+            }
+            Ok((backends, None))
+        }
     }
 }
 
@@ -175,9 +186,8 @@ async fn serve(
     gateway::telemetry::init_logging();
     let config = load_config(config_path.as_ref())?;
     let (backends, embedded) = open_backends(backend, &data_dir).await?;
-    let keys = Arc::clone(&backends.keys);
+    let first_run_key = bootstrap_keys(&backends).await?;
     let gateway = Arc::new(Gateway::new(&config, backends, &env)?);
-    let first_run_key = bootstrap_keys(keys.as_ref()).await?;
 
     let listen = listen
         .or_else(|| config.server.listen.clone())
@@ -199,22 +209,24 @@ async fn serve(
 
 /// Applies `GATEWAY_ADMIN_KEY`, and on the very first run (no keys at all) creates a key so the
 /// printed curl example works as is. Returns that key, which is shown only this once.
-async fn bootstrap_keys(store: &dyn KeyStore) -> Result<Option<String>, Failure> {
+async fn bootstrap_keys(backends: &Backends) -> Result<Option<String>, Failure> {
+    let (store, edge) = (backends.keys.as_ref(), backends.edge.as_ref());
     if let Some(admin) = env("GATEWAY_ADMIN_KEY").filter(|k| !k.is_empty()) {
-        ensure_admin_key(store, &admin, now_secs()).await?;
+        ensure_admin_key(store, edge, &admin, now_secs()).await?;
         return Ok(None);
     }
     if !store.list().await?.is_empty() {
         return Ok(None);
     }
-    let (hash, secret, record) = generate_key(
+    let (secret, _) = provision(
+        store,
+        edge,
         NewKey {
             name: "first-run".to_owned(),
             ..NewKey::default()
         },
-        now_secs(),
-    )?;
-    store.insert(&hash, &record).await?;
+    )
+    .await?;
     Ok(Some(secret))
 }
 
@@ -287,9 +299,12 @@ async fn keys(action: KeysAction, backend: Backend, data_dir: &Path) -> Result<(
             expires_in_days,
             admin,
             trim_context,
+            tier,
         } => {
             let now = now_secs();
-            let (hash, secret, record) = generate_key(
+            let (secret, record) = provision(
+                store.as_ref(),
+                backends.edge.as_ref(),
                 NewKey {
                     name,
                     tenant,
@@ -304,11 +319,10 @@ async fn keys(action: KeysAction, backend: Backend, data_dir: &Path) -> Result<(
                     } else {
                         ContextPolicy::Reject
                     },
-                    tier: None,
+                    tier,
                 },
-                now,
-            )?;
-            store.insert(&hash, &record).await?;
+            )
+            .await?;
             eprintln!(
                 "created key {} ({}); it is shown only once:",
                 record.id, record.name
@@ -353,7 +367,7 @@ async fn keys(action: KeysAction, backend: Backend, data_dir: &Path) -> Result<(
             }
         }
         KeysAction::Revoke { id } => {
-            if !store.revoke(&id).await? {
+            if !revoke(store.as_ref(), backends.edge.as_ref(), &id).await? {
                 return Err(format!("no key with id `{id}`").into());
             }
             println!("revoked {id}");

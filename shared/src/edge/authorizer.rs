@@ -146,8 +146,11 @@ fn allow(
         AuthorizerError::Failure("cannot encode the key record".into())
     })?;
     if record.usage_key.is_none() {
-        tracing::warn!(key_id = %record.id,
-            "key has no API Gateway key: routes that require one answer 403 (create the key through the CLI or admin API on AWS)");
+        tracing::warn!(
+            key_id = %record.id,
+            "key has no API Gateway key, so routes that require one refuse it: create keys \
+             through the CLI (--backend aws) or the admin API on AWS"
+        );
     }
     let mut statement = IamPolicyStatement::default();
     statement.action = vec!["execute-api:Invoke".to_owned()];

@@ -151,8 +151,14 @@ impl DynamoConfig {
 /// three tables, each call bounded by `ATTEMPT_TIMEOUT` / `OPERATION_TIMEOUT`. Call once per
 /// process (Lambda container).
 pub async fn backends_from_env() -> Result<Backends, String> {
-    let config = DynamoConfig::from_env()?;
     let sdk_config = aws_config::defaults(BehaviorVersion::latest()).load().await;
+    backends_from_sdk_config(&sdk_config)
+}
+
+/// The DynamoDB backends over an AWS config the process already loaded (one per container,
+/// shared by every client).
+pub fn backends_from_sdk_config(sdk_config: &aws_config::SdkConfig) -> Result<Backends, String> {
+    let config = DynamoConfig::from_env()?;
     // `GATEWAY_DYNAMODB_TIMEOUT_MS` raises both bounds for slow stand-ins (an emulator under a
     // burst); DynamoDB itself answers in milliseconds.
     let (attempt, operation) = match std::env::var("GATEWAY_DYNAMODB_TIMEOUT_MS")
@@ -167,7 +173,7 @@ pub async fn backends_from_env() -> Result<Backends, String> {
         .operation_timeout(operation)
         .build();
     let client = Client::from_conf(
-        aws_sdk_dynamodb::config::Builder::from(&sdk_config)
+        aws_sdk_dynamodb::config::Builder::from(sdk_config)
             .timeout_config(timeouts)
             .build(),
     );
@@ -181,6 +187,7 @@ pub fn backends(client: &Client, config: &DynamoConfig) -> Backends {
         keys: store.clone(),
         limiter: Arc::new(DynamoLimiter::new(client.clone(), config)),
         cache: store,
+        edge: Arc::new(crate::edge::NoEdgeKeys),
     }
 }
 

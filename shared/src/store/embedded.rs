@@ -149,6 +149,7 @@ impl EmbeddedStore {
             keys: self.clone(),
             limiter: Arc::new(LocalLimiter::new(Some(sink), spent)),
             cache: self.clone(),
+            edge: Arc::new(crate::edge::NoEdgeKeys),
         })
     }
 

@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::auth::KeyRecord;
+use crate::edge::EdgeKeys;
 use crate::limits::Limiter;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -47,4 +48,6 @@ pub struct Backends {
     pub keys: Arc<dyn KeyStore>,
     pub limiter: Arc<dyn Limiter>,
     pub cache: Arc<dyn CacheStore>,
+    /// API Gateway keys for usage plans on AWS; nothing locally.
+    pub edge: Arc<dyn EdgeKeys>,
 }
