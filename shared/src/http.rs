@@ -31,7 +31,7 @@ use crate::limits::{Estimate, Limiter, Reservation};
 use crate::providers::routing::{self, Outcome, Selection};
 use crate::providers::{ChunkStream, now_secs};
 use crate::store::StoreError;
-use crate::telemetry::{METRICS, Metrics};
+use crate::telemetry::{EMF, Emf, METRICS, Metrics, RequestFacts};
 
 /// Output tokens reserved against TPM and budget when a request sets no `max_tokens`.
 const DEFAULT_RESERVED_OUTPUT_TOKENS: u64 = 1024;
@@ -55,7 +55,8 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&gateway),
             authenticate,
-        ));
+        ))
+        .route_layer(middleware::from_fn(cloudwatch_metrics));
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
@@ -87,6 +88,65 @@ async fn authenticate(
         }
     }
     next.run(request).await
+}
+
+/// How long the provider took (to its answer, or to a stream's first token); the rest of the
+/// time to the response headers is the gateway's own overhead.
+#[derive(Debug, Clone, Copy)]
+struct UpstreamTime(Duration);
+
+fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+/// On Lambda, one EMF line per request (latency, time to first token, overhead, cache, errors);
+/// a stream's line is written when it ends. Elsewhere this does nothing.
+async fn cloudwatch_metrics(request: Request, next: Next) -> Response {
+    let Some(emf) = EMF.as_ref() else {
+        return next.run(request).await;
+    };
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let headers_after = started.elapsed();
+    let header = |name: &HeaderName| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let mut facts = RequestFacts {
+        model: header(&X_GATEWAY_MODEL),
+        status: response.status().as_u16(),
+        latency_ms: millis(headers_after),
+        time_to_first_token_ms: None,
+        overhead_ms: response
+            .extensions()
+            .get::<UpstreamTime>()
+            .map(|UpstreamTime(upstream)| millis(headers_after.saturating_sub(*upstream))),
+        cache: header(&X_GATEWAY_CACHE),
+    };
+    let streamed = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if !streamed {
+        Emf::write(&emf.request_line(&facts));
+        return response;
+    }
+    // Streams are held until their first token, so the headers leave with it.
+    facts.time_to_first_token_ms = Some(facts.latency_ms);
+    let (parts, body) = response.into_parts();
+    let at_end = futures_util::stream::once(async move {
+        facts.latency_ms = millis(started.elapsed());
+        Emf::write(&emf.request_line(&facts));
+        None
+    })
+    .filter_map(std::future::ready);
+    Response::from_parts(
+        parts,
+        Body::from_stream(body.into_data_stream().chain(at_end)),
+    )
 }
 
 /// Every response carries `x-request-id`: the caller's, or a new one.
@@ -370,8 +430,10 @@ async fn chat(
     }
     let total = tokio::time::Instant::now() + Duration::from_millis(primary.timeouts.total_ms);
     let deadline = invocation_deadline.map_or(total, |at| at.min(total));
+    let upstream_started = Instant::now();
     let answer =
         routing::execute(gateway, route, preferred, &mut request, stream, deadline).await?;
+    let upstream_time = UpstreamTime(upstream_started.elapsed());
     // Only an answer from the deployment the key was computed for is cached under it.
     let leader = leader.filter(|_| std::ptr::eq(answer.deployment, primary));
     let cache_header = mode.header_value(false);
@@ -395,6 +457,7 @@ async fn chat(
                 &selection,
             );
             set_header(&mut response, &X_GATEWAY_COST, &format!("{cost:.8}"));
+            response.extensions_mut().insert(upstream_time);
             Ok(response)
         }
         Outcome::Stream(chunks) => {
@@ -422,6 +485,7 @@ async fn chat(
                 answer.deployment,
                 &selection,
             );
+            response.extensions_mut().insert(upstream_time);
             Ok(response)
         }
     }

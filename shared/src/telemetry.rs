@@ -1,4 +1,6 @@
-//! Logs (JSON lines through `tracing`) and metrics (Prometheus counters, served at `/metrics`).
+//! Logs (JSON lines through `tracing`), metrics as Prometheus counters (served at `/metrics`),
+//! and on Lambda the same facts as CloudWatch Embedded Metric Format lines on stdout: CloudWatch
+//! turns them into metrics with no API call on the request path.
 
 use std::sync::LazyLock;
 use std::sync::atomic::AtomicU64;
@@ -109,6 +111,9 @@ impl Metrics {
     }
 
     pub fn record_usage(&self, model: &str, input: u64, output: u64, cost_usd: f64) {
+        if let Some(emf) = EMF.as_ref() {
+            Emf::write(&emf.usage_line(model, input, output, cost_usd));
+        }
         let model_label = || vec![("model", model.to_owned())];
         let mut input_labels = model_label();
         input_labels.push(("direction", "input".to_owned()));
@@ -117,6 +122,150 @@ impl Metrics {
         output_labels.push(("direction", "output".to_owned()));
         self.tokens.get_or_create(&output_labels).inc_by(output);
         self.cost_usd.get_or_create(&model_label()).inc_by(cost_usd);
+    }
+}
+
+/// CloudWatch Embedded Metric Format, on when the process runs on Lambda.
+pub struct Emf {
+    namespace: String,
+    function: String,
+}
+
+/// Written when `AWS_LAMBDA_FUNCTION_NAME` is set; namespace from `GATEWAY_METRICS_NAMESPACE`.
+pub static EMF: LazyLock<Option<Emf>> = LazyLock::new(|| {
+    let function = std::env::var("AWS_LAMBDA_FUNCTION_NAME").ok()?;
+    let namespace = std::env::var("GATEWAY_METRICS_NAMESPACE")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "AiGateway".to_owned());
+    Some(Emf {
+        namespace,
+        function,
+    })
+});
+
+/// One request's facts, as the dashboard and alarms of `infra/template.yaml` read them.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct RequestFacts {
+    pub model: Option<String>,
+    pub status: u16,
+    /// Whole response (a stream: until its end), milliseconds.
+    pub latency_ms: f64,
+    /// Streams: until the first token reached the client.
+    pub time_to_first_token_ms: Option<f64>,
+    /// Time spent in the gateway itself: latency minus the provider's part.
+    pub overhead_ms: Option<f64>,
+    /// `HIT`, `MISS` or `BYPASS`.
+    pub cache: Option<String>,
+}
+
+impl Emf {
+    fn line(
+        &self,
+        directives: Vec<serde_json::Value>,
+        mut fields: serde_json::Map<String, serde_json::Value>,
+    ) -> String {
+        let timestamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        fields.insert(
+            "_aws".to_owned(),
+            serde_json::json!({"Timestamp": timestamp, "CloudWatchMetrics": directives}),
+        );
+        fields.insert("FunctionName".to_owned(), self.function.clone().into());
+        serde_json::Value::Object(fields).to_string()
+    }
+
+    fn directive(
+        &self,
+        dimensions: serde_json::Value,
+        metrics: &[(&str, &str)],
+    ) -> serde_json::Value {
+        let metrics: Vec<_> = metrics
+            .iter()
+            .map(|(name, unit)| serde_json::json!({"Name": name, "Unit": unit}))
+            .collect();
+        serde_json::json!({"Namespace": self.namespace, "Dimensions": dimensions, "Metrics": metrics})
+    }
+
+    /// The EMF line for one answered request.
+    pub fn request_line(&self, facts: &RequestFacts) -> String {
+        let mut fields = serde_json::Map::new();
+        let mut metrics = vec![("Latency", "Milliseconds"), ("Requests", "Count")];
+        fields.insert("Latency".into(), facts.latency_ms.into());
+        fields.insert("Requests".into(), 1.into());
+        if let Some(ttft) = facts.time_to_first_token_ms {
+            metrics.push(("TimeToFirstToken", "Milliseconds"));
+            fields.insert("TimeToFirstToken".into(), ttft.into());
+        }
+        if let Some(overhead) = facts.overhead_ms {
+            metrics.push(("GatewayOverhead", "Milliseconds"));
+            fields.insert("GatewayOverhead".into(), overhead.into());
+        }
+        let cache_metric = match facts.cache.as_deref() {
+            Some("HIT") => Some("CacheHit"),
+            Some("MISS") => Some("CacheMiss"),
+            Some("BYPASS") => Some("CacheBypass"),
+            _ => None,
+        };
+        if let Some(name) = cache_metric {
+            metrics.push((name, "Count"));
+            fields.insert(name.into(), 1.into());
+        }
+        if facts.status == 429 {
+            metrics.push(("RateLimited", "Count"));
+            fields.insert("RateLimited".into(), 1.into());
+        }
+        let mut directives = Vec::new();
+        if let Some(model) = &facts.model {
+            fields.insert("Model".into(), model.clone().into());
+            directives
+                .push(self.directive(serde_json::json!([["FunctionName"], ["Model"]]), &metrics));
+        } else {
+            directives.push(self.directive(serde_json::json!([["FunctionName"]]), &metrics));
+        }
+        if facts.status >= 400 && facts.status != 429 {
+            let error_type = match facts.status {
+                400..=499 => "client",
+                502 | 504 => "provider",
+                _ => "gateway",
+            };
+            fields.insert("ErrorType".into(), error_type.into());
+            fields.insert("Errors".into(), 1.into());
+            directives.push(self.directive(
+                serde_json::json!([
+                    ["FunctionName"],
+                    ["FunctionName", "ErrorType"],
+                    ["ErrorType"]
+                ]),
+                &[("Errors", "Count")],
+            ));
+        }
+        self.line(directives, fields)
+    }
+
+    /// The EMF line for the usage and cost billed to a model.
+    pub fn usage_line(&self, model: &str, input: u64, output: u64, cost_usd: f64) -> String {
+        let mut fields = serde_json::Map::new();
+        fields.insert("Model".into(), model.into());
+        fields.insert("InputTokens".into(), input.into());
+        fields.insert("OutputTokens".into(), output.into());
+        fields.insert("CostUsd".into(), cost_usd.into());
+        let directive = self.directive(
+            serde_json::json!([["FunctionName"], ["Model"]]),
+            &[
+                ("InputTokens", "Count"),
+                ("OutputTokens", "Count"),
+                ("CostUsd", "None"),
+            ],
+        );
+        self.line(vec![directive], fields)
+    }
+
+    pub fn write(line: &str) {
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "{line}");
     }
 }
 
@@ -129,6 +278,46 @@ pub fn cache_store_failed(error: &StoreError) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn emf_lines_carry_the_metrics_the_dashboard_reads() {
+        let emf = Emf {
+            namespace: "AiGateway".into(),
+            function: "gw-chat".into(),
+        };
+        let line: serde_json::Value = serde_json::from_str(&emf.request_line(&RequestFacts {
+            model: Some("gpt".into()),
+            status: 502,
+            latency_ms: 12.5,
+            time_to_first_token_ms: Some(3.0),
+            overhead_ms: Some(0.2),
+            cache: Some("MISS".into()),
+        }))
+        .unwrap();
+        assert_eq!(line["FunctionName"], "gw-chat");
+        assert_eq!(line["Latency"], 12.5);
+        assert_eq!(line["CacheMiss"], 1);
+        assert_eq!(line["ErrorType"], "provider");
+        let directives = line["_aws"]["CloudWatchMetrics"].as_array().unwrap();
+        assert_eq!(directives[0]["Namespace"], "AiGateway");
+        assert_eq!(
+            directives[0]["Dimensions"],
+            serde_json::json!([["FunctionName"], ["Model"]])
+        );
+        let names: Vec<&str> = directives[0]["Metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["Name"].as_str().unwrap())
+            .collect();
+        assert!(names.contains(&"TimeToFirstToken") && names.contains(&"GatewayOverhead"));
+        assert_eq!(directives[1]["Metrics"][0]["Name"], "Errors");
+
+        let usage: serde_json::Value =
+            serde_json::from_str(&emf.usage_line("gpt", 10, 5, 0.25)).unwrap();
+        assert_eq!(usage["OutputTokens"], 5);
+        assert_eq!(usage["CostUsd"], 0.25);
+    }
 
     #[test]
     fn counters_render_in_prometheus_text() {
