@@ -192,6 +192,18 @@ pub struct ToolCall {
     pub function: FunctionCall,
 }
 
+impl ToolCall {
+    /// The call's arguments as JSON (an empty string is `{}`), for providers that take them as
+    /// an object rather than OpenAI's string.
+    pub fn arguments_json(&self) -> Result<Value, String> {
+        if self.function.arguments.trim().is_empty() {
+            return Ok(Value::Object(JsonObject::new()));
+        }
+        serde_json::from_str(&self.function.arguments)
+            .map_err(|_| format!("tool call `{}` has arguments that are not JSON", self.id))
+    }
+}
+
 fn function_kind() -> String {
     "function".to_owned()
 }
@@ -250,6 +262,17 @@ impl ChatRequest {
                 .sum()
         });
         ((chars + tool_chars) as u64).div_ceil(4) + 4 * self.messages.len() as u64 + 3
+    }
+
+    /// The text of the last user message (empty when there is none).
+    pub fn last_user_text(&self) -> String {
+        self.messages
+            .iter()
+            .rev()
+            .find(|m| m.role == Role::User)
+            .and_then(|m| m.content.as_ref())
+            .map(Content::text)
+            .unwrap_or_default()
     }
 
     pub fn has_images(&self) -> bool {

@@ -266,16 +266,7 @@ fn to_messages_request(
                     None => Vec::new(),
                 };
                 for call in message.tool_calls.iter().flatten() {
-                    let input: Value = if call.function.arguments.trim().is_empty() {
-                        json!({})
-                    } else {
-                        serde_json::from_str(&call.function.arguments).map_err(|_| {
-                            bad_request(format!(
-                                "tool call `{}` has arguments that are not JSON",
-                                call.id
-                            ))
-                        })?
-                    };
+                    let input = call.arguments_json().map_err(bad_request)?;
                     blocks.push(json!({"type": "tool_use", "id": call.id, "name": call.function.name, "input": input}));
                 }
                 ("assistant", blocks)

@@ -476,16 +476,7 @@ fn to_converse_parts(request: &ChatRequest) -> Result<ConverseParts, ProviderErr
                     None => Vec::new(),
                 };
                 for call in message.tool_calls.iter().flatten() {
-                    let input: Value = if call.function.arguments.trim().is_empty() {
-                        json!({})
-                    } else {
-                        serde_json::from_str(&call.function.arguments).map_err(|_| {
-                            bad_request(format!(
-                                "tool call `{}` has arguments that are not JSON",
-                                call.id
-                            ))
-                        })?
-                    };
+                    let input = call.arguments_json().map_err(bad_request)?;
                     let block = ToolUseBlock::builder()
                         .tool_use_id(&call.id)
                         .name(&call.function.name)

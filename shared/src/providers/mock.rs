@@ -9,9 +9,9 @@ use sha2::{Digest, Sha256};
 
 use super::{ChunkStream, ProviderError, now_secs};
 use crate::api::{
-    AssistantMessage, ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, Content, Delta,
+    AssistantMessage, ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, Delta,
     Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, EmbeddingVector, FunctionCall,
-    JsonObject, Role, ToolCall, Usage,
+    JsonObject, ToolCall, Usage,
 };
 
 const DEFAULT_DIMENSIONS: usize = 256;
@@ -37,14 +37,7 @@ fn prompt_tokens(request: &ChatRequest) -> u64 {
 
 /// The answer's words: "Mock answer to: " and the last user message, capped at `max_tokens`.
 fn answer_words(request: &ChatRequest) -> (Vec<String>, bool) {
-    let last_user = request
-        .messages
-        .iter()
-        .rev()
-        .find(|m| m.role == Role::User)
-        .and_then(|m| m.content.as_ref())
-        .map(Content::text)
-        .unwrap_or_default();
+    let last_user = request.last_user_text();
     let all: Vec<String> = ["Mock", "answer", "to:"]
         .into_iter()
         .chain(words(&last_user))

@@ -604,14 +604,7 @@ fn needs_strong_model(
     {
         return Some("many_tools");
     }
-    let last_user = request
-        .messages
-        .iter()
-        .rev()
-        .find(|m| m.role == Role::User)
-        .and_then(|m| m.content.as_ref())
-        .map(|c| c.text().to_lowercase())
-        .unwrap_or_default();
+    let last_user = request.last_user_text().to_lowercase();
     if rules
         .keywords
         .iter()
