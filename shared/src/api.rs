@@ -412,7 +412,7 @@ impl Usage {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ChatChunk {
     pub id: String,
     #[serde(default = "chunk_object")]
@@ -427,6 +427,11 @@ pub struct ChatChunk {
     pub usage: Option<Usage>,
     #[serde(flatten)]
     pub extra: JsonObject,
+    /// The JSON text this chunk was read from, when an OpenAI-compatible upstream sent it: the
+    /// relay forwards that text instead of serialising the chunk again. Never serialised. Code
+    /// that changes a field of a chunk must clear it (`ChatChunk::new` starts without one).
+    #[serde(skip)]
+    pub raw: Option<bytes::Bytes>,
 }
 
 fn chunk_object() -> String {
@@ -444,7 +449,7 @@ pub struct ChunkChoice {
     pub logprobs: Option<Value>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Delta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
@@ -485,9 +490,121 @@ impl ChatChunk {
             choices,
             usage: None,
             extra: JsonObject::new(),
+            raw: None,
         }
     }
 }
+
+// Stream chunks are parsed once per token, so `ChatChunk` and `Delta` read their fields by hand.
+// The derived `Deserialize` of a struct with `#[serde(flatten)]` first buffers every field of the
+// object into serde's generic `Content` tree and then deserialises the fields again from it;
+// with the chunk's `Delta` flattened too, that was about a tenth of the gateway's work on a
+// stream. These impls read each known field straight into its type and unknown fields into
+// `extra`, with the same defaults, required fields and errors (`missing field`, `duplicate
+// field`, `invalid type`) as the derived ones.
+
+/// A map key, borrowed from the input when it has no escapes.
+struct FieldName<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for FieldName<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Name;
+        impl<'de> serde::de::Visitor<'de> for Name {
+            type Value = FieldName<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(FieldName(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(FieldName(std::borrow::Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(FieldName(std::borrow::Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(Name)
+    }
+}
+
+/// The value of a field the input did not have: an error, `Default::default()` or a function's.
+macro_rules! absent_field {
+    ($key:literal, required) => {
+        return Err(serde::de::Error::missing_field($key))
+    };
+    ($key:literal, default) => {
+        Default::default()
+    };
+    ($key:literal, $default:ident) => {
+        $default()
+    };
+}
+
+/// `Deserialize` for a struct whose unknown fields go to its `extra` map. Each field is
+/// `name: "json key" (required | default | function giving the default)`; `skip` fields (not
+/// part of the JSON) start at their default.
+macro_rules! deserialize_with_extra {
+    ($type:ident { $($field:ident : $key:literal ($absent:ident)),* $(,)? }
+     $(skip { $($skip:ident),* })?) => {
+        impl<'de> Deserialize<'de> for $type {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct Fields;
+                impl<'de> serde::de::Visitor<'de> for Fields {
+                    type Value = $type;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str(concat!("struct ", stringify!($type)))
+                    }
+                    fn visit_map<A: serde::de::MapAccess<'de>>(
+                        self,
+                        mut map: A,
+                    ) -> Result<$type, A::Error> {
+                        $(let mut $field = None;)*
+                        let mut extra = JsonObject::new();
+                        while let Some(FieldName(name)) = map.next_key()? {
+                            match &*name {
+                                $($key => {
+                                    if $field.is_some() {
+                                        return Err(serde::de::Error::duplicate_field($key));
+                                    }
+                                    $field = Some(map.next_value()?);
+                                })*
+                                _ => {
+                                    let value: Value = map.next_value()?;
+                                    extra.insert(name.into_owned(), value);
+                                }
+                            }
+                        }
+                        Ok($type {
+                            $($field: match $field {
+                                Some(value) => value,
+                                None => absent_field!($key, $absent),
+                            },)*
+                            $($($skip: Default::default(),)*)?
+                            extra,
+                        })
+                    }
+                }
+                deserializer.deserialize_map(Fields)
+            }
+        }
+    };
+}
+
+deserialize_with_extra!(ChatChunk {
+    id: "id" (required),
+    object: "object" (chunk_object),
+    created: "created" (default),
+    model: "model" (default),
+    choices: "choices" (default),
+    usage: "usage" (default),
+} skip { raw });
+
+deserialize_with_extra!(Delta {
+    role: "role"(default),
+    content: "content"(default),
+    tool_calls: "tool_calls"(default),
+});
 
 /// Rebuilds a complete answer from stream chunks, so a streamed answer can be cached, billed and
 /// replayed like a non-streamed one.
@@ -865,6 +982,38 @@ mod tests {
         assert!(req.is_stream() && req.include_usage());
         assert_eq!(req.extra["reasoning_effort"], "low");
         assert_eq!(serde_json::to_value(&req).unwrap(), body);
+    }
+
+    #[test]
+    fn chunks_parse_with_the_defaults_errors_and_unknown_fields_of_the_derived_impls() {
+        let chunk: ChatChunk = serde_json::from_str(
+            r#"{"id": "c", "system_fingerprint": "fp", "choices": [{"index": 0,
+                "delta": {"content": "a", "refusal": null, "role": null}}], "usage": null}"#,
+        )
+        .unwrap();
+        assert_eq!(chunk.object, "chat.completion.chunk");
+        assert_eq!((chunk.created, chunk.model.as_str()), (0, ""));
+        assert_eq!(chunk.extra["system_fingerprint"], "fp");
+        let delta = &chunk.choices[0].delta;
+        assert_eq!(delta.content.as_deref(), Some("a"));
+        assert_eq!(delta.role, None);
+        assert_eq!(delta.extra["refusal"], Value::Null);
+        assert!(chunk.usage.is_none() && chunk.raw.is_none());
+        let error = |text: &str| {
+            serde_json::from_str::<ChatChunk>(text)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(error(r#"{"choices": []}"#).starts_with("missing field `id`"));
+        assert!(error(r#"{"id": "a", "id": "b"}"#).starts_with("duplicate field `id`"));
+        assert!(error(r#"{"id": 1}"#).starts_with("invalid type: integer `1`, expected a string"));
+        assert!(error("[]").starts_with("invalid type: sequence, expected struct ChatChunk"));
+        // Escaped keys are decoded, as the derived impl decodes them.
+        let escaped: ChatChunk = serde_json::from_str(r#"{"\u0069d": "c", "x\"y": 1}"#).unwrap();
+        assert_eq!(
+            (escaped.id.as_str(), &escaped.extra["x\"y"]),
+            ("c", &json!(1))
+        );
     }
 
     #[test]

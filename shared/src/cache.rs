@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::HeaderMap;
+use http::header::{CACHE_CONTROL, HeaderName};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
@@ -28,21 +29,26 @@ pub enum CacheMode {
 
 impl CacheMode {
     pub fn decide(headers: &HeaderMap, request: &ChatRequest, ttl_s: u64) -> Self {
-        let header_has = |name: &str, needle: &str| {
+        static X_GATEWAY_CACHE: HeaderName = HeaderName::from_static("x-gateway-cache");
+        let header_has = |name: &HeaderName, needle: &[u8]| {
             headers
                 .get_all(name)
                 .iter()
-                .filter_map(|v| v.to_str().ok())
-                .any(|v| v.to_ascii_lowercase().contains(needle))
+                .filter(|v| v.to_str().is_ok())
+                .any(|v| {
+                    v.as_bytes()
+                        .windows(needle.len())
+                        .any(|w| w.eq_ignore_ascii_case(needle))
+                })
         };
         if ttl_s == 0
-            || header_has("cache-control", "no-cache")
-            || header_has("cache-control", "no-store")
-            || header_has("x-gateway-cache", "bypass")
+            || header_has(&CACHE_CONTROL, b"no-cache")
+            || header_has(&CACHE_CONTROL, b"no-store")
+            || header_has(&X_GATEWAY_CACHE, b"bypass")
         {
             return CacheMode::Bypass;
         }
-        if header_has("x-gateway-cache", "use") || request.temperature == Some(0.0) {
+        if header_has(&X_GATEWAY_CACHE, b"use") || request.temperature == Some(0.0) {
             CacheMode::Use
         } else {
             CacheMode::Skip
@@ -116,23 +122,13 @@ pub fn cache_key(
         response_format: request.response_format.as_ref(),
         extra: &request.extra,
     };
-    let mut hasher = Sha256::new();
-    // Writing into a hasher cannot fail; a serialisation error would only drop the tail, and
-    // the types above have no fallible serialisers.
-    let _ = serde_json::to_writer(&mut HashWriter(&mut hasher), &canonical);
-    hasher.finalize().into()
-}
-
-struct HashWriter<'a>(&'a mut Sha256);
-
-impl std::io::Write for HashWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+    // Serialised into one buffer, then hashed in one pass: fed piece by piece (serde writes every
+    // quote and comma on its own) the hasher spent more on the calls than on hashing. A
+    // serialisation error would only drop the tail, and the types above have no fallible
+    // serialisers.
+    let mut text = Vec::with_capacity(1024);
+    let _ = serde_json::to_writer(&mut text, &canonical);
+    Sha256::digest(&text).into()
 }
 
 type Inflight = Mutex<HashMap<CacheKey, watch::Receiver<Option<Bytes>>>>;

@@ -35,9 +35,10 @@ check_loopback() { # PGID NAME
     fi
 }
 
-measure_peer() { # NAME URL [HEADER...]
-    local who=$1 url=$2
-    shift 2
+measure_peer() { # NAME PID URL [HEADER...]
+    local who=$1 url=$3
+    server_pid=$2
+    shift 3
     local rate driver_headers=() h
     for h in "$@"; do driver_headers+=(--header "$h"); done
     for rate in "${rates[@]}"; do
@@ -68,7 +69,9 @@ model_list:
       api_base: $mock_url/v1
       api_key: sk-bench
 EOF
-    LITELLM_LOCAL_MODEL_COST_MAP=True LITELLM_LOG=ERROR setsid "$venv/bin/litellm" \
+    # Recent LiteLLM refuses to start without a master key; requests then carry it.
+    LITELLM_MASTER_KEY=sk-bench-master LITELLM_LOCAL_MODEL_COST_MAP=True LITELLM_LOG=ERROR \
+        setsid "$venv/bin/litellm" \
         --config "$work/litellm.yaml" --host 127.0.0.1 --port "$port" --num_workers 1 \
         >"$work/litellm.out" 2>&1 &
     pgid=$!
@@ -83,7 +86,7 @@ EOF
     local idle
     idle=$(idle_rss "$pgid")
     log "LiteLLM proxy on 127.0.0.1:$port"
-    measure_peer litellm "http://127.0.0.1:$port"
+    measure_peer litellm "$pgid" "http://127.0.0.1:$port" "authorization: Bearer sk-bench-master"
     peer_rss "$pgid" "$results/rss@litellm.json" "$idle"
     kill -TERM -- "-$pgid" 2>/dev/null || true
     peer_names+=(litellm)
@@ -129,7 +132,7 @@ EOF
     local idle
     idle=$(idle_rss "$pgid")
     log "Portkey gateway on 127.0.0.1:$port"
-    measure_peer portkey "http://127.0.0.1:$port" "x-portkey-provider: openai" \
+    measure_peer portkey "$pgid" "http://127.0.0.1:$port" "x-portkey-provider: openai" \
         "x-portkey-custom-host: $mock_url/v1" "authorization: Bearer sk-bench"
     peer_rss "$pgid" "$results/rss@portkey.json" "$idle"
     kill -TERM -- "-$pgid" 2>/dev/null || true

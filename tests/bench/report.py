@@ -45,6 +45,17 @@ def latency(result, stream=False):
     return None
 
 
+def cpu_per_request(get, case, target):
+    """(microseconds of CPU per answered request of the server under test, its baseline target)."""
+    base_target = "direct0" if case.startswith("hit") else "direct"
+    cpu = get(f"cpu-{case}@{target}")
+    row = latency(get(f"{case}@{target}"), stream=case.startswith("stream"))
+    if not cpu or not row or not row[2]:
+        return None, base_target
+    answered = row[2] + (get(f"{case}@{target}") or {}).get("warmup_ok", 0)
+    return cpu["cpu_ns"] / 1000 / answered, base_target
+
+
 def ms(us):
     return "-" if us is None else f"{us / 1000:.2f} ms"
 
@@ -105,6 +116,16 @@ def main(results):
                 goals = {"p50": (200, "added <= 0.2 ms", True)}
             lat_rows(f"stream{rate}", f"{prefix}streamed time to first token, {rate} rps,", target,
                      "direct", "direct to mock", stream=True, goals=goals)
+        for case, title in ((f"plain{top}", f"CPU per request, cache miss, plain, {top} rps"),
+                            (f"stream{top}", f"CPU per request, streamed, {top} rps"),
+                            (f"miss{top}", f"CPU per request, cache miss with lookup + store, {top} rps"),
+                            (f"hit{top}", f"CPU per request, cache hit, {top} rps")):
+            mine, base_target = cpu_per_request(get, case, target)
+            if mine is None:
+                continue
+            base, _ = cpu_per_request(get, case, base_target)
+            rows.append((f"{prefix}{title} (user + system, all threads)", f"{mine:.0f} us",
+                         "-" if base is None else f"{base:.0f} us the mock provider itself", "", "", ""))
         if who == "gateway":
             lat_rows(f"miss{top}", f"cache miss (temperature 0, unique prompts: lookup + store), {top} rps,",
                      target, "direct", "direct to mock")
@@ -115,7 +136,7 @@ def main(results):
             ("tputhit", "max throughput, cache hits (closed loop)", "direct0", "direct to a 0 ms mock"),
         ):
             mine = latency(get(f"{case}@{target}"))
-            base = latency(get(f"{case}@{base_target}"))
+            base = latency(get(f"tput@{base_target}"))
             if mine is None:
                 continue
             describe = lambda r: "-" if r is None else f"{r[4]:,.0f} req/s" + (

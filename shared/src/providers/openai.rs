@@ -1,6 +1,7 @@
 //! Any OpenAI-compatible API (OpenAI, vLLM, Ollama, Groq, ...) and Azure OpenAI, whose only
 //! differences are the deployment URL, the `api-version` query and the `api-key` header.
 
+use bytes::Bytes;
 use futures_util::StreamExt;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue};
 use serde::Deserialize;
@@ -16,6 +17,16 @@ pub struct OpenAiProvider {
     auth: Option<(HeaderName, HeaderValue)>,
     azure_api_version: Option<String>,
     timeouts: Timeouts,
+    /// The chat and embeddings URLs, parsed once (they do not depend on the model but on Azure).
+    chat_url: Option<reqwest::Url>,
+    embeddings_url: Option<reqwest::Url>,
+}
+
+/// A request URL, parsed already or still text (a text URL that does not parse fails the request
+/// as it always did).
+enum Endpoint {
+    Parsed(reqwest::Url),
+    Text(String),
 }
 
 #[derive(Deserialize)]
@@ -80,7 +91,14 @@ impl OpenAiProvider {
                 Some((name, value))
             }
         };
+        let fixed_url = |operation: &str| {
+            (!azure)
+                .then(|| reqwest::Url::parse(&format!("{base_url}/{operation}")).ok())
+                .flatten()
+        };
         Ok(Self {
+            chat_url: fixed_url("chat/completions"),
+            embeddings_url: fixed_url("embeddings"),
             http,
             base_url,
             auth,
@@ -103,11 +121,26 @@ impl OpenAiProvider {
         }
     }
 
-    fn post(&self, url: String, body: Vec<u8>) -> reqwest::RequestBuilder {
-        let mut request = self
-            .http
-            .post(url)
-            .header(CONTENT_TYPE, "application/json")
+    /// The URL of an operation: parsed once at start-up unless it names the (Azure) model.
+    fn endpoint(&self, model: &str, operation: &str) -> Endpoint {
+        let fixed = match operation {
+            "chat/completions" => self.chat_url.as_ref(),
+            "embeddings" => self.embeddings_url.as_ref(),
+            _ => None,
+        };
+        match fixed {
+            Some(url) => Endpoint::Parsed(url.clone()),
+            None => Endpoint::Text(self.url(model, operation)),
+        }
+    }
+
+    fn post(&self, url: Endpoint, body: Vec<u8>) -> reqwest::RequestBuilder {
+        let request = match url {
+            Endpoint::Parsed(url) => self.http.post(url),
+            Endpoint::Text(url) => self.http.post(url),
+        };
+        let mut request = request
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .body(body);
         if let Some((name, value)) = &self.auth {
             request = request.header(name.clone(), value.clone());
@@ -121,7 +154,7 @@ impl OpenAiProvider {
     }
 
     pub async fn chat(&self, request: &ChatRequest) -> Result<ChatCompletion, ProviderError> {
-        let url = self.url(&request.model, "chat/completions");
+        let url = self.endpoint(&request.model, "chat/completions");
         let response = transport::send(
             self.post(url, Self::encode(request)?),
             &self.timeouts,
@@ -138,24 +171,24 @@ impl OpenAiProvider {
     }
 
     pub async fn chat_stream(&self, request: &ChatRequest) -> Result<ChunkStream, ProviderError> {
-        let url = self.url(&request.model, "chat/completions");
+        let url = self.endpoint(&request.model, "chat/completions");
         let response = transport::send(
             self.post(url, Self::encode(request)?),
             &self.timeouts,
             parse_error,
         )
         .await?;
-        let events = transport::sse_events(response, &self.timeouts);
+        let events = transport::sse_data(response, &self.timeouts);
         let chunks = events
-            .take_while(|event| {
-                let done = matches!(event, Ok(e) if e.data.trim() == "[DONE]");
+            .take_while(|data| {
+                let done = matches!(data, Ok(d) if d.trim_ascii() == b"[DONE]");
                 std::future::ready(!done)
             })
-            .filter_map(|event| {
-                std::future::ready(match event {
+            .filter_map(|data| {
+                std::future::ready(match data {
                     Err(e) => Some(Err(e)),
-                    Ok(event) if event.data.trim().is_empty() => None,
-                    Ok(event) => Some(parse_chunk(&event.data)),
+                    Ok(data) if data.trim_ascii().is_empty() => None,
+                    Ok(data) => Some(parse_chunk(data)),
                 })
             });
         Ok(chunks.boxed())
@@ -165,7 +198,7 @@ impl OpenAiProvider {
         &self,
         request: &EmbeddingRequest,
     ) -> Result<EmbeddingResponse, ProviderError> {
-        let url = self.url(&request.model, "embeddings");
+        let url = self.endpoint(&request.model, "embeddings");
         let response = transport::send(
             self.post(url, Self::encode(request)?),
             &self.timeouts,
@@ -182,20 +215,43 @@ impl OpenAiProvider {
     }
 }
 
-/// One `data:` payload of an OpenAI stream: a chunk, or an error object sent mid-stream.
-fn parse_chunk(data: &str) -> Result<ChatChunk, ProviderError> {
-    if let Ok(envelope) = serde_json::from_str::<ErrorEnvelope>(data) {
+/// One `data:` payload of an OpenAI stream: a chunk, or an error object sent mid-stream. A chunk
+/// keeps its text (when it is one line), which the relay forwards instead of serialising it again.
+fn parse_chunk(data: Bytes) -> Result<ChatChunk, ProviderError> {
+    let Ok(text) = std::str::from_utf8(&data) else {
         return Err(ProviderError::new(
-            ProviderErrorKind::Server,
-            envelope.error.message,
+            ProviderErrorKind::Connection,
+            "stream broken: an event is not UTF-8",
         ));
+    };
+    // An error object is one with an `error` field: tried when the text is not a chunk, or is a
+    // chunk with such a field (which the chunk keeps in `extra`), so that an ordinary chunk is
+    // parsed once.
+    let error_object = || {
+        serde_json::from_str::<ErrorEnvelope>(text)
+            .ok()
+            .map(|envelope| ProviderError::new(ProviderErrorKind::Server, envelope.error.message))
+    };
+    let mut chunk: ChatChunk = match serde_json::from_str(text) {
+        Ok(chunk) => chunk,
+        Err(e) => {
+            return Err(error_object().unwrap_or_else(|| {
+                ProviderError::new(
+                    ProviderErrorKind::Protocol,
+                    format!("malformed stream chunk: {e}"),
+                )
+            }));
+        }
+    };
+    if chunk.extra.contains_key("error")
+        && let Some(error) = error_object()
+    {
+        return Err(error);
     }
-    serde_json::from_str(data).map_err(|e| {
-        ProviderError::new(
-            ProviderErrorKind::Protocol,
-            format!("malformed stream chunk: {e}"),
-        )
-    })
+    if !text.contains(['\n', '\r']) {
+        chunk.raw = Some(data);
+    }
+    Ok(chunk)
 }
 
 #[cfg(test)]
@@ -219,12 +275,34 @@ mod tests {
 
     #[test]
     fn stream_error_objects_become_errors() {
-        assert!(parse_chunk(r#"{"error":{"message":"overloaded"}}"#).is_err());
-        assert!(parse_chunk("{not json").is_err());
-        let chunk = parse_chunk(
-            r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}]}"#,
-        )
-        .unwrap();
+        assert!(parse_chunk(Bytes::from_static(br#"{"error":{"message":"overloaded"}}"#)).is_err());
+        assert!(
+            parse_chunk(Bytes::from_static(
+                br#"{"\u0065rror":{"message":"overloaded"}}"#
+            ))
+            .is_err()
+        );
+        // An error object with chunk fields is still an error; an `error` that is not one is kept.
+        let both = br#"{"id":"c","choices":[],"error":{"message":"overloaded"}}"#;
+        assert_eq!(
+            parse_chunk(Bytes::from_static(both)).unwrap_err().message,
+            "overloaded"
+        );
+        let odd = parse_chunk(Bytes::from_static(br#"{"id":"c","error":"none"}"#)).unwrap();
+        assert_eq!(odd.extra["error"], "none");
+        assert!(parse_chunk(Bytes::from_static(b"{not json")).is_err());
+        let text = r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}]}"#;
+        let chunk = parse_chunk(Bytes::from_static(text.as_bytes())).unwrap();
         assert_eq!(chunk.choices[0].delta.content.as_deref(), Some("hi"));
+        assert_eq!(chunk.raw.as_deref(), Some(text.as_bytes()));
+        // A payload spread over several `data:` lines is not relayed as is.
+        let lines = "{\"id\":\"c\",\n\"choices\":[]}";
+        assert!(
+            parse_chunk(Bytes::from_static(lines.as_bytes()))
+                .unwrap()
+                .raw
+                .is_none()
+        );
+        assert!(parse_chunk(Bytes::from_static(b"{\"id\":\"\xff\"}")).is_err());
     }
 }

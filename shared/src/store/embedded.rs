@@ -6,8 +6,13 @@
 //! commits them in batches with `synchronous=NORMAL`, so no request waits for a disk flush.
 //! A crash of the process loses at most the batch being collected (up to `BATCH_WINDOW`); a power
 //! loss can also lose the WAL commits not yet synced by a checkpoint.
+//!
+//! The writer sleeps through its batch window instead of waiting on the queue, so queueing a write
+//! never wakes it (a wake-up per request was a system call and a context switch each). Cache
+//! entries stay in memory (`RecentCache`) while they wait for the writer and, within a byte
+//! budget, after it: a repeated request is answered without a query.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
@@ -42,14 +47,107 @@ enum Write {
     Flush(mpsc::SyncSender<()>),
 }
 
-/// Cache entries queued for the writer and not yet committed, so a repeated request is a hit
-/// even within the batch window.
-type Pending = Arc<Mutex<HashMap<[u8; 32], (Bytes, u64)>>>;
+/// Most bytes of committed cache bodies kept in memory; entries not yet committed are always kept.
+const RECENT_CACHE_BYTES: usize = 8 << 20;
+/// Most committed entries kept in memory.
+const RECENT_CACHE_ENTRIES: usize = 8192;
+
+/// Cache entries in memory: every entry queued for the writer and not yet committed (so a
+/// repeated request is a hit even within the batch window), and recently written or read
+/// committed ones, oldest dropped first beyond the budget. An entry is served only until it
+/// expires, as from the table.
+#[derive(Default)]
+struct RecentCache {
+    entries: HashMap<[u8; 32], RecentEntry>,
+    /// Keys in insertion order, with the expiry they were inserted with (a key put again
+    /// appears twice; the older mention is skipped when it comes up).
+    order: VecDeque<([u8; 32], u64)>,
+    committed_bytes: usize,
+    committed_entries: usize,
+}
+
+struct RecentEntry {
+    body: Bytes,
+    expires_at: u64,
+    committed: bool,
+}
+
+impl RecentCache {
+    fn get(&self, key: &[u8; 32], now: u64) -> Option<Bytes> {
+        self.entries
+            .get(key)
+            .filter(|entry| entry.expires_at > now)
+            .map(|entry| entry.body.clone())
+    }
+
+    fn insert(&mut self, key: [u8; 32], body: Bytes, expires_at: u64, committed: bool) {
+        if let Some(old) = self.entries.insert(
+            key,
+            RecentEntry {
+                body,
+                expires_at,
+                committed: false,
+            },
+        ) && old.committed
+        {
+            self.committed_bytes -= old.body.len();
+            self.committed_entries -= 1;
+        }
+        self.order.push_back((key, expires_at));
+        if committed {
+            self.mark_committed(&key, expires_at);
+        }
+    }
+
+    /// Marks an entry written to the table (unless it was replaced since), then keeps the
+    /// committed entries within the budget.
+    fn mark_committed(&mut self, key: &[u8; 32], expires_at: u64) {
+        if let Some(entry) = self.entries.get_mut(key)
+            && entry.expires_at == expires_at
+            && !entry.committed
+        {
+            entry.committed = true;
+            self.committed_bytes += entry.body.len();
+            self.committed_entries += 1;
+        }
+        while self.committed_bytes > RECENT_CACHE_BYTES
+            || self.committed_entries > RECENT_CACHE_ENTRIES
+        {
+            let Some((oldest, at)) = self.order.pop_front() else {
+                break;
+            };
+            match self.entries.get(&oldest) {
+                Some(entry) if entry.expires_at == at && entry.committed => {
+                    self.committed_bytes -= entry.body.len();
+                    self.committed_entries -= 1;
+                    self.entries.remove(&oldest);
+                }
+                // Not written yet: it stays (and so does everything queued after it).
+                Some(entry) if entry.expires_at == at => {
+                    self.order.push_front((oldest, at));
+                    break;
+                }
+                // A key put again since: its newer mention comes later.
+                _ => {}
+            }
+        }
+        // Mentions of replaced keys must not pile up when nothing is evicted.
+        if self.order.len() > 2 * self.entries.len() + 64 {
+            let entries = &self.entries;
+            self.order
+                .retain(|(key, at)| entries.get(key).is_some_and(|e| e.expires_at == *at));
+        }
+    }
+}
+
+type Recent = Arc<Mutex<RecentCache>>;
 
 pub struct EmbeddedStore {
     reader: Mutex<Connection>,
-    writer: Mutex<Sender<Write>>,
-    pending: Pending,
+    writer: Sender<Write>,
+    /// The writer thread, woken early by `flush`.
+    writer_thread: thread::Thread,
+    recent: Recent,
 }
 
 fn backend(error: rusqlite::Error) -> StoreError {
@@ -98,16 +196,17 @@ impl EmbeddedStore {
         let reader = open(&path)?;
         let writer_conn = open(&path)?;
         let (tx, rx) = mpsc::channel();
-        let pending = Pending::default();
-        let writer_pending = Arc::clone(&pending);
-        thread::Builder::new()
+        let recent = Recent::default();
+        let writer_recent = Arc::clone(&recent);
+        let writer = thread::Builder::new()
             .name("gateway-store-writer".into())
-            .spawn(move || write_loop(writer_conn, rx, writer_pending))
+            .spawn(move || write_loop(writer_conn, rx, writer_recent))
             .map_err(|e| StoreError::Backend(format!("cannot start writer thread: {e}")))?;
         Ok(Arc::new(Self {
             reader: Mutex::new(reader),
-            writer: Mutex::new(tx),
-            pending,
+            writer: tx,
+            writer_thread: writer.thread().clone(),
+            recent,
         }))
     }
 
@@ -123,12 +222,7 @@ impl EmbeddedStore {
     }
 
     fn send(&self, write: Write) {
-        let sent = self
-            .writer
-            .lock()
-            .map(|tx| tx.send(write).is_ok())
-            .unwrap_or(false);
-        if !sent {
+        if self.writer.send(write).is_err() {
             tracing::error!("store writer has stopped; a background write was dropped");
         }
     }
@@ -137,6 +231,7 @@ impl EmbeddedStore {
     pub fn flush(&self) {
         let (done_tx, done_rx) = mpsc::sync_channel(1);
         self.send(Write::Flush(done_tx));
+        self.writer_thread.unpark();
         let _ = done_rx.recv_timeout(Duration::from_secs(10));
     }
 
@@ -166,9 +261,10 @@ impl EmbeddedStore {
     }
 }
 
-fn write_loop(mut conn: Connection, rx: Receiver<Write>, pending: Pending) {
+fn write_loop(mut conn: Connection, rx: Receiver<Write>, recent: Recent) {
     let mut last_purge = Instant::now();
     loop {
+        // Idle, it waits on the queue: the first write of a batch wakes it.
         let first = match rx.recv_timeout(PURGE_EVERY) {
             Ok(write) => write,
             Err(RecvTimeoutError::Timeout) => {
@@ -178,26 +274,35 @@ fn write_loop(mut conn: Connection, rx: Receiver<Write>, pending: Pending) {
             }
             Err(RecvTimeoutError::Disconnected) => return,
         };
+        let mut flushing = matches!(first, Write::Flush(_));
         let mut batch = vec![first];
+        // Then it sleeps through the window and takes what came meanwhile: a sender wakes only
+        // a receiver blocked in `recv`, so these writes cost their senders no system call.
         let deadline = Instant::now() + BATCH_WINDOW;
-        while batch.len() < MAX_BATCH && !matches!(batch.last(), Some(Write::Flush(_))) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(write) => batch.push(write),
-                Err(_) => break,
+        loop {
+            while batch.len() < MAX_BATCH
+                && let Ok(write) = rx.try_recv()
+            {
+                flushing |= matches!(write, Write::Flush(_));
+                batch.push(write);
             }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if flushing || batch.len() >= MAX_BATCH || left.is_zero() {
+                break;
+            }
+            // `flush` unparks it; a spurious wake-up just drains the queue early.
+            thread::park_timeout(left);
         }
         if let Err(error) = commit(&mut conn, &batch) {
             tracing::error!(%error, writes = batch.len(), "embedded store batch failed");
         }
-        if let Ok(mut pending) = pending.lock() {
+        if let Ok(mut recent) = recent.lock() {
             for write in &batch {
                 if let Write::Cache {
                     key, expires_at, ..
                 } = write
-                    && pending.get(key).is_some_and(|(_, at)| at == expires_at)
                 {
-                    pending.remove(key);
+                    recent.mark_committed(key, *expires_at);
                 }
             }
         }
@@ -214,6 +319,13 @@ fn write_loop(mut conn: Connection, rx: Receiver<Write>, pending: Pending) {
 }
 
 fn commit(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<()> {
+    // Spend adds up per key and month: one row update each, however many requests the batch has.
+    let mut spend: HashMap<(&str, u32), f64> = HashMap::new();
+    for write in batch {
+        if let Write::Spend { key_id, month, usd } = write {
+            *spend.entry((key_id.as_str(), *month)).or_default() += usd;
+        }
+    }
     let tx = conn.transaction()?;
     {
         let mut put_cache = tx.prepare_cached(
@@ -232,11 +344,11 @@ fn commit(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<()> {
                 } => {
                     put_cache.execute(params![&key[..], &body[..], expires_at])?;
                 }
-                Write::Spend { key_id, month, usd } => {
-                    add_spend.execute(params![key_id, month, usd])?;
-                }
-                Write::Flush(_) => {}
+                Write::Spend { .. } | Write::Flush(_) => {}
             }
+        }
+        for ((key_id, month), usd) in spend {
+            add_spend.execute(params![key_id, month, usd])?;
         }
     }
     tx.commit()
@@ -342,25 +454,38 @@ impl KeyStore for EmbeddedStore {
 impl CacheStore for EmbeddedStore {
     async fn get(&self, key: &[u8; 32]) -> Result<Option<Bytes>, StoreError> {
         let now = now_secs();
-        if let Ok(pending) = self.pending.lock()
-            && let Some((body, expires_at)) = pending.get(key)
-            && *expires_at > now
+        if let Some(body) = self
+            .recent
+            .lock()
+            .ok()
+            .and_then(|recent| recent.get(key, now))
         {
-            return Ok(Some(body.clone()));
+            return Ok(Some(body));
         }
-        self.with_conn(|conn| {
-            conn.prepare_cached("SELECT body FROM cache WHERE key = ?1 AND expires_at > ?2")?
-                .query_row(params![&key[..], now], |row| {
-                    row.get::<_, Vec<u8>>(0).map(Bytes::from)
-                })
-                .optional()
-        })
+        let found = self.with_conn(|conn| {
+            conn.prepare_cached(
+                "SELECT body, expires_at FROM cache WHERE key = ?1 AND expires_at > ?2",
+            )?
+            .query_row(params![&key[..], now], |row| {
+                Ok((
+                    Bytes::from(row.get::<_, Vec<u8>>(0)?),
+                    row.get::<_, u64>(1)?,
+                ))
+            })
+            .optional()
+        })?;
+        Ok(found.map(|(body, expires_at)| {
+            if let Ok(mut recent) = self.recent.lock() {
+                recent.insert(*key, body.clone(), expires_at, true);
+            }
+            body
+        }))
     }
 
     async fn put(&self, key: &[u8; 32], body: Bytes, ttl_s: u64) -> Result<(), StoreError> {
         let expires_at = now_secs() + ttl_s;
-        if let Ok(mut pending) = self.pending.lock() {
-            pending.insert(*key, (body.clone(), expires_at));
+        if let Ok(mut recent) = self.recent.lock() {
+            recent.insert(*key, body.clone(), expires_at, false);
         }
         self.send(Write::Cache {
             key: *key,
@@ -424,6 +549,38 @@ mod tests {
         assert!(store.get_by_hash(&hash).await.unwrap().unwrap().disabled);
         assert_eq!(store.list().await.unwrap().len(), 1);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn recent_cache_keeps_unwritten_entries_and_drops_the_oldest_written_ones() {
+        let mut recent = RecentCache::default();
+        let key = |i: usize| {
+            let mut k = [0u8; 32];
+            k[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            k
+        };
+        let body = Bytes::from_static(b"answer");
+        // Not yet written: kept whatever the budget.
+        for i in 0..RECENT_CACHE_ENTRIES + 10 {
+            recent.insert(key(i), body.clone(), 100, false);
+        }
+        assert_eq!(recent.entries.len(), RECENT_CACHE_ENTRIES + 10);
+        for i in 0..RECENT_CACHE_ENTRIES + 10 {
+            recent.mark_committed(&key(i), 100);
+        }
+        assert_eq!(recent.entries.len(), RECENT_CACHE_ENTRIES);
+        assert_eq!(recent.get(&key(0), 50), None, "the oldest went first");
+        assert_eq!(
+            recent.get(&key(RECENT_CACHE_ENTRIES + 9), 50),
+            Some(body.clone())
+        );
+        // Expired entries are not served; a replaced entry is not marked by the older write.
+        assert_eq!(recent.get(&key(20), 100), None);
+        recent.insert(key(20), Bytes::from_static(b"newer"), 200, false);
+        recent.mark_committed(&key(20), 100);
+        assert!(!recent.entries[&key(20)].committed);
+        assert_eq!(recent.committed_entries, RECENT_CACHE_ENTRIES - 1);
+        assert!(recent.order.len() <= 2 * recent.entries.len() + 64);
     }
 
     #[tokio::test]

@@ -141,7 +141,12 @@ struct Target {
     headers: Vec<(String, String)>,
 }
 
-async fn one(client: &HttpClient, target: &Target, body: Bytes, stream: bool) -> Result<Timing, String> {
+async fn one(
+    client: &HttpClient,
+    target: &Target,
+    body: Bytes,
+    stream: bool,
+) -> Result<Timing, String> {
     let mut request = Request::post(target.url.clone()).header(CONTENT_TYPE, "application/json");
     for (name, value) in &target.headers {
         request = request.header(name.as_str(), value.as_str());
@@ -178,7 +183,10 @@ async fn one(client: &HttpClient, target: &Target, body: Bytes, stream: bool) ->
     let total = started.elapsed();
     if !status.is_success() {
         let text = String::from_utf8_lossy(&tail);
-        return Err(format!("HTTP {status}: {}", text.chars().take(200).collect::<String>()));
+        return Err(format!(
+            "HTTP {status}: {}",
+            text.chars().take(200).collect::<String>()
+        ));
     }
     if stream && !tail.windows(12).any(|w| w == b"data: [DONE]") {
         return Err("stream ended without [DONE]".to_owned());
@@ -300,20 +308,26 @@ async fn load(args: &Args) -> Result<Value, String> {
     let client: HttpClient = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .build(connector);
+    let mut warmup_ok = 0;
     if warmup > 0.0 {
         let warm_nonce = format!("warm-{nonce}");
         let unique = unique.map(|_| warm_nonce.as_str());
-        let phase = run_phase(&client, &target, &template, unique, stream, rate, warmup, timeout)
-            .await;
+        let phase = run_phase(
+            &client, &target, &template, unique, stream, rate, warmup, timeout,
+        )
+        .await;
         if phase.errors == phase.sent {
             return Err(format!(
                 "every warm-up request failed: {}",
                 phase.error_sample.unwrap_or_default()
             ));
         }
+        warmup_ok = phase.total.len();
     }
-    let mut phase =
-        run_phase(&client, &target, &template, unique, stream, rate, duration, timeout).await;
+    let mut phase = run_phase(
+        &client, &target, &template, unique, stream, rate, duration, timeout,
+    )
+    .await;
     let ok = phase.total.len() as u64;
     Ok(json!({
         "label": args.value("--label").unwrap_or(""),
@@ -321,6 +335,7 @@ async fn load(args: &Args) -> Result<Value, String> {
         "rate": rate,
         "sent": phase.sent,
         "ok": ok,
+        "warmup_ok": warmup_ok,
         "errors": phase.errors,
         "error_sample": phase.error_sample,
         "achieved_rps": ok as f64 / phase.elapsed.as_secs_f64(),
