@@ -606,6 +606,21 @@ deserialize_with_extra!(Delta {
     tool_calls: "tool_calls"(default),
 });
 
+/// Most choices a request may ask for (`n`), and so the most a stream may carry.
+pub const MAX_CHOICES: u32 = 128;
+
+/// Most tool calls one streamed choice may carry. A chunk's tool-call `index` comes from the
+/// upstream and sizes a vector, so it is checked against this before anything is allocated.
+pub const MAX_TOOL_CALLS: u32 = 1_024;
+
+/// Most text the assembler keeps of one streamed answer. Past it the stream is still relayed and
+/// billed, but the answer is not kept (so it is never cached).
+pub const MAX_ASSEMBLED_BYTES: usize = 16 * 1024 * 1024;
+
+/// An upstream chunk the assembler refuses: the upstream broke the format's bounds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MalformedChunk(pub String);
+
 /// Rebuilds a complete answer from stream chunks, so a streamed answer can be cached, billed and
 /// replayed like a non-streamed one.
 #[derive(Debug, Default)]
@@ -613,13 +628,16 @@ pub struct CompletionAssembler {
     id: String,
     created: u64,
     model: String,
-    choices: Vec<Choice>,
+    /// By choice index, so the answer lists them in order.
+    choices: std::collections::BTreeMap<u32, Choice>,
     pub usage: Option<Usage>,
     completion_chars: usize,
+    /// Set once the answer outgrew `MAX_ASSEMBLED_BYTES`: what is kept is no longer whole.
+    truncated: bool,
 }
 
 impl CompletionAssembler {
-    pub fn push(&mut self, chunk: &ChatChunk) {
+    pub fn push(&mut self, chunk: &ChatChunk) -> Result<(), MalformedChunk> {
         if self.id.is_empty() {
             self.id.clone_from(&chunk.id);
             self.created = chunk.created;
@@ -628,24 +646,48 @@ impl CompletionAssembler {
         if chunk.usage.is_some() {
             self.usage = chunk.usage;
         }
-        let mut added_chars = 0;
         for c in &chunk.choices {
+            if c.index >= MAX_CHOICES {
+                return Err(MalformedChunk(format!(
+                    "choice index {} is out of range (at most {MAX_CHOICES} choices)",
+                    c.index
+                )));
+            }
+            let added = c.delta.content.as_ref().map_or(0, String::len)
+                + c.delta.tool_calls.as_ref().map_or(0, |calls| {
+                    calls
+                        .iter()
+                        .filter_map(|d| d.function.as_ref()?.arguments.as_ref())
+                        .map(String::len)
+                        .sum()
+                });
+            self.completion_chars = self.completion_chars.saturating_add(added);
+            if self.completion_chars > MAX_ASSEMBLED_BYTES {
+                self.truncated = true;
+            }
+            let keep = !self.truncated;
             let choice = self.choice_mut(c.index);
-            if let Some(text) = &c.delta.content {
+            if let Some(text) = &c.delta.content
+                && keep
+            {
                 choice
                     .message
                     .content
                     .get_or_insert_with(String::new)
                     .push_str(text);
-                added_chars += text.len();
             }
             if let Some(calls) = &c.delta.tool_calls {
-                let choice = self.choice_mut(c.index);
                 let tool_calls = choice.message.tool_calls.get_or_insert_with(Vec::new);
                 for d in calls {
+                    if d.index >= MAX_TOOL_CALLS {
+                        return Err(MalformedChunk(format!(
+                            "tool call index {} is out of range (at most {MAX_TOOL_CALLS} calls)",
+                            d.index
+                        )));
+                    }
                     let slot = d.index as usize;
-                    while tool_calls.len() <= slot {
-                        tool_calls.push(ToolCall {
+                    if tool_calls.len() <= slot {
+                        tool_calls.resize_with(slot + 1, || ToolCall {
                             id: String::new(),
                             kind: function_kind(),
                             function: FunctionCall {
@@ -654,53 +696,52 @@ impl CompletionAssembler {
                             },
                         });
                     }
-                    let call = &mut tool_calls[slot];
+                    let Some(call) = tool_calls.get_mut(slot) else {
+                        continue;
+                    };
                     if let Some(id) = &d.id {
                         call.id.clone_from(id);
                     }
-                    if let Some(f) = &d.function {
+                    if let Some(f) = &d.function
+                        && keep
+                    {
                         if let Some(name) = &f.name {
                             call.function.name.push_str(name);
                         }
                         if let Some(args) = &f.arguments {
                             call.function.arguments.push_str(args);
-                            added_chars += args.len();
                         }
                     }
                 }
             }
             if c.finish_reason.is_some() {
-                self.choice_mut(c.index)
-                    .finish_reason
-                    .clone_from(&c.finish_reason);
+                choice.finish_reason.clone_from(&c.finish_reason);
             }
         }
-        self.completion_chars += added_chars;
+        Ok(())
     }
 
     fn choice_mut(&mut self, index: u32) -> &mut Choice {
-        let pos = match self.choices.iter().position(|c| c.index == index) {
-            Some(pos) => pos,
-            None => {
-                self.choices.push(Choice {
-                    index,
-                    message: AssistantMessage {
-                        role: assistant_role(),
-                        ..AssistantMessage::default()
-                    },
-                    finish_reason: None,
-                    logprobs: None,
-                    extra: JsonObject::new(),
-                });
-                self.choices.len() - 1
-            }
-        };
-        &mut self.choices[pos]
+        self.choices.entry(index).or_insert_with(|| Choice {
+            index,
+            message: AssistantMessage {
+                role: assistant_role(),
+                ..AssistantMessage::default()
+            },
+            finish_reason: None,
+            logprobs: None,
+            extra: JsonObject::new(),
+        })
+    }
+
+    /// Whether the answer was too large to keep whole (it must not be cached).
+    pub fn is_truncated(&self) -> bool {
+        self.truncated
     }
 
     /// True once every choice seen has a finish reason.
     pub fn is_finished(&self) -> bool {
-        !self.choices.is_empty() && self.choices.iter().all(|c| c.finish_reason.is_some())
+        !self.choices.is_empty() && self.choices.values().all(|c| c.finish_reason.is_some())
     }
 
     /// Completion tokens by the four-characters rule, for when a provider reports no usage.
@@ -708,14 +749,13 @@ impl CompletionAssembler {
         (self.completion_chars as u64).div_ceil(4)
     }
 
-    pub fn into_completion(mut self) -> ChatCompletion {
-        self.choices.sort_by_key(|c| c.index);
+    pub fn into_completion(self) -> ChatCompletion {
         ChatCompletion {
             id: self.id,
             object: completion_object(),
             created: self.created,
             model: self.model,
-            choices: self.choices,
+            choices: self.choices.into_values().collect(),
             usage: self.usage,
             extra: JsonObject::new(),
         }
@@ -812,6 +852,9 @@ pub enum EmbeddingInput {
 /// Most inputs in one embeddings request, as OpenAI allows.
 pub const MAX_EMBEDDING_INPUTS: usize = 2048;
 
+/// Most tokens (estimated) in one embeddings request, all inputs together, as OpenAI allows.
+pub const MAX_EMBEDDING_REQUEST_TOKENS: u64 = 300_000;
+
 impl EmbeddingInput {
     /// The inputs as texts; token arrays become their numbers separated by spaces, which keeps
     /// them deterministic for the mock model and estimates.
@@ -874,6 +917,13 @@ impl EmbeddingRequest {
             return Err(
                 ApiError::bad_request("`dimensions` must be at least 1").with_param("dimensions")
             );
+        }
+        let tokens = self.input.estimate_tokens();
+        if tokens > MAX_EMBEDDING_REQUEST_TOKENS {
+            return Err(ApiError::bad_request(format!(
+                "`input` is about {tokens} tokens; at most {MAX_EMBEDDING_REQUEST_TOKENS} are accepted per request"
+            ))
+            .with_param("input"));
         }
         Ok(())
     }
@@ -1038,7 +1088,7 @@ mod tests {
         .unwrap();
         let mut assembler = CompletionAssembler::default();
         for c in &chunks {
-            assembler.push(c);
+            assembler.push(c).unwrap();
         }
         assert!(assembler.is_finished());
         let completion = assembler.into_completion();
@@ -1047,6 +1097,33 @@ mod tests {
         let calls = message.tool_calls.as_ref().unwrap();
         assert_eq!(calls[0].function.arguments, "{\"a\":1}");
         assert_eq!(completion.usage, Some(Usage::new(3, 2)));
+    }
+
+    #[test]
+    fn upstream_indexes_are_bounded_before_anything_is_allocated() {
+        let chunk = |choice: u32, tool: u32| -> ChatChunk {
+            serde_json::from_value(json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [
+                {"index": choice, "delta": {"tool_calls": [{"index": tool, "id": "t", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}, "finish_reason": null}
+            ]}))
+            .unwrap()
+        };
+        let mut assembler = CompletionAssembler::default();
+        assert!(assembler.push(&chunk(0, 3)).is_ok());
+        assert!(assembler.push(&chunk(0, u32::MAX)).is_err());
+        assert!(assembler.push(&chunk(u32::MAX, 0)).is_err());
+        assert!(assembler.push(&chunk(MAX_CHOICES, 0)).is_err());
+        assert!(assembler.push(&chunk(0, MAX_TOOL_CALLS)).is_err());
+        let completion = assembler.into_completion();
+        assert_eq!(completion.choices.len(), 1);
+        assert_eq!(
+            completion.choices[0]
+                .message
+                .tool_calls
+                .as_ref()
+                .unwrap()
+                .len(),
+            4
+        );
     }
 
     #[test]
@@ -1059,7 +1136,7 @@ mod tests {
         .unwrap();
         let mut assembler = CompletionAssembler::default();
         for c in completion.to_chunks(true) {
-            assembler.push(&c);
+            assembler.push(&c).unwrap();
         }
         let again = assembler.into_completion();
         assert_eq!(

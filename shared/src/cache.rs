@@ -55,11 +55,11 @@ impl CacheMode {
         }
     }
 
-    pub fn header_value(self, hit: bool) -> &'static str {
-        match (self, hit) {
-            (_, true) => "HIT",
-            (CacheMode::Use, false) => "MISS",
-            _ => "BYPASS",
+    /// `x-gateway-cache` of an answer not served from the cache.
+    pub fn header_value(self) -> &'static str {
+        match self {
+            CacheMode::Use => "MISS",
+            CacheMode::Bypass | CacheMode::Skip => "BYPASS",
         }
     }
 }
@@ -142,6 +142,8 @@ pub enum Lookup {
     Hit(Bytes),
     /// This request leads: it calls upstream and must `complete` (or drop) the guard.
     Miss(Leader),
+    /// The request's deadline passed while it waited for an identical request's answer.
+    DeadlinePassed,
 }
 
 /// Held by the one request fetching an answer that others wait for. Dropping it without
@@ -154,10 +156,6 @@ pub struct Leader {
 }
 
 impl Leader {
-    pub fn key(&self) -> &CacheKey {
-        &self.key
-    }
-
     /// Stores a complete answer and hands it to every waiting identical request.
     pub async fn complete(self, body: Bytes, ttl_s: u64) {
         if let Err(error) = self.store.put(&self.key, body.clone(), ttl_s).await {
@@ -183,9 +181,10 @@ impl ResponseCache {
         }
     }
 
-    /// A stored answer, or an answer being fetched by an identical request, or the lead.
-    /// A store that cannot be read is treated as a miss: the cache never fails a request.
-    pub async fn lookup(&self, key: CacheKey) -> Lookup {
+    /// A stored answer, or an answer being fetched by an identical request (waited for until
+    /// `deadline` at most), or the lead. A store that cannot be read is treated as a miss: the
+    /// cache never fails a request.
+    pub async fn lookup(&self, key: CacheKey, deadline: tokio::time::Instant) -> Lookup {
         loop {
             match self.store.get(&key).await {
                 Ok(Some(body)) => return Lookup::Hit(body),
@@ -211,10 +210,15 @@ impl ResponseCache {
                 }
             };
             let mut waiting = waiting;
-            if let Ok(body) = waiting.wait_for(Option::is_some).await
-                && let Some(body) = body.clone()
-            {
-                return Lookup::Hit(body);
+            let answer = tokio::time::timeout_at(deadline, waiting.wait_for(Option::is_some)).await;
+            match answer {
+                Err(_) => return Lookup::DeadlinePassed,
+                Ok(Ok(body)) => {
+                    if let Some(body) = body.clone() {
+                        return Lookup::Hit(body);
+                    }
+                }
+                Ok(Err(_)) => {}
             }
             // The leader gave up without an answer: try again, possibly leading this time.
         }
@@ -303,6 +307,28 @@ mod tests {
         }
     }
 
+    fn later() -> tokio::time::Instant {
+        tokio::time::Instant::now() + std::time::Duration::from_secs(10)
+    }
+
+    #[tokio::test]
+    async fn a_waiter_gives_up_at_its_own_deadline() {
+        let cache = ResponseCache::new(Arc::new(MemoryStore::default()));
+        let Lookup::Miss(_leader) = cache.lookup([3; 32], later()).await else {
+            panic!("first lookup must miss")
+        };
+        let started = std::time::Instant::now();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(50);
+        let waited = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            cache.lookup([3; 32], deadline),
+        )
+        .await
+        .expect("the waiter returns by its deadline");
+        assert!(matches!(waited, Lookup::DeadlinePassed));
+        assert!(started.elapsed() >= std::time::Duration::from_millis(50));
+    }
+
     #[tokio::test]
     async fn concurrent_identical_misses_have_one_leader() {
         let cache = Arc::new(ResponseCache::new(Arc::new(MemoryStore::default())));
@@ -311,7 +337,7 @@ mod tests {
             .map(|_| {
                 let (cache, leaders) = (Arc::clone(&cache), Arc::clone(&leaders));
                 tokio::spawn(async move {
-                    match cache.lookup([1; 32]).await {
+                    match cache.lookup([1; 32], later()).await {
                         Lookup::Hit(body) => body,
                         Lookup::Miss(leader) => {
                             leaders.fetch_add(1, Ordering::SeqCst);
@@ -320,6 +346,7 @@ mod tests {
                             leader.complete(body.clone(), 60).await;
                             body
                         }
+                        Lookup::DeadlinePassed => panic!("the waiter's deadline is far away"),
                     }
                 })
             })
@@ -333,12 +360,14 @@ mod tests {
     #[tokio::test]
     async fn a_failed_leader_releases_waiters() {
         let cache = Arc::new(ResponseCache::new(Arc::new(MemoryStore::default())));
-        let Lookup::Miss(leader) = cache.lookup([2; 32]).await else {
+        let Lookup::Miss(leader) = cache.lookup([2; 32], later()).await else {
             panic!("first lookup must miss")
         };
         let waiter = {
             let cache = Arc::clone(&cache);
-            tokio::spawn(async move { matches!(cache.lookup([2; 32]).await, Lookup::Miss(_)) })
+            tokio::spawn(
+                async move { matches!(cache.lookup([2; 32], later()).await, Lookup::Miss(_)) },
+            )
         };
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         drop(leader);

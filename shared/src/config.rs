@@ -188,6 +188,14 @@ fn default_open_ms() -> u64 {
     30_000
 }
 
+/// The largest `max_dimensions` a model may declare (and so the largest vector a request can
+/// make the gateway allocate per input).
+pub const MAX_EMBEDDING_DIMENSIONS: u32 = 16_384;
+
+/// `max_dimensions` of an embedding model that declares none: text-embedding-3-large's size, the
+/// largest of OpenAI's models.
+pub const DEFAULT_MAX_DIMENSIONS: u32 = 3_072;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProviderKind {
@@ -200,6 +208,16 @@ pub enum ProviderKind {
     Bedrock,
     /// The built-in deterministic model.
     Mock,
+}
+
+impl ProviderKind {
+    /// Whether the provider serves `/v1/embeddings` (Anthropic and Bedrock's Converse do not).
+    pub fn has_embeddings(self) -> bool {
+        matches!(
+            self,
+            ProviderKind::Openai | ProviderKind::Azure | ProviderKind::Mock
+        )
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -299,6 +317,12 @@ pub struct ModelConfig {
     pub price: Price,
     #[serde(default)]
     pub context_window: Option<u64>,
+    /// Most completion tokens one choice may ask for (`max_tokens`); default: the context window.
+    #[serde(default)]
+    pub max_output_tokens: Option<u64>,
+    /// Embedding models: the largest `dimensions` a request may ask for.
+    #[serde(default)]
+    pub max_dimensions: Option<u32>,
     #[serde(default)]
     pub cache: Option<ModelCacheConfig>,
     #[serde(default)]
@@ -479,6 +503,7 @@ price = { input_per_mtok = 0.1, output_per_mtok = 0.4 }
 kind = "embedding"
 deployments = [{ provider = "mock", model = "mock-embed" }]
 price = { input_per_mtok = 0.02 }
+max_dimensions = 1536
 "#;
 
 const BUILT_IN_OPENAI: &str = r#"
@@ -550,6 +575,12 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.max_body_bytes == 0 {
+            return Err(ConfigError::new(
+                "server.max_body_bytes",
+                "must be greater than 0",
+            ));
+        }
         for (name, provider) in &self.providers {
             let field = |f: &str| format!("providers.{name}.{f}");
             // Bedrock's endpoint follows from its region; `base_url` only overrides it.
@@ -633,11 +664,22 @@ impl Config {
                 Some(route) => self.validate_route(name, model, route)?,
                 None => {}
             }
+            let mut total_weight: u64 = 0;
             for (i, d) in model.deployments.iter().enumerate() {
-                if !self.providers.contains_key(&d.provider) {
+                let Some(provider) = self.providers.get(&d.provider) else {
                     return Err(ConfigError::new(
                         field(&format!("deployments[{i}].provider")),
                         format!("unknown provider `{}`", d.provider),
+                    ));
+                };
+                if model.kind == ModelKind::Embedding && !provider.kind.has_embeddings() {
+                    return Err(ConfigError::new(
+                        field(&format!("deployments[{i}].provider")),
+                        format!(
+                            "provider `{}` has no embeddings API; an embedding model needs an \
+                             OpenAI-compatible, Azure or mock provider",
+                            d.provider
+                        ),
                     ));
                 }
                 if d.weight == 0 {
@@ -646,6 +688,34 @@ impl Config {
                         "must be greater than 0",
                     ));
                 }
+                total_weight += u64::from(d.weight);
+                if total_weight > u64::from(u32::MAX) {
+                    return Err(ConfigError::new(
+                        field("deployments"),
+                        format!("the weights add up to more than {}", u32::MAX),
+                    ));
+                }
+            }
+            if model.max_output_tokens == Some(0) {
+                return Err(ConfigError::new(
+                    field("max_output_tokens"),
+                    "must be greater than 0",
+                ));
+            }
+            match model.max_dimensions {
+                Some(_) if model.kind != ModelKind::Embedding => {
+                    return Err(ConfigError::new(
+                        field("max_dimensions"),
+                        "only applies to embedding models",
+                    ));
+                }
+                Some(d) if d == 0 || d > MAX_EMBEDDING_DIMENSIONS => {
+                    return Err(ConfigError::new(
+                        field("max_dimensions"),
+                        format!("must be between 1 and {MAX_EMBEDDING_DIMENSIONS}"),
+                    ));
+                }
+                _ => {}
             }
             for (value, f) in [
                 (model.price.input_per_mtok, "price.input_per_mtok"),
@@ -673,6 +743,15 @@ impl Config {
                         return Err(ConfigError::new(
                             field(&format!("fallbacks[{i}]")),
                             format!("`{fallback}` is not the same kind of model"),
+                        ));
+                    }
+                    Some(other) if other.route.is_some() => {
+                        return Err(ConfigError::new(
+                            field(&format!("fallbacks[{i}]")),
+                            format!(
+                                "`{fallback}` is a routing alias; a fallback must be a model \
+                                 with deployments"
+                            ),
                         ));
                     }
                     Some(_) => {}
@@ -801,6 +880,51 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.field, "providers.az.api_version");
+    }
+
+    fn rejected_at(text: &str) -> String {
+        Config::from_toml(text).unwrap_err().field
+    }
+
+    #[test]
+    fn configs_that_would_fail_per_request_are_refused_at_start_up() {
+        let providers = r#"
+            [providers.mock]
+            kind = "mock"
+            [providers.claude]
+            kind = "anthropic"
+            base_url = "http://127.0.0.1:1"
+            [models.a]
+            deployments = [{ provider = "mock", model = "a" }]
+            [models.b]
+            deployments = [{ provider = "mock", model = "b" }]
+            [models.auto]
+            route = { strategy = "cost", candidates = ["a", "b"] }
+        "#;
+        let overflowing = format!(
+            "{providers}\n[models.heavy]\ndeployments = [{{ provider = \"mock\", model = \"x\", weight = 4294967295 }}, {{ provider = \"mock\", model = \"y\", weight = 2 }}]\n"
+        );
+        assert_eq!(rejected_at(&overflowing), "models.heavy.deployments");
+        assert_eq!(
+            rejected_at(&format!("[server]\nmax_body_bytes = 0\n{providers}")),
+            "server.max_body_bytes"
+        );
+        let alias_fallback = format!(
+            "{providers}\n[models.c]\ndeployments = [{{ provider = \"mock\", model = \"c\" }}]\nfallbacks = [\"auto\"]\n"
+        );
+        assert_eq!(rejected_at(&alias_fallback), "models.c.fallbacks[0]");
+        let embed_on_claude = format!(
+            "{providers}\n[models.e]\nkind = \"embedding\"\ndeployments = [{{ provider = \"claude\", model = \"e\" }}]\n"
+        );
+        assert_eq!(
+            rejected_at(&embed_on_claude),
+            "models.e.deployments[0].provider"
+        );
+        let huge_dimensions = format!(
+            "{providers}\n[models.e]\nkind = \"embedding\"\ndeployments = [{{ provider = \"mock\", model = \"e\" }}]\nmax_dimensions = 4294967295\n"
+        );
+        assert_eq!(rejected_at(&huge_dimensions), "models.e.max_dimensions");
+        assert!(Config::from_toml(providers).is_ok());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -19,7 +20,7 @@ use serde::de::DeserializeOwned;
 
 use crate::api::{
     ChatChunk, ChatCompletion, ChatRequest, CompletionAssembler, EmbeddingRequest, EncodingFormat,
-    ModelEntry, ModelList, StreamOptions, Usage,
+    MalformedChunk, ModelEntry, ModelList, StreamOptions, Usage,
 };
 use crate::auth::{KeyRecord, NewKey, store_unavailable};
 use crate::background::Background;
@@ -27,7 +28,7 @@ use crate::cache::{CacheMode, Leader, Lookup, cache_key};
 use crate::config::{ModelKind, Price};
 use crate::edge;
 use crate::error::ApiError;
-use crate::gateway::{Deployment, Gateway, ModelRoute};
+use crate::gateway::{Deployment, Gateway, Model, ServedModel};
 use crate::limits::{Estimate, Limiter, Reservation};
 use crate::providers::routing::{self, Outcome, Selection};
 use crate::providers::{ChunkStream, now_secs};
@@ -36,6 +37,9 @@ use crate::telemetry::{EMF, Emf, METRICS, Metrics, RequestFacts};
 
 /// Output tokens reserved against TPM and budget when a request sets no `max_tokens`.
 const DEFAULT_RESERVED_OUTPUT_TOKENS: u64 = 1024;
+
+/// `x-gateway-cache` of an answer served from the cache.
+const CACHE_HIT: &str = "HIT";
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_GATEWAY_CACHE: HeaderName = HeaderName::from_static("x-gateway-cache");
@@ -242,12 +246,12 @@ async fn list_models(
     let data = gateway
         .models
         .values()
-        .filter(|m| key.allows_model(&m.name))
+        .filter(|m| key.allows_model(m.name()))
         .map(|m| ModelEntry {
-            id: m.name.clone(),
+            id: m.name().to_owned(),
             object: "model",
             created: gateway.started_at,
-            owned_by: m.deployments[0].provider_name.clone(),
+            owned_by: m.owned_by().to_owned(),
         })
         .collect();
     axum::Json(ModelList {
@@ -263,7 +267,7 @@ fn authorize_model<'g>(
     key: &KeyRecord,
     model: &str,
     kind: ModelKind,
-) -> Result<&'g Arc<ModelRoute>, ApiError> {
+) -> Result<&'g Model, ApiError> {
     let route = gateway.model(model)?;
     if !key.allows_model(model) {
         return Err(ApiError::forbidden(format!(
@@ -272,7 +276,7 @@ fn authorize_model<'g>(
         .with_code("model_not_allowed")
         .with_param("model"));
     }
-    if route.kind != kind {
+    if route.kind() != kind {
         let expected = match kind {
             ModelKind::Chat => "chat",
             ModelKind::Embedding => "embedding",
@@ -386,7 +390,8 @@ async fn chat(
     request.validate()?;
     let requested = authorize_model(gateway, key, &request.model, ModelKind::Chat)?;
     let selection = routing::select(gateway, requested, key, &mut request)?;
-    let route = selection.route;
+    let route = selection.model;
+    check_output_cap(&request, route)?;
 
     let prompt_estimate = request.estimate_prompt_tokens();
     let output_reserve = request
@@ -406,9 +411,12 @@ async fn chat(
     settlement.observed.prompt_tokens = prompt_estimate;
 
     let preferred = routing::choose(route, &[], Instant::now());
-    let primary = &route.deployments[preferred.unwrap_or(0)];
+    let primary = preferred
+        .and_then(|i| route.deployments.get(i))
+        .unwrap_or(route.deployments.first());
+    let total = tokio::time::Instant::now() + Duration::from_millis(primary.timeouts.total_ms);
+    let deadline = invocation_deadline.map_or(total, |at| at.min(total));
     let mode = CacheMode::decide(headers, &request, route.cache_ttl_s);
-    Metrics::count(&METRICS.cache, &[("result", mode.header_value(false))]);
     let stream = request.is_stream();
     let include_usage = request.include_usage();
     let mut leader = None;
@@ -420,19 +428,28 @@ async fn chat(
             primary.version.as_deref(),
             &request,
         );
-        match gateway.cache.lookup(key).await {
+        match gateway.cache.lookup(key, deadline).await {
             Lookup::Hit(body) => {
-                Metrics::count(&METRICS.cache, &[("result", "HIT")]);
+                Metrics::count(&METRICS.cache, &[("result", CACHE_HIT)]);
                 // A hit costs nothing upstream: only the request itself counts against RPM.
                 settlement.finish(Usage::default(), route.price, &route.name);
                 let mut response = cached_response(body, stream, include_usage)?;
-                gateway_headers(&mut response, "HIT", route, primary, &selection);
+                gateway_headers(&mut response, CACHE_HIT, route, primary, &selection);
                 set_header(&mut response, &X_GATEWAY_COST, "0");
                 return Ok(response);
             }
             Lookup::Miss(guard) => leader = Some(guard),
+            Lookup::DeadlinePassed => {
+                return Err(ApiError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "timeout",
+                    "The request's deadline passed while an identical request was being answered.",
+                ));
+            }
         }
     }
+    let cache_header = mode.header_value();
+    Metrics::count(&METRICS.cache, &[("result", cache_header)]);
 
     if stream {
         // Usage is always requested upstream, so the gateway can bill streams exactly; the
@@ -442,31 +459,31 @@ async fn chat(
             .get_or_insert_with(StreamOptions::default)
             .include_usage = Some(true);
     }
-    let total = tokio::time::Instant::now() + Duration::from_millis(primary.timeouts.total_ms);
-    let deadline = invocation_deadline.map_or(total, |at| at.min(total));
     let upstream_started = Instant::now();
-    let answer =
-        routing::execute(gateway, route, preferred, &mut request, stream, deadline).await?;
+    let mut attempt = routing::ChatAttempt {
+        request: &mut request,
+        stream,
+    };
+    let answer = routing::execute(gateway, key, route, preferred, &mut attempt, deadline).await?;
     let upstream_time = UpstreamTime(upstream_started.elapsed());
     // Only an answer from the deployment the key was computed for is cached under it.
     let leader = leader.filter(|_| std::ptr::eq(answer.deployment, primary));
-    let cache_header = mode.header_value(false);
     match answer.outcome {
         Outcome::Complete(completion) => {
             let usage = completion
                 .usage
                 .unwrap_or_else(|| Usage::new(prompt_estimate, 0));
-            let cost = settlement.finish(usage, answer.route.price, &answer.route.name);
+            let cost = settlement.finish(usage, answer.model.price, &answer.model.name);
             let body = to_json_bytes(&completion)?;
             if let Some(leader) = leader {
-                let (body, ttl) = (body.clone(), answer.route.cache_ttl_s);
+                let (body, ttl) = (body.clone(), answer.model.cache_ttl_s);
                 finish_in_background(&gateway.background, leader.complete(body, ttl));
             }
             let mut response = json_response(StatusCode::OK, body);
             gateway_headers(
                 &mut response,
                 cache_header,
-                answer.route,
+                answer.model,
                 answer.deployment,
                 &selection,
             );
@@ -475,27 +492,35 @@ async fn chat(
             Ok(response)
         }
         Outcome::Stream(chunks) => {
-            settlement.price = answer.route.price;
+            settlement.price = answer.model.price;
+            let leads = leader.is_some();
             let relay = StreamRelay {
                 upstream: chunks,
                 assembler: CompletionAssembler::default(),
                 include_usage,
                 usage_sent: false,
                 settlement: Some(settlement),
-                model: answer.route.name.clone(),
+                model: answer.model.name.clone(),
                 leader,
                 background: gateway.background.clone(),
-                cache_ttl_s: answer.route.cache_ttl_s,
+                cache_ttl_s: answer.model.cache_ttl_s,
                 prompt_estimate,
                 deadline,
                 finish_grace: Duration::from_millis(gateway.routing.stream_finish_grace_ms),
                 finished: false,
             };
-            let mut response = sse_response(Body::from_stream(relay.into_stream()));
+            let body = if leads {
+                // Identical requests wait for this answer: it is read at the upstream's pace,
+                // however slowly this client reads.
+                Body::from_stream(relay.detached())
+            } else {
+                Body::from_stream(relay.into_stream())
+            };
+            let mut response = sse_response(body);
             gateway_headers(
                 &mut response,
                 cache_header,
-                answer.route,
+                answer.model,
                 answer.deployment,
                 &selection,
             );
@@ -505,10 +530,23 @@ async fn chat(
     }
 }
 
+/// Refuses a `max_tokens` above what the model can produce: it would reserve (and could bill)
+/// output that never comes.
+fn check_output_cap(request: &ChatRequest, model: &ServedModel) -> Result<(), ApiError> {
+    match (request.max_output_tokens(), model.max_output_tokens) {
+        (Some(asked), Some(cap)) if u64::from(asked) > cap => Err(ApiError::bad_request(format!(
+            "`max_tokens` is too large: {asked}. Model `{}` supports at most {cap} completion tokens.",
+            model.name
+        ))
+        .with_param("max_tokens")),
+        _ => Ok(()),
+    }
+}
+
 fn gateway_headers(
     response: &mut Response,
     cache: &'static str,
-    route: &ModelRoute,
+    route: &ServedModel,
     deployment: &Deployment,
     selection: &Selection<'_>,
 ) {
@@ -715,6 +753,9 @@ fn skip_json_string(json: &[u8], start: usize) -> Option<usize> {
 
 const SSE_DONE: &[u8] = b"data: [DONE]\n\n";
 
+/// Most bytes of SSE events a detached relay holds for a client that does not read them.
+const DETACHED_BACKLOG_BYTES: usize = 16 * 1024 * 1024;
+
 /// Most bytes of ready SSE events the relay puts in one write.
 const COALESCE_BYTES: usize = 16 * 1024;
 
@@ -780,6 +821,36 @@ impl StreamRelay {
         })
     }
 
+    /// Runs the relay in the background at the upstream's pace and hands its frames to the
+    /// client as it reads them: the answer is completed, billed and cached even if this client
+    /// reads slowly or leaves. What waits for a slow reader is capped at `DETACHED_BACKLOG_BYTES`;
+    /// past that the client's stream is cut, not the answer.
+    fn detached(self) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> + Send {
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+        let backlog = Arc::new(AtomicUsize::new(0));
+        let pumped = Arc::clone(&backlog);
+        let background = self.background.clone();
+        background.spawn(async move {
+            let mut relay = self;
+            let mut client = Some(sender);
+            while let Some(frame) = relay.next_frame().await {
+                let Some(sender) = &client else { continue };
+                let queued = pumped.fetch_add(frame.len(), Ordering::Relaxed) + frame.len();
+                if queued > DETACHED_BACKLOG_BYTES || sender.send(frame).is_err() {
+                    client = None;
+                }
+            }
+        });
+        futures_util::stream::unfold(receiver, move |mut receiver| {
+            let backlog = Arc::clone(&backlog);
+            async move {
+                let frame = receiver.recv().await?;
+                backlog.fetch_sub(frame.len(), Ordering::Relaxed);
+                Some((Ok(frame), receiver))
+            }
+        })
+    }
+
     fn usage(&self) -> Usage {
         self.assembler.usage.unwrap_or_else(|| {
             Usage::new(
@@ -818,7 +889,18 @@ impl StreamRelay {
             };
             match next {
                 Some(Ok(mut chunk)) => {
-                    self.assembler.push(&chunk);
+                    if let Err(MalformedChunk(reason)) = self.assembler.push(&chunk) {
+                        self.finished = true;
+                        tracing::warn!(model = %self.model, %reason, "provider sent a malformed stream chunk");
+                        return Some(self.fail(
+                            "protocol",
+                            ApiError::new(
+                                StatusCode::BAD_GATEWAY,
+                                "api_error",
+                                "The provider sent a malformed stream.",
+                            ),
+                        ));
+                    }
                     let usage = self.usage();
                     if let Some(settlement) = &mut self.settlement {
                         settlement.observed = usage;
@@ -889,13 +971,14 @@ impl StreamRelay {
         }
         frames.extend_from_slice(SSE_DONE);
         let assembled = std::mem::take(&mut self.assembler);
+        let truncated = assembled.is_truncated();
         let mut completion = assembled.into_completion();
         completion.usage = Some(usage);
         if let Some(settlement) = self.settlement.take() {
             let price = settlement.price;
             settlement.finish(usage, price, &self.model);
         }
-        if let Some(leader) = self.leader.take()
+        if let Some(leader) = self.leader.take().filter(|_| !truncated)
             && let Ok(body) = serde_json::to_vec(&completion)
         {
             finish_in_background(
@@ -910,9 +993,11 @@ impl StreamRelay {
 async fn embeddings(
     State(gateway): State<Arc<Gateway>>,
     Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
+    deadline: Option<Extension<RequestDeadline>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match embed(&gateway, &key, body).await {
+    let deadline = deadline.map(|Extension(RequestDeadline(at))| at);
+    match embed(&gateway, &key, body, deadline).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     }
@@ -922,12 +1007,23 @@ async fn embed(
     gateway: &Gateway,
     key: &KeyRecord,
     body: Result<Bytes, BytesRejection>,
+    invocation_deadline: Option<tokio::time::Instant>,
 ) -> Result<Response, ApiError> {
     let now = now_secs();
     let body = body.map_err(body_error)?;
     let mut request: EmbeddingRequest = parse_json(&body)?;
     request.validate()?;
-    let route = authorize_model(gateway, key, &request.model, ModelKind::Embedding)?;
+    let requested = authorize_model(gateway, key, &request.model, ModelKind::Embedding)?;
+    let model = routing::select_embedding(gateway, key, requested)?;
+    if let Some(asked) = request.dimensions
+        && asked > model.max_dimensions
+    {
+        return Err(ApiError::bad_request(format!(
+            "`dimensions` is too large: {asked}. Model `{}` supports at most {}.",
+            model.name, model.max_dimensions
+        ))
+        .with_param("dimensions"));
+    }
     let tokens = request.input.estimate_tokens();
     let reservation = gateway
         .limiter
@@ -935,21 +1031,22 @@ async fn embed(
             key,
             Estimate {
                 tokens,
-                cost_usd: route.price.cost_usd(tokens, 0),
+                cost_usd: model.price.cost_usd(tokens, 0),
             },
             now,
         )
         .await
         .map_err(|e| e.to_api_error())?;
-    let settlement = Settlement::new(gateway, reservation, route.price);
-    let deployment = &route.deployments[routing::choose(route, &[], Instant::now()).unwrap_or(0)];
+    let settlement = Settlement::new(gateway, reservation, model.price);
     let format = request.encoding_format.unwrap_or(EncodingFormat::Float);
-    request.model.clone_from(&deployment.model);
-    let mut response = deployment
-        .provider
-        .embed(&request)
-        .await
-        .map_err(|e| e.to_api_error(&deployment.provider_name))?;
+    let total = tokio::time::Instant::now()
+        + Duration::from_millis(model.deployments.first().timeouts.total_ms);
+    let deadline = invocation_deadline.map_or(total, |at| at.min(total));
+    let mut attempt = routing::EmbeddingAttempt {
+        request: &mut request,
+    };
+    let answer = routing::execute(gateway, key, model, None, &mut attempt, deadline).await?;
+    let mut response = answer.outcome;
     for item in &mut response.data {
         let vector = std::mem::replace(
             &mut item.embedding,
@@ -958,14 +1055,14 @@ async fn embed(
         item.embedding = vector.into_format(format)?;
     }
     let usage = Usage::new(response.usage.prompt_tokens, 0);
-    let cost = settlement.finish(usage, route.price, &route.name);
+    let cost = settlement.finish(usage, answer.model.price, &answer.model.name);
     let mut http_response = json_response(StatusCode::OK, to_json_bytes(&response)?);
     set_header(
         &mut http_response,
         &X_GATEWAY_PROVIDER,
-        &deployment.provider_name,
+        &answer.deployment.provider_name,
     );
-    set_header(&mut http_response, &X_GATEWAY_MODEL, &route.name);
+    set_header(&mut http_response, &X_GATEWAY_MODEL, &answer.model.name);
     set_header(&mut http_response, &X_GATEWAY_COST, &format!("{cost:.8}"));
     Ok(http_response)
 }

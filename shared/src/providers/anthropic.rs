@@ -750,7 +750,7 @@ mod tests {
         let mut assembler = crate::api::CompletionAssembler::default();
         for (event, data) in events {
             if let Some(chunk) = t.translate(event, data) {
-                assembler.push(&chunk.unwrap());
+                assembler.push(&chunk.unwrap()).unwrap();
             }
         }
         assert!(assembler.is_finished());

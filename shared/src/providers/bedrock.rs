@@ -1274,7 +1274,7 @@ mod tests {
 
         let mut assembler = CompletionAssembler::default();
         for chunk in chunks {
-            assembler.push(chunk);
+            assembler.push(chunk).unwrap();
         }
         assert!(assembler.is_finished());
         let completion = assembler.into_completion();

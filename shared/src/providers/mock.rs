@@ -302,7 +302,7 @@ mod tests {
         let mut stream = mock.chat_stream(&req).await.unwrap();
         let mut assembler = CompletionAssembler::default();
         while let Some(chunk) = stream.next().await {
-            assembler.push(&chunk.unwrap());
+            assembler.push(&chunk.unwrap()).unwrap();
         }
         assert!(assembler.is_finished());
         let streamed = assembler.into_completion();

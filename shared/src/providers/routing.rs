@@ -11,11 +11,13 @@ use futures_util::StreamExt;
 use rand::Rng;
 
 use super::{ChunkStream, ProviderError, ProviderErrorKind};
-use crate::api::{ChatChunk, ChatCompletion, ChatRequest, Role};
+use crate::api::{
+    ChatChunk, ChatCompletion, ChatRequest, EmbeddingRequest, EmbeddingResponse, Role,
+};
 use crate::auth::{ContextPolicy, KeyRecord};
 use crate::config::{BreakerConfig, RouteConfig, RoutingConfig};
 use crate::error::ApiError;
-use crate::gateway::{Deployment, Gateway, ModelRoute};
+use crate::gateway::{AliasModel, Deployment, Gateway, Model, ServedModel};
 use crate::telemetry::{METRICS, Metrics};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,41 +200,36 @@ fn note_transition(deployment: &Deployment, state: Option<BreakerState>) {
     }
 }
 
-/// Picks a deployment of `route` not in `tried` whose breaker lets calls through: two candidates
+/// Picks a deployment of `model` not in `tried` whose breaker lets calls through: two candidates
 /// drawn by weight, the one with the better latency score wins (power of two choices).
-pub fn choose(route: &ModelRoute, tried: &[usize], now: Instant) -> Option<usize> {
-    let open: Vec<usize> = (0..route.deployments.len())
-        .filter(|i| !tried.contains(i) && route.deployments[*i].health.available(now))
+pub fn choose(model: &ServedModel, tried: &[usize], now: Instant) -> Option<usize> {
+    let open: Vec<(usize, &Deployment)> = model
+        .deployments
+        .iter()
+        .enumerate()
+        .filter(|(i, d)| !tried.contains(i) && d.health.available(now))
         .collect();
-    let draw = |exclude: Option<usize>| -> Option<usize> {
-        let pool: Vec<usize> = open
-            .iter()
-            .copied()
-            .filter(|i| Some(*i) != exclude)
-            .collect();
-        let total: u32 = pool.iter().map(|i| route.deployments[*i].weight).sum();
+    let draw = |exclude: Option<usize>| -> Option<(usize, &Deployment)> {
+        let pool = || open.iter().filter(move |(i, _)| Some(*i) != exclude);
+        // In u64: config validation keeps a model's weights within u32, this keeps the sum exact.
+        let total: u64 = pool().map(|(_, d)| u64::from(d.weight)).sum();
         if total == 0 {
             return None;
         }
         let mut ticket = rand::rng().random_range(0..total);
-        for i in pool {
-            let weight = route.deployments[i].weight;
+        for &(i, deployment) in pool() {
+            let weight = u64::from(deployment.weight);
             if ticket < weight {
-                return Some(i);
+                return Some((i, deployment));
             }
             ticket -= weight;
         }
         None
     };
     let first = draw(None)?;
-    match draw(Some(first)) {
-        Some(second)
-            if route.deployments[second].health.score()
-                < route.deployments[first].health.score() =>
-        {
-            Some(second)
-        }
-        _ => Some(first),
+    match draw(Some(first.0)) {
+        Some(second) if second.1.health.score() < first.1.health.score() => Some(second.0),
+        _ => Some(first.0),
     }
 }
 
@@ -311,6 +308,7 @@ fn counts_against_breaker(error: &ProviderError) -> bool {
     )
 }
 
+/// What a chat call produced.
 pub enum Outcome {
     Complete(ChatCompletion),
     /// A stream that has produced its first token; nothing has been sent to the client yet.
@@ -318,12 +316,57 @@ pub enum Outcome {
 }
 
 /// The answer and who gave it.
-pub struct Answer<'g> {
-    pub outcome: Outcome,
-    pub route: &'g ModelRoute,
+pub struct Answer<'g, T> {
+    pub outcome: T,
+    pub model: &'g ServedModel,
     pub deployment: &'g Deployment,
-    /// 0 when the requested (or selected) model answered; n when its n-th fallback did.
-    pub fallback_depth: usize,
+}
+
+/// One kind of provider call the attempt loop makes (a chat completion, embeddings): retries,
+/// fallbacks, breakers, the deadline and the attempt metrics are the same for every kind.
+pub trait Attempt {
+    type Output;
+
+    /// Calls `deployment` once.
+    fn call<'a>(
+        &'a mut self,
+        deployment: &'a Deployment,
+    ) -> impl Future<Output = Result<Self::Output, ProviderError>> + Send + 'a;
+}
+
+/// A chat completion, streamed or not.
+pub struct ChatAttempt<'r> {
+    pub request: &'r mut ChatRequest,
+    pub stream: bool,
+}
+
+impl Attempt for ChatAttempt<'_> {
+    type Output = Outcome;
+
+    fn call<'a>(
+        &'a mut self,
+        deployment: &'a Deployment,
+    ) -> impl Future<Output = Result<Outcome, ProviderError>> + Send + 'a {
+        self.request.model.clone_from(&deployment.model);
+        call_once(deployment, self.request, self.stream)
+    }
+}
+
+/// An embeddings call.
+pub struct EmbeddingAttempt<'r> {
+    pub request: &'r mut EmbeddingRequest,
+}
+
+impl Attempt for EmbeddingAttempt<'_> {
+    type Output = EmbeddingResponse;
+
+    fn call<'a>(
+        &'a mut self,
+        deployment: &'a Deployment,
+    ) -> impl Future<Output = Result<EmbeddingResponse, ProviderError>> + Send + 'a {
+        self.request.model.clone_from(&deployment.model);
+        deployment.provider.embed(self.request)
+    }
 }
 
 /// True when a chunk carries something the client must see (a token, a tool call, an end).
@@ -381,27 +424,39 @@ async fn call_once(
     }
 }
 
-/// Calls the route's deployments, retrying and falling back as the failures warrant, within
-/// `routing.max_attempts` calls and the request's deadline. `preferred` is the deployment the
-/// cache key was computed for, tried first when its breaker allows.
-pub async fn execute<'g>(
+/// The models a request may be served by, in order: `model`, then its fallbacks that the key may
+/// use (a fallback outside the key's scope is never called, whatever it costs).
+fn candidates<'g>(
     gateway: &'g Gateway,
-    route: &'g ModelRoute,
-    preferred: Option<usize>,
-    request: &mut ChatRequest,
-    stream: bool,
-    deadline: tokio::time::Instant,
-) -> Result<Answer<'g>, ApiError> {
-    let config = &gateway.routing;
-    let mut routes: Vec<&ModelRoute> = vec![route];
-    routes.extend(
-        route
+    key: &KeyRecord,
+    model: &'g ServedModel,
+) -> Vec<&'g ServedModel> {
+    let mut models = vec![model];
+    models.extend(
+        model
             .fallbacks
             .iter()
-            .filter_map(|n| gateway.models.get(n).map(|m| &**m)),
+            .filter(|name| key.allows_model(name))
+            .filter_map(|name| gateway.served(name)),
     );
+    models
+}
 
-    let mut route_index = 0;
+/// Calls the model's deployments, retrying and falling back as the failures warrant, within
+/// `routing.max_attempts` calls and the request's deadline. `preferred` is the deployment the
+/// cache key was computed for, tried first when its breaker allows.
+pub async fn execute<'g, A: Attempt>(
+    gateway: &'g Gateway,
+    key: &KeyRecord,
+    model: &'g ServedModel,
+    preferred: Option<usize>,
+    attempt: &mut A,
+    deadline: tokio::time::Instant,
+) -> Result<Answer<'g, A::Output>, ApiError> {
+    let config = &gateway.routing;
+    let models = candidates(gateway, key, model);
+
+    let mut model_index = 0;
     let mut tried: Vec<usize> = Vec::new();
     let mut preferred = preferred;
     let mut attempts = 0;
@@ -409,8 +464,11 @@ pub async fn execute<'g>(
     let mut retries = 0;
     let mut last_error: Option<(ProviderError, &'g Deployment)> = None;
 
-    while attempts < config.max_attempts && route_index < routes.len() {
-        let current = routes[route_index];
+    while attempts < config.max_attempts {
+        let Some(&current) = models.get(model_index) else {
+            break;
+        };
+        let next_model = models.get(model_index + 1).copied();
         let now = Instant::now();
         let pick = preferred
             .take()
@@ -421,35 +479,34 @@ pub async fn execute<'g>(
                     .is_some_and(|d| d.health.available(now))
             })
             .or_else(|| choose(current, &tried, now));
-        let Some(index) = pick else {
-            route_index += 1;
+        let Some((index, deployment)) =
+            pick.and_then(|i| current.deployments.get(i).map(|d| (i, d)))
+        else {
+            model_index += 1;
             tried.clear();
             attempts_here = 0;
-            if let Some(next) = routes.get(route_index) {
+            if let Some(next) = next_model {
                 note_fallback(current, next, "unavailable");
             }
             continue;
         };
-        let deployment = &current.deployments[index];
         if let Ok(mut breaker) = deployment.health.breaker.lock() {
             note_transition(deployment, breaker.acquire(now));
         }
         attempts += 1;
         attempts_here += 1;
-        request.model.clone_from(&deployment.model);
         deployment.health.in_flight.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let result =
-            match tokio::time::timeout_at(deadline, call_once(deployment, request, stream)).await {
-                Ok(result) => result,
-                Err(_) => Err(ProviderError::new(
-                    ProviderErrorKind::Timeout,
-                    "the request's deadline passed",
-                )),
-            };
+        let result = match tokio::time::timeout_at(deadline, attempt.call(deployment)).await {
+            Ok(result) => result,
+            Err(_) => Err(ProviderError::new(
+                ProviderErrorKind::Timeout,
+                "the request's deadline passed",
+            )),
+        };
         deployment.health.in_flight.fetch_sub(1, Ordering::Relaxed);
         let provider = deployment.provider_name.as_str();
-        match result {
+        let error = match result {
             Ok(outcome) => {
                 deployment.health.observe_latency(started.elapsed());
                 if let Ok(mut breaker) = deployment.health.breaker.lock() {
@@ -461,83 +518,84 @@ pub async fn execute<'g>(
                 );
                 return Ok(Answer {
                     outcome,
-                    route: current,
+                    model: current,
                     deployment,
-                    fallback_depth: route_index,
                 });
             }
-            Err(error) => {
-                let label = error_label(error.kind);
-                Metrics::count(
-                    &METRICS.attempts,
-                    &[("provider", provider), ("outcome", label)],
-                );
-                if counts_against_breaker(&error)
-                    && let Ok(mut breaker) = deployment.health.breaker.lock()
+            Err(error) => error,
+        };
+        let label = error_label(error.kind);
+        Metrics::count(
+            &METRICS.attempts,
+            &[("provider", provider), ("outcome", label)],
+        );
+        if counts_against_breaker(&error)
+            && let Ok(mut breaker) = deployment.health.breaker.lock()
+        {
+            note_transition(deployment, breaker.record(false, Instant::now()));
+        }
+        tracing::warn!(provider, model = %deployment.model, %error, attempt = attempts, "provider call failed");
+        let step = next_step(&error);
+        let retry_after = error.retry_after_secs;
+        last_error = Some((error, deployment));
+        match step {
+            Next::GiveUp => break,
+            Next::LargerContext => {
+                let window = current.context_window.unwrap_or(0);
+                let Some((offset, larger)) = models
+                    .iter()
+                    .enumerate()
+                    .skip(model_index + 1)
+                    .find(|(_, m)| m.context_window.is_some_and(|w| w > window))
+                else {
+                    break;
+                };
+                note_fallback(current, larger, label);
+                model_index = offset;
+                tried.clear();
+                attempts_here = 0;
+            }
+            Next::Elsewhere | Next::Retry => {
+                tried.push(index);
+                let other_here = choose(current, &tried, Instant::now()).is_some();
+                // A model gets one retry in place when a fallback is waiting, else the whole
+                // attempt budget; a silent or misconfigured deployment none.
+                let stay = step == Next::Retry && (next_model.is_none() || attempts_here < 2);
+                if let Some(next) = next_model
+                    && !other_here
+                    && !stay
                 {
-                    note_transition(deployment, breaker.record(false, Instant::now()));
+                    note_fallback(current, next, label);
+                    model_index += 1;
+                    tried.clear();
+                    attempts_here = 0;
+                    continue;
                 }
-                tracing::warn!(provider, model = %deployment.model, %error, attempt = attempts, "provider call failed");
-                let step = next_step(&error);
-                let retry_after = error.retry_after_secs;
-                let has_fallback = route_index + 1 < routes.len();
-                last_error = Some((error, deployment));
-                match step {
-                    Next::GiveUp => break,
-                    Next::LargerContext => {
-                        let window = current.context_window.unwrap_or(0);
-                        let Some(offset) = routes[route_index + 1..]
-                            .iter()
-                            .position(|r| r.context_window.is_some_and(|w| w > window))
-                        else {
-                            break;
-                        };
-                        note_fallback(current, routes[route_index + 1 + offset], label);
-                        route_index += 1 + offset;
+                if !other_here {
+                    // Only this deployment is left: retrying it is the only hope.
+                    tried.clear();
+                }
+                if step == Next::Elsewhere && other_here {
+                    Metrics::count(&METRICS.retries, &[("reason", label)]);
+                    continue;
+                }
+                let Some(wait) = backoff(config, retries, retry_after) else {
+                    if let Some(next) = next_model {
+                        note_fallback(current, next, label);
+                        model_index += 1;
                         tried.clear();
                         attempts_here = 0;
+                        continue;
                     }
-                    Next::Elsewhere | Next::Retry => {
-                        tried.push(index);
-                        let other_here = choose(current, &tried, Instant::now()).is_some();
-                        // A route gets one retry in place when a fallback is waiting, else the
-                        // whole attempt budget; a silent or misconfigured deployment none.
-                        let stay = step == Next::Retry && (!has_fallback || attempts_here < 2);
-                        if !other_here && !stay && has_fallback {
-                            note_fallback(current, routes[route_index + 1], label);
-                            route_index += 1;
-                            tried.clear();
-                            attempts_here = 0;
-                            continue;
-                        }
-                        if !other_here {
-                            // Only this deployment is left: retrying it is the only hope.
-                            tried.clear();
-                        }
-                        if step == Next::Elsewhere && other_here {
-                            Metrics::count(&METRICS.retries, &[("reason", label)]);
-                            continue;
-                        }
-                        let Some(wait) = backoff(config, retries, retry_after) else {
-                            if has_fallback {
-                                note_fallback(current, routes[route_index + 1], label);
-                                route_index += 1;
-                                tried.clear();
-                                attempts_here = 0;
-                                continue;
-                            }
-                            break;
-                        };
-                        if tokio::time::Instant::now() + wait >= deadline
-                            || attempts >= config.max_attempts
-                        {
-                            break;
-                        }
-                        retries += 1;
-                        Metrics::count(&METRICS.retries, &[("reason", label)]);
-                        tokio::time::sleep(wait).await;
-                    }
+                    break;
+                };
+                if tokio::time::Instant::now() + wait >= deadline || attempts >= config.max_attempts
+                {
+                    break;
                 }
+                retries += 1;
+                Metrics::count(&METRICS.retries, &[("reason", label)]);
+                tokio::time::sleep(wait).await;
             }
         }
     }
@@ -548,13 +606,13 @@ pub async fn execute<'g>(
             "api_error",
             format!(
                 "Every deployment of `{}` is unavailable (circuit open); try again shortly.",
-                route.name
+                model.name
             ),
         ),
     })
 }
 
-fn note_fallback(from: &ModelRoute, to: &ModelRoute, reason: &str) {
+fn note_fallback(from: &ServedModel, to: &ServedModel, reason: &str) {
     tracing::info!(from = %from.name, to = %to.name, reason, "falling back");
     Metrics::count(
         &METRICS.fallbacks,
@@ -579,7 +637,7 @@ fn needs(request: &ChatRequest, prompt_tokens: u64) -> Needs {
     }
 }
 
-fn can_serve(route: &ModelRoute, needs: &Needs) -> bool {
+fn can_serve(route: &ServedModel, needs: &Needs) -> bool {
     let caps = &route.capabilities;
     (!needs.tools || caps.tools)
         && (!needs.images || caps.images)
@@ -618,83 +676,129 @@ fn needs_strong_model(
     None
 }
 
-fn unit_price(route: &ModelRoute) -> f64 {
+fn unit_price(route: &ServedModel) -> f64 {
     route.price.input_per_mtok + route.price.output_per_mtok
 }
 
 /// The model that will serve the request and what the gateway did to fit it.
 pub struct Selection<'g> {
-    pub route: &'g ModelRoute,
+    pub model: &'g ServedModel,
     /// Set when an alias chose the model: `cheapest` or `strong:<reason>`.
     pub routed: Option<String>,
     /// Set when the conversation did not fit: `rerouted:<model>` or `trimmed:<n>`.
     pub context: Option<String>,
 }
 
-/// Resolves aliases, then makes the conversation fit the chosen model's context window: a
-/// larger-context fallback if there is one, else (when the key allows) dropping the oldest turns,
-/// never the system prompt or the last user turn.
+/// An alias's candidates that the key may use, by name.
+fn alias_candidates<'g>(
+    gateway: &'g Gateway,
+    key: &KeyRecord,
+    alias: &'g AliasModel,
+) -> impl Iterator<Item = &'g ServedModel> {
+    alias
+        .route
+        .candidates
+        .iter()
+        .filter(|name| key.allows_model(name))
+        .filter_map(|name| gateway.served(name))
+}
+
+/// The model an embeddings request is served by: the model itself, or the cheapest candidate of
+/// an alias that the key may use.
+pub fn select_embedding<'g>(
+    gateway: &'g Gateway,
+    key: &KeyRecord,
+    requested: &'g Model,
+) -> Result<&'g ServedModel, ApiError> {
+    match requested {
+        Model::Served(model) => Ok(&**model),
+        Model::Alias(alias) => alias_candidates(gateway, key, alias)
+            .min_by(|a, b| unit_price(a).total_cmp(&unit_price(b)))
+            .ok_or_else(|| no_candidate(&alias.name)),
+    }
+}
+
+fn no_candidate(alias: &str) -> ApiError {
+    ApiError::forbidden(format!(
+        "No model behind `{alias}` is allowed for this API key."
+    ))
+    .with_code("model_not_allowed")
+    .with_param("model")
+}
+
+/// Resolves aliases (among the candidates the key may use), then makes the conversation fit the
+/// chosen model's context window: a larger-context fallback or candidate the key may use if there
+/// is one, else (when the key allows) dropping the oldest turns, never the system prompt or the
+/// last user turn.
 pub fn select<'g>(
     gateway: &'g Gateway,
-    requested: &'g ModelRoute,
+    requested: &'g Model,
     key: &KeyRecord,
     request: &mut ChatRequest,
 ) -> Result<Selection<'g>, ApiError> {
     let prompt_tokens = request.estimate_prompt_tokens();
     let mut routed = None;
-    let mut route = requested;
-    if let Some(alias) = &requested.alias {
-        let need = needs(request, prompt_tokens);
-        let mut candidates: Vec<&ModelRoute> = alias
-            .candidates
-            .iter()
-            .filter_map(|n| gateway.models.get(n).map(|m| &**m))
-            .filter(|m| can_serve(m, &need))
-            .collect();
-        candidates.sort_by(|a, b| unit_price(a).total_cmp(&unit_price(b)));
-        let strong = match needs_strong_model(alias, request, prompt_tokens) {
-            None => None,
-            Some(reason) => {
-                let preferred = alias
-                    .strong
-                    .as_ref()
-                    .and_then(|n| gateway.models.get(n))
-                    .map(|m| &**m)
-                    .filter(|m| can_serve(m, &need));
-                preferred
-                    .or_else(|| candidates.last().copied())
-                    .map(|m| (m, reason))
+    let (model, alias) = match requested {
+        Model::Served(model) => (&**model, None),
+        Model::Alias(alias) => {
+            let need = needs(request, prompt_tokens);
+            let allowed: Vec<&ServedModel> = alias_candidates(gateway, key, alias).collect();
+            if allowed.is_empty() {
+                return Err(no_candidate(&alias.name));
             }
-        };
-        (route, routed) = match (strong, candidates.first()) {
-            (Some((model, reason)), _) => (model, Some(format!("strong:{reason}"))),
-            (None, Some(cheapest)) => (*cheapest, Some("cheapest".to_owned())),
-            (None, None) => {
-                return Err(ApiError::bad_request(format!(
-                    "No model behind `{}` can serve this request (tools: {}, images: {}, JSON: {}, about {} prompt tokens).",
-                    requested.name, need.tools, need.images, need.json, prompt_tokens
-                ))
-                .with_param("model"));
-            }
-        };
-    }
-    let Some(window) = route.context_window.filter(|w| prompt_tokens > *w) else {
+            let mut candidates: Vec<&ServedModel> = allowed
+                .iter()
+                .copied()
+                .filter(|m| can_serve(m, &need))
+                .collect();
+            candidates.sort_by(|a, b| unit_price(a).total_cmp(&unit_price(b)));
+            let strong = match needs_strong_model(&alias.route, request, prompt_tokens) {
+                None => None,
+                Some(reason) => {
+                    let preferred = alias
+                        .route
+                        .strong
+                        .as_ref()
+                        .filter(|n| key.allows_model(n))
+                        .and_then(|n| gateway.served(n))
+                        .filter(|m| can_serve(m, &need));
+                    preferred
+                        .or_else(|| candidates.last().copied())
+                        .map(|m| (m, reason))
+                }
+            };
+            let chosen = match (strong, candidates.first()) {
+                (Some((model, reason)), _) => (model, format!("strong:{reason}")),
+                (None, Some(cheapest)) => (*cheapest, "cheapest".to_owned()),
+                (None, None) => {
+                    return Err(ApiError::bad_request(format!(
+                        "No model behind `{}` can serve this request (tools: {}, images: {}, JSON: {}, about {} prompt tokens).",
+                        alias.name, need.tools, need.images, need.json, prompt_tokens
+                    ))
+                    .with_param("model"));
+                }
+            };
+            routed = Some(chosen.1);
+            (chosen.0, Some(alias))
+        }
+    };
+    let Some(window) = model.context_window.filter(|w| prompt_tokens > *w) else {
         return Ok(Selection {
-            route,
+            model,
             routed,
             context: None,
         });
     };
-    let larger = route
+    let larger = model
         .fallbacks
         .iter()
-        .chain(requested.alias.iter().flat_map(|a| a.candidates.iter()))
-        .filter_map(|n| gateway.models.get(n))
-        .filter(|m| key.allows_model(&m.name) || requested.alias.is_some())
+        .chain(alias.iter().flat_map(|a| a.route.candidates.iter()))
+        .filter(|name| key.allows_model(name))
+        .filter_map(|name| gateway.served(name))
         .find(|m| m.context_window.is_none_or(|w| w >= prompt_tokens));
     if let Some(bigger) = larger {
         return Ok(Selection {
-            route: bigger,
+            model: bigger,
             routed,
             context: Some(format!("rerouted:{}", bigger.name)),
         });
@@ -703,7 +807,7 @@ pub fn select<'g>(
         let dropped = trim_to_fit(request, window);
         if request.estimate_prompt_tokens() <= window {
             return Ok(Selection {
-                route,
+                model,
                 routed,
                 context: Some(format!("trimmed:{dropped}")),
             });

@@ -20,6 +20,7 @@
 //! | `cut_after=N` | streams: connection closed after N content events, no finish / `[DONE]` |
 //! | `stall_after=N;stall_ms=T` | streams: T ms pause after N content events |
 //! | `malformed_at=N` | streams: the N-th content event is invalid JSON |
+//! | `tool_index=I` | streams (OpenAI): the first content event is a tool-call delta with `index` I |
 //! | `no_done` | streams: no `[DONE]` / message_stop, connection held open 30 s |
 //! | `no_usage` | no usage anywhere |
 //!
@@ -88,6 +89,7 @@ pub struct FaultSpec {
     pub stall_after: Option<usize>,
     pub stall_ms: Option<u64>,
     pub malformed_at: Option<usize>,
+    pub tool_index: Option<u64>,
     pub no_done: bool,
     pub no_usage: bool,
 }
@@ -165,12 +167,16 @@ impl FaultSpec {
                     }
                     spec.malformed_at = Some(at);
                 }
+                "tool_index" => spec.tool_index = Some(number(key, value()?)?),
                 _ => {
                     return Err(format!(
-                        "unknown setting `{key}`; known: status, code, retry_after, times, for_ms, reset, hang, headers_delay_ms, first_token_ms, tokens, cut_after, stall_after, stall_ms, malformed_at, no_done, no_usage"
+                        "unknown setting `{key}`; known: status, code, retry_after, times, for_ms, reset, hang, headers_delay_ms, first_token_ms, tokens, cut_after, stall_after, stall_ms, malformed_at, tool_index, no_done, no_usage"
                     ));
                 }
             }
+        }
+        if spec.tool_index.is_some() && spec.malformed_at.is_some() {
+            return Err("`tool_index` and `malformed_at` both replace a content event".to_owned());
         }
         if spec.stall_after.is_some() != spec.stall_ms.is_some() {
             return Err("`stall_after` and `stall_ms` go together".to_owned());
@@ -221,6 +227,8 @@ pub struct Plan {
     pub cut_after: Option<usize>,
     pub stall: Option<(usize, Duration)>,
     pub malformed_at: Option<usize>,
+    /// Replaces the first content event with a tool-call delta at this index.
+    pub tool_index: Option<u64>,
     pub no_done: bool,
     pub no_usage: bool,
 }
@@ -270,7 +278,8 @@ impl Plan {
             stall: spec
                 .stall_after
                 .zip(spec.stall_ms.map(Duration::from_millis)),
-            malformed_at: spec.malformed_at,
+            malformed_at: spec.malformed_at.or(spec.tool_index.map(|_| 1)),
+            tool_index: spec.tool_index,
             no_done: spec.no_done,
             no_usage: spec.no_usage,
         }
@@ -650,6 +659,7 @@ mod tests {
                 stall_after: Some(3),
                 stall_ms: Some(30_000),
                 malformed_at: Some(2),
+                tool_index: None,
                 no_done: true,
                 no_usage: true,
             }

@@ -445,7 +445,11 @@ async fn chat_completion(
     };
     Ok(if stream {
         let usage = include_usage.then_some(usage);
-        let steps = plan.shape(stream_frames(&meta, &reply, usage), MALFORMED_CHUNK);
+        let replacement = plan.tool_index.map_or_else(
+            || MALFORMED_CHUNK.to_owned(),
+            |index| tool_call_chunk(&meta, index),
+        );
+        let steps = plan.shape(stream_frames(&meta, &reply, usage), &replacement);
         sse_steps(steps, state.chunk_delay())
     } else {
         plan.before_body().await;
@@ -582,6 +586,20 @@ fn completion_body(meta: &Meta, reply: &Reply, usage: Option<Value>) -> Value {
 
 /// The `chat.completion.chunk` events; with `usage`, every chunk carries `"usage": null` and a
 /// final choice-less chunk carries the totals, exactly as OpenAI does for `include_usage`.
+/// A chunk whose tool-call delta has the given `index`, however large (the `tool_index` fault).
+fn tool_call_chunk(meta: &Meta, index: u64) -> String {
+    let chunk = json!({
+        "id": meta.id,
+        "object": "chat.completion.chunk",
+        "created": meta.created,
+        "model": meta.model,
+        "choices": [{"index": 0, "delta": {"tool_calls": [
+            {"index": index, "id": "call_x", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+        ]}, "finish_reason": null}],
+    });
+    format!("data: {chunk}\n\n")
+}
+
 fn stream_frames(meta: &Meta, reply: &Reply, usage: Option<Value>) -> Frames {
     let include_usage = usage.is_some();
     let chunk = |choices: Value, usage: Value| {
