@@ -215,6 +215,24 @@ pub struct FunctionCall {
     pub arguments: String,
 }
 
+/// The prompt-token estimate for `chars` characters in `messages` messages.
+pub fn prompt_tokens(chars: usize, messages: usize) -> u64 {
+    (chars as u64).div_ceil(4) + 4 * messages as u64 + 3
+}
+
+impl Message {
+    /// Characters of the message that count towards the prompt.
+    pub fn estimate_chars(&self) -> usize {
+        self.content.as_ref().map_or(0, Content::text_len)
+            + self.tool_calls.as_ref().map_or(0, |calls| {
+                calls
+                    .iter()
+                    .map(|c| c.function.name.len() + c.function.arguments.len())
+                    .sum()
+            })
+    }
+}
+
 /// The most messages one chat request may carry.
 pub const MAX_MESSAGES: usize = 10_000;
 
@@ -242,26 +260,18 @@ impl ChatRequest {
     /// A cheap, conservative estimate of prompt tokens (about four characters a token plus
     /// per-message overhead), used to reserve TPM before the provider reports real usage.
     pub fn estimate_prompt_tokens(&self) -> u64 {
-        let chars: usize = self
-            .messages
-            .iter()
-            .map(|m| {
-                m.content.as_ref().map_or(0, Content::text_len)
-                    + m.tool_calls.as_ref().map_or(0, |calls| {
-                        calls
-                            .iter()
-                            .map(|c| c.function.name.len() + c.function.arguments.len())
-                            .sum()
-                    })
-            })
-            .sum();
-        let tool_chars: usize = self.tools.as_ref().map_or(0, |tools| {
+        let chars: usize = self.messages.iter().map(Message::estimate_chars).sum();
+        prompt_tokens(chars + self.tool_chars(), self.messages.len())
+    }
+
+    /// Characters the tool definitions add to every prompt.
+    pub fn tool_chars(&self) -> usize {
+        self.tools.as_ref().map_or(0, |tools| {
             tools
                 .iter()
                 .map(|t| serde_json::to_string(t).map_or(0, |s| s.len()))
                 .sum()
-        });
-        ((chars + tool_chars) as u64).div_ceil(4) + 4 * self.messages.len() as u64 + 3
+        })
     }
 
     /// The text of the last user message (empty when there is none).
@@ -984,7 +994,7 @@ impl EmbeddingVector {
                 Ok(EmbeddingVector::Float(
                     bytes
                         .chunks_exact(4)
-                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .filter_map(|c| c.try_into().ok().map(f32::from_le_bytes))
                         .collect(),
                 ))
             }

@@ -606,7 +606,7 @@ fn sse_relay_frame(raw: &[u8], strip_usage: bool) -> Option<Bytes> {
         Some(head) if strip_usage => (head, b"}"),
         _ if !strip_usage => (raw, b""),
         _ => match top_level_members(raw, b"usage")?.found {
-            Some(range) => (&raw[..range.start], &raw[range.end..]),
+            Some(range) => (raw.get(..range.start)?, raw.get(range.end..)?),
             None => (raw, b""),
         },
     };
@@ -622,22 +622,25 @@ fn sse_relay_frame(raw: &[u8], strip_usage: bool) -> Option<Bytes> {
 fn has_keys(json: &[u8], keys: &[&[u8]]) -> bool {
     let mut missing = keys.len();
     let mut seen = [false; 8];
-    let mut at = 0;
+    let mut rest = json;
     while missing > 0 {
-        let Some(quote) = json[at..].iter().position(|b| *b == b'"') else {
+        let Some(quote) = rest.iter().position(|b| *b == b'"') else {
             return false;
         };
-        let rest = &json[at + quote..];
-        for (i, key) in keys.iter().enumerate().take(seen.len()) {
-            if !seen[i]
+        rest = rest.get(quote..).unwrap_or_default();
+        for (key, seen) in keys.iter().zip(seen.iter_mut()) {
+            if !*seen
                 && rest.starts_with(key)
-                && rest[key.len()..].trim_ascii_start().first() == Some(&b':')
+                && rest
+                    .get(key.len()..)
+                    .and_then(|after| after.trim_ascii_start().first())
+                    == Some(&b':')
             {
-                seen[i] = true;
+                *seen = true;
                 missing -= 1;
             }
         }
-        at += quote + 1;
+        rest = rest.get(1..).unwrap_or_default();
     }
     true
 }
@@ -674,7 +677,7 @@ fn top_level_members(json: &[u8], wanted: &[u8]) -> Option<TopLevel> {
             return None;
         }
         let key_end = i + 1 + json.get(i + 1..)?.iter().position(|b| *b == b'"')?;
-        let key = &json[i + 1..key_end];
+        let key = json.get(i + 1..key_end)?;
         if key.contains(&b'\\') {
             return None;
         }

@@ -77,7 +77,10 @@ fn completion_id(request: &ChatRequest) -> String {
     if let Ok(bytes) = serde_json::to_vec(&request.messages) {
         hasher.update(bytes);
     }
-    format!("chatcmpl-mock-{}", hex::encode(&hasher.finalize()[..8]))
+    format!(
+        "chatcmpl-mock-{}",
+        hex::encode(hasher.finalize().get(..8).unwrap_or_default())
+    )
 }
 
 impl MockProvider {
@@ -253,11 +256,16 @@ fn embed_text(text: &str, dimensions: usize) -> Vec<f32> {
             continue;
         }
         let digest = Sha256::digest(word.as_bytes());
-        let bucket = u64::from_le_bytes([
-            digest[0], digest[1], digest[2], digest[3], digest[4], digest[5], digest[6], digest[7],
-        ]) as usize
+        let bucket = u64::from_le_bytes(digest.first_chunk::<8>().copied().unwrap_or_default())
+            as usize
             % dimensions;
-        vector[bucket] += if digest[8] & 1 == 0 { 1.0 } else { -1.0 };
+        if let Some(slot) = vector.get_mut(bucket) {
+            *slot += if digest.get(8).is_some_and(|b| b & 1 == 0) {
+                1.0
+            } else {
+                -1.0
+            };
+        }
     }
     let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt();
     if norm > 0.0 {

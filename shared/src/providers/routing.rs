@@ -12,7 +12,8 @@ use rand::Rng;
 
 use super::{ChunkStream, ProviderError, ProviderErrorKind};
 use crate::api::{
-    ChatChunk, ChatCompletion, ChatRequest, EmbeddingRequest, EmbeddingResponse, Role,
+    ChatChunk, ChatCompletion, ChatRequest, EmbeddingRequest, EmbeddingResponse, Message, Role,
+    prompt_tokens,
 };
 use crate::auth::{ContextPolicy, KeyRecord};
 use crate::config::{BreakerConfig, RouteConfig, RoutingConfig};
@@ -827,34 +828,33 @@ pub fn trim_to_fit(request: &mut ChatRequest, window: u64) -> usize {
     let Some(last_user) = request.messages.iter().rposition(|m| m.role == Role::User) else {
         return 0;
     };
-    let droppable = |m: &crate::api::Message| !matches!(m.role, Role::System | Role::Developer);
+    // The estimate is kept as running totals, so trimming stays linear in the message count.
+    let mut chars: usize = request
+        .messages
+        .iter()
+        .map(Message::estimate_chars)
+        .sum::<usize>()
+        + request.tool_chars();
+    let mut count = request.messages.len();
     let mut keep = vec![true; request.messages.len()];
     let mut dropped = 0;
-    let estimate = |keep: &[bool], messages: &[crate::api::Message]| {
-        let mut probe = request.clone();
-        probe.messages = messages
-            .iter()
-            .zip(keep)
-            .filter(|(_, k)| **k)
-            .map(|(m, _)| m.clone())
-            .collect();
-        probe.estimate_prompt_tokens()
-    };
-    let mut i = 0;
-    while i < last_user && estimate(&keep, &request.messages) > window {
-        if droppable(&request.messages[i]) {
-            keep[i] = false;
-            dropped += 1;
+    let mut dropping_tool_results = false;
+    for (message, keep) in request.messages.iter().zip(keep.iter_mut()).take(last_user) {
+        let is_tool_result = message.role == Role::Tool;
+        let drop = if dropping_tool_results && is_tool_result {
             // Tool results answering a dropped assistant turn go with it.
-            let mut j = i + 1;
-            while j < last_user && request.messages[j].role == Role::Tool {
-                keep[j] = false;
-                dropped += 1;
-                j += 1;
-            }
-            i = j;
+            true
         } else {
-            i += 1;
+            dropping_tool_results = false;
+            prompt_tokens(chars, count) > window
+                && !matches!(message.role, Role::System | Role::Developer)
+        };
+        if drop {
+            *keep = false;
+            dropped += 1;
+            chars -= message.estimate_chars();
+            count -= 1;
+            dropping_tool_results = true;
         }
     }
     let messages = std::mem::take(&mut request.messages);

@@ -1,6 +1,8 @@
 //! HTTP plumbing shared by the HTTP providers: one pooled client per provider, timeouts on
 //! connect, first byte and stream idleness, and SSE decoding.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -62,12 +64,43 @@ pub(crate) async fn send(
     Err(parse_error(status.as_u16(), &body, retry_after))
 }
 
-/// Reads a whole response body within the idle timeout.
+/// Most bytes of one upstream response body: a whole answer, or an embeddings list (2,048
+/// vectors of 3,072 floats as JSON text is about 75 MB).
+pub(crate) const MAX_RESPONSE_BYTES: usize = 128 * 1024 * 1024;
+
+/// Most bytes of one upstream SSE event; a chunk is a few hundred bytes.
+pub(crate) const MAX_EVENT_BYTES: usize = 8 * 1024 * 1024;
+
+fn too_large(what: &str, limit: usize) -> ProviderError {
+    ProviderError::new(
+        ProviderErrorKind::Protocol,
+        format!("{what} is larger than {} MiB", limit / (1024 * 1024)),
+    )
+}
+
+/// Reads a whole response body within the idle timeout, refusing one over `MAX_RESPONSE_BYTES`
+/// before it is buffered.
 pub(crate) async fn read_body(
-    response: Response,
+    mut response: Response,
     timeouts: &Timeouts,
 ) -> Result<Bytes, ProviderError> {
-    tokio::time::timeout(Duration::from_millis(timeouts.idle_ms), response.bytes())
+    if response
+        .content_length()
+        .is_some_and(|length| length > MAX_RESPONSE_BYTES as u64)
+    {
+        return Err(too_large("the response body", MAX_RESPONSE_BYTES));
+    }
+    let read = async move {
+        let mut body = BytesMut::new();
+        while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
+            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                return Err(too_large("the response body", MAX_RESPONSE_BYTES));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body.freeze())
+    };
+    tokio::time::timeout(Duration::from_millis(timeouts.idle_ms), read)
         .await
         .map_err(|_| {
             ProviderError::new(
@@ -75,7 +108,6 @@ pub(crate) async fn read_body(
                 format!("response body stalled for {} ms", timeouts.idle_ms),
             )
         })?
-        .map_err(transport_error)
 }
 
 /// The response body as SSE events; a gap longer than `idle_ms` between events ends the stream
@@ -85,26 +117,44 @@ pub(crate) fn sse_events(
     timeouts: &Timeouts,
 ) -> impl Stream<Item = Result<Event, ProviderError>> + Send + 'static {
     let idle = Duration::from_millis(timeouts.idle_ms);
-    let events = response.bytes_stream().eventsource();
-    futures_util::stream::unfold(Some(events), move |state| async move {
-        let mut events = state?;
-        match tokio::time::timeout(idle, events.next()).await {
-            Err(_) => Some((
-                Err(ProviderError::new(
-                    ProviderErrorKind::Timeout,
-                    format!("stream stalled: no event for {} ms", idle.as_millis()),
+    // Bytes read since the last event: the parser buffers an unfinished event without bound.
+    let pending = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&pending);
+    let bytes = response.bytes_stream().map(move |chunk| {
+        let chunk = chunk?;
+        counted.fetch_add(chunk.len(), Ordering::Relaxed);
+        Ok::<_, reqwest::Error>(chunk)
+    });
+    let events = bytes.eventsource();
+    futures_util::stream::unfold(Some(events), move |state| {
+        let pending = Arc::clone(&pending);
+        async move {
+            let mut events = state?;
+            if pending.load(Ordering::Relaxed) > MAX_EVENT_BYTES {
+                return Some((Err(too_large("a stream event", MAX_EVENT_BYTES)), None));
+            }
+            let next = tokio::time::timeout(idle, events.next()).await;
+            if matches!(next, Ok(Some(Ok(_)))) {
+                pending.store(0, Ordering::Relaxed);
+            }
+            match next {
+                Err(_) => Some((
+                    Err(ProviderError::new(
+                        ProviderErrorKind::Timeout,
+                        format!("stream stalled: no event for {} ms", idle.as_millis()),
+                    )),
+                    None,
                 )),
-                None,
-            )),
-            Ok(None) => None,
-            Ok(Some(Ok(event))) => Some((Ok(event), Some(events))),
-            Ok(Some(Err(e))) => Some((
-                Err(ProviderError::new(
-                    ProviderErrorKind::Connection,
-                    format!("stream broken: {e}"),
+                Ok(None) => None,
+                Ok(Some(Ok(event))) => Some((Ok(event), Some(events))),
+                Ok(Some(Err(e))) => Some((
+                    Err(ProviderError::new(
+                        ProviderErrorKind::Connection,
+                        format!("stream broken: {e}"),
+                    )),
+                    None,
                 )),
-                None,
-            )),
+            }
         }
     })
 }
@@ -130,8 +180,16 @@ pub(crate) fn sse_data(
                     }
                     match body.next().await {
                         Some(Ok(chunk)) => decoder.push(&chunk),
-                        Some(Err(e)) => return Err(e),
+                        Some(Err(e)) => {
+                            return Err(ProviderError::new(
+                                ProviderErrorKind::Connection,
+                                format!("stream broken: {e}"),
+                            ));
+                        }
                         None => return Ok(None),
+                    }
+                    if decoder.pending_bytes() > MAX_EVENT_BYTES {
+                        return Err(too_large("a stream event", MAX_EVENT_BYTES));
                     }
                 }
             })
@@ -146,13 +204,7 @@ pub(crate) fn sse_data(
                 )),
                 Ok(Ok(None)) => None,
                 Ok(Ok(Some(data))) => Some((Ok(data), Some((body, decoder)))),
-                Ok(Err(e)) => Some((
-                    Err(ProviderError::new(
-                        ProviderErrorKind::Connection,
-                        format!("stream broken: {e}"),
-                    )),
-                    None,
-                )),
+                Ok(Err(error)) => Some((Err(error), None)),
             }
         },
     )
@@ -180,6 +232,16 @@ impl SseDecoder {
         self.buffer.extend_from_slice(chunk);
     }
 
+    /// Bytes held for the event not yet complete.
+    pub(crate) fn pending_bytes(&self) -> usize {
+        let data = match &self.data {
+            None => 0,
+            Some(EventData::One(data)) => data.len(),
+            Some(EventData::Many(data)) => data.len(),
+        };
+        self.buffer.len() + data
+    }
+
     /// The data of the next complete event, if the bytes pushed so far hold one.
     pub(crate) fn next_data(&mut self) -> Option<Bytes> {
         if !self.started {
@@ -196,10 +258,10 @@ impl SseDecoder {
                 .buffer
                 .iter()
                 .position(|b| matches!(b, b'\n' | b'\r'))?;
-            let terminator = match (self.buffer[end], self.buffer.get(end + 1)) {
-                (b'\r', Some(b'\n')) => 2,
+            let terminator = match (self.buffer.get(end), self.buffer.get(end + 1)) {
+                (Some(b'\r'), Some(b'\n')) => 2,
                 // A CR at the end may be the first half of a CRLF: wait for the next byte.
-                (b'\r', None) => return None,
+                (Some(b'\r'), None) => return None,
                 _ => 1,
             };
             let line = self.buffer.split_to(end).freeze();
@@ -215,7 +277,7 @@ impl SseDecoder {
                 Some(0) => continue,
                 Some(colon) => {
                     let start = colon + 1 + usize::from(line.get(colon + 1) == Some(&b' '));
-                    (&line[..colon], line.slice(start..))
+                    (line.get(..colon).unwrap_or_default(), line.slice(start..))
                 }
                 None => (&line[..], Bytes::new()),
             };
@@ -255,6 +317,20 @@ mod tests {
             }
         }
         events
+    }
+
+    #[test]
+    fn an_unfinished_event_counts_every_byte_held_for_it() {
+        let mut decoder = SseDecoder::default();
+        decoder.push(b"data: a\n\ndata: ");
+        assert_eq!(decoder.next_data().as_deref(), Some(&b"a"[..]));
+        decoder.push(&[b'x'; 1000]);
+        decoder.push(b"\ndata: more");
+        assert!(decoder.next_data().is_none());
+        assert!(decoder.pending_bytes() >= 1005, "{}", decoder.pending_bytes());
+        decoder.push(b"\n\n");
+        assert!(decoder.next_data().is_some());
+        assert_eq!(decoder.pending_bytes(), 0);
     }
 
     #[test]
