@@ -16,6 +16,7 @@ use bytes::BytesMut;
 use futures_util::{FutureExt, StreamExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tracing::Instrument;
 
 use crate::api::{
     ChatChunk, ChatCompletion, ChatRequest, CompletionAssembler, EmbeddingRequest, EncodingFormat,
@@ -30,7 +31,7 @@ use crate::error::ApiError;
 use crate::gateway::{Deployment, Gateway, ModelRoute};
 use crate::limits::{Estimate, Limiter, Reservation};
 use crate::providers::routing::{self, Outcome, Selection};
-use crate::providers::{ChunkStream, now_secs};
+use crate::providers::{ChunkStream, ErrorSource, ProviderError, now_secs};
 use crate::store::StoreError;
 use crate::telemetry::{EMF, Emf, METRICS, Metrics, RequestFacts};
 
@@ -161,7 +162,10 @@ async fn request_id(request: Request, next: Next) -> Response {
             let id = format!("req_{:032x}", rand::random::<u128>());
             HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("req_unknown"))
         });
-    let mut response = next.run(request).await;
+    // Log lines written while the request is handled carry its id, so the `x-request-id` of an
+    // error finds the details its body leaves out (a provider's failure, say).
+    let span = tracing::info_span!("request", request_id = %String::from_utf8_lossy(id.as_bytes()));
+    let mut response = next.run(request).instrument(span).await;
     response.headers_mut().insert(X_REQUEST_ID.clone(), id);
     response
 }
@@ -483,6 +487,9 @@ async fn chat(
                 usage_sent: false,
                 settlement: Some(settlement),
                 model: answer.route.name.clone(),
+                provider: answer.deployment.provider_name.clone(),
+                upstream_model: answer.deployment.model.clone(),
+                span: tracing::Span::current(),
                 leader,
                 background: gateway.background.clone(),
                 cache_ttl_s: answer.route.cache_ttl_s,
@@ -748,6 +755,13 @@ struct StreamRelay {
     usage_sent: bool,
     settlement: Option<Settlement>,
     model: String,
+    /// Who answered: the provider's config name and its own name for the model, to word an
+    /// upstream failure for the client.
+    provider: String,
+    upstream_model: String,
+    /// The request's span: a stream fails after the handler has returned, and its log line
+    /// must still carry the request id.
+    span: tracing::Span,
     leader: Option<Leader>,
     background: Background,
     cache_ttl_s: u64,
@@ -813,6 +827,7 @@ impl StreamRelay {
                             "timeout",
                             "The request's deadline passed before the answer was complete.",
                         ),
+                        None,
                     ));
                 }
             };
@@ -848,7 +863,13 @@ impl StreamRelay {
                 Some(Err(error)) => {
                     self.finished = true;
                     let reason = format!("{:?}", error.kind).to_lowercase();
-                    return Some(self.fail(&reason, error.to_api_error("upstream")));
+                    let source = ErrorSource {
+                        provider: &self.provider,
+                        model: &self.model,
+                        upstream_model: &self.upstream_model,
+                    };
+                    let api_error = error.to_api_error(&source);
+                    return Some(self.fail(&reason, api_error, Some(&error)));
                 }
                 None => {
                     self.finished = true;
@@ -859,9 +880,18 @@ impl StreamRelay {
     }
 
     /// Ends a stream that broke: an SSE error event the SDKs raise, no cache entry; what was
-    /// produced is billed when the settlement drops.
-    fn fail(&mut self, reason: &str, error: ApiError) -> Bytes {
-        tracing::warn!(reason, model = %self.model, "stream broken after it started");
+    /// produced is billed when the settlement drops. The upstream's error, if that is the
+    /// cause, goes to the log in full.
+    fn fail(&mut self, reason: &str, error: ApiError, cause: Option<&ProviderError>) -> Bytes {
+        self.span.in_scope(|| {
+            tracing::warn!(
+                reason,
+                model = %self.model,
+                provider = %self.provider,
+                cause = cause.map(tracing::field::display),
+                "stream broken after it started"
+            );
+        });
         Metrics::count(&METRICS.broken_streams, &[("reason", reason)]);
         self.leader = None;
         self.settlement = None;
@@ -876,8 +906,12 @@ impl StreamRelay {
                 ApiError::new(
                     StatusCode::BAD_GATEWAY,
                     "api_error",
-                    "The provider's stream ended before the answer was complete.",
+                    format!(
+                        "Provider `{}` ended the stream before the answer was complete.",
+                        self.provider
+                    ),
                 ),
+                None,
             );
         }
         let usage = self.usage();
@@ -945,11 +979,11 @@ async fn embed(
     let deployment = &route.deployments[routing::choose(route, &[], Instant::now()).unwrap_or(0)];
     let format = request.encoding_format.unwrap_or(EncodingFormat::Float);
     request.model.clone_from(&deployment.model);
-    let mut response = deployment
-        .provider
-        .embed(&request)
-        .await
-        .map_err(|e| e.to_api_error(&deployment.provider_name))?;
+    let mut response = deployment.provider.embed(&request).await.map_err(|error| {
+        let provider = deployment.provider_name.as_str();
+        tracing::warn!(provider, model = %deployment.model, %error, "provider call failed");
+        error.to_api_error(&deployment.error_source(&route.name))
+    })?;
     for item in &mut response.data {
         let vector = std::mem::replace(
             &mut item.embedding,

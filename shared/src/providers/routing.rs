@@ -407,7 +407,7 @@ pub async fn execute<'g>(
     let mut attempts = 0;
     let mut attempts_here = 0;
     let mut retries = 0;
-    let mut last_error: Option<(ProviderError, &'g Deployment)> = None;
+    let mut last_error: Option<(ProviderError, &'g Deployment, &'g str)> = None;
 
     while attempts < config.max_attempts && route_index < routes.len() {
         let current = routes[route_index];
@@ -481,7 +481,7 @@ pub async fn execute<'g>(
                 let step = next_step(&error);
                 let retry_after = error.retry_after_secs;
                 let has_fallback = route_index + 1 < routes.len();
-                last_error = Some((error, deployment));
+                last_error = Some((error, deployment, current.name.as_str()));
                 match step {
                     Next::GiveUp => break,
                     Next::LargerContext => {
@@ -542,7 +542,7 @@ pub async fn execute<'g>(
         }
     }
     Err(match last_error {
-        Some((error, deployment)) => error.to_api_error(&deployment.provider_name),
+        Some((error, deployment, model)) => error.to_api_error(&deployment.error_source(model)),
         None => ApiError::new(
             http::StatusCode::SERVICE_UNAVAILABLE,
             "api_error",

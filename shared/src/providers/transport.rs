@@ -19,6 +19,8 @@ pub(crate) fn client(timeouts: &Timeouts) -> reqwest::Result<reqwest::Client> {
         .build()
 }
 
+/// A failed exchange, with the whole chain of causes for the log (reqwest's own text names the
+/// URL but not why, such as a refused connection); the client only ever sees the class.
 fn transport_error(error: reqwest::Error) -> ProviderError {
     let kind = if error.is_timeout() {
         ProviderErrorKind::Timeout
@@ -27,7 +29,14 @@ fn transport_error(error: reqwest::Error) -> ProviderError {
     } else {
         ProviderErrorKind::Protocol
     };
-    ProviderError::new(kind, error.to_string())
+    let mut message = error.to_string();
+    let mut cause = std::error::Error::source(&error);
+    while let Some(inner) = cause {
+        message.push_str(": ");
+        message.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    ProviderError::new(kind, message)
 }
 
 /// Sends a request and waits for the response headers for at most `first_byte_ms`. A non-2xx
