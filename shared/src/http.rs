@@ -54,6 +54,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/admin/keys", post(create_key).get(list_keys))
         .route("/v1/admin/keys/{id}", delete(revoke_key))
+        .route("/metrics", get(admin_metrics))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&gateway),
             authenticate,
@@ -61,7 +62,6 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route_layer(middleware::from_fn(cloudwatch_metrics));
     Router::new()
         .route("/health", get(health))
-        .route("/metrics", get(metrics))
         .merge(authenticated)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -70,8 +70,16 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .with_state(gateway)
 }
 
-/// Resolves the bearer key of every route but `/health` and `/metrics`, unless a front (the API
-/// Gateway authorizer) already did.
+/// `/metrics` alone and without a key, for a listener of its own on a private network (the
+/// local server's `server.metrics_listen`); the main router's `/metrics` needs an admin key.
+pub fn metrics_router() -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+}
+
+/// Resolves the bearer key of every route but `/health`, unless a front (the API Gateway
+/// authorizer) already did.
 async fn authenticate(
     State(gateway): State<Arc<Gateway>>,
     mut request: Request,
@@ -172,6 +180,15 @@ async fn request_id(request: Request, next: Next) -> Response {
 
 async fn health() -> impl IntoResponse {
     axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+/// The metrics name every model, provider and deployment, and tell traffic and spend: for
+/// operators only.
+async fn admin_metrics(Extension(AuthorizedKey(key)): Extension<AuthorizedKey>) -> Response {
+    match require_admin(&key) {
+        Ok(()) => metrics().await.into_response(),
+        Err(error) => error.into_response(),
+    }
 }
 
 async fn metrics() -> impl IntoResponse {

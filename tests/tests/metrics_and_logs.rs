@@ -1,5 +1,6 @@
-//! What an operator reads: log lines, which carry the request id and the details an error body
-//! leaves out, through `gateway-local`.
+//! What an operator reads: Prometheus `/metrics`, which needs an admin key unless it is served on
+//! a listener of its own (`server.metrics_listen`), and log lines, which carry the request id
+//! and the details an error body leaves out. Through the router, and through `gateway-local`.
 
 mod common;
 
@@ -9,9 +10,76 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::within;
+use common::{TestGateway, within};
+use gateway::auth::NewKey;
+
+const CONFIG: &str = r#"
+[providers.mock]
+kind = "mock"
+
+[models.mock]
+deployments = [{ provider = "mock", model = "mock" }]
+"#;
 
 const ADMIN_KEY: &str = "gw-operator-test-admin";
+
+async fn get(url: &str, key: Option<&str>) -> (u16, String) {
+    let mut request = reqwest::Client::new()
+        .get(url)
+        .timeout(Duration::from_secs(10));
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let response = request.send().await.expect("answered");
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn metrics_on_the_main_router_need_an_admin_key() {
+    within(30, async {
+        let gw = TestGateway::start(CONFIG).await;
+        let user = gw.plain_key().await;
+        let (admin, _) = gw
+            .key(NewKey {
+                name: "ops".into(),
+                admin: true,
+                ..NewKey::default()
+            })
+            .await;
+        let url = format!("{}/metrics", gw.url);
+        let (status, body) = get(&url, None).await;
+        assert_eq!(status, 401, "{body}");
+        assert!(!body.contains("gateway_"), "{body}");
+        let (status, body) = get(&url, Some(&user)).await;
+        assert_eq!(status, 403, "{body}");
+        assert!(!body.contains("gateway_"), "{body}");
+        let (status, body) = get(&url, Some(&admin)).await;
+        assert_eq!(status, 200);
+        assert!(body.contains("# EOF"), "{body}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_metrics_router_serves_metrics_alone_without_a_key() {
+    within(30, async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, gateway::http::metrics_router()).await;
+        });
+        let (status, body) = get(&format!("{url}/metrics"), None).await;
+        assert_eq!(status, 200);
+        assert!(body.contains("# EOF"), "{body}");
+        // Nothing else is served there.
+        assert_eq!(get(&format!("{url}/v1/models"), None).await.0, 404);
+        assert_eq!(get(&format!("{url}/health"), None).await.0, 404);
+    })
+    .await;
+}
 
 /// The `gateway-local` binary of this workspace (built by `tests/run` before the tests).
 fn gateway_local() -> PathBuf {
@@ -115,6 +183,23 @@ impl Drop for LocalServer {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+#[tokio::test]
+async fn gateway_local_serves_metrics_without_a_key_only_on_metrics_listen() {
+    within(60, async {
+        let metrics_port = free_port();
+        let config = format!("[server]\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n{CONFIG}");
+        let server = LocalServer::start("metrics-listen", &config, &[]);
+        let (status, body) = get(&format!("http://127.0.0.1:{metrics_port}/metrics"), None).await;
+        assert_eq!(status, 200);
+        assert!(body.contains("# EOF"), "{body}");
+        // The main listener still needs an admin key.
+        let main = format!("{}/metrics", server.url);
+        assert_eq!(get(&main, None).await.0, 401);
+        assert_eq!(get(&main, Some(ADMIN_KEY)).await.0, 200);
+    })
+    .await;
 }
 
 #[tokio::test]
