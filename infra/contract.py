@@ -15,6 +15,12 @@ For every Lambda function of the template (an `AWS::Serverless::Function` whose
    reason. Also: the role can write the function's logs, and a role polled by an SQS event source
    can receive and delete from that queue.
 
+And for the route table (see `check_routes`): every route of the shared axum router (method and
+path) is a path and method of each REST API that fronts it, integrated with a function that serves
+the router, streamed and behind the key authorizer; and every such API operation is a route the
+router serves. Deliberate differences are listed in `ROUTES_NOT_ON_API`, `ROUTERS_NOT_ON_LAMBDA`,
+`API_WITHOUT_ROUTE` and `PUBLIC_OPERATIONS`, each with its reason.
+
 How the code side is read (honest but simple; no compiler involved):
 
 - Sources. A function compiles its own `functions/<crate>/src/**/*.rs` and the modules of the
@@ -50,6 +56,20 @@ How the code side is read (honest but simple; no compiler involved):
   in the template names the resource whose ARN the role must allow. When no table can be
   determined, the action must be allowed on at least one table the function names.
 
+- Routes. Every `.route("/path", <method router>)` in `shared/src/http.rs` and in every `.rs` file
+  under `shared/src/http/` (override with --router-source or CONTRACT_ROUTER_SOURCES), outside
+  `#[cfg(test)]` and comments, calls spanning lines included. The path is a string literal or a
+  `const` of those files; the methods are the calls at the top level of the second argument:
+  `get(a)`, `post(a).get(b)`, `axum::routing::delete(c)`, `.put(d)`, `on(MethodFilter::X, e)`,
+  `any(f)` (= every method) and their `_service` forms; `.route_service` is every method. Paths are
+  axum's (`{id}`, `{*rest}`; 0.7's `:id`, `*rest` too). `.nest(` and `.nest_service(` are reported,
+  not followed: a nested router's prefix is not read. HEAD is implied by GET (axum) and never
+  required. A function serves the router when its reachable code names `http::router`.
+- API paths. The `paths` of each `AWS::ApiGateway::RestApi` body, resolved the way API Gateway
+  picks a resource (a literal segment before `{param}`, before a trailing `{proxy+}`), then the
+  method or `x-amazon-apigateway-any-method`; an integration's function is read from its
+  (evaluated) Lambda URI.
+
 Template side: the template is translated to plain CloudFormation (infra/translate.py, offline)
 so SAM's Globals, generated roles and expanded policy templates are what is checked; intrinsic
 functions are evaluated with the parameters' defaults (override with --parameter NAME=VALUE),
@@ -58,7 +78,7 @@ IAM wildcards are honoured, Deny statements win, and of the AWS managed policies
 but the code does not read and actions a role grants that the code does not call (yet).
 
 Usage: contract.py [--root DIR] [--template FILE] [--translated FILE] [--parameter NAME=VALUE]...
-                   [--quiet]
+                   [--router-source PATH]... [--quiet]
 Exit status 0 when code and template agree, 1 on drift, 2 when the inputs cannot be read.
 """
 
@@ -151,6 +171,44 @@ NOT_EXECUTED = {
         "CacheStore::put": "backends_from_env builds a cache backend the authorizer never calls",
         "DynamoLimiter::*": "backends_from_env builds a limiter the authorizer never calls",
     },
+}
+
+# --------------------------------------------------------------------------- route table
+
+# Why the REST API lists every route explicitly instead of one `/{proxy+}` catch-all behind the
+# authorizer: integrations differ per route (chat and embeddings stream with an integration
+# timeout of up to 15 minutes instead of 29 s, /v1/ingest goes buffered to another function,
+# /health needs no key), and per-route method settings (throttling, caching) need a resource
+# of their own; an unknown path is also answered by API Gateway (MISSING_AUTHENTICATION_TOKEN,
+# mapped to 404) without invoking the authorizer or a Lambda. The price is that a route added
+# to the router must be added to the API too, or it is a 404 on AWS that no local test sees:
+# `check_routes` turns that into drift. Every entry below is a deliberate difference, with its
+# reason; an entry that no longer matches anything is itself reported, so delete it then.
+
+# Router routes (METHOD, path as written in the router) that the API does not serve.
+ROUTES_NOT_ON_API = {
+    ("GET", "/metrics"): "Prometheus text of one process's in-memory registry: on Lambda that is one execution "
+    "environment's counters, a random one per request, so operators read the EMF metrics in CloudWatch "
+    "instead (gateway-local serves it, with an admin key or on server.metrics_listen)",
+}
+
+# Functions under shared/src/http* that build a router the Lambda functions never serve: their
+# routes are not compared with the API.
+ROUTERS_NOT_ON_LAMBDA = {
+    "metrics_router": "gateway-local's keyless /metrics listener on its own address (server.metrics_listen)",
+}
+
+# Operations (METHOD or ANY, API path) integrated with the router's function that the router
+# does not serve: requests reach the function and get its 404.
+API_WITHOUT_ROUTE = {
+    ("POST", "/v1/files"): "Files API, planned in issue 11 (batch jobs); until then the router answers 404",
+    ("POST", "/v1/batches"): "Batches API, planned in issue 11; until then the router answers 404",
+    ("GET", "/v1/batches/{id}"): "Batches API, planned in issue 11; until then the router answers 404",
+}
+
+# Operations integrated with the router's function that do not require the key authorizer.
+PUBLIC_OPERATIONS = {
+    ("GET", "/health"): "liveness probe for uptime checks; answers {\"status\":\"ok\"} and needs no key, as in the router",
 }
 
 # --------------------------------------------------------------------------- AWS operations
@@ -1093,6 +1151,14 @@ class Function:
     lid: str
     crate_dir: Path
     main: Path
+    sources: list | None = None  # its own files and the shared code it reaches (function_sources)
+
+
+def function_sources(fn: Function, crate: SharedCrate, root: Path) -> list[Source]:
+    if fn.sources is None:
+        own = [load_source(p, root, None) for p in sorted((fn.crate_dir / "src").rglob("*.rs"))]
+        fn.sources = reachable_sources(crate, own)
+    return fn.sources
 
 
 class Report:
@@ -1230,8 +1296,7 @@ def check_function(fn: Function, template: Template, crate: SharedCrate, root: P
         report.drift(f"{fn.lid} is not a Lambda function in the translated template")
         return
     props = lambda_fn.get("Properties", {})
-    own = [load_source(p, root, None) for p in sorted((fn.crate_dir / "src").rglob("*.rs"))]
-    sources = reachable_sources(crate, own)
+    sources = function_sources(fn, crate, root)
     report.info("sources", ", ".join(s.rel for s in sources))
 
     # ---- environment
@@ -1363,6 +1428,326 @@ def check_function(fn: Function, template: Template, crate: SharedCrate, root: P
         report.info("note", f"granted but not called by this code (yet): {', '.join(unused)}")
 
 
+# --------------------------------------------------------------------------- routes
+
+HTTP_METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE", "CONNECT")
+ROUTER_CALL = re.compile(r"\.\s*(route|route_service|nest|nest_service)\s*\(")
+METHOD_CALL = re.compile(r"(?<![\w])(get|post|put|delete|patch|head|options|trace|connect|any|on)(?:_service)?\s*\(")
+ROUTE_CONST = re.compile(r"\bconst\s+([A-Za-z_]\w*)\s*:\s*&(?:'static\s+)?str\s*=\s*\"([^\"]*)\"")
+SAMPLE_SEGMENT = "contract-sample"
+
+
+@dataclass
+class Route:
+    method: str  # GET, POST, ... or ANY
+    path: str  # as written in the router
+    where: list
+
+
+def router_files(root: Path, given: list[str]) -> list[Path]:
+    """The .rs files routes are read from: shared/src/http.rs and shared/src/http/**, or `given`."""
+    places = [Path(g) for g in given] or [root / "shared" / "src" / "http.rs", root / "shared" / "src" / "http"]
+    files = []
+    for place in places:
+        if place.is_file():
+            files.append(place)
+        elif place.is_dir():
+            files += sorted(place.rglob("*.rs"))
+    return files
+
+
+def top_level_args(bare: str, start: int, end: int) -> list[tuple[int, int]]:
+    """(start, end) of the comma-separated arguments in bare[start:end], at bracket depth 0."""
+    spans, depth, begin = [], 0, start
+    for j in range(start, end):
+        ch = bare[j]
+        depth += ch in "([{"
+        depth -= ch in ")]}"
+        if ch == "," and depth == 0:
+            spans.append((begin, j))
+            begin = j + 1
+    if bare[begin:end].strip():
+        spans.append((begin, end))
+    return spans
+
+
+def flatten(bare: str) -> str:
+    """Blanks what is inside brackets, so only the top level of an expression remains."""
+    out, depth = [], 0
+    for ch in bare:
+        if ch in ")]}":
+            depth -= 1
+        out.append(ch if depth <= 0 or ch == "\n" else " ")
+        if ch in "([{":
+            depth += 1
+    return "".join(out)
+
+
+def route_methods(source: Source, start: int, end: int) -> list[str]:
+    """Methods of a method router expression (the second argument of `.route`)."""
+    flat = flatten(source.bare[start:end])
+    methods = []
+    for m in METHOD_CALL.finditer(flat):
+        name = m.group(1)
+        if name == "on":  # on(MethodFilter::GET.or(MethodFilter::POST), handler)
+            close = balanced(source.bare, start + m.end() - 1)
+            filters = re.findall(r"MethodFilter\s*::\s*([A-Z]+)", source.code[start + m.end():close])
+            methods += [f for f in filters if f in HTTP_METHODS]
+        else:
+            methods.append("ANY" if name == "any" else name.upper())
+    return methods
+
+
+def read_routes(files: list[Path], root: Path, report: Report) -> tuple[list[Route], set]:
+    """Routes of the router functions in `files`, and the ROUTERS_NOT_ON_LAMBDA names that matched."""
+    sources = []
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        code, bare = strip_tests(*lex(text))
+        rel = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+        sources.append(Source(path, rel, None, code, bare, [i for i, ch in enumerate(text) if ch == "\n"]))
+    consts = {m.group(1): m.group(2) for s in sources for m in ROUTE_CONST.finditer(s.code)}
+    routes: dict[tuple, Route] = {}
+    skipped = set()
+    for s in sources:
+        for m in ROUTER_CALL.finditer(s.bare):
+            call, where = m.group(1), s.where(m.start())
+            fn, _ = enclosing(s, m.start())
+            if fn is not None and fn.name in ROUTERS_NOT_ON_LAMBDA:
+                skipped.add(fn.name)
+                continue
+            if call.startswith("nest"):
+                report.drift(f"{where}: `.{call}(` mounts a router under a prefix, which the contract does not follow: "
+                             "extend infra/contract.py (check_routes) or write the routes out")
+                continue
+            close = balanced(s.bare, m.end() - 1)
+            args = top_level_args(s.bare, m.end(), close)
+            if len(args) != 2:
+                report.drift(f"{where}: cannot read `.{call}(...)` (expected a path and a method router)")
+                continue
+            first = s.code[args[0][0]:args[0][1]].strip()
+            literal = re.fullmatch(r'"([^"\\]*)"', first)
+            path = literal.group(1) if literal else consts.get(first)
+            if path is None:
+                report.drift(f"{where}: cannot read the path of `.{call}({first}, ...)` (a string literal or a "
+                             "`const NAME: &str` of these files is expected)")
+                continue
+            # axum 0.7 syntax (`:id`, `*rest`) to 0.8's (`{id}`, `{*rest}`).
+            path = re.sub(r"/:([A-Za-z_]\w*)", r"/{\1}", path)
+            path = re.sub(r"/\*([A-Za-z_]\w*)", r"/{*\1}", path)
+            methods = ["ANY"] if call == "route_service" else route_methods(s, *args[1])
+            if not methods:
+                report.drift(f"{where}: cannot read the methods of `.route(\"{path}\", ...)` (expected get(..), "
+                             "post(..).get(..), on(MethodFilter::X, ..), any(..), ...)")
+                continue
+            for method in methods:
+                routes.setdefault((method, path), Route(method, path, [])).where.append(where)
+    return list(routes.values()), skipped
+
+
+def sample_request(path: str) -> list[str]:
+    """A request path the route matches, as segments: `{id}` -> a sample, `{*rest}` -> two segments."""
+    out = []
+    for segment in [s for s in path.split("/") if s]:
+        if segment.startswith("{*"):
+            out += [SAMPLE_SEGMENT, SAMPLE_SEGMENT]
+        elif segment.startswith("{"):
+            out.append(SAMPLE_SEGMENT)
+        else:
+            out.append(segment)
+    return out
+
+
+def api_specificity(api_path: str, request: list[str]) -> tuple | None:
+    """How specifically an API resource path matches a request (higher wins), None if it does not:
+    per segment a literal (2) before a `{param}` (1) before a trailing greedy `{proxy+}` (0)."""
+    segments = [s for s in api_path.split("/") if s]
+    score = []
+    for i, segment in enumerate(segments):
+        if segment.startswith("{") and segment.endswith("+}"):
+            return tuple(score + [0]) if i == len(segments) - 1 and len(request) > i else None
+        if i >= len(request):
+            return None
+        if segment.startswith("{") and segment.endswith("}"):
+            score.append(1)
+        elif segment == request[i]:
+            score.append(2)
+        else:
+            return None
+    return tuple(score) if len(request) == len(segments) else None
+
+
+@dataclass
+class Operation:
+    api: str  # logical id of the RestApi
+    method: str  # GET, ... or ANY
+    path: str
+    function: str | None  # logical id of the integrated Lambda function
+    uri: str
+    streamed: bool
+    transfer_stream: bool
+    authorized: bool
+
+
+def api_operations(template: Template) -> dict[str, dict[str, dict[str, Operation]]]:
+    """RestApi logical id -> API path -> METHOD/ANY -> Operation."""
+    names = {}  # physical function name -> logical id
+    for lid, r in template.resources.items():
+        if r["Type"] == "AWS::Lambda::Function":
+            names[template.physical(lid)] = lid
+            given = r.get("Properties", {}).get("FunctionName")
+            if given is not None:
+                names[str(template.eval(given))] = lid
+    apis = {}
+    for lid, r in template.resources.items():
+        if r["Type"] != "AWS::ApiGateway::RestApi":
+            continue
+        body = r.get("Properties", {}).get("Body") or {}
+        schemes = (body.get("components") or {}).get("securitySchemes") or body.get("securityDefinitions") or {}
+        authorizers = {n for n, scheme in schemes.items() if "x-amazon-apigateway-authorizer" in scheme}
+        default_security = body.get("security", [])
+        paths = {}
+        for path, item in (body.get("paths") or {}).items():
+            for key, op in item.items():
+                method = "ANY" if key == "x-amazon-apigateway-any-method" else key.upper()
+                if method != "ANY" and method not in HTTP_METHODS:
+                    continue
+                integration = op.get("x-amazon-apigateway-integration") or {}
+                uri = str(template.eval(integration.get("uri", "")) or "")
+                m = re.search(r":function:([^/:]+)(?::[^/]+)?/(?:response-streaming-)?invocations$", uri)
+                security = op.get("security", default_security) or []
+                paths.setdefault(path, {})[method] = Operation(
+                    lid, method, path, names.get(m.group(1)) if m else None, uri,
+                    uri.endswith("/response-streaming-invocations"),
+                    integration.get("responseTransferMode") == "STREAM",
+                    any(name in authorizers for requirement in security for name in requirement))
+        apis[lid] = paths
+    return apis
+
+
+def router_functions(functions: list[Function], crate: SharedCrate, root: Path) -> list[Function]:
+    """The deployed functions whose code reaches `http::router` (the shared router)."""
+    found = []
+    for fn in functions:
+        for source in function_sources(fn, crate, root):
+            if source.module and source.module[0] == "http":
+                continue
+            if any("http" in path[:-1] and "router" in path[path.index("http") + 1:] for path in paths_in(source)):
+                found.append(fn)
+                break
+    return found
+
+
+def check_routes(template: Template, functions: list[Function], crate: SharedCrate, root: Path, report: Report,
+                 router_sources: list[str]):
+    files = router_files(root, router_sources)
+    shown = ", ".join(str(f.relative_to(root)) if f.is_relative_to(root) else str(f) for f in files)
+    report.section(f"[routes] the shared router ({shown or 'no files'}) against the REST API")
+    if not files:
+        report.drift("no router source found (shared/src/http.rs or shared/src/http/)")
+        return
+    routes, skipped = read_routes(files, root, report)
+    for name in sorted(skipped):
+        report.info("skipped", f"routes of `{name}`: {ROUTERS_NOT_ON_LAMBDA[name]} [ROUTERS_NOT_ON_LAMBDA]")
+    for name in sorted(set(ROUTERS_NOT_ON_LAMBDA) - skipped):
+        report.drift(f"ROUTERS_NOT_ON_LAMBDA names `{name}`, which builds no route any more: delete the entry")
+    if not routes:
+        report.drift(f"no `.route(` call found in {shown}: the contract cannot read the router")
+        return
+    serving = {fn.lid for fn in router_functions(functions, crate, root)}
+    if not serving:
+        report.drift("no function of the template reaches `http::router` (the contract looks for that path in "
+                     "each function's reachable code): the route table cannot be checked")
+        return
+    report.info("router", f"served by {', '.join(sorted(serving))}; routes: "
+                + ", ".join(f"{r.method} {r.path}" for r in sorted(routes, key=lambda r: (r.path, r.method))))
+    apis = {lid: paths for lid, paths in api_operations(template).items()
+            if any(op.function in serving for ops in paths.values() for op in ops.values())}
+    for lid in sorted(r for r, res in template.resources.items()
+                      if res["Type"] in ("AWS::ApiGatewayV2::Api", "AWS::ApiGateway::Method")):
+        report.drift(f"{lid} ({template.resources[lid]['Type']}) defines routes the contract does not read: "
+                     "extend check_routes in infra/contract.py")
+    if not apis:
+        report.drift(f"no REST API of the template integrates {', '.join(sorted(serving))}: "
+                     "the router's routes are not reachable through API Gateway")
+        return
+
+    used_exceptions = set()
+    for api, paths in sorted(apis.items()):
+        used_ops = set()
+        for route in sorted(routes, key=lambda r: (r.path, r.method)):
+            label, where = f"{route.method} {route.path}", ", ".join(route.where)
+            request = sample_request(route.path)
+            scored = [(api_specificity(p, request), p) for p in paths]
+            scored = [(score, p) for score, p in scored if score is not None]
+            resource = max(scored)[1] if scored else None
+            op = None
+            if resource is not None:
+                ops = paths[resource]
+                op = ops.get("ANY") if route.method == "ANY" else ops.get(route.method) or ops.get("ANY")
+            if op is not None:
+                used_ops.add((op.method, op.path))
+                if route.method == "GET" and "HEAD" in paths[resource]:
+                    used_ops.add(("HEAD", resource))
+            exception = ROUTES_NOT_ON_API.get((route.method, route.path))
+            if exception is not None:
+                used_exceptions.add(("ROUTES_NOT_ON_API", (route.method, route.path)))
+                if op is None:
+                    report.info("skipped", f"{label} ({where}) is not on {api}: {exception} [ROUTES_NOT_ON_API]")
+                else:
+                    report.drift(f"{label} is listed in ROUTES_NOT_ON_API but {api} serves it ({op.method} "
+                                 f"{op.path}): delete the entry")
+                continue
+            if op is None:
+                why = "no API path matches it" if resource is None else \
+                    f"API path {resource} has no {route.method} (nor x-amazon-apigateway-any-method)"
+                report.drift(f"{label} is served by the router ({where}) but missing from {api}: {why}, so on AWS "
+                             f"it is a 404. Add it to the API's paths in infra/template.yaml like its neighbours "
+                             "(or, if deliberate, to ROUTES_NOT_ON_API with the reason)")
+            elif op.function not in serving:
+                report.drift(f"{label} ({where}): {api} sends {op.method} {op.path} to "
+                             f"{op.function or op.uri or 'no Lambda function'}, which does not serve the router")
+            else:
+                report.ok(f"{label} -> {api} {op.method} {op.path} ({op.function})")
+
+        for path, ops in sorted(paths.items()):
+            for method, op in sorted(ops.items()):
+                if op.function not in serving:
+                    report.info("other", f"{api} {method} {path} -> {op.function or op.uri or 'not a Lambda'} "
+                                "(not the router: not compared)")
+                    continue
+                key, label = (method, path), f"{api} {method} {path}"
+                if key not in used_ops:
+                    if key in API_WITHOUT_ROUTE:
+                        used_exceptions.add(("API_WITHOUT_ROUTE", key))
+                        report.info("skipped", f"{label} has no router route: {API_WITHOUT_ROUTE[key]} [API_WITHOUT_ROUTE]")
+                    else:
+                        report.drift(f"{label} goes to {op.function}, but the router serves no route there "
+                                     f"(a 404 from the router): remove it, add the route, or list it in API_WITHOUT_ROUTE")
+                elif key in API_WITHOUT_ROUTE:
+                    used_exceptions.add(("API_WITHOUT_ROUTE", key))
+                    report.drift(f"{label} is listed in API_WITHOUT_ROUTE but the router serves it now: delete the entry")
+                if not (op.streamed and op.transfer_stream):
+                    report.drift(f"{label} is not a streaming integration (the `response-streaming-invocations` URI "
+                                 "and `responseTransferMode: STREAM`): the chat function answers each invocation "
+                                 "the way its front invokes, and every route it serves is streamed (template header)")
+                if key in PUBLIC_OPERATIONS:
+                    used_exceptions.add(("PUBLIC_OPERATIONS", key))
+                    if op.authorized:
+                        report.drift(f"{label} is listed in PUBLIC_OPERATIONS but requires the authorizer: delete the entry")
+                    else:
+                        report.info("public", f"{label}: {PUBLIC_OPERATIONS[key]} [PUBLIC_OPERATIONS]")
+                elif not op.authorized:
+                    report.drift(f"{label} does not require the key authorizer (its `security` names none): every "
+                                 "router route but those in PUBLIC_OPERATIONS is behind it")
+
+    for name, table in (("ROUTES_NOT_ON_API", ROUTES_NOT_ON_API), ("API_WITHOUT_ROUTE", API_WITHOUT_ROUTE),
+                        ("PUBLIC_OPERATIONS", PUBLIC_OPERATIONS)):
+        for key in sorted(set(table)):
+            if (name, key) not in used_exceptions:
+                report.drift(f"{name} lists {' '.join(key)}, which matches nothing any more: delete the entry")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default=str(HERE.parent))
@@ -1370,6 +1755,10 @@ def main() -> int:
     parser.add_argument("--translated", default=None, help="the template already translated by translate.py")
     parser.add_argument("--parameter", action="append", default=[], metavar="NAME=VALUE",
                         help="evaluate the template with this parameter value instead of its default")
+    parser.add_argument("--router-source", action="append", metavar="PATH",
+                        default=[p for p in os.environ.get("CONTRACT_ROUTER_SOURCES", "").split(os.pathsep) if p],
+                        help="a .rs file or a folder of them to read the router's routes from instead of "
+                        "shared/src/http.rs and shared/src/http/ (repeatable; default from CONTRACT_ROUTER_SOURCES)")
     parser.add_argument("--quiet", action="store_true", help="print only the drift")
     args = parser.parse_args()
     root = Path(args.root).resolve()
@@ -1425,6 +1814,7 @@ def main() -> int:
 
     for fn in functions:
         check_function(fn, template, crate, root, report, used_exemptions)
+    check_routes(template, functions, crate, root, report, args.router_source)
     stale = sorted((scope, name) for scope, names in NOT_EXECUTED.items() for name in names
                    if (scope, name) not in used_exemptions and (scope == "*" or scope in deployed))
     if stale:

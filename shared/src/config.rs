@@ -36,6 +36,10 @@ pub struct ServerConfig {
     /// how long a revocation made by another process takes to apply.
     #[serde(default = "default_key_cache_ttl_ms")]
     pub key_cache_ttl_ms: u64,
+    /// Where the local server also serves `/metrics` without a key, for a Prometheus scraper on
+    /// a private network; unset, `/metrics` is only on the main listener, for admin keys.
+    #[serde(default)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for ServerConfig {
@@ -44,6 +48,7 @@ impl Default for ServerConfig {
             listen: None,
             max_body_bytes: default_max_body_bytes(),
             key_cache_ttl_ms: default_key_cache_ttl_ms(),
+            metrics_listen: None,
         }
     }
 }
@@ -934,5 +939,17 @@ mod tests {
             output_per_mtok: 8.0,
         };
         assert!((price.cost_usd(500_000, 250_000) - 3.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn metrics_listen_is_a_socket_address() {
+        let config = Config::from_toml("[server]\nmetrics_listen = \"127.0.0.1:9464\"\n").unwrap();
+        assert_eq!(
+            config.server.metrics_listen,
+            Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9464)))
+        );
+        assert_eq!(Config::from_toml("").unwrap().server.metrics_listen, None);
+        let err = Config::from_toml("[server]\nmetrics_listen = \"localhost\"\n").unwrap_err();
+        assert_eq!(err.field, "server.metrics_listen");
     }
 }

@@ -15,8 +15,8 @@ use crate::config::{
 use crate::edge::EdgeKeys;
 use crate::error::ApiError;
 use crate::limits::Limiter;
-use crate::providers::Provider;
 use crate::providers::routing::DeploymentHealth;
+use crate::providers::{ErrorSource, Provider};
 use crate::store::Backends;
 
 /// One way to serve a model: a provider and the model name it knows.
@@ -28,6 +28,17 @@ pub struct Deployment {
     pub weight: u32,
     pub timeouts: Timeouts,
     pub health: DeploymentHealth,
+}
+
+impl Deployment {
+    /// This deployment as the source of an error answered for the public model `model`.
+    pub fn error_source<'a>(&'a self, model: &'a str) -> ErrorSource<'a> {
+        ErrorSource {
+            provider: &self.provider_name,
+            model,
+            upstream_model: &self.model,
+        }
+    }
 }
 
 /// The deployments of a served model: never empty, so there is always a first one to name.

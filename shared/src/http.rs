@@ -17,6 +17,7 @@ use bytes::BytesMut;
 use futures_util::{FutureExt, StreamExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tracing::Instrument;
 
 use crate::api::{
     ChatChunk, ChatCompletion, ChatRequest, CompletionAssembler, EmbeddingRequest, EncodingFormat,
@@ -31,7 +32,7 @@ use crate::error::ApiError;
 use crate::gateway::{Deployment, Gateway, Model, ServedModel};
 use crate::limits::{Estimate, Limiter, Reservation};
 use crate::providers::routing::{self, Outcome, Selection};
-use crate::providers::{ChunkStream, now_secs};
+use crate::providers::{ChunkStream, ErrorSource, ProviderError, ProviderErrorKind, now_secs};
 use crate::store::StoreError;
 use crate::telemetry::{EMF, Emf, METRICS, Metrics, RequestFacts};
 
@@ -57,6 +58,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/admin/keys", post(create_key).get(list_keys))
         .route("/v1/admin/keys/{id}", delete(revoke_key))
+        .route("/metrics", get(admin_metrics))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&gateway),
             authenticate,
@@ -64,7 +66,6 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route_layer(middleware::from_fn(cloudwatch_metrics));
     Router::new()
         .route("/health", get(health))
-        .route("/metrics", get(metrics))
         .merge(authenticated)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -73,8 +74,16 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .with_state(gateway)
 }
 
-/// Resolves the bearer key of every route but `/health` and `/metrics`, unless a front (the API
-/// Gateway authorizer) already did.
+/// `/metrics` alone and without a key, for a listener of its own on a private network (the
+/// local server's `server.metrics_listen`); the main router's `/metrics` needs an admin key.
+pub fn metrics_router() -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+}
+
+/// Resolves the bearer key of every route but `/health`, unless a front (the API Gateway
+/// authorizer) already did.
 async fn authenticate(
     State(gateway): State<Arc<Gateway>>,
     mut request: Request,
@@ -165,13 +174,25 @@ async fn request_id(request: Request, next: Next) -> Response {
             let id = format!("req_{:032x}", rand::random::<u128>());
             HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("req_unknown"))
         });
-    let mut response = next.run(request).await;
+    // Log lines written while the request is handled carry its id, so the `x-request-id` of an
+    // error finds the details its body leaves out (a provider's failure, say).
+    let span = tracing::info_span!("request", request_id = %String::from_utf8_lossy(id.as_bytes()));
+    let mut response = next.run(request).instrument(span).await;
     response.headers_mut().insert(X_REQUEST_ID.clone(), id);
     response
 }
 
 async fn health() -> impl IntoResponse {
     axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+/// The metrics name every model, provider and deployment, and tell traffic and spend: for
+/// operators only.
+async fn admin_metrics(Extension(AuthorizedKey(key)): Extension<AuthorizedKey>) -> Response {
+    match require_admin(&key) {
+        Ok(()) => metrics().await.into_response(),
+        Err(error) => error.into_response(),
+    }
 }
 
 async fn metrics() -> impl IntoResponse {
@@ -501,6 +522,9 @@ async fn chat(
                 usage_sent: false,
                 settlement: Some(settlement),
                 model: answer.model.name.clone(),
+                provider: answer.deployment.provider_name.clone(),
+                upstream_model: answer.deployment.model.clone(),
+                span: tracing::Span::current(),
                 leader,
                 background: gateway.background.clone(),
                 cache_ttl_s: answer.model.cache_ttl_s,
@@ -792,6 +816,13 @@ struct StreamRelay {
     usage_sent: bool,
     settlement: Option<Settlement>,
     model: String,
+    /// Who answered: the provider's config name and its own name for the model, to word an
+    /// upstream failure for the client.
+    provider: String,
+    upstream_model: String,
+    /// The request's span: a stream fails after the handler has returned, and its log line
+    /// must still carry the request id.
+    span: tracing::Span,
     leader: Option<Leader>,
     background: Background,
     cache_ttl_s: u64,
@@ -887,6 +918,7 @@ impl StreamRelay {
                             "timeout",
                             "The request's deadline passed before the answer was complete.",
                         ),
+                        None,
                     ));
                 }
             };
@@ -894,15 +926,14 @@ impl StreamRelay {
                 Some(Ok(mut chunk)) => {
                     if let Err(MalformedChunk(reason)) = self.assembler.push(&chunk) {
                         self.finished = true;
-                        tracing::warn!(model = %self.model, %reason, "provider sent a malformed stream chunk");
-                        return Some(self.fail(
-                            "protocol",
-                            ApiError::new(
-                                StatusCode::BAD_GATEWAY,
-                                "api_error",
-                                "The provider sent a malformed stream.",
-                            ),
-                        ));
+                        let error = ProviderError::new(ProviderErrorKind::Protocol, reason);
+                        let source = ErrorSource {
+                            provider: &self.provider,
+                            model: &self.model,
+                            upstream_model: &self.upstream_model,
+                        };
+                        let api_error = error.to_api_error(&source);
+                        return Some(self.fail("protocol", api_error, Some(&error)));
                     }
                     let usage = self.usage();
                     if let Some(settlement) = &mut self.settlement {
@@ -933,7 +964,13 @@ impl StreamRelay {
                 Some(Err(error)) => {
                     self.finished = true;
                     let reason = format!("{:?}", error.kind).to_lowercase();
-                    return Some(self.fail(&reason, error.to_api_error("upstream")));
+                    let source = ErrorSource {
+                        provider: &self.provider,
+                        model: &self.model,
+                        upstream_model: &self.upstream_model,
+                    };
+                    let api_error = error.to_api_error(&source);
+                    return Some(self.fail(&reason, api_error, Some(&error)));
                 }
                 None => {
                     self.finished = true;
@@ -944,9 +981,18 @@ impl StreamRelay {
     }
 
     /// Ends a stream that broke: an SSE error event the SDKs raise, no cache entry; what was
-    /// produced is billed when the settlement drops.
-    fn fail(&mut self, reason: &str, error: ApiError) -> Bytes {
-        tracing::warn!(reason, model = %self.model, "stream broken after it started");
+    /// produced is billed when the settlement drops. The upstream's error, if that is the
+    /// cause, goes to the log in full.
+    fn fail(&mut self, reason: &str, error: ApiError, cause: Option<&ProviderError>) -> Bytes {
+        self.span.in_scope(|| {
+            tracing::warn!(
+                reason,
+                model = %self.model,
+                provider = %self.provider,
+                cause = cause.map(tracing::field::display),
+                "stream broken after it started"
+            );
+        });
         Metrics::count(&METRICS.broken_streams, &[("reason", reason)]);
         self.leader = None;
         self.settlement = None;
@@ -961,8 +1007,12 @@ impl StreamRelay {
                 ApiError::new(
                     StatusCode::BAD_GATEWAY,
                     "api_error",
-                    "The provider's stream ended before the answer was complete.",
+                    format!(
+                        "Provider `{}` ended the stream before the answer was complete.",
+                        self.provider
+                    ),
                 ),
+                None,
             );
         }
         let usage = self.usage();

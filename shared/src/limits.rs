@@ -43,15 +43,23 @@ impl LimitError {
             LimitError::Exceeded {
                 limit,
                 retry_after_secs,
+            } if *limit == BUDGET => ApiError::rate_limited(
+                format!(
+                    "Monthly budget reached: this request's estimated cost does not fit in what \
+                     is left of this key's budget (a lower max_tokens or n may). Retry after \
+                     {retry_after_secs} s."
+                ),
+                *retry_after_secs,
+            )
+            .with_code("budget_exceeded"),
+            LimitError::Exceeded {
+                limit,
+                retry_after_secs,
             } => ApiError::rate_limited(
                 format!("Rate limit reached: {limit}. Retry after {retry_after_secs} s."),
                 *retry_after_secs,
             )
-            .with_code(if *limit == BUDGET {
-                "budget_exceeded"
-            } else {
-                "rate_limit_exceeded"
-            }),
+            .with_code("rate_limit_exceeded"),
             LimitError::Unavailable(reason) => {
                 tracing::error!(%reason, "limit store unavailable");
                 ApiError::new(
@@ -176,10 +184,13 @@ impl Limiter for LocalLimiter {
                 retry_after_secs: next_minute,
             });
         }
-        if key
-            .budget_usd
-            .is_some_and(|budget| window.spent_usd + window.reserved_usd >= budget)
-        {
+        if key.budget_usd.is_some_and(|budget| {
+            !fits_budget(
+                window.spent_usd + window.reserved_usd,
+                estimate.cost_usd,
+                budget,
+            )
+        }) {
             return Err(LimitError::Exceeded {
                 limit: BUDGET,
                 retry_after_secs: secs_until_next_month(now_secs),
@@ -227,6 +238,14 @@ impl Limiter for LocalLimiter {
             _ => self.prior_spend(key_id, month),
         })
     }
+}
+
+/// Whether a request estimated at `estimate` may start when `committed` (spent plus in-flight
+/// reservations) is already counted: it must fit in what is left, so that a single request
+/// cannot take a key far past its budget, and an exhausted budget admits nothing, not even a
+/// request estimated at nothing. NaN never fits.
+fn fits_budget(committed: f64, estimate: f64, budget: f64) -> bool {
+    committed < budget && committed + estimate <= budget
 }
 
 /// Days since 1970-01-01 to (year, month), by Howard Hinnant's civil-from-days algorithm; a date
@@ -350,28 +369,39 @@ mod tests {
         assert!(limiter.acquire(&k, big, 2).await.is_ok());
     }
 
+    fn refused_by_budget(result: Result<Reservation, LimitError>) -> bool {
+        matches!(result, Err(LimitError::Exceeded { limit: BUDGET, .. }))
+    }
+
     #[tokio::test]
-    async fn budget_refuses_once_spent_and_counts_in_flight_reservations() {
+    async fn budget_admits_only_requests_whose_estimate_fits_in_what_is_left() {
         let limiter = LocalLimiter::new(None, HashMap::new());
         let k = key(None, None, Some(1.0));
-        let est = Estimate {
+        let est = |cost_usd| Estimate {
             tokens: 0,
-            cost_usd: 0.6,
+            cost_usd,
         };
-        let a = limiter.acquire(&k, est, 0).await.unwrap();
-        let b = limiter.acquire(&k, est, 0).await.unwrap();
-        // 1.2 is reserved against a budget of 1.0: nothing more gets in while those run.
-        let refused = limiter.acquire(&k, est, 0).await.unwrap_err();
-        assert!(matches!(
-            refused,
-            LimitError::Exceeded { limit: BUDGET, .. }
+        // An estimate beyond the whole budget is refused on a fresh key, and reserves nothing.
+        assert!(refused_by_budget(
+            limiter.acquire(&k, est(220_000.0), 0).await
         ));
+        assert!(refused_by_budget(
+            limiter.acquire(&k, est(f64::NAN), 0).await
+        ));
+        let a = limiter.acquire(&k, est(0.4), 0).await.unwrap();
+        let b = limiter.acquire(&k, est(0.4), 0).await.unwrap();
+        // 0.8 is reserved while those run: 0.4 more does not fit, 0.15 does.
+        assert!(refused_by_budget(limiter.acquire(&k, est(0.4), 0).await));
+        let c = limiter.acquire(&k, est(0.15), 0).await.unwrap();
         limiter.settle(a, 0, 0.3).await;
         limiter.settle(b, 0, 0.3).await;
+        limiter.settle(c, 0, 0.0).await;
         assert!((limiter.spent_usd("key_1", 0).await.unwrap() - 0.6).abs() < 1e-9);
-        let c = limiter.acquire(&k, est, 0).await.unwrap();
-        limiter.settle(c, 0, 0.5).await;
-        assert!(limiter.acquire(&k, est, 0).await.is_err());
+        // 0.4 is left: an estimate of exactly that fits.
+        let d = limiter.acquire(&k, est(0.4), 0).await.unwrap();
+        limiter.settle(d, 0, 0.4).await;
+        // Nothing is left: even a request estimated at nothing is refused.
+        assert!(refused_by_budget(limiter.acquire(&k, est(0.0), 0).await));
     }
 
     #[tokio::test]

@@ -20,7 +20,9 @@ pub fn init_logging() {
         .json()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_current_span(false)
+        // The request's span (its `request_id`) on every line written while it is handled.
+        .with_current_span(true)
+        .with_span_list(false)
         .try_init();
 }
 

@@ -512,16 +512,14 @@ async fn tpm_reserves_then_settles_to_actual_usage() {
 }
 
 #[tokio::test]
-async fn budget_refuses_once_spent_and_in_flight_reservations_reach_it() {
+async fn budget_admits_only_requests_whose_estimate_fits_in_what_is_left() {
     let tables = Tables::create("limits-budget").await;
     let limiter = tables.limiter();
     let key = limited_key("key_budget", None, None, Some(1.0));
     let now = now_secs();
-    let est = estimate(0, 0.6);
-    let a = limiter.acquire(&key, est, now).await.expect("a");
-    let b = limiter.acquire(&key, est, now).await.expect("b");
-    // 1.2 is reserved against a budget of 1.0: nothing more gets in while those run.
-    match limiter.acquire(&key, est, now).await {
+    // An estimate beyond the whole budget (a $0.01 key sending max_tokens 4294967295 and n 128
+    // is estimated at about $220,000) is refused on a fresh key.
+    match limiter.acquire(&key, estimate(0, 220_000.0), now).await {
         Err(LimitError::Exceeded {
             limit,
             retry_after_secs,
@@ -534,15 +532,41 @@ async fn budget_refuses_once_spent_and_in_flight_reservations_reach_it() {
         }
         other => panic!("expected a budget refusal, got {other:?}"),
     }
+    let a = limiter
+        .acquire(&key, estimate(0, 0.4), now)
+        .await
+        .expect("a");
+    let b = limiter
+        .acquire(&key, estimate(0, 0.4), now)
+        .await
+        .expect("b");
+    // 0.8 is reserved while those run: 0.4 more does not fit in what is left, 0.15 does.
+    assert_eq!(
+        refused_limit(limiter.acquire(&key, estimate(0, 0.4), now).await),
+        BUDGET
+    );
+    let c = limiter
+        .acquire(&key, estimate(0, 0.15), now)
+        .await
+        .expect("c");
     limiter.settle(a, 0, 0.3).await;
     limiter.settle(b, 0, 0.3).await;
+    limiter.settle(c, 0, 0.0).await;
     let spent = limiter.spent_usd("key_budget", now).await.unwrap();
     assert!((spent - 0.6).abs() < 1e-9, "{spent}");
-    let c = limiter.acquire(&key, est, now).await.expect("c");
-    limiter.settle(c, 0, 0.5).await;
-    assert_eq!(refused_limit(limiter.acquire(&key, est, now).await), BUDGET);
+    // 0.4 is left: an estimate of exactly that fits, and then nothing is left, not even for a
+    // request estimated at nothing.
+    let d = limiter
+        .acquire(&key, estimate(0, 0.4), now)
+        .await
+        .expect("d");
+    limiter.settle(d, 0, 0.4).await;
+    assert_eq!(
+        refused_limit(limiter.acquire(&key, estimate(0, 0.0), now).await),
+        BUDGET
+    );
     let spent = limiter.spent_usd("key_budget", now).await.unwrap();
-    assert!((spent - 1.1).abs() < 1e-9, "{spent}");
+    assert!((spent - 1.0).abs() < 1e-9, "{spent}");
     assert_eq!(limiter.spent_usd("key_never_used", now).await.unwrap(), 0.0);
 }
 
@@ -552,7 +576,8 @@ async fn a_budget_refusal_does_not_consume_rpm_or_tpm() {
     let limiter = tables.limiter();
     let key = limited_key("key_atomic", Some(3), Some(1_000), Some(1.0));
     let now = now_with_the_minute_ahead().await;
-    let est = estimate(100, 0.6);
+    // Two of these fit in the budget, a third does not.
+    let est = estimate(100, 0.4);
     let a = limiter.acquire(&key, est, now).await.expect("a");
     let b = limiter.acquire(&key, est, now).await.expect("b");
     for _ in 0..5 {
@@ -662,15 +687,16 @@ async fn usage_admitted_unchecked_is_still_recorded() {
         .await
         .unwrap();
     assert!((spent - 0.75).abs() < 1e-9, "{spent}");
-    // 0.75 of 1.0 is committed: one more request gets in, and takes it past the budget.
-    assert!(
-        limiter
-            .acquire(&key, estimate(0, 0.3), now_secs())
-            .await
-            .is_ok()
-    );
+    // 0.75 of 1.0 is committed: a request estimated at more than the 0.25 left is refused, one
+    // at 0.25 gets in.
     assert_eq!(
         refused_limit(limiter.acquire(&key, estimate(0, 0.3), now_secs()).await),
         BUDGET
+    );
+    assert!(
+        limiter
+            .acquire(&key, estimate(0, 0.25), now_secs())
+            .await
+            .is_ok()
     );
 }

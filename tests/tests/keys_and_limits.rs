@@ -4,7 +4,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{MockUpstream, TestGateway, chat, now_secs, test_config};
+use common::{MockUpstream, TestGateway, chat, now_secs, test_config, within};
 use gateway::auth::NewKey;
 use serde_json::json;
 
@@ -244,10 +244,12 @@ async fn tpm_counts_the_prompt_estimate_and_max_tokens() {
 #[tokio::test]
 async fn budget_refuses_requests_once_spent_including_streams() {
     let (_upstream, gw) = gateway().await;
-    // The mock model costs $1000/M input and $2000/M output: one 7-token answer costs $0.012.
+    // The mock model costs $1000/M input and $2000/M output. Each request below is estimated at
+    // $0.02 (10 prompt tokens, 5 output tokens) and costs about $0.012: the budget admits the
+    // first two, and a third only if its estimate fits in what they left.
     let (key, record) = gw
         .key(NewKey {
-            budget_usd: Some(0.02),
+            budget_usd: Some(0.05),
             ..new_key("budget")
         })
         .await;
@@ -275,5 +277,50 @@ async fn budget_refuses_requests_once_spent_including_streams() {
     gw.store.flush();
     let spend = gw.store.spend_this_month().unwrap();
     let month = gateway::limits::month_of(now_secs());
-    assert!(spend[&(record.id.clone(), month)] >= 0.02);
+    let spent = spend[&(record.id.clone(), month)];
+    assert!((0.02..=0.05).contains(&spent), "{spent}");
+}
+
+#[tokio::test]
+async fn budget_refuses_a_request_whose_own_estimate_does_not_fit() {
+    within(30, async {
+        let (_upstream, gw) = gateway().await;
+        let (key, record) = gw
+            .key(NewKey {
+                budget_usd: Some(0.05),
+                ..new_key("small-budget")
+            })
+            .await;
+        // Nothing is spent yet, but 100 output tokens at $2000/M ($0.2) do not fit in $0.05.
+        let mut costly = chat("mock", "hi");
+        costly["max_tokens"] = json!(100);
+        let refused = gw.post("/v1/chat/completions", &key, &costly).await;
+        assert_eq!(refused.status, 429);
+        assert_eq!(refused.error_code().as_deref(), Some("budget_exceeded"));
+        // The request, estimated at about $1,100,000: never admitted (whether the
+        // budget or a cap on `max_tokens` refuses it).
+        let mut huge = chat("mock", "hi");
+        huge["max_tokens"] = json!(4_294_967_295u64);
+        huge["n"] = json!(128);
+        let refused = gw.post("/v1/chat/completions", &key, &huge).await;
+        assert!(
+            matches!(refused.status, 400 | 429),
+            "{}: {}",
+            refused.status,
+            String::from_utf8_lossy(&refused.body)
+        );
+        // The refusals reserved nothing: a request that fits is admitted, and it alone is spent.
+        let mut small = chat("mock", "hi");
+        small["max_tokens"] = json!(5);
+        assert_eq!(
+            gw.post("/v1/chat/completions", &key, &small).await.status,
+            200
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        gw.store.flush();
+        let month = gateway::limits::month_of(now_secs());
+        let spent = gw.store.spend_this_month().unwrap()[&(record.id.clone(), month)];
+        assert!(spent > 0.0 && spent <= 0.05, "{spent}");
+    })
+    .await;
 }

@@ -2,8 +2,8 @@
 
 mod common;
 
-use common::{MockUpstream, TestGateway, UPSTREAM_KEY, chat, test_config};
-use serde_json::json;
+use common::{MockUpstream, Reply, TestGateway, UPSTREAM_KEY, chat, test_config, within};
+use serde_json::{Value, json};
 
 async fn gateway() -> (MockUpstream, TestGateway, String) {
     let upstream = MockUpstream::start(&[]);
@@ -279,4 +279,227 @@ async fn a_failing_model_falls_back_and_bills_the_model_that_answered() {
     let expected = (prompt * 1.0 + completion * 2.0) / 1e6;
     let cost: f64 = reply.header("x-gateway-cost-usd").unwrap().parse().unwrap();
     assert!((cost - expected).abs() < 1e-8, "{cost} vs {expected}");
+}
+
+/// A loopback port where nothing listens.
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free port")
+}
+
+/// An OpenAI-compatible upstream on loopback (as an internal vLLM or a proxy would be) whose
+/// refusals quote what must not reach a client: its own URLs and hosts, its name for the model,
+/// and what it thinks of the gateway's key. The model name picks the refusal.
+async fn leaky_upstream() -> String {
+    async fn refuse(axum::Json(request): axum::Json<Value>) -> (axum::http::StatusCode, String) {
+        let error = |message: &str| {
+            json!({"error": {"message": message, "type": "invalid_request_error", "param": "model", "code": "invalid_value"}})
+                .to_string()
+        };
+        let (status, body) = match request["model"].as_str().unwrap_or_default() {
+            "internal-deployment-7" => (
+                400,
+                error(
+                    "Invalid value for 'model': 'internal-deployment-7' is not enabled at \
+                     http://10.20.30.40:8443/openai/deployments/internal-deployment-7/chat/completions?api-version=2024-10-21 \
+                     (served by llm-7.corp.internal:8443).",
+                ),
+            ),
+            "key-in-400" => (400, error("Incorrect API key provided: sk-live-****1234.")),
+            "html-400" => (
+                400,
+                "<html><body>400 Bad Request from proxy 10.20.30.40</body></html>".to_owned(),
+            ),
+            _ => (
+                401,
+                error(
+                    "Incorrect API key provided: sk-live-****1234. You can find your API key at \
+                     https://platform.openai.com/account/api-keys.",
+                ),
+            ),
+        };
+        let status = axum::http::StatusCode::from_u16(status).expect("status");
+        (status, body)
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    let app = axum::Router::new().route("/v1/chat/completions", axum::routing::post(refuse));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    url
+}
+
+fn assert_leaks_none(reply: &Reply, secrets: &[&str]) {
+    let body = String::from_utf8_lossy(&reply.body);
+    for secret in secrets {
+        assert!(
+            !body.contains(secret),
+            "`{secret}` reached the client: {body}"
+        );
+    }
+}
+
+fn streamed(body: Value) -> Value {
+    let mut body = body;
+    body["stream"] = json!(true);
+    body
+}
+
+#[tokio::test]
+async fn upstream_failures_name_the_provider_and_the_class_never_the_upstream() {
+    within(60, async {
+        let closed = closed_port();
+        let leaky = leaky_upstream().await;
+        let config = format!(
+            r#"
+[routing]
+max_attempts = 2
+backoff_base_ms = 10
+backoff_max_ms = 20
+
+[providers.azure-east]
+kind = "azure"
+base_url = "http://127.0.0.1:{closed}"
+api_key_env = "UPSTREAM_KEY"
+api_version = "2024-10-21"
+timeouts = {{ connect_ms = 1000, first_byte_ms = 2000, first_token_ms = 2000, idle_ms = 2000, total_ms = 5000 }}
+
+[providers.vllm]
+kind = "openai"
+base_url = "{leaky}/v1"
+api_key_env = "UPSTREAM_KEY"
+
+[models.gpt-east]
+deployments = [{{ provider = "azure-east", model = "secret-deployment" }}]
+
+[models.public-model]
+deployments = [{{ provider = "vllm", model = "internal-deployment-7" }}]
+
+[models.key-in-400]
+deployments = [{{ provider = "vllm", model = "key-in-400" }}]
+
+[models.html-400]
+deployments = [{{ provider = "vllm", model = "html-400" }}]
+
+[models.bad-key]
+deployments = [{{ provider = "vllm", model = "bad-key" }}]
+"#
+        );
+        let gw = TestGateway::start(&config).await;
+        let key = gw.plain_key().await;
+        let port = closed.to_string();
+        let upstream_port = leaky.rsplit(':').next().unwrap_or_default().to_owned();
+        let everything_upstream = [
+            "127.0.0.1",
+            "http",
+            port.as_str(),
+            upstream_port.as_str(),
+            "secret-deployment",
+            "internal-deployment-7",
+            "openai/deployments",
+            "api-version",
+            "2024-10-21",
+            "10.20.30.40",
+            "corp.internal",
+            "sk-",
+            "Incorrect API key",
+            "<html>",
+        ];
+
+        // The issue's case: an unreachable Azure deployment, plain and streamed.
+        for body in [chat("gpt-east", "hi"), streamed(chat("gpt-east", "hi"))] {
+            let reply = gw.post("/v1/chat/completions", &key, &body).await;
+            assert_eq!(reply.status, 502);
+            assert_eq!(
+                reply.json()["error"]["message"],
+                "Provider `azure-east` is unreachable or dropped the connection."
+            );
+            assert_eq!(reply.json()["error"]["type"], "api_error");
+            assert!(reply.header("x-request-id").is_some());
+            assert_leaks_none(&reply, &everything_upstream);
+        }
+
+        // The upstream refusing the gateway's key, in a 401 or in a 400: the gateway's problem.
+        for model in ["bad-key", "key-in-400"] {
+            let reply = gw
+                .post("/v1/chat/completions", &key, &chat(model, "hi"))
+                .await;
+            assert_eq!(reply.status, 502, "{model}");
+            assert_eq!(
+                reply.json()["error"]["message"],
+                "Provider `vllm` refused the gateway's credentials: a gateway configuration \
+                 problem, not the request's.",
+                "{model}"
+            );
+            assert_leaks_none(&reply, &everything_upstream);
+        }
+
+        // A client mistake keeps the provider's reason, code and param, minus the upstream.
+        let reply = gw
+            .post("/v1/chat/completions", &key, &chat("public-model", "hi"))
+            .await;
+        assert_eq!(reply.status, 400);
+        let error = &reply.json()["error"];
+        assert_eq!(
+            error["message"],
+            "Invalid value for 'model': 'public-model' is not enabled at [redacted] (served by \
+             [redacted])."
+        );
+        assert_eq!(error["code"], "invalid_value");
+        assert_eq!(error["param"], "model");
+        assert_leaks_none(&reply, &everything_upstream);
+
+        // A refusal that is not an error object (a proxy's page) is not forwarded.
+        let reply = gw
+            .post("/v1/chat/completions", &key, &chat("html-400", "hi"))
+            .await;
+        assert_eq!(reply.status, 400);
+        assert_leaks_none(&reply, &everything_upstream);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_stream_broken_upstream_names_its_provider_in_the_error_event() {
+    within(60, async {
+        let upstream = MockUpstream::start(&[]);
+        let config = format!(
+            r#"
+[providers.edge-vllm]
+kind = "openai"
+base_url = "{url}/v1"
+api_key_env = "UPSTREAM_KEY"
+
+[models.cut]
+deployments = [{{ provider = "edge-vllm", model = "fault:tokens=60;cut_after=40" }}]
+"#,
+            url = upstream.url
+        );
+        let gw = TestGateway::start(&config).await;
+        let key = gw.plain_key().await;
+        let reply = gw
+            .post("/v1/chat/completions", &key, &streamed(chat("cut", "hi")))
+            .await;
+        assert_eq!(reply.status, 200);
+        let event = reply
+            .sse_data()
+            .into_iter()
+            .find(|data| data.contains("\"error\""))
+            .expect("an error event");
+        let error: Value = serde_json::from_str(&event).expect("json");
+        let message = error["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.starts_with("Provider `edge-vllm` "), "{message}");
+        for secret in ["127.0.0.1", "http", "fault:"] {
+            assert!(
+                !event.contains(secret),
+                "`{secret}` reached the client: {event}"
+            );
+        }
+    })
+    .await;
 }

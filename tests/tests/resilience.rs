@@ -429,10 +429,21 @@ async fn the_breaker_opens_serves_from_the_fallback_and_closes_on_recovery() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     assert!(recovered, "the primary serves again after recovery");
+    let (admin, _) = gw
+        .key(NewKey {
+            name: "ops".into(),
+            admin: true,
+            ..NewKey::default()
+        })
+        .await;
     let metrics = String::from_utf8_lossy(
-        &gw.send(gw.http.get(format!("{}/metrics", gw.url)))
-            .await
-            .body,
+        &gw.send(
+            gw.http
+                .get(format!("{}/metrics", gw.url))
+                .bearer_auth(admin),
+        )
+        .await
+        .body,
     )
     .into_owned();
     assert!(metrics.contains("state=\"open\""), "{metrics}");

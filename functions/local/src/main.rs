@@ -196,6 +196,7 @@ async fn serve(
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let address = listener.local_addr()?;
+    serve_metrics(config.server.metrics_listen).await?;
     print_banner(address, &gateway, first_run_key.as_deref());
 
     axum::serve(listener, gateway::http::router(gateway))
@@ -204,6 +205,26 @@ async fn serve(
     if let Some(store) = embedded {
         store.flush();
     }
+    Ok(())
+}
+
+/// Serves `/metrics` without a key on `server.metrics_listen`, when it is set, for a Prometheus
+/// scraper on a private network; the main listener's `/metrics` needs an admin key all the
+/// same. Bound before the banner, so that an address in use fails the start.
+async fn serve_metrics(address: Option<SocketAddr>) -> Result<(), Failure> {
+    let Some(address) = address else {
+        return Ok(());
+    };
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|e| format!("cannot listen on {address} (server.metrics_listen): {e}"))?;
+    let bound = listener.local_addr()?;
+    tracing::info!(address = %bound, "serving /metrics without a key (server.metrics_listen)");
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, gateway::http::metrics_router()).await {
+            tracing::error!(%error, "the metrics listener stopped");
+        }
+    });
     Ok(())
 }
 

@@ -119,13 +119,7 @@ fn parse_error(status: u16, body: &[u8], retry_after: Option<u64>) -> ProviderEr
         Ok(envelope) => {
             ProviderError::from_status(status, envelope.error.message, None, None, retry_after)
         }
-        Err(_) => ProviderError::from_status(
-            status,
-            format!("HTTP {status}: {}", String::from_utf8_lossy(body)),
-            None,
-            None,
-            retry_after,
-        ),
+        Err(_) => ProviderError::from_unparsed_body(status, body, retry_after),
     }
 }
 

@@ -900,6 +900,13 @@ mod tests {
     use aws_smithy_types::body::SdkBody;
 
     use crate::api::CompletionAssembler;
+    use crate::providers::ErrorSource;
+
+    const SOURCE: ErrorSource<'static> = ErrorSource {
+        provider: "bedrock",
+        model: "claude",
+        upstream_model: "anthropic.claude-3-haiku",
+    };
 
     fn request(body: Value) -> ChatRequest {
         serde_json::from_value(body).unwrap()
@@ -1736,7 +1743,7 @@ mod tests {
             ProviderErrorKind::ContextLengthExceeded,
             "{error}"
         );
-        let api = error.to_api_error("bedrock");
+        let api = error.to_api_error(&SOURCE);
         assert_eq!(api.status, http::StatusCode::BAD_REQUEST);
         assert_eq!(api.code.as_deref(), Some("context_length_exceeded"));
     }
@@ -1751,7 +1758,7 @@ mod tests {
         let error = provider_over(http).chat(&hello()).await.unwrap_err();
         assert_eq!(error.kind, ProviderErrorKind::Authentication, "{error}");
         assert_eq!(
-            error.to_api_error("bedrock").status,
+            error.to_api_error(&SOURCE).status,
             http::StatusCode::BAD_GATEWAY
         );
     }
@@ -1801,5 +1808,11 @@ mod tests {
         let error = provider.chat(&hello()).await.unwrap_err();
         assert_eq!(error.kind, ProviderErrorKind::Connection, "{error}");
         assert!(error.is_retryable());
+        // The log has the endpoint; the client only the provider and the class.
+        assert!(error.message.contains("127.0.0.1"), "{error}");
+        assert_eq!(
+            error.to_api_error(&SOURCE).message,
+            "Provider `bedrock` is unreachable or dropped the connection."
+        );
     }
 }

@@ -4,6 +4,7 @@ pub mod anthropic;
 pub mod bedrock;
 pub mod mock;
 pub mod openai;
+mod redact;
 pub mod routing;
 mod transport;
 
@@ -131,26 +132,63 @@ pub enum ProviderErrorKind {
     Protocol,
 }
 
+/// A failed provider call. Its `message` and `detail` are for the log, which may name URLs and
+/// quote the upstream; what the client sees is made by [`ProviderError::to_api_error`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProviderError {
     pub kind: ProviderErrorKind,
+    /// What went wrong. For a client mistake, the provider's reason, which the client sees
+    /// scrubbed of anything that locates the upstream.
     pub message: String,
+    /// Raw context for the log only, such as an error body that is not an error object.
+    pub detail: Option<String>,
     pub status: Option<u16>,
     pub code: Option<String>,
     pub param: Option<String>,
     pub retry_after_secs: Option<u64>,
 }
 
+/// Where a provider error came from, in the terms the client knows, and the upstream's own name
+/// for the model, which the client must not see.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorSource<'a> {
+    /// The provider's name in the config.
+    pub provider: &'a str,
+    /// The public model name.
+    pub model: &'a str,
+    /// The deployment's model name upstream (an Azure deployment, a Bedrock model id).
+    pub upstream_model: &'a str,
+}
+
+/// Most bytes of an upstream error body kept for the log.
+const MAX_DETAIL_BYTES: usize = 2048;
+
 impl ProviderError {
     pub fn new(kind: ProviderErrorKind, message: impl Into<String>) -> Self {
         Self {
             kind,
             message: message.into(),
+            detail: None,
             status: None,
             code: None,
             param: None,
             retry_after_secs: None,
         }
+    }
+
+    /// An HTTP error whose body is not the vendor's error object (a proxy's page, say): the
+    /// status classifies it, the body goes to the log only.
+    pub(crate) fn from_unparsed_body(status: u16, body: &[u8], retry_after: Option<u64>) -> Self {
+        let mut error = Self::from_status(
+            status,
+            format!("Upstream answered HTTP {status} without an error object."),
+            None,
+            None,
+            retry_after,
+        );
+        let end = body.len().min(MAX_DETAIL_BYTES);
+        error.detail = Some(String::from_utf8_lossy(body.get(..end).unwrap_or(body)).into_owned());
+        error
     }
 
     /// Classifies an upstream HTTP error from its status and the fields of its error body.
@@ -168,6 +206,9 @@ impl ProviderError {
             404 => ProviderErrorKind::NotFound,
             408 => ProviderErrorKind::Timeout,
             429 => ProviderErrorKind::RateLimited,
+            // Some providers and proxies refuse a bad or missing key with a plain 400: that is
+            // the gateway's credential, never the client's business.
+            400..=499 if mentions_credentials(&lower) => ProviderErrorKind::Authentication,
             400..=499
                 if code_is("context_length_exceeded")
                     || lower.contains("maximum context length")
@@ -189,6 +230,7 @@ impl ProviderError {
         Self {
             kind,
             message,
+            detail: None,
             status: Some(status),
             code,
             param,
@@ -207,50 +249,74 @@ impl ProviderError {
         )
     }
 
-    /// The error as the client sees it. The client's own mistakes keep the provider's reason;
-    /// the gateway's problems (credentials, outages, garbage) become 502/503/504.
-    pub fn to_api_error(&self, provider: &str) -> ApiError {
-        let upstream = |status, kind: &'static str, what: &str| {
-            ApiError::new(
-                status,
-                kind,
-                format!("provider `{provider}` {what}: {}", self.message),
-            )
+    /// The error as the client sees it: the provider by its config name and the class of
+    /// failure. The client's own mistakes keep the provider's reason (scrubbed of URLs, hosts
+    /// and the upstream's model name); the gateway's problems (credentials, outages, garbage)
+    /// become 502/503/504 that quote nothing from upstream. The details are for the log, which
+    /// the caller writes.
+    pub fn to_api_error(&self, source: &ErrorSource<'_>) -> ApiError {
+        let provider = source.provider;
+        let gateway_fault = |status, kind: &'static str, what: String| {
+            ApiError::new(status, kind, format!("Provider `{provider}` {what}"))
         };
+        let reason = || redact::client_text(&self.message, source.upstream_model, source.model);
         let mut error = match self.kind {
-            ProviderErrorKind::BadRequest => ApiError::bad_request(self.message.clone()),
+            ProviderErrorKind::BadRequest => ApiError::bad_request(reason()),
             ProviderErrorKind::ContextLengthExceeded => {
-                ApiError::bad_request(self.message.clone()).with_code("context_length_exceeded")
+                ApiError::bad_request(reason()).with_code("context_length_exceeded")
             }
             ProviderErrorKind::ContentPolicy => {
-                ApiError::bad_request(self.message.clone()).with_code("content_policy_violation")
+                ApiError::bad_request(reason()).with_code("content_policy_violation")
             }
-            ProviderErrorKind::RateLimited => ApiError::rate_limited(
-                format!("provider `{provider}` is rate limiting: {}", self.message),
-                self.retry_after_secs.unwrap_or(1),
-            ),
-            ProviderErrorKind::Authentication => upstream(
+            ProviderErrorKind::RateLimited => {
+                let retry_after = self.retry_after_secs.unwrap_or(1);
+                ApiError::rate_limited(
+                    format!(
+                        "Provider `{provider}` is rate limiting the gateway; retry after \
+                         {retry_after} s."
+                    ),
+                    retry_after,
+                )
+            }
+            ProviderErrorKind::Authentication => gateway_fault(
                 StatusCode::BAD_GATEWAY,
                 "api_error",
-                "rejected the gateway's credentials",
+                "refused the gateway's credentials: a gateway configuration problem, not the \
+                 request's."
+                    .to_owned(),
             ),
-            ProviderErrorKind::NotFound => upstream(
+            ProviderErrorKind::NotFound => gateway_fault(
                 StatusCode::BAD_GATEWAY,
                 "api_error",
-                "does not know the model",
+                format!(
+                    "does not know the model configured for `{}`: a gateway configuration \
+                     problem, not the request's.",
+                    source.model
+                ),
             ),
-            ProviderErrorKind::Server => upstream(StatusCode::BAD_GATEWAY, "api_error", "failed"),
-            ProviderErrorKind::Connection => {
-                upstream(StatusCode::BAD_GATEWAY, "api_error", "is unreachable")
-            }
-            ProviderErrorKind::Protocol => upstream(
+            ProviderErrorKind::Server => gateway_fault(
                 StatusCode::BAD_GATEWAY,
                 "api_error",
-                "sent a malformed response",
+                match self.status {
+                    Some(status) => format!("failed (HTTP {status})."),
+                    None => "failed.".to_owned(),
+                },
             ),
-            ProviderErrorKind::Timeout => {
-                upstream(StatusCode::GATEWAY_TIMEOUT, "timeout", "timed out")
-            }
+            ProviderErrorKind::Connection => gateway_fault(
+                StatusCode::BAD_GATEWAY,
+                "api_error",
+                "is unreachable or dropped the connection.".to_owned(),
+            ),
+            ProviderErrorKind::Protocol => gateway_fault(
+                StatusCode::BAD_GATEWAY,
+                "api_error",
+                "sent a response the gateway cannot read.".to_owned(),
+            ),
+            ProviderErrorKind::Timeout => gateway_fault(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                "timed out.".to_owned(),
+            ),
         };
         if matches!(
             self.kind,
@@ -267,9 +333,28 @@ impl ProviderError {
     }
 }
 
+/// Whether an upstream refusal is about the gateway's credential rather than the request.
+fn mentions_credentials(lower_message: &str) -> bool {
+    [
+        "api key",
+        "api-key",
+        "apikey",
+        "credential",
+        "security token",
+        "access key",
+        "authorization header",
+    ]
+    .iter()
+    .any(|phrase| lower_message.contains(phrase))
+}
+
 impl std::fmt::Display for ProviderError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?}: {}", self.kind, self.message)
+        write!(f, "{:?}: {}", self.kind, self.message)?;
+        match &self.detail {
+            Some(detail) => write!(f, " ({detail})"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -285,6 +370,12 @@ pub(crate) fn now_secs() -> u64 {
 mod tests {
     use super::*;
 
+    const SOURCE: ErrorSource<'static> = ErrorSource {
+        provider: "azure",
+        model: "azure-gpt",
+        upstream_model: "my-deployment",
+    };
+
     #[test]
     fn upstream_errors_are_classified_by_status_and_code() {
         let ctx = ProviderError::from_status(
@@ -296,19 +387,129 @@ mod tests {
         );
         assert_eq!(ctx.kind, ProviderErrorKind::ContextLengthExceeded);
         assert!(!ctx.is_retryable());
-        let api = ctx.to_api_error("openai");
+        let api = ctx.to_api_error(&SOURCE);
         assert_eq!(api.status, StatusCode::BAD_REQUEST);
         assert_eq!(api.code.as_deref(), Some("context_length_exceeded"));
+        assert_eq!(api.param.as_deref(), Some("messages"));
+        assert_eq!(
+            api.message,
+            "This model's maximum context length is 8192 tokens"
+        );
 
         let limited = ProviderError::from_status(429, "slow".into(), None, None, Some(2));
         assert!(limited.is_retryable());
-        assert_eq!(limited.to_api_error("p").retry_after_secs, Some(2));
+        assert_eq!(limited.to_api_error(&SOURCE).retry_after_secs, Some(2));
 
         let auth = ProviderError::from_status(401, "bad key".into(), None, None, None);
-        assert_eq!(auth.to_api_error("p").status, StatusCode::BAD_GATEWAY);
+        assert_eq!(auth.to_api_error(&SOURCE).status, StatusCode::BAD_GATEWAY);
         assert_eq!(
             ProviderError::from_status(503, "down".into(), None, None, None).kind,
             ProviderErrorKind::Server
         );
+        // A refusal of the gateway's key is the gateway's problem whatever the status says.
+        let key_in_400 = ProviderError::from_status(
+            400,
+            "Invalid API key provided: sk-live-abc".into(),
+            None,
+            None,
+            None,
+        );
+        assert_eq!(key_in_400.kind, ProviderErrorKind::Authentication);
+    }
+
+    #[test]
+    fn gateway_faults_name_the_provider_and_the_class_and_quote_nothing_upstream() {
+        let url = "http://10.1.2.3:8443/openai/deployments/my-deployment/chat/completions?api-version=2024-10-21";
+        let cases = [
+            (
+                ProviderError::new(
+                    ProviderErrorKind::Connection,
+                    format!("error sending request for url ({url}): connection refused"),
+                ),
+                StatusCode::BAD_GATEWAY,
+                "Provider `azure` is unreachable or dropped the connection.",
+            ),
+            (
+                ProviderError::new(ProviderErrorKind::Timeout, format!("timeout at {url}")),
+                StatusCode::GATEWAY_TIMEOUT,
+                "Provider `azure` timed out.",
+            ),
+            (
+                ProviderError::from_status(
+                    401,
+                    "Incorrect API key provided: sk-live-1234. You can find your API key at https://platform.openai.com/account/api-keys.".into(),
+                    Some("invalid_api_key".into()),
+                    None,
+                    None,
+                ),
+                StatusCode::BAD_GATEWAY,
+                "Provider `azure` refused the gateway's credentials: a gateway configuration problem, not the request's.",
+            ),
+            (
+                ProviderError::from_status(
+                    404,
+                    "The API deployment my-deployment for this resource does not exist.".into(),
+                    Some("DeploymentNotFound".into()),
+                    None,
+                    None,
+                ),
+                StatusCode::BAD_GATEWAY,
+                "Provider `azure` does not know the model configured for `azure-gpt`: a gateway configuration problem, not the request's.",
+            ),
+            (
+                ProviderError::from_unparsed_body(502, b"<html>nginx at 10.0.0.7</html>", None),
+                StatusCode::BAD_GATEWAY,
+                "Provider `azure` failed (HTTP 502).",
+            ),
+            (
+                ProviderError::from_status(
+                    429,
+                    "Rate limit reached for my-deployment in organization org-123".into(),
+                    None,
+                    None,
+                    Some(3),
+                ),
+                StatusCode::TOO_MANY_REQUESTS,
+                "Provider `azure` is rate limiting the gateway; retry after 3 s.",
+            ),
+        ];
+        for (error, status, message) in cases {
+            let api = error.to_api_error(&SOURCE);
+            assert_eq!(
+                (api.status, api.message.as_str()),
+                (status, message),
+                "{error}"
+            );
+            assert!(api.code.is_none() && api.param.is_none(), "{error}");
+        }
+    }
+
+    #[test]
+    fn client_mistakes_keep_the_reason_without_what_locates_the_upstream() {
+        let error = ProviderError::from_status(
+            400,
+            "Invalid value for 'model': 'my-deployment' (see https://internal.example.com/docs)."
+                .into(),
+            Some("invalid_value".into()),
+            Some("model".into()),
+            None,
+        );
+        let api = error.to_api_error(&SOURCE);
+        assert_eq!(api.status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            api.message,
+            "Invalid value for 'model': 'azure-gpt' (see [redacted])."
+        );
+        assert_eq!(api.code.as_deref(), Some("invalid_value"));
+        // A refusal without an error object gives no reason rather than the body.
+        let bare = ProviderError::from_unparsed_body(400, b"<html>proxy 10.0.0.7</html>", None);
+        assert_eq!(bare.kind, ProviderErrorKind::BadRequest);
+        let api = bare.to_api_error(&SOURCE);
+        assert_eq!(
+            api.message,
+            "Upstream answered HTTP 400 without an error object."
+        );
+        // The log keeps it.
+        assert!(bare.to_string().contains("proxy 10.0.0.7"));
     }
 }

@@ -59,13 +59,7 @@ fn parse_error(status: u16, body: &[u8], retry_after: Option<u64>) -> ProviderEr
                 retry_after,
             )
         }
-        Err(_) => ProviderError::from_status(
-            status,
-            format!("HTTP {status}: {}", String::from_utf8_lossy(body)),
-            None,
-            None,
-            retry_after,
-        ),
+        Err(_) => ProviderError::from_unparsed_body(status, body, retry_after),
     }
 }
 
@@ -267,10 +261,11 @@ mod tests {
     }
 
     #[test]
-    fn non_json_error_bodies_keep_their_text() {
+    fn non_json_error_bodies_are_kept_for_the_log_only() {
         let error = parse_error(502, b"Bad Gateway", None);
         assert_eq!(error.kind, ProviderErrorKind::Server);
-        assert!(error.message.contains("Bad Gateway"));
+        assert_eq!(error.detail.as_deref(), Some("Bad Gateway"));
+        assert!(!error.message.contains("Bad Gateway"));
     }
 
     #[test]

@@ -463,7 +463,7 @@ pub async fn execute<'g, A: Attempt>(
     let mut attempts = 0;
     let mut attempts_here = 0;
     let mut retries = 0;
-    let mut last_error: Option<(ProviderError, &'g Deployment)> = None;
+    let mut last_error: Option<(ProviderError, &'g Deployment, &'g str)> = None;
 
     while attempts < config.max_attempts {
         let Some(&current) = models.get(model_index) else {
@@ -538,7 +538,7 @@ pub async fn execute<'g, A: Attempt>(
         tracing::warn!(provider, model = %deployment.model, %error, attempt = attempts, "provider call failed");
         let step = next_step(&error);
         let retry_after = error.retry_after_secs;
-        last_error = Some((error, deployment));
+        last_error = Some((error, deployment, current.name.as_str()));
         match step {
             Next::GiveUp => break,
             Next::LargerContext => {
@@ -601,7 +601,7 @@ pub async fn execute<'g, A: Attempt>(
         }
     }
     Err(match last_error {
-        Some((error, deployment)) => error.to_api_error(&deployment.provider_name),
+        Some((error, deployment, model)) => error.to_api_error(&deployment.error_source(model)),
         None => ApiError::new(
             http::StatusCode::SERVICE_UNAVAILABLE,
             "api_error",

@@ -21,6 +21,8 @@ pub(crate) fn client(timeouts: &Timeouts) -> reqwest::Result<reqwest::Client> {
         .build()
 }
 
+/// A failed exchange, with the whole chain of causes for the log (reqwest's own text names the
+/// URL but not why, such as a refused connection); the client only ever sees the class.
 fn transport_error(error: reqwest::Error) -> ProviderError {
     let kind = if error.is_timeout() {
         ProviderErrorKind::Timeout
@@ -29,7 +31,14 @@ fn transport_error(error: reqwest::Error) -> ProviderError {
     } else {
         ProviderErrorKind::Protocol
     };
-    ProviderError::new(kind, error.to_string())
+    let mut message = error.to_string();
+    let mut cause = std::error::Error::source(&error);
+    while let Some(inner) = cause {
+        message.push_str(": ");
+        message.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    ProviderError::new(kind, message)
 }
 
 /// Sends a request and waits for the response headers for at most `first_byte_ms`. A non-2xx
@@ -327,7 +336,11 @@ mod tests {
         decoder.push(&[b'x'; 1000]);
         decoder.push(b"\ndata: more");
         assert!(decoder.next_data().is_none());
-        assert!(decoder.pending_bytes() >= 1005, "{}", decoder.pending_bytes());
+        assert!(
+            decoder.pending_bytes() >= 1005,
+            "{}",
+            decoder.pending_bytes()
+        );
         decoder.push(b"\n\n");
         assert!(decoder.next_data().is_some());
         assert_eq!(decoder.pending_bytes(), 0);

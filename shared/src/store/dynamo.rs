@@ -25,7 +25,8 @@
 //! Exactness: every admission is one conditional write. RPM and TPM share the minute item
 //! (`ADD requests :one, tokens :t` on condition `requests < :rpm AND tokens <= :tpm - :t`); the
 //! budget keeps `committed = spent + in-flight reservations` in one attribute, because a condition
-//! cannot add two attributes (`ADD committed :estimate` on condition `committed < :budget`). A key
+//! cannot add two attributes (`ADD committed :estimate` on condition `committed <= :budget_left`,
+//! `budget - estimate` worked out here: a request must fit in what is left of the budget). A key
 //! with both writes the two items in one transaction, so a request refused by its budget does not
 //! consume RPM or TPM. Money is counted in integer nano-dollars, so `ADD` is exact and a cheap
 //! request (a few micro-dollars) is not rounded away. Writes that meet a transaction in progress
@@ -933,10 +934,17 @@ impl BudgetCheck {
         let mut update = CounterUpdate::new(month_sk(month));
         update.name("#committed", COMMITTED);
         update.value(":reserve", n(self.reserve_nano));
-        update.value(":budget", n(self.budget_nano));
+        // A condition cannot add, so `committed + reserve <= budget` is checked as `committed <=
+        // budget - reserve`; a reservation of nothing still needs a nano-dollar left, so that
+        // an exhausted budget admits nothing. `Plan::new` refuses a reservation above the
+        // budget, so this is never negative.
+        update.value(
+            ":budget_left",
+            n(self.budget_nano - self.reserve_nano.max(1)),
+        );
         update.expression = "ADD #committed :reserve".to_owned();
         update.condition =
-            Some("attribute_not_exists(#committed) OR #committed < :budget".to_owned());
+            Some("attribute_not_exists(#committed) OR #committed <= :budget_left".to_owned());
         update
     }
 }
@@ -960,11 +968,16 @@ impl Plan {
             return Err(TPM);
         }
         let budget = match key.budget_usd.map(to_nano_usd) {
-            Some(budget_nano) if budget_nano <= 0 => return Err(BUDGET),
-            Some(budget_nano) => Some(BudgetCheck {
-                budget_nano,
-                reserve_nano: to_nano_usd(estimate.cost_usd),
-            }),
+            Some(budget_nano) => {
+                let reserve_nano = to_nano_usd(estimate.cost_usd);
+                if budget_nano <= 0 || reserve_nano > budget_nano || estimate.cost_usd.is_nan() {
+                    return Err(BUDGET);
+                }
+                Some(BudgetCheck {
+                    budget_nano,
+                    reserve_nano,
+                })
+            }
             None => None,
         };
         let window = (key.rpm.is_some() || key.tpm.is_some()).then(|| WindowCheck {
@@ -1374,7 +1387,17 @@ mod tests {
             Plan::new(&key(None, None, Some(0.0)), estimate(1, 0.0)),
             Err(BUDGET)
         );
+        // An estimate beyond the whole budget (max_tokens 4294967295, n 128 on a $0.01 key).
+        assert_eq!(
+            Plan::new(&key(None, None, Some(0.01)), estimate(0, 220_000.0)),
+            Err(BUDGET)
+        );
+        assert_eq!(
+            Plan::new(&key(None, None, Some(0.01)), estimate(0, f64::NAN)),
+            Err(BUDGET)
+        );
         assert!(Plan::new(&key(None, Some(100), None), estimate(100, 0.0)).is_ok());
+        assert!(Plan::new(&key(None, None, Some(0.01)), estimate(0, 0.01)).is_ok());
     }
 
     #[test]
@@ -1418,18 +1441,24 @@ mod tests {
     }
 
     #[test]
-    fn budget_condition_compares_committed_spend_with_the_budget() {
+    fn budget_condition_requires_the_estimate_to_fit_in_what_is_left() {
         let plan = Plan::new(&key(None, None, Some(1.0)), estimate(0, 0.6)).unwrap();
         let update = plan.budget.unwrap().update(202_611);
         assert_eq!(update.sk, "month#202611");
         assert_eq!(update.expression, "ADD #committed :reserve");
         assert_eq!(
             update.condition.as_deref(),
-            Some("attribute_not_exists(#committed) OR #committed < :budget")
+            Some("attribute_not_exists(#committed) OR #committed <= :budget_left")
         );
         assert_eq!(update.values[":reserve"], n(600_000_000));
-        assert_eq!(update.values[":budget"], n(1_000_000_000));
+        assert_eq!(update.values[":budget_left"], n(400_000_000));
         assert_eq!(update.names["#committed"], COMMITTED);
+        // A free request needs some budget left all the same.
+        let free = Plan::new(&key(None, None, Some(1.0)), estimate(0, 0.0)).unwrap();
+        assert_eq!(
+            free.budget.unwrap().update(202_611).values[":budget_left"],
+            n(999_999_999)
+        );
     }
 
     #[test]

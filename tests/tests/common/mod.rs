@@ -313,3 +313,10 @@ pub fn now_secs() -> u64 {
 pub fn chat(model: &str, text: &str) -> Value {
     serde_json::json!({"model": model, "messages": [{"role": "user", "content": text}]})
 }
+
+/// Runs a test body, failing it if it takes longer than `secs` instead of letting it hang.
+pub async fn within<F: std::future::Future>(secs: u64, test: F) -> F::Output {
+    tokio::time::timeout(std::time::Duration::from_secs(secs), test)
+        .await
+        .unwrap_or_else(|_| panic!("the test did not finish within {secs} s"))
+}
