@@ -92,7 +92,7 @@ impl AnthropicProvider {
         let chunks = transport::sse_events(response, &self.timeouts).filter_map(move |event| {
             std::future::ready(match event {
                 Err(e) => Some(Err(e)),
-                Ok(event) => translator.translate(&event.event, &event.data),
+                Ok((event, data)) => translator.translate(&event, &data),
             })
         });
         Ok(chunks.boxed())

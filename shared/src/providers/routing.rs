@@ -941,6 +941,63 @@ mod tests {
         assert_eq!(kind(ProviderErrorKind::Server), Next::Retry);
     }
 
+    /// A conversation from a list of turn kinds: 0 user, 1 assistant, 2 assistant calling a tool
+    /// followed by its result, 3 system; each `size` words long.
+    fn conversation(turns: &[(u8, usize)]) -> ChatRequest {
+        let mut messages = vec![json!({"role": "system", "content": "You are helpful."})];
+        for (i, (kind, size)) in turns.iter().enumerate() {
+            let text = "word ".repeat(*size);
+            match kind {
+                0 => messages.push(json!({"role": "user", "content": text})),
+                1 => messages.push(json!({"role": "assistant", "content": text})),
+                2 => {
+                    let id = format!("call_{i}");
+                    messages.push(json!({"role": "assistant", "content": null, "tool_calls": [
+                        {"id": id, "type": "function", "function": {"name": "f", "arguments": "{}"}}
+                    ]}));
+                    messages.push(json!({"role": "tool", "tool_call_id": id, "content": text}));
+                }
+                _ => messages.push(json!({"role": "system", "content": text})),
+            }
+        }
+        messages.push(json!({"role": "user", "content": "the last question"}));
+        serde_json::from_value(json!({"model": "m", "messages": messages})).unwrap()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn trimming_never_drops_system_prompts_the_last_user_turn_or_a_call_of_a_kept_result(
+            turns in proptest::collection::vec((0u8..4, 0usize..60), 0..30),
+            window in 20u64..800,
+        ) {
+            let mut request = conversation(&turns);
+            let before = request.messages.clone();
+            let dropped = trim_to_fit(&mut request, window);
+            let after = &request.messages;
+            proptest::prop_assert_eq!(before.len() - after.len(), dropped);
+            let systems = |m: &[crate::api::Message]| {
+                m.iter().filter(|m| m.role == Role::System).count()
+            };
+            proptest::prop_assert_eq!(systems(after), systems(&before));
+            let last = after.last().and_then(|m| m.content.as_ref()).map(|c| c.text());
+            proptest::prop_assert_eq!(last.as_deref(), Some("the last question"));
+            for (i, message) in after.iter().enumerate() {
+                if message.role == Role::Tool {
+                    let id = message.tool_call_id.clone();
+                    let called = after[..i].iter().any(|m| {
+                        m.tool_calls.as_ref().is_some_and(|calls| calls.iter().any(|c| Some(&c.id) == id.as_ref()))
+                    });
+                    proptest::prop_assert!(called, "tool result {:?} kept without its call", id);
+                }
+            }
+            // Nothing was dropped while the prompt fitted already.
+            let original = ChatRequest { messages: before.clone(), ..request.clone() };
+            if original.estimate_prompt_tokens() <= window {
+                proptest::prop_assert_eq!(dropped, 0);
+            }
+        }
+    }
+
     #[test]
     fn trimming_keeps_the_system_prompt_and_the_last_user_turn() {
         let long = "word ".repeat(200);
