@@ -235,7 +235,6 @@ impl SseDecoder {
         self.buffer.len() + data
     }
 
-    /// The data of the next complete event, if the bytes pushed so far hold one.
     /// The next complete event, if the bytes pushed so far hold one.
     pub(crate) fn next_event(&mut self) -> Option<SseEvent> {
         if !self.started {
