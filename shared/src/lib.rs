@@ -1,17 +1,23 @@
 //! The gateway library: everything that is not an entrypoint.
+//!
+//! Dependencies point one way: `lambda` -> `http` -> `pipeline` -> `state` -> {`routing`,
+//! `limits`, `keys`, `cache`} -> {`providers`, `storage`} -> {`api`, `config`, `telemetry`,
+//! `error`, `clock`}.
 
 pub mod api;
-pub mod auth;
+pub mod backends;
 pub mod background;
 pub mod cache;
+pub mod clock;
 pub mod config;
-pub mod edge;
 pub mod error;
-pub mod gateway;
 pub mod http;
+pub mod keys;
 pub mod lambda;
 pub mod limits;
+pub mod pipeline;
 pub mod providers;
-pub mod secrets;
-pub mod store;
+pub mod routing;
+pub mod state;
+pub mod storage;
 pub mod telemetry;

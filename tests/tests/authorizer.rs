@@ -1,8 +1,8 @@
-//! The API Gateway REQUEST authorizer (`gateway::edge::authorizer`, the `authorizer` Lambda's
+//! The API Gateway REQUEST authorizer (`gateway::lambda::authorizer`, the `authorizer` Lambda's
 //! handler) fed the REQUEST-authorizer event payload `aws_lambda_events` ships
 //! (`tests/fixtures/apigw-custom-auth-request-type-request.json`) with its `Authorization` header
 //! set per test, over an embedded key store; and the key provisioning that gives each key its
-//! API Gateway key (`gateway::edge::{provision, revoke, ensure_admin_key}`). The last tests use the
+//! API Gateway key (`gateway::keys::edge::{provision, revoke, ensure_admin_key}`). The last tests use the
 //! DynamoDB key store in moto (`MOTO_SERVER`, set by `tests/run`), as the deployed authorizer does.
 
 #[path = "common/moto.rs"]
@@ -14,12 +14,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use gateway::auth::{KeyRecord, NewKey, hash_secret};
-use gateway::edge::authorizer::{AuthorizerError, KeyAuthorizer};
-use gateway::edge::{self, EdgeError, EdgeKey, EdgeKeys, NoEdgeKeys, ProvisionError};
-use gateway::store::dynamo::{DynamoConfig, DynamoStore, FailurePolicy, create_tables};
-use gateway::store::embedded::EmbeddedStore;
-use gateway::store::{KeyStore, StoreError};
+use gateway::keys::KeyStore;
+use gateway::keys::edge::{self, EdgeError, EdgeKey, EdgeKeys, NoEdgeKeys, ProvisionError};
+use gateway::keys::{KeyRecord, NewKey, hash_secret};
+use gateway::lambda::authorizer::{AuthorizerError, KeyAuthorizer};
+use gateway::storage::StoreError;
+use gateway::storage::dynamo::{DynamoConfig, DynamoStore, FailurePolicy, create_tables};
+use gateway::storage::embedded::EmbeddedStore;
 use lambda_http::aws_lambda_events::apigw::{
     ApiGatewayCustomAuthorizerRequestTypeRequest, ApiGatewayCustomAuthorizerResponse,
 };

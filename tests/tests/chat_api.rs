@@ -151,7 +151,7 @@ async fn embeddings_from_an_openai_compatible_upstream_are_converted_to_base64()
 async fn models_lists_what_the_key_may_use() {
     let (_upstream, gw, _) = gateway().await;
     let (scoped, _) = gw
-        .key(gateway::auth::NewKey {
+        .key(gateway::keys::NewKey {
             name: "scoped".into(),
             models: vec!["mock".into(), "gpt".into()],
             ..Default::default()

@@ -13,12 +13,14 @@ use aws_sdk_dynamodb::config::retry::RetryConfig;
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::AttributeValue;
 use bytes::Bytes;
-use gateway::auth::{KeyRecord, NewKey, ensure_admin_key, generate_key, hash_secret};
+use gateway::cache::CacheStore;
+use gateway::keys::KeyStore;
+use gateway::keys::{KeyRecord, NewKey, ensure_admin_key, generate_key, hash_secret};
 use gateway::limits::{BUDGET, Estimate, LimitError, Limiter, RPM, TPM};
-use gateway::store::dynamo::{
+use gateway::storage::StoreError;
+use gateway::storage::dynamo::{
     DynamoConfig, DynamoLimiter, DynamoStore, FailurePolicy, backends, create_tables,
 };
-use gateway::store::{CacheStore, KeyStore, StoreError};
 use moto::{Moto, client_for};
 
 /// Tables of one test on the shared moto server.
@@ -525,10 +527,7 @@ async fn budget_admits_only_requests_whose_estimate_fits_in_what_is_left() {
             retry_after_secs,
         }) => {
             assert_eq!(limit, BUDGET);
-            assert_eq!(
-                retry_after_secs,
-                gateway::limits::secs_until_next_month(now)
-            );
+            assert_eq!(retry_after_secs, gateway::clock::secs_until_next_month(now));
         }
         other => panic!("expected a budget refusal, got {other:?}"),
     }

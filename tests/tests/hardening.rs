@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{MockUpstream, TestGateway, chat};
-use gateway::auth::NewKey;
+use gateway::keys::NewKey;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 

@@ -5,7 +5,7 @@ mod common;
 use std::sync::Arc;
 
 use common::{MockUpstream, TestGateway, chat, now_secs, test_config, within};
-use gateway::auth::NewKey;
+use gateway::keys::NewKey;
 use serde_json::json;
 
 async fn gateway() -> (MockUpstream, TestGateway) {
@@ -276,7 +276,7 @@ async fn budget_refuses_requests_once_spent_including_streams() {
     // The spend is persisted for the next start.
     gw.store.flush();
     let spend = gw.store.spend_this_month().unwrap();
-    let month = gateway::limits::month_of(now_secs());
+    let month = gateway::clock::month_of(now_secs());
     let spent = spend[&(record.id.clone(), month)];
     assert!((0.02..=0.05).contains(&spent), "{spent}");
 }
@@ -318,7 +318,7 @@ async fn budget_refuses_a_request_whose_own_estimate_does_not_fit() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         gw.store.flush();
-        let month = gateway::limits::month_of(now_secs());
+        let month = gateway::clock::month_of(now_secs());
         let spent = gw.store.spend_this_month().unwrap()[&(record.id.clone(), month)];
         assert!(spent > 0.0 && spent <= 0.05, "{spent}");
     })

@@ -7,12 +7,12 @@ mod common;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
-use gateway::auth::{KeyRecord, NewKey, generate_key};
 use gateway::config::Config;
-use gateway::gateway::Gateway;
+use gateway::keys::KeyStore;
+use gateway::keys::{KeyRecord, NewKey, generate_key};
 use gateway::lambda::{ResponseMode, handle};
-use gateway::store::KeyStore;
-use gateway::store::embedded::EmbeddedStore;
+use gateway::state::Gateway;
+use gateway::storage::embedded::EmbeddedStore;
 use lambda_http::request::LambdaRequest;
 use lambda_http::{Context, LambdaEvent};
 use lambda_runtime::FunctionResponse;

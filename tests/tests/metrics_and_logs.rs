@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{TestGateway, within};
-use gateway::auth::NewKey;
+use gateway::keys::NewKey;
 
 const CONFIG: &str = r#"
 [providers.mock]

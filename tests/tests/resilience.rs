@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{MockUpstream, Reply, TestGateway, chat};
-use gateway::auth::{ContextPolicy, NewKey};
+use gateway::keys::{ContextPolicy, NewKey};
 use serde_json::{Value, json};
 
 /// Timeouts are short so the slow scenarios (a first token after 20 s, a 30 s stall, a provider

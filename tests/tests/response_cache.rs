@@ -5,7 +5,7 @@ mod common;
 use std::sync::Arc;
 
 use common::{MockUpstream, TestGateway, chat, test_config};
-use gateway::auth::NewKey;
+use gateway::keys::NewKey;
 use serde_json::json;
 
 async fn gateway(mock_args: &[&str]) -> (MockUpstream, TestGateway, String) {

@@ -1,11 +1,11 @@
 //! The `authorizer` Lambda: API Gateway REQUEST authorizer for gateway keys. The decision logic is
-//! `gateway::edge::authorizer` (event and response shapes are documented there); this binary builds
+//! `gateway::lambda::authorizer` (event and response shapes are documented there); this binary builds
 //! the key store once per container from the environment (`GATEWAY_KEYS_TABLE`, ...,
 //! `GATEWAY_KEY_CACHE_TTL_MS`) and hands each invocation to it.
 
 use std::sync::Arc;
 
-use gateway::edge::authorizer::KeyAuthorizer;
+use gateway::lambda::authorizer::KeyAuthorizer;
 use lambda_http::aws_lambda_events::apigw::ApiGatewayCustomAuthorizerRequestTypeRequest;
 use lambda_http::lambda_runtime::{self, Error, LambdaEvent, service_fn};
 

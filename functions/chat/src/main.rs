@@ -5,10 +5,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use gateway::clock::now_secs;
 use gateway::config::Config;
-use gateway::edge::{ApiGatewayEdgeKeys, ensure_admin_key, parse_usage_plan_ids};
-use gateway::gateway::Gateway;
+use gateway::keys::edge::{ApiGatewayEdgeKeys, ensure_admin_key, parse_usage_plan_ids};
 use gateway::lambda::ResponseMode;
+use gateway::state::Gateway;
 use lambda_http::Error;
 
 fn env(name: &str) -> Option<String> {
@@ -20,12 +21,6 @@ fn credentials(secret: HashMap<String, String>) -> impl Fn(&str) -> Option<Strin
     move |name| secret.get(name).cloned().or_else(|| env(name))
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     gateway::telemetry::init_logging();
@@ -34,7 +29,7 @@ async fn main() -> Result<(), Error> {
         .load()
         .await;
     let secret = match env("GATEWAY_PROVIDER_SECRET_ARN") {
-        Some(arn) => gateway::secrets::provider_credentials(&aws, &arn).await?,
+        Some(arn) => gateway::config::secrets::provider_credentials(&aws, &arn).await?,
         None => HashMap::new(),
     };
     let lookup = credentials(secret);
@@ -42,7 +37,7 @@ async fn main() -> Result<(), Error> {
         Some(path) => Config::from_toml(&std::fs::read_to_string(&path)?)?,
         None => Config::built_in(&lookup),
     };
-    let mut backends = gateway::store::dynamo::backends_from_sdk_config(&aws)?;
+    let mut backends = gateway::storage::dynamo::backends_from_sdk_config(&aws)?;
     // Keys created through the admin API get an API Gateway key in their tier's usage plan.
     if let Some(plans) = env("GATEWAY_USAGE_PLAN_IDS") {
         backends.edge = Arc::new(ApiGatewayEdgeKeys::from_sdk_config(

@@ -5,13 +5,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use gateway::auth::{ContextPolicy, NewKey};
+use gateway::backends::Backends;
+use gateway::clock::now_secs;
 use gateway::config::Config;
-use gateway::edge::{ApiGatewayEdgeKeys, ensure_admin_key, provision, revoke};
-use gateway::gateway::Gateway;
-use gateway::store::Backends;
-use gateway::store::dynamo::DynamoConfig;
-use gateway::store::embedded::EmbeddedStore;
+use gateway::keys::edge::{ApiGatewayEdgeKeys, ensure_admin_key, provision, revoke};
+use gateway::keys::{ContextPolicy, NewKey};
+use gateway::routing::Model;
+use gateway::state::Gateway;
+use gateway::storage::dynamo::DynamoConfig;
+use gateway::storage::embedded::EmbeddedStore;
 
 #[derive(Parser)]
 #[command(
@@ -105,12 +107,6 @@ enum KeysAction {
 
 type Failure = Box<dyn std::error::Error>;
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
@@ -153,7 +149,7 @@ async fn open_backends(
             Ok((store.backends()?, Some(store)))
         }
         Backend::Aws => {
-            let mut backends = gateway::store::dynamo::backends_from_env().await?;
+            let mut backends = gateway::storage::dynamo::backends_from_env().await?;
             // With the stack's usage plans named, keys get their API Gateway keys as on Lambda.
             if env("GATEWAY_USAGE_PLAN_IDS").is_some_and(|v| !v.is_empty()) {
                 backends.edge = Arc::new(ApiGatewayEdgeKeys::from_env().await?);
@@ -169,7 +165,7 @@ async fn create_tables() -> Result<(), Failure> {
         .load()
         .await;
     let client = aws_sdk_dynamodb::Client::new(&sdk_config);
-    gateway::store::dynamo::create_tables(&client, &config).await?;
+    gateway::storage::dynamo::create_tables(&client, &config).await?;
     println!(
         "tables ready: {}, {}, {}",
         config.keys_table, config.limits_table, config.cache_table
@@ -256,7 +252,7 @@ async fn bootstrap_keys(backends: &Backends) -> Result<Option<String>, Failure> 
 fn print_banner(address: SocketAddr, gateway: &Gateway, first_run_key: Option<&str>) {
     use std::io::Write;
     let url = format!("http://{address}");
-    let models: Vec<&str> = gateway.models.keys().map(String::as_str).collect();
+    let models: Vec<&str> = gateway.models.iter().map(Model::name).collect();
     let key = first_run_key.unwrap_or("$GATEWAY_KEY");
     let key_line = match first_run_key {
         Some(secret) => format!("First run: created API key {secret} (shown once; stored hashed)"),

@@ -9,11 +9,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::transport;
-use super::{ChunkStream, ProviderError, ProviderErrorKind, now_secs};
+use super::{ChunkStream, ProviderError, ProviderErrorKind};
 use crate::api::{
     AssistantMessage, ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, Content, Delta,
     FunctionCall, FunctionCallDelta, JsonObject, Role, ToolCall, ToolCallDelta, Usage,
 };
+use crate::clock::now_secs;
 use crate::config::{ProviderConfig, Timeouts};
 
 const DEFAULT_VERSION: &str = "2023-06-01";

@@ -36,11 +36,12 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
-use super::{ChunkStream, ProviderError, ProviderErrorKind, now_secs};
+use super::{ChunkStream, ProviderError, ProviderErrorKind};
 use crate::api::{
     AssistantMessage, ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, Content, Delta,
     FunctionCall, FunctionCallDelta, JsonObject, Role, ToolCall, ToolCallDelta, Usage,
 };
+use crate::clock::now_secs;
 use crate::config::{ProviderConfig, Timeouts};
 
 pub struct BedrockProvider {

@@ -7,12 +7,13 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
-use super::{ChunkStream, ProviderError, now_secs};
+use super::{ChunkStream, ProviderError};
 use crate::api::{
     AssistantMessage, ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, Delta,
     Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, EmbeddingVector, FunctionCall,
     JsonObject, ToolCall, Usage,
 };
+use crate::clock::now_secs;
 
 const DEFAULT_DIMENSIONS: usize = 256;
 const DEFAULT_MAX_WORDS: usize = 64;

@@ -5,7 +5,6 @@ pub mod bedrock;
 pub mod mock;
 pub mod openai;
 mod redact;
-pub mod routing;
 mod transport;
 
 use std::time::Duration;
@@ -359,12 +358,6 @@ impl std::fmt::Display for ProviderError {
 }
 
 impl std::error::Error for ProviderError {}
-
-pub(crate) fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 #[cfg(test)]
 mod tests {

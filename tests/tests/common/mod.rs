@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use gateway::auth::{KeyRecord, NewKey, generate_key};
 use gateway::config::Config;
-use gateway::gateway::Gateway;
-use gateway::store::KeyStore;
-use gateway::store::embedded::EmbeddedStore;
+use gateway::keys::KeyStore;
+use gateway::keys::{KeyRecord, NewKey, generate_key};
+use gateway::state::Gateway;
+use gateway::storage::embedded::EmbeddedStore;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 

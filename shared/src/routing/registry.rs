@@ -1,23 +1,17 @@
-//! The gateway's state, built once per process (or Lambda container) from the config and the
-//! backends: the model registry, the authenticator, the limiter and the response cache.
+//! The model registry: every public model is served (by a non-empty list of deployments) or an
+//! alias over served models, as two variants.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use crate::auth::Authenticator;
-use crate::background::Background;
-use crate::cache::ResponseCache;
 use crate::config::{
-    CachePartition, Capabilities, Config, ConfigError, DEFAULT_MAX_DIMENSIONS, ModelKind, Price,
-    RouteConfig, RoutingConfig, Timeouts,
+    Capabilities, Config, ConfigError, DEFAULT_MAX_DIMENSIONS, ModelKind, Price, RouteConfig,
+    Timeouts,
 };
-use crate::edge::EdgeKeys;
 use crate::error::ApiError;
-use crate::limits::Limiter;
-use crate::providers::routing::DeploymentHealth;
 use crate::providers::{ErrorSource, Provider};
-use crate::store::Backends;
+
+use super::health::DeploymentHealth;
 
 /// One way to serve a model: a provider and the model name it knows.
 pub struct Deployment {
@@ -137,25 +131,16 @@ impl Model {
     }
 }
 
-pub struct Gateway {
-    pub models: BTreeMap<String, Model>,
-    pub auth: Authenticator,
-    pub limiter: Arc<dyn Limiter>,
-    pub cache: ResponseCache,
-    pub cache_partition: CachePartition,
-    pub routing: RoutingConfig,
-    pub max_body_bytes: usize,
-    pub started_at: u64,
-    pub background: Background,
-    pub edge: Arc<dyn EdgeKeys>,
+/// Every public model by name.
+pub struct Registry {
+    models: BTreeMap<String, Model>,
 }
 
-impl Gateway {
-    /// Builds the gateway; credentials are read through `env` (the process environment in
-    /// production, a map in tests). Fails naming the config field at fault.
-    pub fn new(
+impl Registry {
+    /// Builds the providers and models of the config; credentials are read through `env`. Fails
+    /// naming the config field at fault.
+    pub fn from_config(
         config: &Config,
-        backends: Backends,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
         let mut providers = BTreeMap::new();
@@ -224,21 +209,7 @@ impl Gateway {
                 })),
             );
         }
-        Ok(Self {
-            models,
-            auth: Authenticator::new(
-                backends.keys,
-                Duration::from_millis(config.server.key_cache_ttl_ms),
-            ),
-            limiter: backends.limiter,
-            cache: ResponseCache::new(backends.cache),
-            cache_partition: config.cache.partition,
-            routing: config.routing,
-            max_body_bytes: config.server.max_body_bytes,
-            started_at: crate::providers::now_secs(),
-            background: Background::default(),
-            edge: backends.edge,
-        })
+        Ok(Self { models })
     }
 
     pub fn model(&self, name: &str) -> Result<&Model, ApiError> {
@@ -255,11 +226,8 @@ impl Gateway {
         }
     }
 
-    /// The cache partition of a tenant: its own, unless the cache is configured global.
-    pub fn cache_partition<'a>(&self, tenant: &'a str) -> Option<&'a str> {
-        match self.cache_partition {
-            CachePartition::Tenant => Some(tenant),
-            CachePartition::Global => None,
-        }
+    /// Every model, by name.
+    pub fn iter(&self) -> impl Iterator<Item = &Model> {
+        self.models.values()
     }
 }

@@ -23,9 +23,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Backends, CacheStore, KeyStore, StoreError};
-use crate::auth::KeyRecord;
-use crate::limits::{LocalLimiter, SpendSink, month_of};
+use super::StoreError;
+use crate::backends::Backends;
+use crate::cache::CacheStore;
+use crate::clock::{month_of, now_secs};
+use crate::keys::KeyRecord;
+use crate::keys::KeyStore;
+use crate::limits::{LocalLimiter, SpendSink};
 
 /// How long the writer collects writes before committing them together.
 const BATCH_WINDOW: Duration = Duration::from_millis(100);
@@ -154,12 +158,6 @@ fn backend(error: rusqlite::Error) -> StoreError {
     StoreError::Backend(error.to_string())
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 fn open(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(backend)?;
     conn.execute_batch(
@@ -244,7 +242,7 @@ impl EmbeddedStore {
             keys: self.clone(),
             limiter: Arc::new(LocalLimiter::new(Some(sink), spent)),
             cache: self.clone(),
-            edge: Arc::new(crate::edge::NoEdgeKeys),
+            edge: Arc::new(crate::keys::edge::NoEdgeKeys),
         })
     }
 
@@ -509,7 +507,7 @@ impl SpendSink for EmbeddedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::{NewKey, generate_key};
+    use crate::keys::{NewKey, generate_key};
 
     fn temp_dir(name: &str) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!(

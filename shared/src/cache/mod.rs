@@ -13,7 +13,15 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use crate::api::{ChatRequest, JsonObject, Message, Stop, Tool};
-use crate::store::CacheStore;
+use crate::storage::StoreError;
+
+/// Response bodies by the hash of the canonical request.
+#[async_trait::async_trait]
+pub trait CacheStore: Send + Sync {
+    async fn get(&self, key: &[u8; 32]) -> Result<Option<Bytes>, StoreError>;
+    /// Stores a body for `ttl_s` seconds. Implementations may write in the background.
+    async fn put(&self, key: &[u8; 32], body: Bytes, ttl_s: u64) -> Result<(), StoreError>;
+}
 
 pub type CacheKey = [u8; 32];
 
@@ -306,7 +314,7 @@ impl ResponseCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::StoreError;
+    use crate::storage::StoreError;
     use async_trait::async_trait;
     use serde_json::json;
     use std::sync::atomic::{AtomicUsize, Ordering};

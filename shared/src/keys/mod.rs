@@ -1,6 +1,8 @@
 //! API keys: bearer secrets stored only as SHA-256 hashes, each with its tenant, model scope,
 //! limits, budget and expiry.
 
+pub mod edge;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -11,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
-use crate::store::{KeyStore, StoreError};
+use crate::storage::StoreError;
 
 const KEY_PREFIX: &str = "gw-";
 
@@ -321,6 +323,19 @@ pub fn store_unavailable(error: StoreError) -> ApiError {
         "api_error",
         "The key store is unavailable; try again shortly.",
     )
+}
+
+/// API keys, addressed by the SHA-256 of the secret: the secret itself is never stored.
+#[async_trait::async_trait]
+pub trait KeyStore: Send + Sync {
+    async fn get_by_hash(&self, hash: &str) -> Result<Option<KeyRecord>, StoreError>;
+    /// Creates a key; fails with `Conflict` if the hash or the id exists.
+    async fn insert(&self, hash: &str, record: &KeyRecord) -> Result<(), StoreError>;
+    /// Creates or replaces a key (used for the bootstrap admin key).
+    async fn upsert(&self, hash: &str, record: &KeyRecord) -> Result<(), StoreError>;
+    async fn list(&self) -> Result<Vec<KeyRecord>, StoreError>;
+    /// Marks a key revoked; false if no key has that id.
+    async fn revoke(&self, id: &str) -> Result<bool, StoreError>;
 }
 
 #[cfg(test)]

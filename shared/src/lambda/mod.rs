@@ -9,8 +9,10 @@
 //! A buffered answer is produced by `lambda_http`'s own adapter, so a non-streamed response never
 //! goes through the streaming path (aws-lambda-rust-runtime issue 967).
 
+pub mod authorizer;
+
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::Router;
 use bytes::Bytes;
@@ -20,10 +22,11 @@ use lambda_http::{Adapter, Context, Error, LambdaEvent, RequestExt, Service, Str
 use lambda_runtime::tower::ServiceExt;
 use lambda_runtime::{FunctionResponse, StreamResponse};
 
-use crate::auth::KeyRecord;
 use crate::background::Background;
-use crate::gateway::Gateway;
-use crate::http::{AuthorizedKey, RequestDeadline};
+use crate::http::AuthorizedKey;
+use crate::keys::KeyRecord;
+use crate::pipeline::RequestDeadline;
+use crate::state::Gateway;
 
 /// Time kept back from the invocation deadline to end a stream cleanly with an error event.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
@@ -88,10 +91,7 @@ fn authorized_key(event: &LambdaRequest) -> Option<KeyRecord> {
 }
 
 fn invocation_deadline(context: &Context) -> Option<tokio::time::Instant> {
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .ok()?
-        .as_millis() as u64;
+    let now_ms = crate::clock::now_millis();
     let left = Duration::from_millis(context.deadline.checked_sub(now_ms)?);
     Some(tokio::time::Instant::now() + left.saturating_sub(DEADLINE_MARGIN))
 }

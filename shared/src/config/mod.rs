@@ -4,6 +4,8 @@
 //! fails at start-up instead of at the first request. Secrets are never written in the file:
 //! a provider names the environment variable that holds its credential.
 
+pub mod secrets;
+
 use std::collections::BTreeMap;
 use std::fmt;
 

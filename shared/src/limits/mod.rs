@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
-use crate::auth::KeyRecord;
+use crate::clock::{month_of, secs_until_next_month};
 use crate::error::ApiError;
+use crate::keys::KeyRecord;
 
 /// What a request is expected to consume, known before it runs.
 #[derive(Debug, Clone, Copy, Default)]
@@ -248,51 +249,10 @@ fn fits_budget(committed: f64, estimate: f64, budget: f64) -> bool {
     committed < budget && committed + estimate <= budget
 }
 
-/// Days since 1970-01-01 to (year, month), by Howard Hinnant's civil-from-days algorithm; a date
-/// crate would be the only reason to pull one in.
-fn civil_from_days(days: i64) -> (i64, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month)
-}
-
-/// (year, month) to days since 1970-01-01 of its first day; the inverse of the above.
-fn days_from_civil(year: i64, month: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let m = i64::from(month);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The UTC calendar month of a time, as YYYYMM.
-pub fn month_of(now_secs: u64) -> u32 {
-    let (year, month) = civil_from_days((now_secs / 86_400) as i64);
-    year as u32 * 100 + month
-}
-
-pub fn secs_until_next_month(now_secs: u64) -> u64 {
-    let (year, month) = civil_from_days((now_secs / 86_400) as i64);
-    let (next_year, next_month) = if month == 12 {
-        (year + 1, 1)
-    } else {
-        (year, month + 1)
-    };
-    let start = days_from_civil(next_year, next_month) as u64 * 86_400;
-    start.saturating_sub(now_secs).max(1)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::{month_of, secs_until_next_month};
 
     fn key(rpm: Option<u64>, tpm: Option<u64>, budget: Option<f64>) -> KeyRecord {
         KeyRecord {
@@ -307,7 +267,7 @@ mod tests {
             disabled: false,
             admin: false,
             created_at: 0,
-            context_policy: crate::auth::ContextPolicy::Reject,
+            context_policy: crate::keys::ContextPolicy::Reject,
             tier: None,
             usage_key: None,
             usage_key_id: None,

@@ -10,10 +10,8 @@
 //! [`provision`] and [`revoke`] do the store and the edge together, so the CLI and the admin API
 //! share them: the local run passes [`NoEdgeKeys`], AWS [`ApiGatewayEdgeKeys`].
 
-pub mod authorizer;
-
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_config::BehaviorVersion;
@@ -24,9 +22,11 @@ use http::StatusCode;
 use rand::Rng;
 use rand::distr::Alphanumeric;
 
-use crate::auth::{KeyRecord, NewKey, TIERS, generate_key, hash_secret, store_unavailable};
+use crate::clock::now_secs;
 use crate::error::ApiError;
-use crate::store::{KeyStore, StoreError};
+use crate::keys::KeyStore;
+use crate::keys::{KeyRecord, NewKey, TIERS, generate_key, hash_secret, store_unavailable};
+use crate::storage::StoreError;
 
 /// JSON object mapping each tier to the id of its usage plan, set by the SAM template.
 pub const USAGE_PLAN_IDS_ENV: &str = "GATEWAY_USAGE_PLAN_IDS";
@@ -359,7 +359,7 @@ pub async fn revoke(
 }
 
 /// `GATEWAY_ADMIN_KEY` with an edge: makes `secret` the admin key (like
-/// [`crate::auth::ensure_admin_key`]) and gives it an API Gateway key, which every route behind
+/// [`crate::keys::ensure_admin_key`]) and gives it an API Gateway key, which every route behind
 /// the authorizer needs. A container that finds the admin key enabled and attached does nothing
 /// but one read; containers starting together may each attach a key (the last one stored wins;
 /// the others are inert).
@@ -376,7 +376,7 @@ pub async fn ensure_admin_key(
     if ready {
         return Ok(());
     }
-    crate::auth::ensure_admin_key(keys, secret, now_secs).await?;
+    crate::keys::ensure_admin_key(keys, secret, now_secs).await?;
     let mut record = keys.get_by_hash(&hash).await?.ok_or_else(|| {
         StoreError::Backend("the admin key is missing right after it was written".to_owned())
     })?;
@@ -391,12 +391,6 @@ pub async fn ensure_admin_key(
         }
     }
     Ok(())
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

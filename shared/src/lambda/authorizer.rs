@@ -21,7 +21,7 @@
 //! template, 300 s by default) — set that lower if revocations must apply faster.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
@@ -33,8 +33,8 @@ use lambda_http::aws_lambda_events::iam::{IamPolicyEffect, IamPolicyStatement};
 use lambda_http::lambda_runtime::Diagnostic;
 use serde_json::json;
 
-use crate::auth::{Authenticator, KeyRecord};
-use crate::store::KeyStore;
+use crate::keys::KeyStore;
+use crate::keys::{Authenticator, KeyRecord};
 
 /// How long the authorizer trusts a key record it read, in milliseconds.
 pub const KEY_CACHE_TTL_ENV: &str = "GATEWAY_KEY_CACHE_TTL_MS";
@@ -81,7 +81,7 @@ impl KeyAuthorizer {
     /// key cache TTL from `GATEWAY_KEY_CACHE_TTL_MS`.
     pub async fn from_env() -> Result<Self, String> {
         let ttl = key_cache_ttl(|name| std::env::var(name).ok())?;
-        let backends = crate::store::dynamo::backends_from_env().await?;
+        let backends = crate::storage::dynamo::backends_from_env().await?;
         Ok(Self::new(backends.keys, ttl))
     }
 
@@ -90,9 +90,7 @@ impl KeyAuthorizer {
         &self,
         request: &ApiGatewayCustomAuthorizerRequestTypeRequest,
     ) -> Result<ApiGatewayCustomAuthorizerResponse, AuthorizerError> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = crate::clock::now_secs();
         self.authorize(request, now).await
     }
 

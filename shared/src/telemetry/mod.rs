@@ -10,7 +10,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
-use crate::store::StoreError;
+use crate::storage::StoreError;
 
 /// Installs the JSON log subscriber; safe to call more than once (later calls do nothing).
 pub fn init_logging() {
@@ -167,9 +167,7 @@ impl Emf {
         directives: Vec<serde_json::Value>,
         mut fields: serde_json::Map<String, serde_json::Value>,
     ) -> String {
-        let timestamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let timestamp = crate::clock::now_millis();
         fields.insert(
             "_aws".to_owned(),
             serde_json::json!({"Timestamp": timestamp, "CloudWatchMetrics": directives}),

@@ -61,11 +61,13 @@ use flate2::read::DeflateDecoder;
 use flate2::write::DeflateEncoder;
 use rand::Rng;
 
-use super::{Backends, CacheStore, KeyStore, StoreError};
-use crate::auth::KeyRecord;
-use crate::limits::{
-    BUDGET, Estimate, LimitError, Limiter, RPM, Reservation, TPM, month_of, secs_until_next_month,
-};
+use super::StoreError;
+use crate::backends::Backends;
+use crate::cache::CacheStore;
+use crate::clock::{month_of, now_secs, secs_until_next_month};
+use crate::keys::KeyRecord;
+use crate::keys::KeyStore;
+use crate::limits::{BUDGET, Estimate, LimitError, Limiter, RPM, Reservation, TPM};
 
 const PK: &str = "pk";
 const SK: &str = "sk";
@@ -188,7 +190,7 @@ pub fn backends(client: &Client, config: &DynamoConfig) -> Backends {
         keys: store.clone(),
         limiter: Arc::new(DynamoLimiter::new(client.clone(), config)),
         cache: store,
-        edge: Arc::new(crate::edge::NoEdgeKeys),
+        edge: Arc::new(crate::keys::edge::NoEdgeKeys),
     }
 }
 
@@ -285,12 +287,6 @@ fn backend(what: &str, error: &impl std::error::Error) -> StoreError {
 
 fn build_error(error: BuildError) -> StoreError {
     StoreError::Backend(format!("invalid DynamoDB request: {error}"))
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn key_pk(hash: &str) -> String {

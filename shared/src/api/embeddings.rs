@@ -1,0 +1,199 @@
+//! Embeddings: the request with its bounds, and vectors as floats or base64.
+
+use serde::{Deserialize, Serialize};
+
+use super::JsonObject;
+use crate::error::ApiError;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EmbeddingRequest {
+    pub model: String,
+    pub input: EmbeddingInput,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding_format: Option<EncodingFormat>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dimensions: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(flatten)]
+    pub extra: JsonObject,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EncodingFormat {
+    Float,
+    Base64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EmbeddingInput {
+    One(String),
+    Many(Vec<String>),
+    Tokens(Vec<u32>),
+    ManyTokens(Vec<Vec<u32>>),
+}
+
+/// Most inputs in one embeddings request, as OpenAI allows.
+pub const MAX_EMBEDDING_INPUTS: usize = 2048;
+
+/// Most tokens (estimated) in one embeddings request, all inputs together, as OpenAI allows.
+pub const MAX_EMBEDDING_REQUEST_TOKENS: u64 = 300_000;
+
+impl EmbeddingInput {
+    /// The inputs as texts; token arrays become their numbers separated by spaces, which keeps
+    /// them deterministic for the mock model and estimates.
+    pub fn texts(&self) -> Vec<String> {
+        fn tokens_text(tokens: &[u32]) -> String {
+            tokens
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(" ")
+        }
+        match self {
+            EmbeddingInput::One(s) => vec![s.clone()],
+            EmbeddingInput::Many(v) => v.clone(),
+            EmbeddingInput::Tokens(t) => vec![tokens_text(t)],
+            EmbeddingInput::ManyTokens(v) => v.iter().map(|t| tokens_text(t)).collect(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            EmbeddingInput::One(_) | EmbeddingInput::Tokens(_) => 1,
+            EmbeddingInput::Many(v) => v.len(),
+            EmbeddingInput::ManyTokens(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        match self {
+            EmbeddingInput::One(s) => s.is_empty(),
+            EmbeddingInput::Tokens(t) => t.is_empty(),
+            EmbeddingInput::Many(v) => v.is_empty(),
+            EmbeddingInput::ManyTokens(v) => v.is_empty(),
+        }
+    }
+
+    pub fn estimate_tokens(&self) -> u64 {
+        match self {
+            EmbeddingInput::One(s) => (s.len() as u64).div_ceil(4),
+            EmbeddingInput::Many(v) => v.iter().map(|s| (s.len() as u64).div_ceil(4)).sum(),
+            EmbeddingInput::Tokens(t) => t.len() as u64,
+            EmbeddingInput::ManyTokens(v) => v.iter().map(|t| t.len() as u64).sum(),
+        }
+    }
+}
+
+impl EmbeddingRequest {
+    pub fn validate(&self) -> Result<(), ApiError> {
+        if self.input.is_empty() {
+            return Err(ApiError::bad_request("`input` must not be empty").with_param("input"));
+        }
+        if self.input.len() > MAX_EMBEDDING_INPUTS {
+            return Err(ApiError::bad_request(format!(
+                "`input` has {} entries; at most {MAX_EMBEDDING_INPUTS} are accepted",
+                self.input.len()
+            ))
+            .with_param("input"));
+        }
+        if self.dimensions == Some(0) {
+            return Err(
+                ApiError::bad_request("`dimensions` must be at least 1").with_param("dimensions")
+            );
+        }
+        let tokens = self.input.estimate_tokens();
+        if tokens > MAX_EMBEDDING_REQUEST_TOKENS {
+            return Err(ApiError::bad_request(format!(
+                "`input` is about {tokens} tokens; at most {MAX_EMBEDDING_REQUEST_TOKENS} are accepted per request"
+            ))
+            .with_param("input"));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EmbeddingResponse {
+    #[serde(default = "list_object")]
+    pub object: String,
+    pub data: Vec<Embedding>,
+    pub model: String,
+    #[serde(default)]
+    pub usage: EmbeddingUsage,
+}
+
+fn list_object() -> String {
+    "list".to_owned()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Embedding {
+    #[serde(default = "embedding_object")]
+    pub object: String,
+    pub index: u32,
+    pub embedding: EmbeddingVector,
+}
+
+fn embedding_object() -> String {
+    "embedding".to_owned()
+}
+
+/// A vector as floats or as OpenAI's base64 of little-endian f32s: both official SDKs ask for
+/// base64 by default and decode it, so the format the client asked for is the one it gets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EmbeddingVector {
+    Float(Vec<f32>),
+    Base64(String),
+}
+
+impl EmbeddingVector {
+    pub fn into_format(self, format: EncodingFormat) -> Result<Self, ApiError> {
+        use base64::Engine;
+        use base64::engine::general_purpose::STANDARD;
+        match (self, format) {
+            (EmbeddingVector::Float(v), EncodingFormat::Base64) => {
+                let bytes: Vec<u8> = v.iter().flat_map(|f| f.to_le_bytes()).collect();
+                Ok(EmbeddingVector::Base64(STANDARD.encode(bytes)))
+            }
+            (EmbeddingVector::Base64(s), EncodingFormat::Float) => {
+                let bytes = STANDARD.decode(s.as_bytes()).map_err(|e| {
+                    ApiError::new(
+                        http::StatusCode::BAD_GATEWAY,
+                        "api_error",
+                        format!("upstream sent an invalid base64 embedding: {e}"),
+                    )
+                })?;
+                Ok(EmbeddingVector::Float(
+                    bytes
+                        .chunks_exact(4)
+                        .filter_map(|c| c.try_into().ok().map(f32::from_le_bytes))
+                        .collect(),
+                ))
+            }
+            (same, _) => Ok(same),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct EmbeddingUsage {
+    pub prompt_tokens: u64,
+    pub total_tokens: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embeddings_convert_between_float_and_base64() {
+        let v = EmbeddingVector::Float(vec![1.0, -0.5]);
+        let b = v.clone().into_format(EncodingFormat::Base64).unwrap();
+        assert_eq!(b, EmbeddingVector::Base64("AACAPwAAAL8=".to_owned()));
+        assert_eq!(b.into_format(EncodingFormat::Float).unwrap(), v);
+    }
+}

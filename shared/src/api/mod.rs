@@ -1,0 +1,16 @@
+//! OpenAI wire types and request validation.
+//!
+//! Request types name the fields the gateway reads and keep every other field in `extra`, so what
+//! an SDK sends (including fields newer than this code) is forwarded upstream, not dropped.
+
+mod assembler;
+mod chat;
+mod embeddings;
+mod models;
+
+pub use assembler::*;
+pub use chat::*;
+pub use embeddings::*;
+pub use models::*;
+
+pub type JsonObject = serde_json::Map<String, serde_json::Value>;

@@ -1,0 +1,114 @@
+//! The route handlers: extract what the request carries and hand it to the pipeline.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Extension, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::api::{ModelEntry, ModelList};
+use crate::error::ApiError;
+use crate::keys::KeyRecord;
+use crate::pipeline::{self, RequestDeadline};
+use crate::state::Gateway;
+use crate::telemetry::METRICS;
+
+pub(crate) async fn health() -> impl IntoResponse {
+    axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+/// The metrics name every model, provider and deployment, and tell traffic and spend: for
+/// operators only.
+pub(crate) async fn admin_metrics(
+    Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
+) -> Response {
+    match super::admin::require_admin(&key) {
+        Ok(()) => metrics().await.into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+pub(crate) async fn metrics() -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        METRICS.render(),
+    )
+}
+
+pub(crate) fn body_error(rejection: BytesRejection) -> ApiError {
+    let status = rejection.status();
+    let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        "Request body too large.".to_owned()
+    } else {
+        rejection.body_text()
+    };
+    ApiError::new(status, "invalid_request_error", message)
+}
+
+pub(crate) async fn list_models(
+    State(gateway): State<Arc<Gateway>>,
+    Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
+) -> Response {
+    let data = gateway
+        .models
+        .iter()
+        .filter(|m| key.allows_model(m.name()))
+        .map(|m| ModelEntry {
+            id: m.name().to_owned(),
+            object: "model",
+            created: gateway.started_at,
+            owned_by: m.owned_by().to_owned(),
+        })
+        .collect();
+    axum::Json(ModelList {
+        object: "list",
+        data,
+    })
+    .into_response()
+}
+
+/// A key already authenticated in front of the router (on AWS, by the API Gateway authorizer,
+/// whose verdict the Lambda adapter attaches); the router then trusts it instead of looking
+/// the bearer key up again.
+#[derive(Debug, Clone)]
+pub struct AuthorizedKey(pub Arc<KeyRecord>);
+
+pub(crate) async fn chat_completions(
+    State(gateway): State<Arc<Gateway>>,
+    Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
+    deadline: Option<Extension<RequestDeadline>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let deadline = deadline.map(|Extension(RequestDeadline(at))| at);
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return body_error(rejection).into_response(),
+    };
+    match pipeline::chat::chat(&gateway, &key, &headers, &body, deadline).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+pub(crate) async fn embeddings(
+    State(gateway): State<Arc<Gateway>>,
+    Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
+    deadline: Option<Extension<RequestDeadline>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let deadline = deadline.map(|Extension(RequestDeadline(at))| at);
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return body_error(rejection).into_response(),
+    };
+    match pipeline::embeddings::embed(&gateway, &key, &body, deadline).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}

@@ -1,0 +1,113 @@
+//! The router's layers: request ids, authentication and CloudWatch metrics.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use tracing::Instrument;
+
+use super::handlers::AuthorizedKey;
+use crate::clock::now_secs;
+use crate::pipeline::{UpstreamTime, X_GATEWAY_CACHE, X_GATEWAY_MODEL, X_REQUEST_ID};
+use crate::state::Gateway;
+use crate::telemetry::{EMF, Emf, RequestFacts};
+
+/// Resolves the bearer key of every route but `/health`, unless a front (the API Gateway
+/// authorizer) already did.
+pub(crate) async fn authenticate(
+    State(gateway): State<Arc<Gateway>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    if request.extensions().get::<AuthorizedKey>().is_none() {
+        match gateway
+            .auth
+            .authenticate(request.headers(), now_secs())
+            .await
+        {
+            Ok(key) => {
+                request.extensions_mut().insert(AuthorizedKey(key));
+            }
+            Err(error) => return error.into_response(),
+        }
+    }
+    next.run(request).await
+}
+
+pub(crate) fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+/// On Lambda, one EMF line per request (latency, time to first token, overhead, cache, errors);
+/// a stream's line is written when it ends. Elsewhere this does nothing.
+pub(crate) async fn cloudwatch_metrics(request: Request, next: Next) -> Response {
+    let Some(emf) = EMF.as_ref() else {
+        return next.run(request).await;
+    };
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let headers_after = started.elapsed();
+    let header = |name: &HeaderName| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let mut facts = RequestFacts {
+        model: header(&X_GATEWAY_MODEL),
+        status: response.status().as_u16(),
+        latency_ms: millis(headers_after),
+        time_to_first_token_ms: None,
+        overhead_ms: response
+            .extensions()
+            .get::<UpstreamTime>()
+            .map(|UpstreamTime(upstream)| millis(headers_after.saturating_sub(*upstream))),
+        cache: header(&X_GATEWAY_CACHE),
+    };
+    let streamed = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if !streamed {
+        Emf::write(&emf.request_line(&facts));
+        return response;
+    }
+    // Streams are held until their first token, so the headers leave with it.
+    facts.time_to_first_token_ms = Some(facts.latency_ms);
+    let (parts, body) = response.into_parts();
+    let at_end = futures_util::stream::once(async move {
+        facts.latency_ms = millis(started.elapsed());
+        Emf::write(&emf.request_line(&facts));
+        None
+    })
+    .filter_map(std::future::ready);
+    Response::from_parts(
+        parts,
+        Body::from_stream(body.into_data_stream().chain(at_end)),
+    )
+}
+
+/// Every response carries `x-request-id`: the caller's, or a new one.
+pub(crate) async fn request_id(request: Request, next: Next) -> Response {
+    let id = request
+        .headers()
+        .get(&X_REQUEST_ID)
+        .filter(|v| v.len() <= 128)
+        .cloned()
+        .unwrap_or_else(|| {
+            let id = format!("req_{:032x}", rand::random::<u128>());
+            HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("req_unknown"))
+        });
+    // Log lines written while the request is handled carry its id, so the `x-request-id` of an
+    // error finds the details its body leaves out (a provider's failure, say).
+    let span = tracing::info_span!("request", request_id = %String::from_utf8_lossy(id.as_bytes()));
+    let mut response = next.run(request).instrument(span).await;
+    response.headers_mut().insert(X_REQUEST_ID.clone(), id);
+    response
+}

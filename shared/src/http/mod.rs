@@ -1,0 +1,82 @@
+//! THE router, for Lambda and the local server alike.
+//!
+//! Route table (every route but `/health` needs a gateway key; on AWS each is an explicit path of
+//! the API in `infra/template.yaml`, checked by `infra/contract.py`):
+//!
+//! | method | path | handler |
+//! |---|---|---|
+//! | GET | `/health` | `handlers::health` (no key) |
+//! | GET | `/metrics` | `handlers::admin_metrics` (admin key; `metrics_router` serves it keyless on its own listener) |
+//! | GET | `/v1/models` | `handlers::list_models` |
+//! | POST | `/v1/chat/completions` | `handlers::chat_completions` -> `pipeline::chat` |
+//! | POST | `/v1/embeddings` | `handlers::embeddings` -> `pipeline::embeddings` |
+//! | POST, GET | `/v1/admin/keys` | `admin::create_key`, `admin::list_keys` |
+//! | DELETE | `/v1/admin/keys/{id}` | `admin::revoke_key` |
+//!
+//! Layers, outermost first: `request_id` (every response carries `x-request-id`; a tracing span
+//! per request), the body limit (`server.max_body_bytes`), then on the keyed routes
+//! `cloudwatch_metrics` (EMF on Lambda) and `authenticate`.
+
+pub mod admin;
+pub mod handlers;
+pub mod middleware;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::{delete, get, post};
+
+use admin::{create_key, list_keys, revoke_key};
+use handlers::{admin_metrics, chat_completions, embeddings, health, list_models, metrics};
+use middleware::{authenticate, cloudwatch_metrics, request_id};
+
+use crate::error::ApiError;
+use crate::state::Gateway;
+
+pub use handlers::AuthorizedKey;
+
+pub fn router(gateway: Arc<Gateway>) -> Router {
+    let max_body = gateway.max_body_bytes;
+    let authenticated = Router::new()
+        .route("/v1/models", get(list_models))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/admin/keys", post(create_key).get(list_keys))
+        .route("/v1/admin/keys/{id}", delete(revoke_key))
+        .route("/metrics", get(admin_metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&gateway),
+            authenticate,
+        ))
+        .route_layer(axum::middleware::from_fn(cloudwatch_metrics));
+    Router::new()
+        .route("/health", get(health))
+        .merge(authenticated)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn(request_id))
+        .with_state(gateway)
+}
+
+/// `/metrics` alone and without a key, for a listener of its own on a private network (the
+/// local server's `server.metrics_listen`); the main router's `/metrics` needs an admin key.
+pub fn metrics_router() -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("Unknown route. This gateway serves the OpenAI API under /v1.")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        "Method not allowed on this route.",
+    )
+}

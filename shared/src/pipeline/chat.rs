@@ -1,0 +1,225 @@
+//! The chat completions pipeline: validate, select the model, admit against the key's limits, look
+//! up the cache, call the provider through the attempt loop, and answer (JSON or an SSE relay).
+
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+
+use super::relay::StreamRelay;
+use super::settlement::{Settlement, finish_in_background};
+use super::sse::{SSE_DONE, sse_data, sse_response};
+use super::{
+    CACHE_HIT, DEFAULT_RESERVED_OUTPUT_TOKENS, UpstreamTime, X_GATEWAY_COST, authorize_model,
+    gateway_headers, json_response, parse_json, set_header, to_json_bytes,
+};
+use crate::api::{ChatCompletion, ChatRequest, CompletionAssembler, StreamOptions, Usage};
+use crate::cache::{CacheMode, Lookup, cache_key};
+use crate::clock::now_secs;
+use crate::config::ModelKind;
+use crate::error::ApiError;
+use crate::keys::KeyRecord;
+use crate::limits::Estimate;
+use crate::routing::{self, Outcome, ServedModel};
+use crate::state::Gateway;
+use crate::telemetry::{METRICS, Metrics};
+
+pub(crate) async fn chat(
+    gateway: &Gateway,
+    key: &KeyRecord,
+    headers: &HeaderMap,
+    body: &[u8],
+    invocation_deadline: Option<tokio::time::Instant>,
+) -> Result<Response, ApiError> {
+    let now = now_secs();
+    let mut request: ChatRequest = parse_json(body)?;
+    request.validate()?;
+    let requested = authorize_model(gateway, key, &request.model, ModelKind::Chat)?;
+    let selection = routing::select(&gateway.models, requested, key, &mut request)?;
+    let route = selection.model;
+    check_output_cap(&request, route)?;
+
+    let prompt_estimate = request.estimate_prompt_tokens();
+    let output_reserve = request
+        .max_output_tokens()
+        .map_or(DEFAULT_RESERVED_OUTPUT_TOKENS, u64::from)
+        * u64::from(request.choices());
+    let estimate = Estimate {
+        tokens: prompt_estimate + output_reserve,
+        cost_usd: route.price.cost_usd(prompt_estimate, output_reserve),
+    };
+    let reservation = gateway
+        .limiter
+        .acquire(key, estimate, now)
+        .await
+        .map_err(|e| e.to_api_error())?;
+    let mut settlement = Settlement::new(gateway, reservation, route.price);
+    settlement.observed.prompt_tokens = prompt_estimate;
+
+    let preferred = routing::choose(route, &[], Instant::now());
+    let primary = preferred
+        .and_then(|i| route.deployments.get(i))
+        .unwrap_or(route.deployments.first());
+    let total = tokio::time::Instant::now() + Duration::from_millis(primary.timeouts.total_ms);
+    let deadline = invocation_deadline.map_or(total, |at| at.min(total));
+    let mode = CacheMode::decide(headers, &request, route.cache_ttl_s);
+    let stream = request.is_stream();
+    let include_usage = request.include_usage();
+    let mut leader = None;
+    if mode == CacheMode::Use {
+        let key = cache_key(
+            gateway.cache_partition(&key.tenant),
+            &primary.provider_name,
+            &primary.model,
+            primary.version.as_deref(),
+            &request,
+        );
+        match gateway.cache.lookup(key, deadline).await {
+            Lookup::Hit(body) => {
+                Metrics::count(&METRICS.cache, &[("result", CACHE_HIT)]);
+                // A hit costs nothing upstream: only the request itself counts against RPM.
+                settlement.finish(Usage::default(), route.price, &route.name);
+                let mut response = cached_response(body, stream, include_usage)?;
+                gateway_headers(&mut response, CACHE_HIT, route, primary, &selection);
+                set_header(&mut response, &X_GATEWAY_COST, "0");
+                return Ok(response);
+            }
+            Lookup::Miss(guard) => leader = Some(guard),
+            Lookup::DeadlinePassed => {
+                return Err(ApiError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "timeout",
+                    "The request's deadline passed while an identical request was being answered.",
+                ));
+            }
+        }
+    }
+    let cache_header = mode.header_value();
+    Metrics::count(&METRICS.cache, &[("result", cache_header)]);
+
+    if stream {
+        // Usage is always requested upstream, so the gateway can bill streams exactly; the
+        // client sees the usage chunk only if it asked for it.
+        request
+            .stream_options
+            .get_or_insert_with(StreamOptions::default)
+            .include_usage = Some(true);
+    }
+    let upstream_started = Instant::now();
+    let mut attempt = routing::ChatAttempt {
+        request: &mut request,
+        stream,
+    };
+    let answer = routing::execute(
+        &gateway.models,
+        &gateway.routing,
+        key,
+        route,
+        preferred,
+        &mut attempt,
+        deadline,
+    )
+    .await?;
+    let upstream_time = UpstreamTime(upstream_started.elapsed());
+    // Only an answer from the deployment the key was computed for is cached under it.
+    let leader = leader.filter(|_| std::ptr::eq(answer.deployment, primary));
+    match answer.outcome {
+        Outcome::Complete(completion) => {
+            let usage = completion
+                .usage
+                .unwrap_or_else(|| Usage::new(prompt_estimate, 0));
+            let cost = settlement.finish(usage, answer.model.price, &answer.model.name);
+            let body = to_json_bytes(&completion)?;
+            if let Some(leader) = leader {
+                let (body, ttl) = (body.clone(), answer.model.cache_ttl_s);
+                finish_in_background(&gateway.background, leader.complete(body, ttl));
+            }
+            let mut response = json_response(StatusCode::OK, body);
+            gateway_headers(
+                &mut response,
+                cache_header,
+                answer.model,
+                answer.deployment,
+                &selection,
+            );
+            set_header(&mut response, &X_GATEWAY_COST, &format!("{cost:.8}"));
+            response.extensions_mut().insert(upstream_time);
+            Ok(response)
+        }
+        Outcome::Stream(chunks) => {
+            settlement.price = answer.model.price;
+            let leads = leader.is_some();
+            let relay = StreamRelay {
+                upstream: chunks,
+                assembler: CompletionAssembler::default(),
+                include_usage,
+                usage_sent: false,
+                settlement: Some(settlement),
+                model: answer.model.name.clone(),
+                provider: answer.deployment.provider_name.clone(),
+                upstream_model: answer.deployment.model.clone(),
+                span: tracing::Span::current(),
+                leader,
+                background: gateway.background.clone(),
+                cache_ttl_s: answer.model.cache_ttl_s,
+                prompt_estimate,
+                deadline,
+                finish_grace: Duration::from_millis(gateway.routing.stream_finish_grace_ms),
+                finished: false,
+            };
+            let body = if leads {
+                // Identical requests wait for this answer: it is read at the upstream's pace,
+                // however slowly this client reads.
+                Body::from_stream(relay.detached())
+            } else {
+                Body::from_stream(relay.into_stream())
+            };
+            let mut response = sse_response(body);
+            gateway_headers(
+                &mut response,
+                cache_header,
+                answer.model,
+                answer.deployment,
+                &selection,
+            );
+            response.extensions_mut().insert(upstream_time);
+            Ok(response)
+        }
+    }
+}
+
+/// Refuses a `max_tokens` above what the model can produce: it would reserve (and could bill)
+/// output that never comes.
+pub(crate) fn check_output_cap(request: &ChatRequest, model: &ServedModel) -> Result<(), ApiError> {
+    match (request.max_output_tokens(), model.max_output_tokens) {
+        (Some(asked), Some(cap)) if u64::from(asked) > cap => Err(ApiError::bad_request(format!(
+            "`max_tokens` is too large: {asked}. Model `{}` supports at most {cap} completion tokens.",
+            model.name
+        ))
+        .with_param("max_tokens")),
+        _ => Ok(()),
+    }
+}
+
+pub(crate) fn cached_response(
+    body: Bytes,
+    stream: bool,
+    include_usage: bool,
+) -> Result<Response, ApiError> {
+    if !stream {
+        return Ok(json_response(StatusCode::OK, body));
+    }
+    let completion: ChatCompletion = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::internal(format!("cached answer is unreadable: {e}")))?;
+    let mut frames: Vec<Result<Bytes, Infallible>> = completion
+        .to_chunks(include_usage)
+        .iter()
+        .map(|c| Ok(sse_data(c)))
+        .collect();
+    frames.push(Ok(Bytes::from_static(SSE_DONE)));
+    Ok(sse_response(Body::from_stream(futures_util::stream::iter(
+        frames,
+    ))))
+}

@@ -1,0 +1,62 @@
+//! The gateway's state, built once per process (or Lambda container) from the config and the
+//! backends: the model registry, the authenticator, the limiter and the response cache.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backends::Backends;
+use crate::background::Background;
+use crate::cache::ResponseCache;
+use crate::config::{CachePartition, Config, ConfigError, RoutingConfig};
+use crate::keys::Authenticator;
+use crate::keys::edge::EdgeKeys;
+use crate::limits::Limiter;
+use crate::routing::Registry;
+
+pub struct Gateway {
+    pub models: Registry,
+    pub auth: Authenticator,
+    pub limiter: Arc<dyn Limiter>,
+    pub cache: ResponseCache,
+    pub cache_partition: CachePartition,
+    pub routing: RoutingConfig,
+    pub max_body_bytes: usize,
+    pub started_at: u64,
+    pub background: Background,
+    pub edge: Arc<dyn EdgeKeys>,
+}
+
+impl Gateway {
+    /// Builds the gateway; credentials are read through `env` (the process environment in
+    /// production, a map in tests). Fails naming the config field at fault.
+    pub fn new(
+        config: &Config,
+        backends: Backends,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let models = Registry::from_config(config, env)?;
+        Ok(Self {
+            models,
+            auth: Authenticator::new(
+                backends.keys,
+                Duration::from_millis(config.server.key_cache_ttl_ms),
+            ),
+            limiter: backends.limiter,
+            cache: ResponseCache::new(backends.cache),
+            cache_partition: config.cache.partition,
+            routing: config.routing,
+            max_body_bytes: config.server.max_body_bytes,
+            started_at: crate::clock::now_secs(),
+            background: Background::default(),
+            edge: backends.edge,
+        })
+    }
+
+    /// The cache partition of a tenant: its own, unless the cache is configured global.
+    pub fn cache_partition<'a>(&self, tenant: &'a str) -> Option<&'a str> {
+        match self.cache_partition {
+            CachePartition::Tenant => Some(tenant),
+            CachePartition::Global => None,
+        }
+    }
+}
