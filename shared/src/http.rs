@@ -65,8 +65,28 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(max_body, declared_length))
         .layer(middleware::from_fn(request_id))
         .with_state(gateway)
+}
+
+/// Refuses a body whose declared `Content-Length` is over the cap at once, before any of it is
+/// read (a 100-continue client never sends it); the body limit alone would wait for the bytes.
+async fn declared_length(State(max_body): State<usize>, request: Request, next: Next) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(length) if length > max_body as u64 => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            format!("Request body too large: {length} bytes declared, the limit is {max_body}."),
+        )
+        .into_response(),
+        _ => next.run(request).await,
+    }
 }
 
 /// Resolves the bearer key of every route but `/health` and `/metrics`, unless a front (the API
