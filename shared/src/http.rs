@@ -26,7 +26,7 @@ use crate::background::Background;
 use crate::cache::{CacheMode, Leader, Lookup, cache_key};
 use crate::config::{ModelKind, Price};
 use crate::edge;
-use crate::error::ApiError;
+use crate::error::{ApiError, BodyTimeout};
 use crate::gateway::{Deployment, Gateway, ModelRoute};
 use crate::limits::{Estimate, Limiter, Reservation};
 use crate::providers::routing::{self, Outcome, Selection};
@@ -37,7 +37,7 @@ use crate::telemetry::{EMF, Emf, METRICS, Metrics, RequestFacts};
 /// Output tokens reserved against TPM and budget when a request sets no `max_tokens`.
 const DEFAULT_RESERVED_OUTPUT_TOKENS: u64 = 1024;
 
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_GATEWAY_CACHE: HeaderName = HeaderName::from_static("x-gateway-cache");
 static X_GATEWAY_PROVIDER: HeaderName = HeaderName::from_static("x-gateway-provider");
 static X_GATEWAY_MODEL: HeaderName = HeaderName::from_static("x-gateway-model");
@@ -177,13 +177,16 @@ async fn request_id(request: Request, next: Next) -> Response {
         .get(&X_REQUEST_ID)
         .filter(|v| v.len() <= 128)
         .cloned()
-        .unwrap_or_else(|| {
-            let id = format!("req_{:032x}", rand::random::<u128>());
-            HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("req_unknown"))
-        });
+        .unwrap_or_else(new_request_id);
     let mut response = next.run(request).await;
     response.headers_mut().insert(X_REQUEST_ID.clone(), id);
     response
+}
+
+/// A fresh `x-request-id` value, also for the responses the server gives outside the router.
+pub(crate) fn new_request_id() -> HeaderValue {
+    let id = format!("req_{:032x}", rand::random::<u128>());
+    HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("req_unknown"))
 }
 
 async fn health() -> impl IntoResponse {
@@ -213,6 +216,13 @@ async fn method_not_allowed() -> ApiError {
 }
 
 fn body_error(rejection: BytesRejection) -> ApiError {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&rejection);
+    while let Some(error) = cause {
+        if let Some(timeout) = error.downcast_ref::<BodyTimeout>() {
+            return ApiError::from(*timeout);
+        }
+        cause = error.source();
+    }
     let status = rejection.status();
     let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
         "Request body too large.".to_owned()

@@ -13,5 +13,6 @@ pub mod lambda;
 pub mod limits;
 pub mod providers;
 pub mod secrets;
+pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -198,9 +198,13 @@ async fn serve(
     let address = listener.local_addr()?;
     print_banner(address, &gateway, first_run_key.as_deref());
 
-    axum::serve(listener, gateway::http::router(gateway))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    gateway::server::serve(
+        listener,
+        gateway::http::router(gateway),
+        &config.server,
+        shutdown_signal(),
+    )
+    .await;
     if let Some(store) = embedded {
         store.flush();
     }
