@@ -118,6 +118,40 @@ impl std::fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
+/// A request body the local server stopped waiting for (`server.body_read_timeout_ms`, or under
+/// `server.min_body_bytes_per_s`); the handler reading the body answers it with a 408.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyTimeout {
+    /// Not complete within the body-read timeout.
+    Total,
+    /// Arriving slower than the minimum rate.
+    TooSlow,
+}
+
+impl std::fmt::Display for BodyTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Total => {
+                "The request body was not received within the server's body-read timeout."
+            }
+            Self::TooSlow => "The request body arrived slower than the server's minimum rate.",
+        })
+    }
+}
+
+impl std::error::Error for BodyTimeout {}
+
+impl From<BodyTimeout> for ApiError {
+    fn from(timeout: BodyTimeout) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            timeout.to_string(),
+        )
+        .with_code("request_timeout")
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (
@@ -136,6 +170,15 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// What a store (keys, limits, cache) reports.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} already exists")]
+    Conflict(String),
+    #[error("storage backend failed: {0}")]
+    Backend(String),
 }
 
 #[cfg(test)]

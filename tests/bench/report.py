@@ -6,7 +6,7 @@
 
 Each measurement is one JSON file in RESULTS_DIR, named CASE@TARGET.json: the output of `oha
 --output-format json` or of `bench-driver`. Other files: meta.json (machine, settings), rss.json,
-coldstart@BIN.json, zip@BIN.json.
+coldstart@BIN.json, zip@BIN.json; keepalive@TARGET.json holds first_us, total_us and gap_us.
 """
 
 import json
@@ -45,6 +45,16 @@ def latency(result, stream=False):
     return None
 
 
+def keepalive_series(result, name):
+    """(p50_us, p99_us, ok, errors, achieved_rps) of one series of a bench-driver keepalive result."""
+    if result is None or result.get("mode") != "keepalive":
+        return None
+    series = result.get(name)
+    if not series:
+        return (None, None, result["ok"], result["errors"], 0.0)
+    return (series["p50"], series["p99"], result["ok"], result["errors"], result["achieved_rps"])
+
+
 def cpu_per_request(get, case, target):
     """(microseconds of CPU per answered request of the server under test, its baseline target)."""
     base_target = "direct0" if case.startswith("hit") else "direct"
@@ -75,9 +85,13 @@ def main(results):
     get = lambda name: load(os.path.join(results, name + ".json"))
     rows = []  # (measure, subject, baseline, added, goal, verdict)
 
-    def lat_rows(case, title, target, base_target, base_label, stream=False, goals=None):
-        mine = latency(get(f"{case}@{target}"), stream)
-        base = latency(get(f"{case}@{base_target}"), stream)
+    def lat_rows(case, title, target, base_target, base_label, stream=False, goals=None, series=None):
+        if series:
+            mine = keepalive_series(get(f"{case}@{target}"), series)
+            base = keepalive_series(get(f"{case}@{base_target}"), series)
+        else:
+            mine = latency(get(f"{case}@{target}"), stream)
+            base = latency(get(f"{case}@{base_target}"), stream)
         if mine is None:
             return
         goals = goals or {}
@@ -116,6 +130,15 @@ def main(results):
                 goals = {"p50": (200, "added <= 0.2 ms", True)}
             lat_rows(f"stream{rate}", f"{prefix}streamed time to first token, {rate} rps,", target,
                      "direct", "direct to mock", stream=True, goals=goals)
+        conns = meta.get("keepalive_connections", 8)
+        for series, what, goals in (
+            ("first_us", "time to first token", None),
+            ("total_us", "whole stream", {"p50": (500, "added <= 0.5 ms", True)}),
+            ("gap_us", "gap between chunks", None),
+        ):
+            lat_rows("keepalive", f"{prefix}{what}, streams on {conns} keep-alive connections,",
+                     target, "direct", "direct to mock",
+                     goals=goals if who == "gateway" else None, series=series)
         for case, title in ((f"plain{top}", f"CPU per request, cache miss, plain, {top} rps"),
                             (f"stream{top}", f"CPU per request, streamed, {top} rps"),
                             (f"miss{top}", f"CPU per request, cache miss with lookup + store, {top} rps"),
@@ -183,7 +206,8 @@ def main(results):
         f"fixed-rate point after {meta.get('warmup_s', '?')} s of warm-up; load: {meta.get('tool', 'oha')} "
         "(open loop at a fixed rate, latency measured from each request's scheduled start) for plain "
         "requests and cache hits, bench-driver (tests/bench/driver, open loop) for time to first token "
-        "and unique-prompt misses; closed loop for throughput. Lambda init uses the native x86_64 "
+        "and unique-prompt misses, and its closed loop of streams one after another on each keep-alive "
+        "connection; closed loop for throughput. Lambda init uses the native x86_64 "
         "release builds; zips are arm64.",
     ]
     out = ["\n".join(head), "",

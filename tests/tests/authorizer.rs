@@ -14,11 +14,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use gateway::error::StoreError;
 use gateway::keys::KeyStore;
 use gateway::keys::edge::{self, EdgeError, EdgeKey, EdgeKeys, NoEdgeKeys, ProvisionError};
 use gateway::keys::{KeyRecord, NewKey, hash_secret};
 use gateway::lambda::authorizer::{AuthorizerError, KeyAuthorizer};
-use gateway::storage::StoreError;
 use gateway::storage::dynamo::{DynamoConfig, DynamoStore, FailurePolicy, create_tables};
 use gateway::storage::embedded::EmbeddedStore;
 use lambda_http::aws_lambda_events::apigw::{

@@ -14,10 +14,10 @@ use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::AttributeValue;
 use bytes::Bytes;
 use gateway::cache::CacheStore;
+use gateway::error::StoreError;
 use gateway::keys::KeyStore;
 use gateway::keys::{KeyRecord, NewKey, ensure_admin_key, generate_key, hash_secret};
 use gateway::limits::{BUDGET, Estimate, LimitError, Limiter, RPM, TPM};
-use gateway::storage::StoreError;
 use gateway::storage::dynamo::{
     DynamoConfig, DynamoLimiter, DynamoStore, FailurePolicy, backends, create_tables,
 };

@@ -82,6 +82,9 @@ price = {{ input_per_mtok = 10, output_per_mtok = 10 }}
 [models.auto]
 route = {{ strategy = "cost", candidates = ["cheap", "strong"], strong = "strong" }}
 
+[models.cached-once]
+deployments = [{{ provider = "mock", model = "mock" }}]
+
 [models.huge-tool-index]
 deployments = [{{ provider = "upstream", model = "fault:tool_index=4294967295" }}]
 
@@ -421,6 +424,53 @@ async fn a_cache_leader_that_never_reads_does_not_hold_identical_requests() {
         assert_eq!(reply.header("x-gateway-cache"), Some("HIT"));
         assert_eq!(attempts(&upstream, "fault:tokens=40000").await, 1);
         drop(socket);
+    })
+    .await
+    .expect("within the timeout");
+}
+
+/// The value of the cache counter for `result` on `model`, as `/metrics` shows it.
+fn cache_count(metrics: &str, result: &str, model: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|line| line.starts_with("gateway_cache_total{"))
+        .filter(|line| {
+            line.contains(&format!("result=\"{result}\""))
+                && line.contains(&format!("model=\"{model}\""))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_result_is_counted_once() {
+    tokio::time::timeout(TIMEOUT, async {
+        let (_upstream, gateway, key) = setup().await;
+        let (admin, _) = gateway
+            .key(NewKey {
+                name: "ops".into(),
+                admin: true,
+                ..NewKey::default()
+            })
+            .await;
+        let mut body = chat("cached-once", "count me once");
+        body["temperature"] = json!(0);
+        let first = gateway.post("/v1/chat/completions", &key, &body).await;
+        assert_eq!(first.header("x-gateway-cache"), Some("MISS"));
+        let second = gateway.post("/v1/chat/completions", &key, &body).await;
+        assert_eq!(second.header("x-gateway-cache"), Some("HIT"));
+        let metrics = gateway
+            .send(
+                gateway
+                    .http
+                    .get(format!("{}/metrics", gateway.url))
+                    .bearer_auth(&admin),
+            )
+            .await;
+        assert_eq!(metrics.status, 200);
+        let text = String::from_utf8_lossy(&metrics.body).into_owned();
+        assert_eq!(cache_count(&text, "MISS", "cached-once"), 1, "{text}");
+        assert_eq!(cache_count(&text, "HIT", "cached-once"), 1, "{text}");
     })
     .await
     .expect("within the timeout");

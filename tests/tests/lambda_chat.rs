@@ -308,6 +308,30 @@ async fn behind_the_authorizer_the_function_trusts_its_context() {
 }
 
 #[tokio::test]
+async fn a_declared_length_over_the_body_cap_is_413_on_every_front() {
+    let setup = setup().await;
+    for fixture in [
+        "apigw_proxy_request.json",
+        "apigw_v2_proxy_request.json",
+        "lambda_function_url_request.json",
+        "alb_request.json",
+    ] {
+        let mut payload = event(
+            fixture,
+            "POST",
+            "/v1/chat/completions",
+            Some(&setup.key),
+            Some(&completion_request(false)),
+        );
+        payload["headers"]["content-length"] = json!("99999999999");
+        let answer = invoke(&setup, payload).await;
+        assert_eq!(answer.status, 413, "{fixture}: {}", answer.body);
+        let body: Value = serde_json::from_str(&answer.body).expect("error json");
+        assert_eq!(body["error"]["type"], "invalid_request_error", "{fixture}");
+    }
+}
+
+#[tokio::test]
 async fn health_answers_without_a_key() {
     let setup = setup().await;
     let answer = invoke(

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use gateway::backends::Backends;
 use gateway::clock::now_secs;
-use gateway::config::Config;
+use gateway::config::{Config, ServerConfig};
 use gateway::keys::edge::{ApiGatewayEdgeKeys, ensure_admin_key, provision, revoke};
 use gateway::keys::{ContextPolicy, NewKey};
 use gateway::routing::Model;
@@ -192,12 +192,16 @@ async fn serve(
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let address = listener.local_addr()?;
-    serve_metrics(config.server.metrics_listen).await?;
+    serve_metrics(&config.server).await?;
     print_banner(address, &gateway, first_run_key.as_deref());
 
-    axum::serve(listener, gateway::http::router(gateway))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    gateway::http::server::serve(
+        listener,
+        gateway::http::router(gateway),
+        &config.server,
+        shutdown_signal(),
+    )
+    .await;
     if let Some(store) = embedded {
         store.flush();
     }
@@ -206,9 +210,10 @@ async fn serve(
 
 /// Serves `/metrics` without a key on `server.metrics_listen`, when it is set, for a Prometheus
 /// scraper on a private network; the main listener's `/metrics` needs an admin key all the
-/// same. Bound before the banner, so that an address in use fails the start.
-async fn serve_metrics(address: Option<SocketAddr>) -> Result<(), Failure> {
-    let Some(address) = address else {
+/// same. Bound before the banner, so that an address in use fails the start; served with the
+/// same connection timeouts and cap as the main listener.
+async fn serve_metrics(server: &ServerConfig) -> Result<(), Failure> {
+    let Some(address) = server.metrics_listen else {
         return Ok(());
     };
     let listener = tokio::net::TcpListener::bind(address)
@@ -216,10 +221,10 @@ async fn serve_metrics(address: Option<SocketAddr>) -> Result<(), Failure> {
         .map_err(|e| format!("cannot listen on {address} (server.metrics_listen): {e}"))?;
     let bound = listener.local_addr()?;
     tracing::info!(address = %bound, "serving /metrics without a key (server.metrics_listen)");
+    let server = server.clone();
     tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, gateway::http::metrics_router()).await {
-            tracing::error!(%error, "the metrics listener stopped");
-        }
+        let router = gateway::http::metrics_router();
+        gateway::http::server::serve(listener, router, &server, std::future::pending()).await;
     });
     Ok(())
 }

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use crate::api::{ChatRequest, JsonObject, Message, Stop, Tool};
-use crate::storage::StoreError;
+use crate::error::StoreError;
 
 /// Response bodies by the hash of the canonical request.
 #[async_trait::async_trait]
@@ -314,7 +314,7 @@ impl ResponseCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::StoreError;
+    use crate::error::StoreError;
     use async_trait::async_trait;
     use serde_json::json;
     use std::sync::atomic::{AtomicUsize, Ordering};

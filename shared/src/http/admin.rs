@@ -12,11 +12,11 @@ use serde::Serialize;
 use super::handlers::{AuthorizedKey, body_error};
 use crate::clock::now_secs;
 use crate::error::ApiError;
+use crate::error::StoreError;
 use crate::keys::edge;
 use crate::keys::{KeyRecord, NewKey, store_unavailable};
 use crate::pipeline::{json_response, parse_json, to_json_bytes};
 use crate::state::Gateway;
-use crate::storage::StoreError;
 
 pub(crate) fn require_admin(key: &KeyRecord) -> Result<(), ApiError> {
     if key.admin {

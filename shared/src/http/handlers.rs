@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::api::{ModelEntry, ModelList};
-use crate::error::ApiError;
+use crate::error::{ApiError, BodyTimeout};
 use crate::keys::KeyRecord;
 use crate::pipeline::{self, RequestDeadline};
 use crate::state::Gateway;
@@ -41,6 +41,13 @@ pub(crate) async fn metrics() -> impl IntoResponse {
 }
 
 pub(crate) fn body_error(rejection: BytesRejection) -> ApiError {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&rejection);
+    while let Some(error) = cause {
+        if let Some(timeout) = error.downcast_ref::<BodyTimeout>() {
+            return ApiError::from(*timeout);
+        }
+        cause = error.source();
+    }
     let status = rejection.status();
     let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
         "Request body too large.".to_owned()
@@ -72,6 +79,11 @@ pub(crate) async fn list_models(
     .into_response()
 }
 
+/// The pipeline's response, or its error in OpenAI's shape.
+async fn answer(work: impl Future<Output = Result<Response, ApiError>>) -> Response {
+    work.await.unwrap_or_else(IntoResponse::into_response)
+}
+
 /// A key already authenticated in front of the router (on AWS, by the API Gateway authorizer,
 /// whose verdict the Lambda adapter attaches); the router then trusts it instead of looking
 /// the bearer key up again.
@@ -86,14 +98,11 @@ pub(crate) async fn chat_completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let deadline = deadline.map(|Extension(RequestDeadline(at))| at);
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) => return body_error(rejection).into_response(),
-    };
-    match pipeline::chat::chat(&gateway, &key, &headers, &body, deadline).await {
-        Ok(response) => response,
-        Err(error) => error.into_response(),
-    }
+    answer(async {
+        let body = body.map_err(body_error)?;
+        pipeline::chat::chat(&gateway, &key, &headers, &body, deadline).await
+    })
+    .await
 }
 
 pub(crate) async fn embeddings(
@@ -103,12 +112,9 @@ pub(crate) async fn embeddings(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let deadline = deadline.map(|Extension(RequestDeadline(at))| at);
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) => return body_error(rejection).into_response(),
-    };
-    match pipeline::embeddings::embed(&gateway, &key, &body, deadline).await {
-        Ok(response) => response,
-        Err(error) => error.into_response(),
-    }
+    answer(async {
+        let body = body.map_err(body_error)?;
+        pipeline::embeddings::embed(&gateway, &key, &body, deadline).await
+    })
+    .await
 }

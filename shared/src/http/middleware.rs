@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderName, HeaderValue, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
@@ -13,6 +13,7 @@ use tracing::Instrument;
 
 use super::handlers::AuthorizedKey;
 use crate::clock::now_secs;
+use crate::error::ApiError;
 use crate::pipeline::{UpstreamTime, X_GATEWAY_CACHE, X_GATEWAY_MODEL, X_REQUEST_ID};
 use crate::state::Gateway;
 use crate::telemetry::{EMF, Emf, RequestFacts};
@@ -100,14 +101,40 @@ pub(crate) async fn request_id(request: Request, next: Next) -> Response {
         .get(&X_REQUEST_ID)
         .filter(|v| v.len() <= 128)
         .cloned()
-        .unwrap_or_else(|| {
-            let id = format!("req_{:032x}", rand::random::<u128>());
-            HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("req_unknown"))
-        });
+        .unwrap_or_else(new_request_id);
     // Log lines written while the request is handled carry its id, so the `x-request-id` of an
     // error finds the details its body leaves out (a provider's failure, say).
     let span = tracing::info_span!("request", request_id = %String::from_utf8_lossy(id.as_bytes()));
     let mut response = next.run(request).instrument(span).await;
     response.headers_mut().insert(X_REQUEST_ID.clone(), id);
     response
+}
+
+/// A fresh `x-request-id` value, also for the responses the server gives outside the router.
+pub(crate) fn new_request_id() -> HeaderValue {
+    let id = format!("req_{:032x}", rand::random::<u128>());
+    HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("req_unknown"))
+}
+
+/// Refuses a body whose declared `Content-Length` is over the cap at once, before any of it is
+/// read (a 100-continue client never sends it); the body limit alone would wait for the bytes.
+pub(crate) async fn declared_length(
+    State(max_body): State<usize>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(length) if length > max_body as u64 => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            format!("Request body too large: {length} bytes declared, the limit is {max_body}."),
+        )
+        .into_response(),
+        _ => next.run(request).await,
+    }
 }

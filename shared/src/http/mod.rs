@@ -20,6 +20,7 @@
 pub mod admin;
 pub mod handlers;
 pub mod middleware;
+pub mod server;
 
 use std::sync::Arc;
 
@@ -30,7 +31,7 @@ use axum::routing::{delete, get, post};
 
 use admin::{create_key, list_keys, revoke_key};
 use handlers::{admin_metrics, chat_completions, embeddings, health, list_models, metrics};
-use middleware::{authenticate, cloudwatch_metrics, request_id};
+use middleware::{authenticate, cloudwatch_metrics, declared_length, request_id};
 
 use crate::error::ApiError;
 use crate::state::Gateway;
@@ -57,6 +58,10 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            max_body,
+            declared_length,
+        ))
         .layer(axum::middleware::from_fn(request_id))
         .with_state(gateway)
 }

@@ -24,9 +24,9 @@ use rand::distr::Alphanumeric;
 
 use crate::clock::now_secs;
 use crate::error::ApiError;
+use crate::error::StoreError;
 use crate::keys::KeyStore;
 use crate::keys::{KeyRecord, NewKey, TIERS, generate_key, hash_secret, store_unavailable};
-use crate::storage::StoreError;
 
 /// JSON object mapping each tier to the id of its usage plan, set by the SAM template.
 pub const USAGE_PLAN_IDS_ENV: &str = "GATEWAY_USAGE_PLAN_IDS";

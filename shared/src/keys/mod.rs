@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
-use crate::storage::StoreError;
+use crate::error::StoreError;
 
 const KEY_PREFIX: &str = "gw-";
 

@@ -78,7 +78,10 @@ pub(crate) async fn chat(
         );
         match gateway.cache.lookup(key, deadline).await {
             Lookup::Hit(body) => {
-                Metrics::count(&METRICS.cache, &[("result", CACHE_HIT)]);
+                Metrics::count(
+                    &METRICS.cache,
+                    &[("result", CACHE_HIT), ("model", &route.name)],
+                );
                 // A hit costs nothing upstream: only the request itself counts against RPM.
                 settlement.finish(Usage::default(), route.price, &route.name);
                 let mut response = cached_response(body, stream, include_usage)?;
@@ -97,7 +100,10 @@ pub(crate) async fn chat(
         }
     }
     let cache_header = mode.header_value();
-    Metrics::count(&METRICS.cache, &[("result", cache_header)]);
+    Metrics::count(
+        &METRICS.cache,
+        &[("result", cache_header), ("model", &route.name)],
+    );
 
     if stream {
         // Usage is always requested upstream, so the gateway can bill streams exactly; the

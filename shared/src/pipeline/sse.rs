@@ -272,4 +272,65 @@ mod tests {
             Some(json!({"id": "c", "object": "o", "created": 1, "model": "m", "choices": []}))
         );
     }
+
+    fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i32>().prop_map(Value::from),
+            "[a-z \"{}\\[\\],:\\\\]{0,8}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                proptest::collection::btree_map("[a-z_\"]{1,6}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// Whatever the chunk holds and wherever `usage` stands, the relayed text parses to the
+        /// chunk without its top-level `usage` (or, untouched, to the chunk itself).
+        #[test]
+        fn the_usage_scanner_agrees_with_serde_json(
+            extra in proptest::collection::vec(("[a-z]{1,6}", json_value()), 0..4),
+            usage in json_value(),
+            position in 0usize..8,
+            pretty: bool,
+        ) {
+            let mut members: Vec<(String, Value)> = vec![
+                ("id".into(), json!("c")),
+                ("object".into(), json!("chat.completion.chunk")),
+                ("created".into(), json!(1)),
+                ("model".into(), json!("m")),
+                ("choices".into(), json!([{"index": 0, "delta": {"content": "usage\": {}"}}])),
+            ];
+            for (key, value) in extra {
+                if !members.iter().any(|(k, _)| *k == key) && key != "usage" {
+                    members.push((key, value));
+                }
+            }
+            let at = position.min(members.len());
+            members.insert(at, ("usage".into(), usage));
+            let separator = if pretty { " , " } else { "," };
+            let colon = if pretty { " : " } else { ":" };
+            let text = format!(
+                "{{{}}}",
+                members
+                    .iter()
+                    .map(|(k, v)| format!("{}{colon}{v}", Value::from(k.as_str())))
+                    .collect::<Vec<_>>()
+                    .join(separator)
+            );
+            let whole: Value = serde_json::from_str(&text).unwrap();
+            let mut without = whole.clone();
+            if let Some(object) = without.as_object_mut() {
+                object.remove("usage");
+            }
+            proptest::prop_assert_eq!(relayed(&text, true), Some(without));
+            proptest::prop_assert_eq!(relayed(&text, false), Some(whole));
+        }
+    }
 }

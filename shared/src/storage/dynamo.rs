@@ -61,10 +61,10 @@ use flate2::read::DeflateDecoder;
 use flate2::write::DeflateEncoder;
 use rand::Rng;
 
-use super::StoreError;
 use crate::backends::Backends;
 use crate::cache::CacheStore;
 use crate::clock::{month_of, now_secs, secs_until_next_month};
+use crate::error::StoreError;
 use crate::keys::KeyRecord;
 use crate::keys::KeyStore;
 use crate::limits::{BUDGET, Estimate, LimitError, Limiter, RPM, Reservation, TPM};

@@ -23,10 +23,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::StoreError;
 use crate::backends::Backends;
 use crate::cache::CacheStore;
 use crate::clock::{month_of, now_secs};
+use crate::error::StoreError;
 use crate::keys::KeyRecord;
 use crate::keys::KeyStore;
 use crate::limits::{LocalLimiter, SpendSink};

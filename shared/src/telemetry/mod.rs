@@ -10,7 +10,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
-use crate::storage::StoreError;
+use crate::error::StoreError;
 
 /// Installs the JSON log subscriber; safe to call more than once (later calls do nothing).
 pub fn init_logging() {

@@ -154,11 +154,19 @@ pub struct TestGateway {
     pub store: Arc<EmbeddedStore>,
     pub http: reqwest::Client,
     dir: PathBuf,
-    server: tokio::task::JoinHandle<()>,
+    /// The server task: it ends after the shutdown future given to `start_until` completes.
+    pub server: tokio::task::JoinHandle<()>,
 }
 
 impl TestGateway {
     pub async fn start(config_toml: &str) -> Self {
+        Self::start_until(config_toml, std::future::pending()).await
+    }
+
+    pub async fn start_until(
+        config_toml: &str,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Self {
         let config = Config::from_toml(config_toml).expect("valid test config");
         let dir = std::env::temp_dir().join(format!(
             "gateway-it-{}-{}",
@@ -177,7 +185,7 @@ impl TestGateway {
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let router = gateway::http::router(Arc::new(gateway));
         let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
+            gateway::http::server::serve(listener, router, &config.server, shutdown).await;
         });
         Self {
             url,

@@ -4,6 +4,9 @@
 //!   timing each request from the moment it is sent to its first token (streams: the first SSE
 //!   event carrying content; plain: the response headers) and to its end. `--unique` puts a fresh
 //!   value in place of `{n}` in the body of each request, which makes every request a cache miss.
+//! - `keepalive`: a closed loop of streamed requests, one after another on each of `--connections`
+//!   keep-alive connections (as an SDK's connection pool sends them), timing each stream to its
+//!   first token, to its end, and the gaps between its SSE events as they arrive.
 //! - `coldstart`: starts a Lambda binary against a Runtime API stand-in that records the moment
 //!   of the first `GET /2018-06-01/runtime/invocation/next` and never answers; repeated `--runs`
 //!   times.
@@ -21,10 +24,10 @@ use hyper::Request;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
@@ -32,6 +35,8 @@ fn usage() -> ! {
     eprintln!(
         "usage:\n  bench-driver load --url URL --body-file FILE [--key KEY] [--header 'NAME: VALUE']... [--stream] [--unique] \
          --rate RPS --duration SECS [--warmup SECS] [--timeout SECS] [--label TEXT]\n  \
+         bench-driver keepalive --url URL --body-file FILE [--key KEY] [--header 'NAME: VALUE']... \
+         [--connections N] --duration SECS [--warmup SECS] [--timeout SECS] [--label TEXT]\n  \
          bench-driver coldstart --bin PATH [--runs N] [--fresh-dir-env VAR] [--timeout SECS] [--label TEXT]"
     );
     std::process::exit(2)
@@ -88,6 +93,7 @@ fn main() {
         .expect("tokio runtime");
     let result = match mode.as_str() {
         "load" => runtime.block_on(load(&args)),
+        "keepalive" => runtime.block_on(keepalive(&args)),
         "coldstart" => runtime.block_on(coldstart(&args)),
         _ => usage(),
     };
@@ -270,13 +276,13 @@ async fn run_phase(
     phase
 }
 
-async fn load(args: &Args) -> Result<Value, String> {
-    let url: hyper::Uri = args
-        .required("--url")
-        .parse()
-        .map_err(|e| format!("--url: {e}"))?;
+fn body_template(args: &Args) -> Result<String, String> {
     let body_file = args.required("--body-file");
-    let template = std::fs::read_to_string(body_file).map_err(|e| format!("{body_file}: {e}"))?;
+    std::fs::read_to_string(body_file).map_err(|e| format!("{body_file}: {e}"))
+}
+
+/// `--key` and `--header` as request headers.
+fn headers(args: &Args) -> Result<Vec<(String, String)>, String> {
     let mut headers = Vec::new();
     if let Some(key) = args.value("--key") {
         headers.push((AUTHORIZATION.as_str().to_owned(), format!("Bearer {key}")));
@@ -287,7 +293,19 @@ async fn load(args: &Args) -> Result<Value, String> {
             .ok_or_else(|| format!("--header `{header}` is not `name: value`"))?;
         headers.push((name.trim().to_owned(), value.trim().to_owned()));
     }
-    let target = Arc::new(Target { url, headers });
+    Ok(headers)
+}
+
+async fn load(args: &Args) -> Result<Value, String> {
+    let url: hyper::Uri = args
+        .required("--url")
+        .parse()
+        .map_err(|e| format!("--url: {e}"))?;
+    let template = body_template(args)?;
+    let target = Arc::new(Target {
+        url,
+        headers: headers(args)?,
+    });
     let stream = args.flag("--stream");
     let rate = args.number("--rate", 100.0);
     let duration = args.number("--duration", 5.0);
@@ -342,6 +360,234 @@ async fn load(args: &Args) -> Result<Value, String> {
         "first_us": summary(&mut phase.first),
         "total_us": summary(&mut phase.total),
         "send_lag_us": summary(&mut phase.lag),
+    }))
+}
+
+/// What one stream on a keep-alive connection took: to its first token, to its end, and between
+/// each two SSE events in the order they arrived (events that arrive together are 0 apart).
+struct StreamTiming {
+    first_us: u64,
+    total_us: u64,
+    gaps_us: Vec<u64>,
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn open_connection(url: &hyper::Uri) -> Result<Sender, String> {
+    let host = url.host().ok_or("--url has no host")?;
+    let port = url.port_u16().unwrap_or(80);
+    let stream = TcpStream::connect((host, port))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+async fn one_stream(
+    sender: &mut Sender,
+    target: &Target,
+    body: Bytes,
+) -> Result<StreamTiming, String> {
+    let authority = target.url.authority().map_or("", |a| a.as_str());
+    let mut request = Request::post(target.url.path())
+        .header(hyper::header::HOST, authority)
+        .header(CONTENT_TYPE, "application/json");
+    for (name, value) in &target.headers {
+        request = request.header(name.as_str(), value.as_str());
+    }
+    let request = request.body(Full::new(body)).map_err(|e| e.to_string())?;
+    sender
+        .ready()
+        .await
+        .map_err(|e| format!("connection: {e}"))?;
+    let started = Instant::now();
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    let status = response.status();
+    let mut first = None;
+    let mut seen: Vec<u8> = Vec::new();
+    let mut events: Vec<Duration> = Vec::new();
+    let mut after_newline = false;
+    let mut body = response.into_body();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("body: {e}"))?;
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        let at = started.elapsed();
+        if first.is_none() {
+            seen.extend_from_slice(data);
+            if has_token(&seen) {
+                first = Some(at);
+            }
+        }
+        for byte in data.iter() {
+            // An SSE event ends with a blank line.
+            if *byte == b'\n' && after_newline {
+                events.push(at);
+                after_newline = false;
+            } else {
+                after_newline = *byte == b'\n';
+            }
+        }
+    }
+    let total = started.elapsed();
+    if !status.is_success() {
+        let text = String::from_utf8_lossy(&seen);
+        return Err(format!(
+            "HTTP {status}: {}",
+            text.chars().take(200).collect::<String>()
+        ));
+    }
+    let first = first.ok_or("stream carried no token")?;
+    Ok(StreamTiming {
+        first_us: first.as_micros() as u64,
+        total_us: total.as_micros() as u64,
+        gaps_us: events
+            .windows(2)
+            .map(|w| (w[1] - w[0]).as_micros() as u64)
+            .collect(),
+    })
+}
+
+/// One connection's closed loop until `until`: a new connection after a failure.
+async fn keepalive_worker(
+    target: Arc<Target>,
+    body: Bytes,
+    until: Instant,
+    timeout: Duration,
+) -> (Vec<StreamTiming>, u64, Option<String>) {
+    let mut timings = Vec::new();
+    let mut errors = 0;
+    let mut error_sample = None;
+    let mut sender = None;
+    while Instant::now() < until {
+        let result = tokio::time::timeout(timeout, async {
+            if sender.is_none() {
+                sender = Some(open_connection(&target.url).await?);
+            }
+            match sender.as_mut() {
+                Some(sender) => one_stream(sender, &target, body.clone()).await,
+                None => Err("no connection".to_owned()),
+            }
+        })
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {} s", timeout.as_secs())));
+        match result {
+            Ok(timing) => timings.push(timing),
+            Err(error) => {
+                errors += 1;
+                error_sample.get_or_insert(error);
+                sender = None;
+                // A refused or broken connection must not turn into a busy loop.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    (timings, errors, error_sample)
+}
+
+async fn keepalive_phase(
+    target: &Arc<Target>,
+    body: &Bytes,
+    connections: usize,
+    duration: Duration,
+    timeout: Duration,
+) -> (Vec<StreamTiming>, u64, Option<String>, Duration) {
+    let started = Instant::now();
+    let until = started + duration;
+    let workers: Vec<_> = (0..connections)
+        .map(|_| {
+            tokio::spawn(keepalive_worker(
+                Arc::clone(target),
+                body.clone(),
+                until,
+                timeout,
+            ))
+        })
+        .collect();
+    let mut timings = Vec::new();
+    let mut errors = 0;
+    let mut error_sample = None;
+    for worker in workers {
+        match worker.await {
+            Ok((mut t, e, sample)) => {
+                timings.append(&mut t);
+                errors += e;
+                if error_sample.is_none() {
+                    error_sample = sample;
+                }
+            }
+            Err(e) => {
+                errors += 1;
+                error_sample.get_or_insert(format!("worker: {e}"));
+            }
+        }
+    }
+    (timings, errors, error_sample, started.elapsed())
+}
+
+async fn keepalive(args: &Args) -> Result<Value, String> {
+    let url: hyper::Uri = args
+        .required("--url")
+        .parse()
+        .map_err(|e| format!("--url: {e}"))?;
+    if url.scheme_str() != Some("http") {
+        return Err("--url must be http://".to_owned());
+    }
+    let body = Bytes::from(body_template(args)?);
+    let target = Arc::new(Target {
+        url,
+        headers: headers(args)?,
+    });
+    let connections = args.number("--connections", 8.0);
+    let duration = args.number("--duration", 5.0);
+    let warmup = args.number("--warmup", 1.0);
+    let timeout = Duration::from_secs_f64(args.number("--timeout", 10.0));
+    if !((1.0..=256.0).contains(&connections) && duration > 0.0 && duration <= 600.0) {
+        return Err("--connections must be in [1, 256] and --duration in (0, 600]".to_owned());
+    }
+    let connections = connections as usize;
+    if warmup > 0.0 {
+        let warm = Duration::from_secs_f64(warmup);
+        let (timings, _, error_sample, _) =
+            keepalive_phase(&target, &body, connections, warm, timeout).await;
+        if timings.is_empty() {
+            return Err(format!(
+                "every warm-up stream failed: {}",
+                error_sample.unwrap_or_default()
+            ));
+        }
+    }
+    let (timings, errors, error_sample, elapsed) = keepalive_phase(
+        &target,
+        &body,
+        connections,
+        Duration::from_secs_f64(duration),
+        timeout,
+    )
+    .await;
+    let mut first: Vec<u64> = timings.iter().map(|t| t.first_us).collect();
+    let mut total: Vec<u64> = timings.iter().map(|t| t.total_us).collect();
+    let mut gaps: Vec<u64> = timings.iter().flat_map(|t| t.gaps_us.clone()).collect();
+    let ok = timings.len() as u64;
+    Ok(json!({
+        "label": args.value("--label").unwrap_or(""),
+        "mode": "keepalive",
+        "connections": connections,
+        "ok": ok,
+        "errors": errors,
+        "error_sample": error_sample,
+        "achieved_rps": ok as f64 / elapsed.as_secs_f64(),
+        "first_us": summary(&mut first),
+        "total_us": summary(&mut total),
+        "gap_us": summary(&mut gaps),
     }))
 }
 
