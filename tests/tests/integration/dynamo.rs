@@ -1,8 +1,7 @@
 //! The DynamoDB backends against moto server: keys, the response cache and exact limits,
 //! including conditional failures and several limiter instances sharing one table.
 
-#[path = "common/moto.rs"]
-mod moto;
+use crate::common::moto;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,10 +1,8 @@
 //! The response cache through the router: hits, bypasses, replay, partitioning, single flight.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::{MockUpstream, TestGateway, chat, test_config};
+use crate::common::{MockUpstream, TestGateway, chat, test_config};
 use gateway::keys::NewKey;
 use serde_json::json;
 

@@ -18,8 +18,7 @@
 //! or a REST API with response streaming) and `chat-buffered` buffers every answer (what `auto`
 //! does for an HTTP API or an ALB). Both must answer plain and streamed requests correctly.
 
-#[path = "common/moto.rs"]
-mod moto;
+use crate::common::moto;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{TcpListener, TcpStream};
@@ -66,7 +65,7 @@ fn cargo_lambda() -> PathBuf {
             panic!(
                 "CARGO_LAMBDA is not set: it must name the `cargo-lambda` executable. Run the \
                  tests through `tests/run`, or as `CARGO_LAMBDA=$(tests/cargo-lambda) cargo test \
-                 -p gateway-tests --test lambda_watch`."
+                 -p gateway-tests --test integration lambda_watch`."
             )
         });
     assert!(

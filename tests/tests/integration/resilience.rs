@@ -1,11 +1,9 @@
 //! Retries, fallbacks, circuit breaking, timeouts and broken streams, through the router against
 //! the mock provider's fault injection (`fault:` model names), plain and streamed.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{MockUpstream, Reply, TestGateway, chat};
+use crate::common::{MockUpstream, Reply, TestGateway, chat};
 use gateway::keys::{ContextPolicy, NewKey};
 use serde_json::{Value, json};
 

@@ -1,9 +1,7 @@
 //! The OpenAI-compatible surface through the real router: shapes, streaming, embeddings, errors.
 
-mod common;
-
+use crate::common::{MockUpstream, TestGateway, chat, test_config};
 use base64::Engine;
-use common::{MockUpstream, TestGateway, chat, test_config};
 use serde_json::json;
 
 async fn gateway() -> (MockUpstream, TestGateway, String) {

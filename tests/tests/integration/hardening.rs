@@ -2,11 +2,9 @@
 //! its key's scope: the crash and resource defects found by attacking a release build, replayed
 //! through the real router against the mock provider.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{MockUpstream, TestGateway, chat};
+use crate::common::{MockUpstream, TestGateway, chat};
 use gateway::keys::NewKey;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;

@@ -5,8 +5,7 @@
 //! API Gateway key (`gateway::keys::edge::{provision, revoke, ensure_admin_key}`). The last tests use the
 //! DynamoDB key store in moto (`MOTO_SERVER`, set by `tests/run`), as the deployed authorizer does.
 
-#[path = "common/moto.rs"]
-mod moto;
+use crate::common::moto;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};

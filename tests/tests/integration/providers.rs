@@ -1,8 +1,6 @@
 //! Providers against the mock provider speaking each vendor's real wire format.
 
-mod common;
-
-use common::{MockUpstream, Reply, TestGateway, UPSTREAM_KEY, chat, test_config, within};
+use crate::common::{MockUpstream, Reply, TestGateway, UPSTREAM_KEY, chat, test_config, within};
 use serde_json::{Value, json};
 
 async fn gateway() -> (MockUpstream, TestGateway, String) {

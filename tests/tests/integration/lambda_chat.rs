@@ -2,8 +2,6 @@
 //! event payloads (the fixtures `lambda_http` ships), answered streamed or buffered as each front
 //! needs.
 
-mod common;
-
 use std::sync::Arc;
 
 use futures_util::StreamExt;
@@ -49,7 +47,7 @@ async fn setup() -> Setup {
             name: "lambda".into(),
             ..NewKey::default()
         },
-        common::now_secs(),
+        crate::common::now_secs(),
     )
     .expect("key");
     store.insert(&hash, &record).await.expect("insert");
@@ -350,7 +348,7 @@ async fn spend_is_settled_before_the_invocation_ends() {
         let before = setup
             .gateway
             .limiter
-            .spent_usd(&setup.record.id, common::now_secs())
+            .spent_usd(&setup.record.id, crate::common::now_secs())
             .await
             .unwrap();
         let payload = event(
@@ -365,7 +363,7 @@ async fn spend_is_settled_before_the_invocation_ends() {
         let after = setup
             .gateway
             .limiter
-            .spent_usd(&setup.record.id, common::now_secs())
+            .spent_usd(&setup.record.id, crate::common::now_secs())
             .await
             .unwrap();
         assert!(after > before, "{fixture}: spend {before} -> {after}");

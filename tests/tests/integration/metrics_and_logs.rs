@@ -2,15 +2,13 @@
 //! a listener of its own (`server.metrics_listen`), and log lines, which carry the request id
 //! and the details an error body leaves out. Through the router, and through `gateway-local`.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{TestGateway, within};
+use crate::common::{TestGateway, within};
 use gateway::keys::NewKey;
 
 const CONFIG: &str = r#"

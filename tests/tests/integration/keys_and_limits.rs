@@ -1,10 +1,8 @@
 //! API keys, scopes, admin routes and per-key limits, through the router.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::{MockUpstream, TestGateway, chat, now_secs, test_config, within};
+use crate::common::{MockUpstream, TestGateway, chat, now_secs, test_config, within};
 use gateway::keys::NewKey;
 use serde_json::json;
 

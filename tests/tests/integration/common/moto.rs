@@ -1,13 +1,17 @@
 //! moto server, the local AWS emulator the DynamoDB tests run against, as a child process on a
 //! free loopback port. `tests/moto` installs it; `tests/run` passes its path in `MOTO_SERVER`.
 //!
+//! One server serves the whole test process (each test makes tables of its own, with names no
+//! other test uses): moto takes a second or two to start and holds 60-100 MB. Only the burst
+//! tests get a second one. Servers live as long as the process, and die with it even when the
+//! process is killed (see `WITH_LIFELINE`).
+//!
 //! Nothing here touches the process environment: tests run in parallel in one process, so each
 //! client is configured explicitly with the endpoint and the test credentials.
-#![allow(dead_code)] // each test crate including this uses a different subset
 
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, Weak};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::Client;
@@ -16,29 +20,35 @@ use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 /// How long a starting server may take to accept connections (it usually takes under a second).
 const READY_WITHIN: Duration = Duration::from_secs(30);
 
-/// A running moto server, killed when dropped.
+/// A running moto server, killed when dropped or when the test process ends.
 pub struct Moto {
     child: Child,
+    /// The write end of the server's lifeline: closed when this process ends, however it ends.
+    _lifeline: ChildStdin,
     endpoint: String,
 }
 
-/// The server the tests running right now share: moto holds 60-100 MB, so concurrent tests use
-/// one (each with its own tables) instead of one each.
-static SHARED: Mutex<Weak<Moto>> = Mutex::new(Weak::new());
+/// The server of this test process, started by the first test that needs it.
+static SHARED: OnceLock<Arc<Moto>> = OnceLock::new();
+/// The server of the tests that send bursts of hundreds of requests (`aws_backend`).
+static FOR_BURSTS: OnceLock<Arc<Moto>> = OnceLock::new();
+
+/// Runs the server with its standard input as a lifeline: a watcher reads it and kills the
+/// server at end of file, which comes when the test process exits or is killed (statics are not
+/// dropped at exit, so `Drop` cannot do it). `exec` keeps the server's pid the child's pid.
+const WITH_LIFELINE: &str = r#"exec 3<&0; (read -r _ <&3; kill "$$") </dev/null & exec "$0" "$@""#;
 
 impl Moto {
-    /// The shared server, started by the first test that needs it and killed when the last test
-    /// holding it finishes.
+    /// The server every test of this process shares.
     pub fn shared() -> Arc<Moto> {
-        let mut shared = SHARED
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(moto) = shared.upgrade() {
-            return moto;
-        }
-        let moto = Arc::new(Moto::start());
-        *shared = Arc::downgrade(&moto);
-        moto
+        Arc::clone(SHARED.get_or_init(|| Arc::new(Moto::start())))
+    }
+
+    /// The server of the burst tests: moto answers one request at a time (`tests/moto`), so a
+    /// burst of 500 would hold every other test's requests for seconds, and their requests would
+    /// skew the burst's timing.
+    pub fn for_bursts() -> Arc<Moto> {
+        Arc::clone(FOR_BURSTS.get_or_init(|| Arc::new(Moto::start())))
     }
 
     /// Starts a server of its own.
@@ -54,16 +64,20 @@ impl Moto {
         // Another process can take the free port between the probe and moto's bind: try again.
         for _ in 0..3 {
             let port = free_port();
-            let mut child = Command::new(&server)
+            let mut child = Command::new("/bin/sh")
+                .args(["-c", WITH_LIFELINE])
+                .arg(&server)
                 .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-                .stdin(Stdio::null())
+                .stdin(Stdio::piped())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot run MOTO_SERVER={}: {e}", server.display()));
+            let lifeline = child.stdin.take().expect("piped stdin");
             if accepts_connections(&mut child, port) {
                 return Self {
                     child,
+                    _lifeline: lifeline,
                     endpoint: format!("http://127.0.0.1:{port}"),
                 };
             }

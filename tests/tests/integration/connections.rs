@@ -2,11 +2,9 @@
 //! (`gateway::http::server`): header-read, idle and body timeouts, the minimum body rate, the
 //! connection cap, the immediate 413 on a declared length, TCP_NODELAY on streams, and shutdown.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{MockUpstream, TestGateway, chat, test_config};
+use crate::common::{MockUpstream, TestGateway, chat, test_config};
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -437,7 +435,7 @@ async fn a_stream_on_a_keep_alive_connection_ends_with_the_upstream() {
             let mut body = body.clone();
             body["model"] = json!("gpt-test");
             let url = format!("{}/v1/chat/completions", upstream.url);
-            stream_tail_median(&client, &url, common::UPSTREAM_KEY, &body, 7).await
+            stream_tail_median(&client, &url, crate::common::UPSTREAM_KEY, &body, 7).await
         };
         let url = format!("{}/v1/chat/completions", gw.url);
         let through = stream_tail_median(&client, &url, &key, &body, 7).await;

@@ -1,0 +1,19 @@
+//! The integration tests, as one test binary: one link instead of one per file, and one moto
+//! server and one `METRICS` registry for the whole process (see `common`). Each module is a
+//! concern; `cargo test -p gateway-tests --test integration <module>::` runs one of them.
+
+mod common;
+
+mod authorizer;
+mod aws_backend;
+mod chat_api;
+mod connections;
+mod dynamo;
+mod hardening;
+mod keys_and_limits;
+mod lambda_chat;
+mod lambda_watch;
+mod metrics_and_logs;
+mod providers;
+mod resilience;
+mod response_cache;
