@@ -47,7 +47,7 @@ pub struct KeyRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tier: Option<String>,
     /// The value of the API Gateway API key that mirrors this key in its tier's usage plan (see
-    /// `crate::edge`): the authorizer returns it as `usageIdentifierKey` so API Gateway throttles
+    /// `keys::edge`): the authorizer returns it as `usageIdentifierKey` so API Gateway throttles
     /// and meters the key. It is NOT the gateway secret and never lets anyone call the gateway:
     /// the API takes API keys only from the authorizer (`ApiKeySourceType: AUTHORIZER`), never
     /// from a client header. `None` for keys made without an edge (local run).
