@@ -34,10 +34,28 @@ pub(crate) async fn authenticate(
             Ok(key) => {
                 request.extensions_mut().insert(AuthorizedKey(key));
             }
-            Err(error) => return error.into_response(),
+            Err(error) => return unread_body_closes(&request, error.into_response()),
         }
     }
     next.run(request).await
+}
+
+/// An answer given before the request's body was read: the connection cannot carry another
+/// request until the rest of that body has arrived, and the server may close it once the answer
+/// is written, which a client reusing the connection would only learn from a reset. Saying so in
+/// the answer (`Connection: close`) makes the client open a new connection instead.
+fn unread_body_closes(request: &Request, mut response: Response) -> Response {
+    let has_body = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .is_some_and(|length| length.as_bytes() != b"0")
+        || request.headers().contains_key(header::TRANSFER_ENCODING);
+    if has_body {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 pub(crate) fn millis(duration: Duration) -> f64 {
