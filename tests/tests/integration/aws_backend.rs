@@ -1,15 +1,14 @@
 //! Two `gateway-local --backend aws` processes over one set of DynamoDB tables (moto): limits and
 //! budgets stay exact across processes, as they must across Lambda containers.
 
-use crate::common::moto;
-
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use moto::Moto;
+use crate::common::moto::Moto;
+use crate::common::within;
 use serde_json::json;
 
 /// The `gateway-local` binary of this workspace (built by `tests/run` before the tests).
@@ -225,38 +224,41 @@ fn create_key(environment: &Environment, name: &str, key_args: &[&str]) -> Strin
 /// straddles a minute boundary is sent again with the second.
 #[tokio::test]
 async fn limits_and_budgets_are_exact_across_two_processes() {
-    let moto = Moto::for_bursts();
-    let environment = Environment::new(&moto, "limits");
-    environment.run(&["create-tables"]);
-    let rpm = [
-        create_key(&environment, "rpm", &["--rpm", "50"]),
-        create_key(&environment, "rpm", &["--rpm", "50"]),
-    ];
-    // Each request reserves and uses 17 tokens.
-    let tpm = [
-        create_key(&environment, "tpm", &["--tpm", "510"]),
-        create_key(&environment, "tpm", &["--tpm", "510"]),
-    ];
-    // Each answer is 3 output tokens at $1000 per million: $0.003; $0.06 buys exactly 20.
-    let budget = create_key(&environment, "budget", &["--budget-usd", "0.06"]);
-    let servers = [environment.start(), environment.start()];
+    within(300, async {
+        let moto = Moto::for_bursts();
+        let environment = Environment::new(&moto, "limits");
+        environment.run(&["create-tables"]);
+        let rpm = [
+            create_key(&environment, "rpm", &["--rpm", "50"]),
+            create_key(&environment, "rpm", &["--rpm", "50"]),
+        ];
+        // Each request reserves and uses 17 tokens.
+        let tpm = [
+            create_key(&environment, "tpm", &["--tpm", "510"]),
+            create_key(&environment, "tpm", &["--tpm", "510"]),
+        ];
+        // Each answer is 3 output tokens at $1000 per million: $0.003; $0.06 buys exactly 20.
+        let budget = create_key(&environment, "budget", &["--budget-usd", "0.06"]);
+        let servers = [environment.start(), environment.start()];
 
-    let counts = burst_in_one_minute(&servers, &rpm, 500).await;
-    assert_eq!(counts, (50, 450), "RPM 50: (admitted, refused)");
+        let counts = burst_in_one_minute(&servers, &rpm, 500).await;
+        assert_eq!(counts, (50, 450), "RPM 50: (admitted, refused)");
 
-    let counts = burst_in_one_minute(&servers, &tpm, 500).await;
-    assert_eq!(counts, (30, 470), "TPM 510: (admitted, refused)");
+        let counts = burst_in_one_minute(&servers, &tpm, 500).await;
+        assert_eq!(counts, (30, 470), "TPM 510: (admitted, refused)");
 
-    let counts = burst(&servers, &budget, 500).await;
-    assert_eq!(counts, (20, 480), "budget $0.06: (admitted, refused)");
-    // Spend is settled after the answers; it reaches the budget and the key list shows it.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let listing = environment.run(&["keys", "list"]);
-    let line = listing
-        .lines()
-        .find(|line| line.contains(" budget "))
-        .unwrap_or_else(|| panic!("no budget key in {listing}"));
-    assert!(line.contains("0.060000"), "{listing}");
-    let counts = burst(&servers, &budget, 5).await;
-    assert_eq!(counts, (0, 5), "budget spent: (admitted, refused)");
+        let counts = burst(&servers, &budget, 500).await;
+        assert_eq!(counts, (20, 480), "budget $0.06: (admitted, refused)");
+        // Spend is settled after the answers; it reaches the budget and the key list shows it.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let listing = environment.run(&["keys", "list"]);
+        let line = listing
+            .lines()
+            .find(|line| line.contains(" budget "))
+            .unwrap_or_else(|| panic!("no budget key in {listing}"));
+        assert!(line.contains("0.060000"), "{listing}");
+        let counts = burst(&servers, &budget, 5).await;
+        assert_eq!(counts, (0, 5), "budget spent: (admitted, refused)");
+    })
+    .await;
 }

@@ -1,12 +1,12 @@
 //! The DynamoDB backends against moto server: keys, the response cache and exact limits,
 //! including conditional failures and several limiter instances sharing one table.
 
-use crate::common::moto;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::moto::{Moto, client_for};
+use crate::common::within;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::retry::RetryConfig;
 use aws_sdk_dynamodb::primitives::Blob;
@@ -20,7 +20,6 @@ use gateway::limits::{BUDGET, Estimate, LimitError, Limiter, RPM, TPM};
 use gateway::storage::dynamo::{
     DynamoConfig, DynamoLimiter, DynamoStore, FailurePolicy, backends, create_tables,
 };
-use moto::{Moto, client_for};
 
 /// Tables of one test on the shared moto server.
 struct Tables {
@@ -126,64 +125,70 @@ fn refused_limit(result: Result<gateway::limits::Reservation, LimitError>) -> &'
 
 #[tokio::test]
 async fn keys_are_found_by_hash_and_duplicates_conflict() {
-    let tables = Tables::create("keys-insert").await;
-    let store = tables.store();
-    let (hash, record) = new_key("a");
-    store.insert(&hash, &record).await.expect("insert");
-    assert_eq!(
-        store.get_by_hash(&hash).await.unwrap(),
-        Some(record.clone())
-    );
-    assert_eq!(
-        store.get_by_hash(&hash_secret("unknown")).await.unwrap(),
-        None
-    );
+    within(60, async {
+        let tables = Tables::create("keys-insert").await;
+        let store = tables.store();
+        let (hash, record) = new_key("a");
+        store.insert(&hash, &record).await.expect("insert");
+        assert_eq!(
+            store.get_by_hash(&hash).await.unwrap(),
+            Some(record.clone())
+        );
+        assert_eq!(
+            store.get_by_hash(&hash_secret("unknown")).await.unwrap(),
+            None
+        );
 
-    assert!(matches!(
-        store.insert(&hash, &record).await,
-        Err(StoreError::Conflict(_))
-    ));
-    // The same id under another secret conflicts too, and leaves nothing behind.
-    let other_hash = hash_secret("another secret");
-    assert!(matches!(
-        store.insert(&other_hash, &record).await,
-        Err(StoreError::Conflict(_))
-    ));
-    assert_eq!(store.get_by_hash(&other_hash).await.unwrap(), None);
-    assert_eq!(store.list().await.unwrap(), vec![record]);
+        assert!(matches!(
+            store.insert(&hash, &record).await,
+            Err(StoreError::Conflict(_))
+        ));
+        // The same id under another secret conflicts too, and leaves nothing behind.
+        let other_hash = hash_secret("another secret");
+        assert!(matches!(
+            store.insert(&other_hash, &record).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert_eq!(store.get_by_hash(&other_hash).await.unwrap(), None);
+        assert_eq!(store.list().await.unwrap(), vec![record]);
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn upsert_replaces_a_key_and_moves_its_id_to_a_new_secret() {
-    let tables = Tables::create("keys-upsert").await;
-    let store = tables.store();
-    let (first_hash, mut record) = new_key("first");
-    store.upsert(&first_hash, &record).await.expect("create");
-    record.name = "renamed".into();
-    store.upsert(&first_hash, &record).await.expect("replace");
-    assert_eq!(
-        store.get_by_hash(&first_hash).await.unwrap().unwrap().name,
-        "renamed"
-    );
+    within(60, async {
+        let tables = Tables::create("keys-upsert").await;
+        let store = tables.store();
+        let (first_hash, mut record) = new_key("first");
+        store.upsert(&first_hash, &record).await.expect("create");
+        record.name = "renamed".into();
+        store.upsert(&first_hash, &record).await.expect("replace");
+        assert_eq!(
+            store.get_by_hash(&first_hash).await.unwrap().unwrap().name,
+            "renamed"
+        );
 
-    let second_hash = hash_secret("rotated secret");
-    store.upsert(&second_hash, &record).await.expect("rotate");
-    assert_eq!(store.get_by_hash(&first_hash).await.unwrap(), None);
-    assert_eq!(
-        store.get_by_hash(&second_hash).await.unwrap(),
-        Some(record.clone())
-    );
-    assert_eq!(store.list().await.unwrap(), vec![record.clone()]);
-    // Revocation follows the id to the key's current secret.
-    assert!(store.revoke(&record.id).await.unwrap());
-    assert!(
-        store
-            .get_by_hash(&second_hash)
-            .await
-            .unwrap()
-            .unwrap()
-            .disabled
-    );
+        let second_hash = hash_secret("rotated secret");
+        store.upsert(&second_hash, &record).await.expect("rotate");
+        assert_eq!(store.get_by_hash(&first_hash).await.unwrap(), None);
+        assert_eq!(
+            store.get_by_hash(&second_hash).await.unwrap(),
+            Some(record.clone())
+        );
+        assert_eq!(store.list().await.unwrap(), vec![record.clone()]);
+        // Revocation follows the id to the key's current secret.
+        assert!(store.revoke(&record.id).await.unwrap());
+        assert!(
+            store
+                .get_by_hash(&second_hash)
+                .await
+                .unwrap()
+                .unwrap()
+                .disabled
+        );
+    })
+    .await;
 }
 
 /// `ensure_admin_key` from `containers` cold-starting at once with the same secret.
@@ -201,93 +206,107 @@ async fn cold_start_storm(store: &Arc<dyn KeyStore>, secret: &'static str, conta
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_bootstrap_and_rotation_of_the_admin_key_leave_exactly_one() {
-    let tables = Tables::create("keys-bootstrap").await;
-    let store: Arc<dyn KeyStore> = Arc::new(tables.store());
-    cold_start_storm(&store, "gw-first-admin", 24).await;
-    assert_eq!(store.list().await.unwrap().len(), 1);
-    assert!(
-        store
-            .get_by_hash(&hash_secret("gw-first-admin"))
-            .await
-            .unwrap()
-            .is_some()
-    );
+    within(60, async {
+        let tables = Tables::create("keys-bootstrap").await;
+        let store: Arc<dyn KeyStore> = Arc::new(tables.store());
+        cold_start_storm(&store, "gw-first-admin", 24).await;
+        assert_eq!(store.list().await.unwrap().len(), 1);
+        assert!(
+            store
+                .get_by_hash(&hash_secret("gw-first-admin"))
+                .await
+                .unwrap()
+                .is_some()
+        );
 
-    // A deployment with a new GATEWAY_ADMIN_KEY: the id moves to the new secret exactly once.
-    cold_start_storm(&store, "gw-rotated-admin", 24).await;
-    let admins = store.list().await.unwrap();
-    assert_eq!(admins.len(), 1, "{admins:?}");
-    assert_eq!(
-        store
-            .get_by_hash(&hash_secret("gw-first-admin"))
-            .await
-            .unwrap(),
-        None
-    );
-    assert!(
-        store
-            .get_by_hash(&hash_secret("gw-rotated-admin"))
-            .await
-            .unwrap()
-            .is_some()
-    );
-    assert!(store.revoke("admin").await.unwrap());
-    assert!(store.list().await.unwrap()[0].disabled);
+        // A deployment with a new GATEWAY_ADMIN_KEY: the id moves to the new secret exactly once.
+        cold_start_storm(&store, "gw-rotated-admin", 24).await;
+        let admins = store.list().await.unwrap();
+        assert_eq!(admins.len(), 1, "{admins:?}");
+        assert_eq!(
+            store
+                .get_by_hash(&hash_secret("gw-first-admin"))
+                .await
+                .unwrap(),
+            None
+        );
+        assert!(
+            store
+                .get_by_hash(&hash_secret("gw-rotated-admin"))
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(store.revoke("admin").await.unwrap());
+        assert!(store.list().await.unwrap()[0].disabled);
+    })
+    .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn racing_upserts_of_two_secrets_keep_the_id_paired_with_one() {
-    let tables = Tables::create("keys-race").await;
-    let store: Arc<dyn KeyStore> = Arc::new(tables.store());
-    // Each failed attempt is caused by another writer's success, so fewer writers than the
-    // store's retry attempts always finish.
-    let tasks: Vec<_> = ["gw-a", "gw-b", "gw-a", "gw-b", "gw-a", "gw-b"]
-        .into_iter()
-        .map(|secret| {
-            let store = Arc::clone(&store);
-            tokio::spawn(async move { ensure_admin_key(store.as_ref(), secret, now_secs()).await })
-        })
-        .collect();
-    for task in tasks {
-        task.await.unwrap().expect("every upsert succeeds");
-    }
-    let admins = store.list().await.unwrap();
-    assert_eq!(admins.len(), 1, "{admins:?}");
-    let a = store.get_by_hash(&hash_secret("gw-a")).await.unwrap();
-    let b = store.get_by_hash(&hash_secret("gw-b")).await.unwrap();
-    assert!(
-        a.is_some() != b.is_some(),
-        "one secret holds the id: {a:?} {b:?}"
-    );
+    within(60, async {
+        let tables = Tables::create("keys-race").await;
+        let store: Arc<dyn KeyStore> = Arc::new(tables.store());
+        // Each failed attempt is caused by another writer's success, so fewer writers than the
+        // store's retry attempts always finish.
+        let tasks: Vec<_> = ["gw-a", "gw-b", "gw-a", "gw-b", "gw-a", "gw-b"]
+            .into_iter()
+            .map(|secret| {
+                let store = Arc::clone(&store);
+                tokio::spawn(
+                    async move { ensure_admin_key(store.as_ref(), secret, now_secs()).await },
+                )
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap().expect("every upsert succeeds");
+        }
+        let admins = store.list().await.unwrap();
+        assert_eq!(admins.len(), 1, "{admins:?}");
+        let a = store.get_by_hash(&hash_secret("gw-a")).await.unwrap();
+        let b = store.get_by_hash(&hash_secret("gw-b")).await.unwrap();
+        assert!(
+            a.is_some() != b.is_some(),
+            "one secret holds the id: {a:?} {b:?}"
+        );
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn list_returns_every_key_sorted_by_id() {
-    let tables = Tables::create("keys-list").await;
-    let store = tables.store();
-    let mut records = Vec::new();
-    for i in 0..30 {
-        let (hash, record) = new_key(&format!("k{i}"));
-        store.insert(&hash, &record).await.expect("insert");
-        records.push(record);
-    }
-    records.sort_by(|a, b| a.id.cmp(&b.id));
-    assert_eq!(store.list().await.unwrap(), records);
+    within(60, async {
+        let tables = Tables::create("keys-list").await;
+        let store = tables.store();
+        let mut records = Vec::new();
+        for i in 0..30 {
+            let (hash, record) = new_key(&format!("k{i}"));
+            store.insert(&hash, &record).await.expect("insert");
+            records.push(record);
+        }
+        records.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(store.list().await.unwrap(), records);
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn revoke_disables_the_key_and_reports_unknown_ids() {
-    let tables = Tables::create("keys-revoke").await;
-    let store = tables.store();
-    let (hash, record) = new_key("to revoke");
-    store.insert(&hash, &record).await.expect("insert");
-    assert!(store.revoke(&record.id).await.unwrap());
-    let revoked = store.get_by_hash(&hash).await.unwrap().unwrap();
-    assert!(revoked.disabled);
-    assert_eq!(revoked.name, record.name);
-    assert!(!store.revoke("key_missing").await.unwrap());
+    within(60, async {
+        let tables = Tables::create("keys-revoke").await;
+        let store = tables.store();
+        let (hash, record) = new_key("to revoke");
+        store.insert(&hash, &record).await.expect("insert");
+        assert!(store.revoke(&record.id).await.unwrap());
+        let revoked = store.get_by_hash(&hash).await.unwrap().unwrap();
+        assert!(revoked.disabled);
+        assert_eq!(revoked.name, record.name);
+        assert!(!store.revoke("key_missing").await.unwrap());
+    })
+    .await;
 }
 
 // ------------------------------------------------------------------------------------ cache
@@ -327,22 +346,26 @@ fn noise(len: usize) -> Bytes {
 
 #[tokio::test]
 async fn cached_bodies_round_trip_through_the_shared_backends() {
-    let tables = Tables::create("cache-small").await;
-    let cache = backends(&tables.client, &tables.config).cache;
-    let key = [1u8; 32];
-    assert_eq!(cache.get(&key).await.unwrap(), None);
-    let body = Bytes::from_static(br#"{"id":"chatcmpl-1","choices":[]}"#);
-    cache.put(&key, body.clone(), 60).await.expect("put");
-    assert_eq!(cache.get(&key).await.unwrap(), Some(body));
-    let item = raw_cache_item(&tables, &key).await.expect("stored");
-    assert!(
-        !item.contains_key("enc"),
-        "small bodies are stored as they are"
-    );
+    within(60, async {
+        let tables = Tables::create("cache-small").await;
+        let cache = backends(&tables.client, &tables.config).cache;
+        let key = [1u8; 32];
+        assert_eq!(cache.get(&key).await.unwrap(), None);
+        let body = Bytes::from_static(br#"{"id":"chatcmpl-1","choices":[]}"#);
+        cache.put(&key, body.clone(), 60).await.expect("put");
+        assert_eq!(cache.get(&key).await.unwrap(), Some(body));
+        let item = raw_cache_item(&tables, &key).await.expect("stored");
+        assert!(
+            !item.contains_key("enc"),
+            "small bodies are stored as they are"
+        );
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn large_bodies_are_stored_compressed_and_served_intact() {
+    within(60, async {
     let tables = Tables::create("cache-large").await;
     let store = tables.store();
     let key = [2u8; 32];
@@ -359,41 +382,49 @@ async fn large_bodies_are_stored_compressed_and_served_intact() {
     let stored = item["body"].as_b().expect("binary body").as_ref().len();
     assert!(stored < 400 * 1024, "stored {stored} bytes");
     assert_eq!(store.get(&key).await.unwrap(), Some(body));
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn bodies_too_large_for_an_item_are_not_cached() {
-    let tables = Tables::create("cache-oversized").await;
-    let store = tables.store();
-    let key = [3u8; 32];
-    store
-        .put(&key, noise(600 * 1024), 60)
-        .await
-        .expect("skipping is not an error");
-    assert_eq!(raw_cache_item(&tables, &key).await, None);
-    assert_eq!(store.get(&key).await.unwrap(), None);
+    within(60, async {
+        let tables = Tables::create("cache-oversized").await;
+        let store = tables.store();
+        let key = [3u8; 32];
+        store
+            .put(&key, noise(600 * 1024), 60)
+            .await
+            .expect("skipping is not an error");
+        assert_eq!(raw_cache_item(&tables, &key).await, None);
+        assert_eq!(store.get(&key).await.unwrap(), None);
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn expired_entries_are_not_served() {
-    let tables = Tables::create("cache-expired").await;
-    let store = tables.store();
-    let key = [4u8; 32];
-    // As DynamoDB may still hold it (TTL deletion is lazy) and moto always does.
-    tables
-        .client
-        .put_item()
-        .table_name(&tables.config.cache_table)
-        .item("pk", AttributeValue::S(format!("cache#{}", hex(&key))))
-        .item("body", AttributeValue::B(Blob::new(&b"stale"[..])))
-        .item(
-            "expires_at",
-            AttributeValue::N((now_secs() - 1).to_string()),
-        )
-        .send()
-        .await
-        .expect("put item");
-    assert_eq!(store.get(&key).await.unwrap(), None);
+    within(60, async {
+        let tables = Tables::create("cache-expired").await;
+        let store = tables.store();
+        let key = [4u8; 32];
+        // As DynamoDB may still hold it (TTL deletion is lazy) and moto always does.
+        tables
+            .client
+            .put_item()
+            .table_name(&tables.config.cache_table)
+            .item("pk", AttributeValue::S(format!("cache#{}", hex(&key))))
+            .item("body", AttributeValue::B(Blob::new(&b"stale"[..])))
+            .item(
+                "expires_at",
+                AttributeValue::N((now_secs() - 1).to_string()),
+            )
+            .send()
+            .await
+            .expect("put item");
+        assert_eq!(store.get(&key).await.unwrap(), None);
+    })
+    .await;
 }
 
 // ----------------------------------------------------------------------------------- limits
@@ -432,269 +463,296 @@ async fn acquire_concurrently(
     admitted
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rpm_admits_exactly_the_limit_under_concurrency() {
-    let tables = Tables::create("limits-rpm").await;
-    let limiter = Arc::new(tables.limiter());
-    let key = limited_key("key_rpm", Some(50), None, None);
-    let now = 1_800_000_015;
-    assert_eq!(
-        acquire_concurrently(std::slice::from_ref(&limiter), &key, 200, now, RPM).await,
-        50
-    );
-    // The next minute is a new window.
-    assert!(
-        limiter
-            .acquire(&key, estimate(10, 0.0), now + 60)
-            .await
-            .is_ok()
-    );
+    within(60, async {
+        let tables = Tables::create("limits-rpm").await;
+        let limiter = Arc::new(tables.limiter());
+        let key = limited_key("key_rpm", Some(50), None, None);
+        let now = 1_800_000_015;
+        assert_eq!(
+            acquire_concurrently(std::slice::from_ref(&limiter), &key, 200, now, RPM).await,
+            50
+        );
+        // The next minute is a new window.
+        assert!(
+            limiter
+                .acquire(&key, estimate(10, 0.0), now + 60)
+                .await
+                .is_ok()
+        );
+    })
+    .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn limiters_in_different_containers_share_the_counts() {
-    let tables = Tables::create("limits-shared").await;
-    let limiters = [
-        Arc::new(tables.limiter()),
-        Arc::new(tables.other_container_limiter()),
-    ];
-    let key = limited_key("key_shared", Some(50), Some(100_000), None);
-    let now = 1_800_000_030;
-    assert_eq!(
-        acquire_concurrently(&limiters, &key, 200, now, RPM).await,
-        50
-    );
+    within(60, async {
+        let tables = Tables::create("limits-shared").await;
+        let limiters = [
+            Arc::new(tables.limiter()),
+            Arc::new(tables.other_container_limiter()),
+        ];
+        let key = limited_key("key_shared", Some(50), Some(100_000), None);
+        let now = 1_800_000_030;
+        assert_eq!(
+            acquire_concurrently(&limiters, &key, 200, now, RPM).await,
+            50
+        );
 
-    let spender = limited_key("key_spender", None, None, Some(10.0));
-    let reservation = limiters[0]
-        .acquire(&spender, estimate(0, 0.5), now_secs())
-        .await
-        .expect("admitted");
-    limiters[0].settle(reservation, 0, 0.25).await;
-    let seen_elsewhere = limiters[1]
-        .spent_usd("key_spender", now_secs())
-        .await
-        .unwrap();
-    assert!((seen_elsewhere - 0.25).abs() < 1e-9, "{seen_elsewhere}");
+        let spender = limited_key("key_spender", None, None, Some(10.0));
+        let reservation = limiters[0]
+            .acquire(&spender, estimate(0, 0.5), now_secs())
+            .await
+            .expect("admitted");
+        limiters[0].settle(reservation, 0, 0.25).await;
+        let seen_elsewhere = limiters[1]
+            .spent_usd("key_spender", now_secs())
+            .await
+            .unwrap();
+        assert!((seen_elsewhere - 0.25).abs() < 1e-9, "{seen_elsewhere}");
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn tpm_reserves_then_settles_to_actual_usage() {
-    let tables = Tables::create("limits-tpm").await;
-    let limiter = tables.limiter();
-    let key = limited_key("key_tpm", None, Some(100), None);
-    let now = now_with_the_minute_ahead().await;
-    let first = limiter
-        .acquire(&key, estimate(80, 0.0), now)
-        .await
-        .expect("admitted");
-    match limiter.acquire(&key, estimate(80, 0.0), now).await {
-        Err(LimitError::Exceeded {
-            limit,
-            retry_after_secs,
-        }) => {
-            assert_eq!(limit, TPM);
-            assert_eq!(retry_after_secs, 60 - now % 60);
+    within(60, async {
+        let tables = Tables::create("limits-tpm").await;
+        let limiter = tables.limiter();
+        let key = limited_key("key_tpm", None, Some(100), None);
+        let now = now_with_the_minute_ahead().await;
+        let first = limiter
+            .acquire(&key, estimate(80, 0.0), now)
+            .await
+            .expect("admitted");
+        match limiter.acquire(&key, estimate(80, 0.0), now).await {
+            Err(LimitError::Exceeded {
+                limit,
+                retry_after_secs,
+            }) => {
+                assert_eq!(limit, TPM);
+                assert_eq!(retry_after_secs, 60 - now % 60);
+            }
+            other => panic!("expected a TPM refusal, got {other:?}"),
         }
-        other => panic!("expected a TPM refusal, got {other:?}"),
-    }
-    // It used 10 of the 80 it reserved: the rest goes back to the window.
-    limiter.settle(first, 10, 0.0).await;
-    assert!(limiter.acquire(&key, estimate(80, 0.0), now).await.is_ok());
-    assert_eq!(
-        refused_limit(limiter.acquire(&key, estimate(20, 0.0), now).await),
-        TPM
-    );
-    // A reservation larger than the whole limit can never be admitted.
-    assert_eq!(
-        refused_limit(limiter.acquire(&key, estimate(101, 0.0), now).await),
-        TPM
-    );
+        // It used 10 of the 80 it reserved: the rest goes back to the window.
+        limiter.settle(first, 10, 0.0).await;
+        assert!(limiter.acquire(&key, estimate(80, 0.0), now).await.is_ok());
+        assert_eq!(
+            refused_limit(limiter.acquire(&key, estimate(20, 0.0), now).await),
+            TPM
+        );
+        // A reservation larger than the whole limit can never be admitted.
+        assert_eq!(
+            refused_limit(limiter.acquire(&key, estimate(101, 0.0), now).await),
+            TPM
+        );
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn budget_admits_only_requests_whose_estimate_fits_in_what_is_left() {
-    let tables = Tables::create("limits-budget").await;
-    let limiter = tables.limiter();
-    let key = limited_key("key_budget", None, None, Some(1.0));
-    let now = now_secs();
-    // An estimate beyond the whole budget (a $0.01 key sending max_tokens 4294967295 and n 128
-    // is estimated at about $220,000) is refused on a fresh key.
-    match limiter.acquire(&key, estimate(0, 220_000.0), now).await {
-        Err(LimitError::Exceeded {
-            limit,
-            retry_after_secs,
-        }) => {
-            assert_eq!(limit, BUDGET);
-            assert_eq!(retry_after_secs, gateway::clock::secs_until_next_month(now));
+    within(60, async {
+        let tables = Tables::create("limits-budget").await;
+        let limiter = tables.limiter();
+        let key = limited_key("key_budget", None, None, Some(1.0));
+        let now = now_secs();
+        // An estimate beyond the whole budget (a $0.01 key sending max_tokens 4294967295 and n 128
+        // is estimated at about $220,000) is refused on a fresh key.
+        match limiter.acquire(&key, estimate(0, 220_000.0), now).await {
+            Err(LimitError::Exceeded {
+                limit,
+                retry_after_secs,
+            }) => {
+                assert_eq!(limit, BUDGET);
+                assert_eq!(retry_after_secs, gateway::clock::secs_until_next_month(now));
+            }
+            other => panic!("expected a budget refusal, got {other:?}"),
         }
-        other => panic!("expected a budget refusal, got {other:?}"),
-    }
-    let a = limiter
-        .acquire(&key, estimate(0, 0.4), now)
-        .await
-        .expect("a");
-    let b = limiter
-        .acquire(&key, estimate(0, 0.4), now)
-        .await
-        .expect("b");
-    // 0.8 is reserved while those run: 0.4 more does not fit in what is left, 0.15 does.
-    assert_eq!(
-        refused_limit(limiter.acquire(&key, estimate(0, 0.4), now).await),
-        BUDGET
-    );
-    let c = limiter
-        .acquire(&key, estimate(0, 0.15), now)
-        .await
-        .expect("c");
-    limiter.settle(a, 0, 0.3).await;
-    limiter.settle(b, 0, 0.3).await;
-    limiter.settle(c, 0, 0.0).await;
-    let spent = limiter.spent_usd("key_budget", now).await.unwrap();
-    assert!((spent - 0.6).abs() < 1e-9, "{spent}");
-    // 0.4 is left: an estimate of exactly that fits, and then nothing is left, not even for a
-    // request estimated at nothing.
-    let d = limiter
-        .acquire(&key, estimate(0, 0.4), now)
-        .await
-        .expect("d");
-    limiter.settle(d, 0, 0.4).await;
-    assert_eq!(
-        refused_limit(limiter.acquire(&key, estimate(0, 0.0), now).await),
-        BUDGET
-    );
-    let spent = limiter.spent_usd("key_budget", now).await.unwrap();
-    assert!((spent - 1.0).abs() < 1e-9, "{spent}");
-    assert_eq!(limiter.spent_usd("key_never_used", now).await.unwrap(), 0.0);
+        let a = limiter
+            .acquire(&key, estimate(0, 0.4), now)
+            .await
+            .expect("a");
+        let b = limiter
+            .acquire(&key, estimate(0, 0.4), now)
+            .await
+            .expect("b");
+        // 0.8 is reserved while those run: 0.4 more does not fit in what is left, 0.15 does.
+        assert_eq!(
+            refused_limit(limiter.acquire(&key, estimate(0, 0.4), now).await),
+            BUDGET
+        );
+        let c = limiter
+            .acquire(&key, estimate(0, 0.15), now)
+            .await
+            .expect("c");
+        limiter.settle(a, 0, 0.3).await;
+        limiter.settle(b, 0, 0.3).await;
+        limiter.settle(c, 0, 0.0).await;
+        let spent = limiter.spent_usd("key_budget", now).await.unwrap();
+        assert!((spent - 0.6).abs() < 1e-9, "{spent}");
+        // 0.4 is left: an estimate of exactly that fits, and then nothing is left, not even for a
+        // request estimated at nothing.
+        let d = limiter
+            .acquire(&key, estimate(0, 0.4), now)
+            .await
+            .expect("d");
+        limiter.settle(d, 0, 0.4).await;
+        assert_eq!(
+            refused_limit(limiter.acquire(&key, estimate(0, 0.0), now).await),
+            BUDGET
+        );
+        let spent = limiter.spent_usd("key_budget", now).await.unwrap();
+        assert!((spent - 1.0).abs() < 1e-9, "{spent}");
+        assert_eq!(limiter.spent_usd("key_never_used", now).await.unwrap(), 0.0);
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_budget_refusal_does_not_consume_rpm_or_tpm() {
-    let tables = Tables::create("limits-atomic").await;
-    let limiter = tables.limiter();
-    let key = limited_key("key_atomic", Some(3), Some(1_000), Some(1.0));
-    let now = now_with_the_minute_ahead().await;
-    // Two of these fit in the budget, a third does not.
-    let est = estimate(100, 0.4);
-    let a = limiter.acquire(&key, est, now).await.expect("a");
-    let b = limiter.acquire(&key, est, now).await.expect("b");
-    for _ in 0..5 {
-        assert_eq!(refused_limit(limiter.acquire(&key, est, now).await), BUDGET);
-    }
-    limiter.settle(a, 100, 0.1).await;
-    limiter.settle(b, 100, 0.1).await;
-    // Five budget refusals later the window still holds two requests and 200 tokens: a third
-    // request with 800 tokens fits exactly, which it would not had the refusals counted.
-    assert!(limiter.acquire(&key, estimate(800, 0.1), now).await.is_ok());
-    assert_eq!(
-        refused_limit(limiter.acquire(&key, estimate(1, 0.1), now).await),
-        RPM
-    );
+    within(60, async {
+        let tables = Tables::create("limits-atomic").await;
+        let limiter = tables.limiter();
+        let key = limited_key("key_atomic", Some(3), Some(1_000), Some(1.0));
+        let now = now_with_the_minute_ahead().await;
+        // Two of these fit in the budget, a third does not.
+        let est = estimate(100, 0.4);
+        let a = limiter.acquire(&key, est, now).await.expect("a");
+        let b = limiter.acquire(&key, est, now).await.expect("b");
+        for _ in 0..5 {
+            assert_eq!(refused_limit(limiter.acquire(&key, est, now).await), BUDGET);
+        }
+        limiter.settle(a, 100, 0.1).await;
+        limiter.settle(b, 100, 0.1).await;
+        // Five budget refusals later the window still holds two requests and 200 tokens: a third
+        // request with 800 tokens fits exactly, which it would not had the refusals counted.
+        assert!(limiter.acquire(&key, estimate(800, 0.1), now).await.is_ok());
+        assert_eq!(
+            refused_limit(limiter.acquire(&key, estimate(1, 0.1), now).await),
+            RPM
+        );
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_window_refusal_does_not_reserve_budget() {
-    let tables = Tables::create("limits-atomic-budget").await;
-    let limiter = tables.limiter();
-    let key = limited_key("key_window_first", Some(1), None, Some(1.0));
-    let now = now_secs();
-    limiter
-        .acquire(&key, estimate(1, 0.4), now)
-        .await
-        .expect("first");
-    for _ in 0..5 {
-        assert_eq!(
-            refused_limit(limiter.acquire(&key, estimate(1, 0.4), now).await),
-            RPM
-        );
-    }
-    // Only the admitted request's 0.4 is reserved: the next minute admits 0.4 more.
-    assert!(
+    within(60, async {
+        let tables = Tables::create("limits-atomic-budget").await;
+        let limiter = tables.limiter();
+        let key = limited_key("key_window_first", Some(1), None, Some(1.0));
+        let now = now_secs();
         limiter
-            .acquire(&key, estimate(1, 0.4), now + 60)
+            .acquire(&key, estimate(1, 0.4), now)
             .await
-            .is_ok()
-    );
+            .expect("first");
+        for _ in 0..5 {
+            assert_eq!(
+                refused_limit(limiter.acquire(&key, estimate(1, 0.4), now).await),
+                RPM
+            );
+        }
+        // Only the admitted request's 0.4 is reserved: the next minute admits 0.4 more.
+        assert!(
+            limiter
+                .acquire(&key, estimate(1, 0.4), now + 60)
+                .await
+                .is_ok()
+        );
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn limits_fail_closed_when_the_table_is_unreachable() {
-    let config = DynamoConfig {
-        keys_table: "keys".into(),
-        limits_table: "limits".into(),
-        cache_table: "cache".into(),
-        limits_failure_policy: FailurePolicy::Closed,
-    };
-    let limiter = DynamoLimiter::new(unreachable_client(), &config);
-    let key = limited_key("key_closed", Some(10), None, None);
-    match limiter.acquire(&key, estimate(1, 0.0), now_secs()).await {
-        Err(LimitError::Unavailable(reason)) => {
-            assert!(reason.contains("DynamoDB"), "{reason}");
+    within(60, async {
+        let config = DynamoConfig {
+            keys_table: "keys".into(),
+            limits_table: "limits".into(),
+            cache_table: "cache".into(),
+            limits_failure_policy: FailurePolicy::Closed,
+        };
+        let limiter = DynamoLimiter::new(unreachable_client(), &config);
+        let key = limited_key("key_closed", Some(10), None, None);
+        match limiter.acquire(&key, estimate(1, 0.0), now_secs()).await {
+            Err(LimitError::Unavailable(reason)) => {
+                assert!(reason.contains("DynamoDB"), "{reason}");
+            }
+            other => panic!("expected Unavailable, got {other:?}"),
         }
-        other => panic!("expected Unavailable, got {other:?}"),
-    }
-    // A key without limits needs no table.
-    let unlimited = limited_key("key_unlimited", None, None, None);
-    assert!(
-        limiter
-            .acquire(&unlimited, estimate(1, 0.0), now_secs())
-            .await
-            .is_ok()
-    );
+        // A key without limits needs no table.
+        let unlimited = limited_key("key_unlimited", None, None, None);
+        assert!(
+            limiter
+                .acquire(&unlimited, estimate(1, 0.0), now_secs())
+                .await
+                .is_ok()
+        );
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn limits_fail_open_when_configured() {
-    let config = DynamoConfig {
-        keys_table: "keys".into(),
-        limits_table: "limits".into(),
-        cache_table: "cache".into(),
-        limits_failure_policy: FailurePolicy::Open,
-    };
-    let limiter = DynamoLimiter::new(unreachable_client(), &config);
-    let key = limited_key("key_open", Some(1), Some(10), Some(0.01));
-    for _ in 0..3 {
-        let reservation = limiter
-            .acquire(&key, estimate(5, 0.001), now_secs())
-            .await
-            .expect("admitted unchecked");
-        // Settling against the unreachable table logs and returns.
-        limiter.settle(reservation, 5, 0.001).await;
-    }
+    within(60, async {
+        let config = DynamoConfig {
+            keys_table: "keys".into(),
+            limits_table: "limits".into(),
+            cache_table: "cache".into(),
+            limits_failure_policy: FailurePolicy::Open,
+        };
+        let limiter = DynamoLimiter::new(unreachable_client(), &config);
+        let key = limited_key("key_open", Some(1), Some(10), Some(0.01));
+        for _ in 0..3 {
+            let reservation = limiter
+                .acquire(&key, estimate(5, 0.001), now_secs())
+                .await
+                .expect("admitted unchecked");
+            // Settling against the unreachable table logs and returns.
+            limiter.settle(reservation, 5, 0.001).await;
+        }
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn usage_admitted_unchecked_is_still_recorded() {
-    let tables = Tables::create("limits-open-settle").await;
-    let config = DynamoConfig {
-        limits_failure_policy: FailurePolicy::Open,
-        ..tables.config.clone()
-    };
-    let key = limited_key("key_recovered", None, None, Some(1.0));
-    let unreachable = DynamoLimiter::new(unreachable_client(), &config);
-    let reservation = unreachable
-        .acquire(&key, estimate(0, 0.5), now_secs())
-        .await
-        .expect("admitted unchecked");
-    // The table is back by the time the response ends: the spend is recorded, nothing is
-    // released that was never reserved.
-    let limiter = DynamoLimiter::new(tables.client.clone(), &config);
-    limiter.settle(reservation, 0, 0.75).await;
-    let spent = limiter
-        .spent_usd("key_recovered", now_secs())
-        .await
-        .unwrap();
-    assert!((spent - 0.75).abs() < 1e-9, "{spent}");
-    // 0.75 of 1.0 is committed: a request estimated at more than the 0.25 left is refused, one
-    // at 0.25 gets in.
-    assert_eq!(
-        refused_limit(limiter.acquire(&key, estimate(0, 0.3), now_secs()).await),
-        BUDGET
-    );
-    assert!(
-        limiter
-            .acquire(&key, estimate(0, 0.25), now_secs())
+    within(60, async {
+        let tables = Tables::create("limits-open-settle").await;
+        let config = DynamoConfig {
+            limits_failure_policy: FailurePolicy::Open,
+            ..tables.config.clone()
+        };
+        let key = limited_key("key_recovered", None, None, Some(1.0));
+        let unreachable = DynamoLimiter::new(unreachable_client(), &config);
+        let reservation = unreachable
+            .acquire(&key, estimate(0, 0.5), now_secs())
             .await
-            .is_ok()
-    );
+            .expect("admitted unchecked");
+        // The table is back by the time the response ends: the spend is recorded, nothing is
+        // released that was never reserved.
+        let limiter = DynamoLimiter::new(tables.client.clone(), &config);
+        limiter.settle(reservation, 0, 0.75).await;
+        let spent = limiter
+            .spent_usd("key_recovered", now_secs())
+            .await
+            .unwrap();
+        assert!((spent - 0.75).abs() < 1e-9, "{spent}");
+        // 0.75 of 1.0 is committed: a request estimated at more than the 0.25 left is refused, one
+        // at 0.25 gets in.
+        assert_eq!(
+            refused_limit(limiter.acquire(&key, estimate(0, 0.3), now_secs()).await),
+            BUDGET
+        );
+        assert!(
+            limiter
+                .acquire(&key, estimate(0, 0.25), now_secs())
+                .await
+                .is_ok()
+        );
+    })
+    .await;
 }

@@ -284,7 +284,9 @@ async fn embeddings_are_retried_and_fall_back_like_chat() {
             .await;
         assert_eq!(reply.status, 200);
         assert_eq!(reply.header("x-gateway-model"), Some("gpt-embed"));
-        assert!(attempts(&upstream, "embed-test").await >= 1);
+        // One retry in place, then the fallback, once.
+        assert_eq!(attempts(&upstream, "fault:status=503").await, 2);
+        assert_eq!(attempts(&upstream, "embed-test").await, 1);
     })
     .await
     .expect("within the timeout");

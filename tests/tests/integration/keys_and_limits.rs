@@ -21,98 +21,105 @@ fn new_key(name: &str) -> NewKey {
 
 #[tokio::test]
 async fn missing_unknown_expired_and_revoked_keys_get_401() {
-    let (_upstream, gw) = gateway().await;
-    let body = chat("mock", "hi");
-    let no_key = gw
-        .send(
-            gw.http
-                .post(format!("{}/v1/chat/completions", gw.url))
-                .body(body.to_string()),
-        )
-        .await;
-    assert_eq!(no_key.status, 401);
-    assert_eq!(no_key.json()["error"]["code"], "invalid_api_key");
+    within(30, async {
+        let (_upstream, gw) = gateway().await;
+        let body = chat("mock", "hi");
+        let no_key = gw
+            .send(
+                gw.http
+                    .post(format!("{}/v1/chat/completions", gw.url))
+                    .body(body.to_string()),
+            )
+            .await;
+        assert_eq!(no_key.status, 401);
+        assert_eq!(no_key.json()["error"]["code"], "invalid_api_key");
 
-    let unknown = gw.post("/v1/chat/completions", "gw-nope", &body).await;
-    assert_eq!(unknown.status, 401);
+        let unknown = gw.post("/v1/chat/completions", "gw-nope", &body).await;
+        assert_eq!(unknown.status, 401);
 
-    let (expired, _) = gw
-        .key(NewKey {
-            expires_at: Some(now_secs() - 1),
-            ..new_key("old")
-        })
-        .await;
-    let reply = gw.post("/v1/chat/completions", &expired, &body).await;
-    assert_eq!(reply.status, 401);
-    assert!(
-        reply.json()["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("expired")
-    );
+        let (expired, _) = gw
+            .key(NewKey {
+                expires_at: Some(now_secs() - 1),
+                ..new_key("old")
+            })
+            .await;
+        let reply = gw.post("/v1/chat/completions", &expired, &body).await;
+        assert_eq!(reply.status, 401);
+        assert!(
+            reply.json()["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("expired")
+        );
 
-    let (admin, _) = gw
-        .key(NewKey {
-            admin: true,
-            ..new_key("admin")
-        })
-        .await;
-    let (doomed, record) = gw.key(new_key("doomed")).await;
-    assert_eq!(
-        gw.post("/v1/chat/completions", &doomed, &body).await.status,
-        200
-    );
-    let revoke = gw
-        .send(
-            gw.http
-                .delete(format!("{}/v1/admin/keys/{}", gw.url, record.id))
-                .bearer_auth(&admin),
-        )
-        .await;
-    assert_eq!(revoke.status, 200);
-    // Revoking through the gateway applies at once, despite the key cache.
-    let reply = gw.post("/v1/chat/completions", &doomed, &body).await;
-    assert_eq!(reply.status, 401);
-    assert!(
-        reply.json()["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("revoked")
-    );
+        let (admin, _) = gw
+            .key(NewKey {
+                admin: true,
+                ..new_key("admin")
+            })
+            .await;
+        let (doomed, record) = gw.key(new_key("doomed")).await;
+        assert_eq!(
+            gw.post("/v1/chat/completions", &doomed, &body).await.status,
+            200
+        );
+        let revoke = gw
+            .send(
+                gw.http
+                    .delete(format!("{}/v1/admin/keys/{}", gw.url, record.id))
+                    .bearer_auth(&admin),
+            )
+            .await;
+        assert_eq!(revoke.status, 200);
+        // Revoking through the gateway applies at once, despite the key cache.
+        let reply = gw.post("/v1/chat/completions", &doomed, &body).await;
+        assert_eq!(reply.status, 401);
+        assert!(
+            reply.json()["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("revoked")
+        );
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_model_outside_the_key_scope_gets_403() {
-    let (_upstream, gw) = gateway().await;
-    let (scoped, _) = gw
-        .key(NewKey {
-            models: vec!["mock".into()],
-            ..new_key("scoped")
-        })
-        .await;
-    assert_eq!(
-        gw.post("/v1/chat/completions", &scoped, &chat("mock", "hi"))
-            .await
-            .status,
-        200
-    );
-    let denied = gw
-        .post("/v1/chat/completions", &scoped, &chat("gpt", "hi"))
-        .await;
-    assert_eq!(denied.status, 403);
-    assert_eq!(denied.json()["error"]["type"], "permission_error");
-    let denied = gw
-        .post(
-            "/v1/embeddings",
-            &scoped,
-            &json!({"model": "mock-embed", "input": "x"}),
-        )
-        .await;
-    assert_eq!(denied.status, 403);
+    within(30, async {
+        let (_upstream, gw) = gateway().await;
+        let (scoped, _) = gw
+            .key(NewKey {
+                models: vec!["mock".into()],
+                ..new_key("scoped")
+            })
+            .await;
+        assert_eq!(
+            gw.post("/v1/chat/completions", &scoped, &chat("mock", "hi"))
+                .await
+                .status,
+            200
+        );
+        let denied = gw
+            .post("/v1/chat/completions", &scoped, &chat("gpt", "hi"))
+            .await;
+        assert_eq!(denied.status, 403);
+        assert_eq!(denied.json()["error"]["type"], "permission_error");
+        let denied = gw
+            .post(
+                "/v1/embeddings",
+                &scoped,
+                &json!({"model": "mock-embed", "input": "x"}),
+            )
+            .await;
+        assert_eq!(denied.status, 403);
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn admin_routes_create_list_and_need_an_admin_key() {
+    within(30, async {
     let (_upstream, gw) = gateway().await;
     let (admin, _) = gw
         .key(NewKey {
@@ -170,113 +177,145 @@ async fn admin_routes_create_list_and_need_an_admin_key() {
         )
         .await;
     assert_eq!(bad.status, 400);
+    })
+    .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rpm_admits_exactly_the_limit_among_parallel_requests() {
-    let (_upstream, gw) = gateway().await;
-    let (key, _) = gw
-        .key(NewKey {
-            rpm: Some(7),
-            ..new_key("rpm")
-        })
-        .await;
-    let gw = Arc::new(gw);
-    let tasks: Vec<_> = (0..40)
-        .map(|i| {
-            let (gw, key) = (Arc::clone(&gw), key.clone());
-            tokio::spawn(async move {
-                gw.post(
-                    "/v1/chat/completions",
-                    &key,
-                    &chat("mock", &format!("n{i}")),
-                )
-                .await
+    within(30, async {
+        let (_upstream, gw) = gateway().await;
+        let (key, _) = gw
+            .key(NewKey {
+                rpm: Some(7),
+                ..new_key("rpm")
             })
-        })
-        .collect();
-    let mut ok = 0;
-    for task in tasks {
-        let reply = task.await.unwrap();
-        match reply.status {
-            200 => ok += 1,
-            429 => {
-                let retry: u64 = reply.header("retry-after").unwrap().parse().unwrap();
-                assert!((1..=60).contains(&retry));
-                assert_eq!(reply.json()["error"]["type"], "rate_limit_error");
+            .await;
+        let gw = Arc::new(gw);
+        let tasks: Vec<_> = (0..40)
+            .map(|i| {
+                let (gw, key) = (Arc::clone(&gw), key.clone());
+                tokio::spawn(async move {
+                    gw.post(
+                        "/v1/chat/completions",
+                        &key,
+                        &chat("mock", &format!("n{i}")),
+                    )
+                    .await
+                })
+            })
+            .collect();
+        let mut ok = 0;
+        for task in tasks {
+            let reply = task.await.unwrap();
+            match reply.status {
+                200 => ok += 1,
+                429 => {
+                    let retry: u64 = reply.header("retry-after").unwrap().parse().unwrap();
+                    assert!((1..=60).contains(&retry));
+                    assert_eq!(reply.json()["error"]["type"], "rate_limit_error");
+                }
+                other => panic!("unexpected status {other}"),
             }
-            other => panic!("unexpected status {other}"),
         }
-    }
-    // A test straddling a minute boundary may see a fresh window; both outcomes are exact.
-    assert!(ok == 7 || ok == 14, "admitted {ok}");
+        // A test straddling a minute boundary may see a fresh window; both outcomes are exact.
+        assert!(ok == 7 || ok == 14, "admitted {ok}");
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn tpm_counts_the_prompt_estimate_and_max_tokens() {
-    let (_upstream, gw) = gateway().await;
-    let (key, _) = gw
-        .key(NewKey {
-            tpm: Some(100),
-            ..new_key("tpm")
-        })
-        .await;
-    let mut big = chat("mock", "hello");
-    big["max_tokens"] = json!(150);
-    let refused = gw.post("/v1/chat/completions", &key, &big).await;
-    assert_eq!(refused.status, 429);
-    assert!(
-        refused.json()["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("tokens per minute")
-    );
-    let mut small = chat("mock", "hello");
-    small["max_tokens"] = json!(20);
-    assert_eq!(
-        gw.post("/v1/chat/completions", &key, &small).await.status,
-        200
-    );
+    within(30, async {
+        let (_upstream, gw) = gateway().await;
+        let (key, _) = gw
+            .key(NewKey {
+                tpm: Some(100),
+                ..new_key("tpm")
+            })
+            .await;
+        let mut big = chat("mock", "hello");
+        big["max_tokens"] = json!(150);
+        let refused = gw.post("/v1/chat/completions", &key, &big).await;
+        assert_eq!(refused.status, 429);
+        assert!(
+            refused.json()["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("tokens per minute")
+        );
+        let mut small = chat("mock", "hello");
+        small["max_tokens"] = json!(20);
+        assert_eq!(
+            gw.post("/v1/chat/completions", &key, &small).await.status,
+            200
+        );
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn budget_refuses_requests_once_spent_including_streams() {
-    let (_upstream, gw) = gateway().await;
-    // The mock model costs $1000/M input and $2000/M output. Each request below is estimated at
-    // $0.02 (10 prompt tokens, 5 output tokens) and costs about $0.012: the budget admits the
-    // first two, and a third only if its estimate fits in what they left.
-    let (key, record) = gw
-        .key(NewKey {
-            budget_usd: Some(0.05),
-            ..new_key("budget")
-        })
-        .await;
-    let mut streamed = chat("mock", "spend some");
-    streamed["stream"] = json!(true);
-    streamed["max_tokens"] = json!(5);
-    let first = gw.post("/v1/chat/completions", &key, &streamed).await;
-    assert_eq!(first.status, 200);
-    assert_eq!(first.sse_data().last().map(String::as_str), Some("[DONE]"));
-    let mut plain = chat("mock", "spend more");
-    plain["max_tokens"] = json!(5);
-    // Settling happens just after the response; give it a moment.
-    let mut statuses = Vec::new();
-    for _ in 0..3 {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        statuses.push(gw.post("/v1/chat/completions", &key, &plain).await);
-    }
-    assert_eq!(statuses[0].status, 200);
-    let refused = &statuses[2];
-    assert_eq!(refused.status, 429);
-    assert_eq!(refused.error_code().as_deref(), Some("budget_exceeded"));
-    assert!(refused.header("retry-after").is_some());
+    within(30, async {
+        let (_upstream, gw) = gateway().await;
+        // The mock model costs $1000/M input and $2000/M output. Each request below is estimated at
+        // $0.02 (10 prompt tokens, 5 output tokens) and costs about $0.012: the budget admits the
+        // first two, and a third only if its estimate fits in what they left.
+        let (key, record) = gw
+            .key(NewKey {
+                budget_usd: Some(0.05),
+                ..new_key("budget")
+            })
+            .await;
+        let mut streamed = chat("mock", "spend some");
+        streamed["stream"] = json!(true);
+        streamed["stream_options"] = json!({"include_usage": true});
+        streamed["max_tokens"] = json!(5);
+        let first = gw.post("/v1/chat/completions", &key, &streamed).await;
+        assert_eq!(first.status, 200);
+        assert_eq!(first.sse_data().last().map(String::as_str), Some("[DONE]"));
+        // The stream is billed for its own usage, at the model's price, before anything else.
+        let usage = first.sse_chunks().last().expect("chunks")["usage"].clone();
+        let (prompt, completion) = (
+            usage["prompt_tokens"].as_f64().expect("prompt tokens"),
+            usage["completion_tokens"]
+                .as_f64()
+                .expect("completion tokens"),
+        );
+        assert_eq!(completion, 5.0, "{usage}");
+        let stream_cost = (prompt * 1000.0 + completion * 2000.0) / 1e6;
+        let spent = gw.spent(&record.id).await;
+        assert!(
+            (spent - stream_cost).abs() < 1e-12,
+            "the stream's spend {spent} is not its cost {stream_cost}"
+        );
 
-    // The spend is persisted for the next start.
-    gw.store.flush();
-    let spend = gw.store.spend_this_month().unwrap();
-    let month = gateway::clock::month_of(now_secs());
-    let spent = spend[&(record.id.clone(), month)];
-    assert!((0.02..=0.05).contains(&spent), "{spent}");
+        let mut plain = chat("mock", "spend more");
+        plain["max_tokens"] = json!(5);
+        let mut replies = Vec::new();
+        for _ in 0..3 {
+            replies.push(gw.post("/v1/chat/completions", &key, &plain).await);
+        }
+        let statuses: Vec<u16> = replies.iter().map(|r| r.status).collect();
+        assert_eq!(statuses, [200, 200, 429]);
+        let refused = &replies[2];
+        assert_eq!(refused.error_code().as_deref(), Some("budget_exceeded"));
+        assert!(refused.header("retry-after").is_some());
+
+        // What is persisted for the next start is the stream's cost plus the two answers'.
+        let plain_costs: f64 = replies[..2]
+            .iter()
+            .map(|r| {
+                r.header("x-gateway-cost-usd")
+                    .and_then(|c| c.parse::<f64>().ok())
+                    .expect("a cost header")
+            })
+            .sum();
+        let spent = gw.spent(&record.id).await;
+        let expected = stream_cost + plain_costs;
+        assert!((spent - expected).abs() < 1e-7, "{spent} vs {expected}");
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -310,15 +349,17 @@ async fn budget_refuses_a_request_whose_own_estimate_does_not_fit() {
         // The refusals reserved nothing: a request that fits is admitted, and it alone is spent.
         let mut small = chat("mock", "hi");
         small["max_tokens"] = json!(5);
-        assert_eq!(
-            gw.post("/v1/chat/completions", &key, &small).await.status,
-            200
+        let admitted = gw.post("/v1/chat/completions", &key, &small).await;
+        assert_eq!(admitted.status, 200);
+        let cost: f64 = admitted
+            .header("x-gateway-cost-usd")
+            .and_then(|c| c.parse().ok())
+            .expect("a cost header");
+        let spent = gw.spent(&record.id).await;
+        assert!(
+            cost > 0.0 && (spent - cost).abs() < 1e-7,
+            "{spent} vs {cost}"
         );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        gw.store.flush();
-        let month = gateway::clock::month_of(now_secs());
-        let spent = gw.store.spend_this_month().unwrap()[&(record.id.clone(), month)];
-        assert!(spent > 0.0 && spent <= 0.05, "{spent}");
     })
     .await;
 }

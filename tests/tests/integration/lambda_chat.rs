@@ -3,12 +3,16 @@
 //! needs.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use crate::common::{now_secs, within};
+use async_trait::async_trait;
 use futures_util::StreamExt;
 use gateway::config::Config;
 use gateway::keys::KeyStore;
 use gateway::keys::{KeyRecord, NewKey, generate_key};
 use gateway::lambda::{ResponseMode, handle};
+use gateway::limits::{Estimate, LimitError, Limiter, Reservation};
 use gateway::state::Gateway;
 use gateway::storage::embedded::EmbeddedStore;
 use lambda_http::request::LambdaRequest;
@@ -36,6 +40,11 @@ mod tempdir {
 }
 
 async fn setup() -> Setup {
+    setup_with_limiter(|limiter| limiter).await
+}
+
+/// A setup whose limiter is `wrap` of the embedded store's.
+async fn setup_with_limiter(wrap: impl FnOnce(Arc<dyn Limiter>) -> Arc<dyn Limiter>) -> Setup {
     let dir = std::env::temp_dir().join(format!(
         "gateway-lambda-test-{}-{}",
         std::process::id(),
@@ -47,16 +56,13 @@ async fn setup() -> Setup {
             name: "lambda".into(),
             ..NewKey::default()
         },
-        crate::common::now_secs(),
+        now_secs(),
     )
     .expect("key");
     store.insert(&hash, &record).await.expect("insert");
-    let gateway = Gateway::new(
-        &Config::built_in(|_| None),
-        store.backends().expect("backends"),
-        &|_| None,
-    )
-    .expect("gateway");
+    let mut backends = store.backends().expect("backends");
+    backends.limiter = wrap(backends.limiter);
+    let gateway = Gateway::new(&Config::built_in(|_| None), backends, &|_| None).expect("gateway");
     let background = gateway.background.clone();
     let gateway = Arc::new(gateway);
     Setup {
@@ -166,206 +172,273 @@ fn completion_request(stream: bool) -> Value {
 
 #[tokio::test]
 async fn every_front_gets_a_complete_non_streamed_answer() {
-    let setup = setup().await;
-    for (fixture, streams) in [
-        ("apigw_proxy_request.json", true),
-        ("apigw_v2_proxy_request.json", false),
-        ("lambda_function_url_request.json", true),
-        ("alb_request.json", false),
-    ] {
-        let payload = event(
-            fixture,
-            "POST",
-            "/v1/chat/completions",
-            Some(&setup.key),
-            Some(&completion_request(false)),
-        );
-        let answer = invoke(&setup, payload).await;
-        assert_eq!(answer.streamed, streams, "{fixture}");
-        assert_eq!(answer.status, 200, "{fixture}: {}", answer.body);
-        let body: Value = serde_json::from_str(&answer.body).unwrap_or_else(|e| {
-            panic!(
-                "{fixture}: body is not the whole JSON ({e}): {}",
-                answer.body
-            )
-        });
-        assert_eq!(
-            body["choices"][0]["message"]["content"], "Mock answer to: hello lambda",
-            "{fixture}"
-        );
-        assert!(answer.headers.get("x-request-id").is_some(), "{fixture}");
-    }
+    within(30, async {
+        let setup = setup().await;
+        for (fixture, streams) in [
+            ("apigw_proxy_request.json", true),
+            ("apigw_v2_proxy_request.json", false),
+            ("lambda_function_url_request.json", true),
+            ("alb_request.json", false),
+        ] {
+            let payload = event(
+                fixture,
+                "POST",
+                "/v1/chat/completions",
+                Some(&setup.key),
+                Some(&completion_request(false)),
+            );
+            let answer = invoke(&setup, payload).await;
+            assert_eq!(answer.streamed, streams, "{fixture}");
+            assert_eq!(answer.status, 200, "{fixture}: {}", answer.body);
+            let body: Value = serde_json::from_str(&answer.body).unwrap_or_else(|e| {
+                panic!(
+                    "{fixture}: body is not the whole JSON ({e}): {}",
+                    answer.body
+                )
+            });
+            assert_eq!(
+                body["choices"][0]["message"]["content"], "Mock answer to: hello lambda",
+                "{fixture}"
+            );
+            assert!(answer.headers.get("x-request-id").is_some(), "{fixture}");
+        }
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn streaming_fronts_get_server_sent_events() {
-    let setup = setup().await;
-    for fixture in [
-        "apigw_proxy_request.json",
-        "lambda_function_url_request.json",
-    ] {
+    within(30, async {
+        let setup = setup().await;
+        for fixture in [
+            "apigw_proxy_request.json",
+            "lambda_function_url_request.json",
+        ] {
+            let payload = event(
+                fixture,
+                "POST",
+                "/v1/chat/completions",
+                Some(&setup.key),
+                Some(&completion_request(true)),
+            );
+            let answer = invoke(&setup, payload).await;
+            assert!(answer.streamed);
+            assert_eq!(
+                answer.headers["content-type"], "text/event-stream",
+                "{fixture}"
+            );
+            let data: Vec<&str> = answer
+                .body
+                .split("\n\n")
+                .filter_map(|e| e.strip_prefix("data: "))
+                .collect();
+            assert_eq!(data.last(), Some(&"[DONE]"), "{fixture}");
+            let text: String = data
+                .iter()
+                .filter(|d| **d != "[DONE]")
+                .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+                .filter_map(|c| {
+                    c["choices"][0]["delta"]["content"]
+                        .as_str()
+                        .map(str::to_owned)
+                })
+                .collect();
+            assert_eq!(text, "Mock answer to: hello lambda");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn buffered_fronts_receive_a_streamed_request_as_one_sse_body() {
+    within(30, async {
+        let setup = setup().await;
         let payload = event(
-            fixture,
+            "alb_request.json",
             "POST",
             "/v1/chat/completions",
             Some(&setup.key),
             Some(&completion_request(true)),
         );
         let answer = invoke(&setup, payload).await;
-        assert!(answer.streamed);
-        assert_eq!(
-            answer.headers["content-type"], "text/event-stream",
-            "{fixture}"
-        );
-        let data: Vec<&str> = answer
-            .body
-            .split("\n\n")
-            .filter_map(|e| e.strip_prefix("data: "))
-            .collect();
-        assert_eq!(data.last(), Some(&"[DONE]"), "{fixture}");
-        let text: String = data
-            .iter()
-            .filter(|d| **d != "[DONE]")
-            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-            .filter_map(|c| {
-                c["choices"][0]["delta"]["content"]
-                    .as_str()
-                    .map(str::to_owned)
-            })
-            .collect();
-        assert_eq!(text, "Mock answer to: hello lambda");
-    }
-}
-
-#[tokio::test]
-async fn buffered_fronts_receive_a_streamed_request_as_one_sse_body() {
-    let setup = setup().await;
-    let payload = event(
-        "alb_request.json",
-        "POST",
-        "/v1/chat/completions",
-        Some(&setup.key),
-        Some(&completion_request(true)),
-    );
-    let answer = invoke(&setup, payload).await;
-    assert!(!answer.streamed);
-    assert!(answer.body.ends_with("data: [DONE]\n\n"), "{}", answer.body);
+        assert!(!answer.streamed);
+        assert!(answer.body.ends_with("data: [DONE]\n\n"), "{}", answer.body);
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn errors_keep_their_status_and_openai_shape_on_every_front() {
-    let setup = setup().await;
-    for fixture in [
-        "apigw_proxy_request.json",
-        "apigw_v2_proxy_request.json",
-        "lambda_function_url_request.json",
-        "alb_request.json",
-    ] {
-        let payload = event(
-            fixture,
+    within(30, async {
+        let setup = setup().await;
+        for fixture in [
+            "apigw_proxy_request.json",
+            "apigw_v2_proxy_request.json",
+            "lambda_function_url_request.json",
+            "alb_request.json",
+        ] {
+            let payload = event(
+                fixture,
+                "POST",
+                "/v1/chat/completions",
+                None,
+                Some(&completion_request(false)),
+            );
+            let answer = invoke(&setup, payload).await;
+            assert_eq!(answer.status, 401, "{fixture}");
+            let body: Value = serde_json::from_str(&answer.body).expect("error json");
+            assert_eq!(body["error"]["code"], "invalid_api_key", "{fixture}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn behind_the_authorizer_the_function_trusts_its_context() {
+    within(30, async {
+        let setup = setup().await;
+        let mut payload = event(
+            "apigw_proxy_request.json",
             "POST",
             "/v1/chat/completions",
             None,
             Some(&completion_request(false)),
         );
+        payload["requestContext"]["authorizer"] = json!({
+            "principalId": setup.record.id,
+            "key": serde_json::to_string(&setup.record).unwrap(),
+        });
         let answer = invoke(&setup, payload).await;
-        assert_eq!(answer.status, 401, "{fixture}");
-        let body: Value = serde_json::from_str(&answer.body).expect("error json");
-        assert_eq!(body["error"]["code"], "invalid_api_key", "{fixture}");
-    }
-}
+        assert_eq!(answer.status, 200, "{}", answer.body);
 
-#[tokio::test]
-async fn behind_the_authorizer_the_function_trusts_its_context() {
-    let setup = setup().await;
-    let mut payload = event(
-        "apigw_proxy_request.json",
-        "POST",
-        "/v1/chat/completions",
-        None,
-        Some(&completion_request(false)),
-    );
-    payload["requestContext"]["authorizer"] = json!({
-        "principalId": setup.record.id,
-        "key": serde_json::to_string(&setup.record).unwrap(),
-    });
-    let answer = invoke(&setup, payload).await;
-    assert_eq!(answer.status, 200, "{}", answer.body);
-
-    // Another front's event cannot smuggle an authorizer verdict in.
-    let mut payload = event(
-        "apigw_v2_proxy_request.json",
-        "POST",
-        "/v1/chat/completions",
-        None,
-        Some(&completion_request(false)),
-    );
-    payload["requestContext"]["authorizer"] =
-        json!({"lambda": {"key": serde_json::to_string(&setup.record).unwrap()}});
-    assert_eq!(invoke(&setup, payload).await.status, 401);
+        // Another front's event cannot smuggle an authorizer verdict in.
+        let mut payload = event(
+            "apigw_v2_proxy_request.json",
+            "POST",
+            "/v1/chat/completions",
+            None,
+            Some(&completion_request(false)),
+        );
+        payload["requestContext"]["authorizer"] =
+            json!({"lambda": {"key": serde_json::to_string(&setup.record).unwrap()}});
+        assert_eq!(invoke(&setup, payload).await.status, 401);
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_declared_length_over_the_body_cap_is_413_on_every_front() {
-    let setup = setup().await;
-    for fixture in [
-        "apigw_proxy_request.json",
-        "apigw_v2_proxy_request.json",
-        "lambda_function_url_request.json",
-        "alb_request.json",
-    ] {
-        let mut payload = event(
-            fixture,
-            "POST",
-            "/v1/chat/completions",
-            Some(&setup.key),
-            Some(&completion_request(false)),
-        );
-        payload["headers"]["content-length"] = json!("99999999999");
-        let answer = invoke(&setup, payload).await;
-        assert_eq!(answer.status, 413, "{fixture}: {}", answer.body);
-        let body: Value = serde_json::from_str(&answer.body).expect("error json");
-        assert_eq!(body["error"]["type"], "invalid_request_error", "{fixture}");
-    }
+    within(30, async {
+        let setup = setup().await;
+        for fixture in [
+            "apigw_proxy_request.json",
+            "apigw_v2_proxy_request.json",
+            "lambda_function_url_request.json",
+            "alb_request.json",
+        ] {
+            let mut payload = event(
+                fixture,
+                "POST",
+                "/v1/chat/completions",
+                Some(&setup.key),
+                Some(&completion_request(false)),
+            );
+            payload["headers"]["content-length"] = json!("99999999999");
+            let answer = invoke(&setup, payload).await;
+            assert_eq!(answer.status, 413, "{fixture}: {}", answer.body);
+            let body: Value = serde_json::from_str(&answer.body).expect("error json");
+            assert_eq!(body["error"]["type"], "invalid_request_error", "{fixture}");
+        }
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn health_answers_without_a_key() {
-    let setup = setup().await;
-    let answer = invoke(
-        &setup,
-        event("apigw_v2_proxy_request.json", "GET", "/health", None, None),
-    )
+    within(30, async {
+        let setup = setup().await;
+        let answer = invoke(
+            &setup,
+            event("apigw_v2_proxy_request.json", "GET", "/health", None, None),
+        )
+        .await;
+        assert_eq!(answer.status, 200);
+        assert!(answer.body.contains("ok"));
+    })
     .await;
-    assert_eq!(answer.status, 200);
-    assert!(answer.body.contains("ok"));
+}
+
+/// A limiter that settles as slowly as a remote one: the in-process limiter settles before the
+/// response is even built, so only a limiter whose settling has to wait shows whether the
+/// handler waits for it.
+struct SlowSettle(Arc<dyn Limiter>);
+
+const SETTLE_TAKES: Duration = Duration::from_millis(300);
+
+#[async_trait]
+impl Limiter for SlowSettle {
+    async fn acquire(
+        &self,
+        key: &KeyRecord,
+        estimate: Estimate,
+        now_secs: u64,
+    ) -> Result<Reservation, LimitError> {
+        self.0.acquire(key, estimate, now_secs).await
+    }
+
+    async fn settle(&self, reservation: Reservation, tokens: u64, cost_usd: f64) {
+        tokio::time::sleep(SETTLE_TAKES).await;
+        self.0.settle(reservation, tokens, cost_usd).await;
+    }
+
+    async fn spent_usd(&self, key_id: &str, now_secs: u64) -> Result<f64, LimitError> {
+        self.0.spent_usd(key_id, now_secs).await
+    }
 }
 
 #[tokio::test]
 async fn spend_is_settled_before_the_invocation_ends() {
-    let setup = setup().await;
-    for fixture in ["alb_request.json", "lambda_function_url_request.json"] {
-        let before = setup
-            .gateway
-            .limiter
-            .spent_usd(&setup.record.id, crate::common::now_secs())
-            .await
-            .unwrap();
-        let payload = event(
-            fixture,
-            "POST",
-            "/v1/chat/completions",
-            Some(&setup.key),
-            Some(&completion_request(false)),
-        );
-        assert_eq!(invoke(&setup, payload).await.status, 200);
-        // No waiting: Lambda may freeze the container as soon as the response is complete.
-        let after = setup
-            .gateway
-            .limiter
-            .spent_usd(&setup.record.id, crate::common::now_secs())
-            .await
-            .unwrap();
-        assert!(after > before, "{fixture}: spend {before} -> {after}");
-    }
+    within(30, async {
+        let setup = setup_with_limiter(|limiter| Arc::new(SlowSettle(limiter))).await;
+        // Buffered (ALB) and streamed (Function URL) answers, to plain and streamed requests.
+        for (fixture, stream) in [
+            ("alb_request.json", false),
+            ("alb_request.json", true),
+            ("lambda_function_url_request.json", false),
+            ("lambda_function_url_request.json", true),
+        ] {
+            let before = setup
+                .gateway
+                .limiter
+                .spent_usd(&setup.record.id, now_secs())
+                .await
+                .unwrap();
+            let payload = event(
+                fixture,
+                "POST",
+                "/v1/chat/completions",
+                Some(&setup.key),
+                Some(&completion_request(stream)),
+            );
+            let started = Instant::now();
+            let answer = invoke(&setup, payload).await;
+            assert_eq!(answer.status, 200, "{fixture}: {}", answer.body);
+            // No waiting: Lambda may freeze the container as soon as the response is complete.
+            let after = setup
+                .gateway
+                .limiter
+                .spent_usd(&setup.record.id, now_secs())
+                .await
+                .unwrap();
+            assert!(
+                after > before,
+                "{fixture}, stream {stream}: spend {before} -> {after}"
+            );
+            assert!(
+                started.elapsed() >= SETTLE_TAKES,
+                "{fixture}, stream {stream}"
+            );
+        }
+    })
+    .await;
 }

@@ -18,15 +18,14 @@
 //! or a REST API with response streaming) and `chat-buffered` buffers every answer (what `auto`
 //! does for an HTTP API or an ALB). Both must answer plain and streamed requests correctly.
 
-use crate::common::moto;
-
 use std::io::{BufRead, BufReader, Read};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use moto::Moto;
+use crate::common::moto::Moto;
+use crate::common::within;
 use serde_json::{Value, json};
 
 /// How long watch may take to serve its port (it runs `cargo metadata` first).
@@ -502,13 +501,14 @@ fn check_unauthorized(answer: &Answer, function: &str) {
 
 #[tokio::test]
 async fn chat_binary_answers_plain_and_streamed_through_cargo_lambda_watch() {
-    let _ = cargo_lambda(); // fail first, and clearly, without cargo-lambda
-    let dir = TempDir::new("lambda-watch");
-    let config = dir.path().join("gateway.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
+    within(300, async {
+        let _ = cargo_lambda(); // fail first, and clearly, without cargo-lambda
+        let dir = TempDir::new("lambda-watch");
+        let config = dir.path().join("gateway.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
 [providers.mock]
 kind = "mock"
 chunk_delay_ms = {CHUNK_DELAY_MS}
@@ -517,65 +517,67 @@ chunk_delay_ms = {CHUNK_DELAY_MS}
 deployments = [{{ provider = "mock", model = "mock" }}]
 price = {{ input_per_mtok = 0.1, output_per_mtok = 0.4 }}
 "#
-        ),
-    )
-    .expect("config written");
+            ),
+        )
+        .expect("config written");
 
-    let moto = Moto::shared();
-    let environment = Environment::new(&moto, &config);
-    environment.gateway_local(&["create-tables"]);
-    let key = environment
-        .gateway_local(&["keys", "create", "--name", "lambda-watch"])
-        .trim()
-        .to_owned();
-    assert!(key.starts_with("gw-"), "keys create printed {key:?}");
+        let moto = Moto::shared();
+        let environment = Environment::new(&moto, &config);
+        environment.gateway_local(&["create-tables"]);
+        let key = environment
+            .gateway_local(&["keys", "create", "--name", "lambda-watch"])
+            .trim()
+            .to_owned();
+        assert!(key.starts_with("gw-"), "keys create printed {key:?}");
 
-    let mut watch = Watch::start(dir.path());
-    let mut functions = [
-        (
-            STREAMING,
-            environment.chat(&watch, STREAMING, "stream", dir.path().join("chat.log")),
-        ),
-        (
-            BUFFERED,
-            environment.chat(
-                &watch,
+        let mut watch = Watch::start(dir.path());
+        let mut functions = [
+            (
+                STREAMING,
+                environment.chat(&watch, STREAMING, "stream", dir.path().join("chat.log")),
+            ),
+            (
                 BUFFERED,
-                "buffered",
-                dir.path().join("chat-buffered.log"),
+                environment.chat(
+                    &watch,
+                    BUFFERED,
+                    "buffered",
+                    dir.path().join("chat-buffered.log"),
+                ),
             ),
-        ),
-    ];
+        ];
 
-    for (function, process) in &mut functions {
-        let function = *function;
-        let url = watch.url(function, "/v1/chat/completions");
-        let outcome = async {
-            let plain = post(&url, &key, chat_body(false)).await?;
-            let streamed = post(&url, &key, chat_body(true)).await?;
-            let refused = post(&url, "gw-not-a-key", chat_body(false)).await?;
-            Ok::<_, String>((plain, streamed, refused))
+        for (function, process) in &mut functions {
+            let function = *function;
+            let url = watch.url(function, "/v1/chat/completions");
+            let outcome = async {
+                let plain = post(&url, &key, chat_body(false)).await?;
+                let streamed = post(&url, &key, chat_body(true)).await?;
+                let refused = post(&url, "gw-not-a-key", chat_body(false)).await?;
+                Ok::<_, String>((plain, streamed, refused))
+            }
+            .await;
+            let (plain, streamed, refused) = match outcome {
+                Ok(answers) => answers,
+                Err(error) => panic!(
+                    "{function}: {error}\n{}\n{}",
+                    process.report(),
+                    watch.process.report()
+                ),
+            };
+            let checks = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                check_plain(&plain, function);
+                check_stream(&streamed, function);
+                check_unauthorized(&refused, function);
+                check_mode(&plain, &streamed, function == STREAMING, function);
+            }));
+            if let Err(panic) = checks {
+                eprintln!("{}\n{}", process.report(), watch.process.report());
+                std::panic::resume_unwind(panic);
+            }
         }
-        .await;
-        let (plain, streamed, refused) = match outcome {
-            Ok(answers) => answers,
-            Err(error) => panic!(
-                "{function}: {error}\n{}\n{}",
-                process.report(),
-                watch.process.report()
-            ),
-        };
-        let checks = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            check_plain(&plain, function);
-            check_stream(&streamed, function);
-            check_unauthorized(&refused, function);
-            check_mode(&plain, &streamed, function == STREAMING, function);
-        }));
-        if let Err(panic) = checks {
-            eprintln!("{}\n{}", process.report(), watch.process.report());
-            std::panic::resume_unwind(panic);
-        }
-    }
+    })
+    .await;
 }
 
 /// Checks that the function answered in its mode. Watch marks what a function streamed with
@@ -672,6 +674,10 @@ fn chat_binary_polls_the_runtime_api_after_init() {
             std::thread::sleep(Duration::from_micros(200));
         };
         stream.set_nonblocking(false).expect("blocking");
+        // A test without an async runtime bounds its blocking read itself.
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("read timeout");
         let mut request_line = String::new();
         BufReader::new(&stream)
             .read_line(&mut request_line)

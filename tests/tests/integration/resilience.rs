@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{MockUpstream, Reply, TestGateway, chat};
+use crate::common::{Metrics, MockUpstream, Reply, TestGateway, chat, within};
 use gateway::keys::{ContextPolicy, NewKey};
 use serde_json::{Value, json};
 
@@ -162,325 +162,422 @@ fn sse_error(reply: &Reply) -> Option<Value> {
 
 #[tokio::test]
 async fn a_429_with_retry_after_is_retried_after_that_delay() {
-    let (upstream, gw, key) = setup().await;
-    let model = "fault:status=429;times=1;retry_after=2";
-    for body in [chat("retry-after", "hi"), streamed("retry-after", "hi")] {
-        reset(&upstream).await;
-        let started = Instant::now();
-        let reply = gw.post("/v1/chat/completions", &key, &body).await;
-        let elapsed = started.elapsed();
-        assert_eq!(
-            reply.status,
-            200,
-            "{}",
-            String::from_utf8_lossy(&reply.body)
-        );
-        assert!(
-            elapsed >= Duration::from_millis(1900) && elapsed < Duration::from_millis(4000),
-            "{elapsed:?}"
-        );
-        assert_eq!(attempts(&upstream, model).await, 2, "no hammering");
-        let gaps = &upstream.stats().await["timestamps"][model];
-        let second = gaps[1].as_u64().unwrap();
-        assert!(second >= 1900, "retried after {second} ms");
-    }
-    assert_healthy(&gw, &key).await;
+    within(30, async {
+        let (upstream, gw, key) = setup().await;
+        let model = "fault:status=429;times=1;retry_after=2";
+        for body in [chat("retry-after", "hi"), streamed("retry-after", "hi")] {
+            reset(&upstream).await;
+            let started = Instant::now();
+            let reply = gw.post("/v1/chat/completions", &key, &body).await;
+            let elapsed = started.elapsed();
+            assert_eq!(
+                reply.status,
+                200,
+                "{}",
+                String::from_utf8_lossy(&reply.body)
+            );
+            assert!(
+                elapsed >= Duration::from_millis(1900) && elapsed < Duration::from_millis(4000),
+                "{elapsed:?}"
+            );
+            assert_eq!(attempts(&upstream, model).await, 2, "no hammering");
+            let gaps = &upstream.stats().await["timestamps"][model];
+            let second = gaps[1].as_u64().unwrap();
+            assert!(second >= 1900, "retried after {second} ms");
+        }
+        assert_healthy(&gw, &key).await;
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn endless_429s_back_off_then_fall_back_or_end_in_a_clean_429() {
-    let (upstream, gw, key) = setup().await;
-    let started = Instant::now();
-    let reply = gw
-        .post("/v1/chat/completions", &key, &chat("limited", "hi"))
-        .await;
-    assert_eq!(reply.status, 429);
-    assert!(reply.header("retry-after").is_some());
-    assert_eq!(reply.json()["error"]["type"], "rate_limit_error");
-    // Bounded by the attempt budget (the breaker may open first and stop it sooner).
-    let tries = attempts(&upstream, "fault:status=429").await;
-    assert!((2..=4).contains(&tries), "{tries} attempts");
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
-    );
-
-    reset(&upstream).await;
-    let reply = gw
-        .post("/v1/chat/completions", &key, &streamed("limited-fb", "hi"))
-        .await;
-    assert_answered_by_backup(&reply);
-    assert_eq!(reply.sse_data().last().map(String::as_str), Some("[DONE]"));
-    assert!(attempts(&upstream, "fault:status=429").await <= 2);
-    assert_healthy(&gw, &key).await;
-}
-
-#[tokio::test]
-async fn a_single_500_is_retried_in_place() {
-    let (upstream, gw, key) = setup().await;
-    for body in [chat("once-500", "hi"), streamed("once-500", "hi")] {
-        reset(&upstream).await;
-        let reply = gw.post("/v1/chat/completions", &key, &body).await;
-        assert_eq!(
-            reply.status,
-            200,
-            "{}",
-            String::from_utf8_lossy(&reply.body)
-        );
-        assert_eq!(reply.header("x-gateway-model"), Some("once-500"));
-        assert_eq!(attempts(&upstream, "fault:status=500;times=1").await, 2);
-    }
-}
-
-#[tokio::test]
-async fn a_provider_that_keeps_failing_falls_back_within_the_attempt_budget() {
-    let (upstream, gw, key) = setup().await;
-    for (model, fault) in [("down", "fault:status=503"), ("reset", "fault:reset")] {
-        for body in [chat(model, "hi"), streamed(model, "hi")] {
-            reset(&upstream).await;
-            let reply = gw.post("/v1/chat/completions", &key, &body).await;
-            assert_answered_by_backup(&reply);
-            // One retry in place at most; none once the breaker has opened.
-            let tries = attempts(&upstream, fault).await;
-            assert!(tries <= 2, "{model}: {tries} attempts");
-        }
-    }
-    assert_healthy(&gw, &key).await;
-}
-
-#[tokio::test]
-async fn a_silent_provider_times_out_and_is_not_retried_in_place() {
-    let (upstream, gw, key) = setup().await;
-    for body in [chat("silent", "hi"), streamed("silent", "hi")] {
-        reset(&upstream).await;
+    within(30, async {
+        let (upstream, gw, key) = setup().await;
         let started = Instant::now();
-        let reply = gw.post("/v1/chat/completions", &key, &body).await;
-        assert_answered_by_backup(&reply);
+        let reply = gw
+            .post("/v1/chat/completions", &key, &chat("limited", "hi"))
+            .await;
+        assert_eq!(reply.status, 429);
+        assert!(reply.header("retry-after").is_some());
+        assert_eq!(reply.json()["error"]["type"], "rate_limit_error");
+        // Two: the second failure in a row opens the deployment's breaker (`consecutive_failures
+        // = 2`), which ends the request before the attempt budget (4) does.
+        assert_eq!(attempts(&upstream, "fault:status=429").await, 2);
         assert!(
             started.elapsed() < Duration::from_secs(3),
             "{:?}",
             started.elapsed()
         );
-        assert_eq!(attempts(&upstream, "fault:hang").await, 1);
-    }
-    assert_healthy(&gw, &key).await;
+
+        // With a fallback: one retry in place, then the fallback, called once.
+        reset(&upstream).await;
+        let reply = gw
+            .post("/v1/chat/completions", &key, &streamed("limited-fb", "hi"))
+            .await;
+        assert_answered_by_backup(&reply);
+        assert_eq!(reply.sse_data().last().map(String::as_str), Some("[DONE]"));
+        assert_eq!(attempts(&upstream, "fault:status=429").await, 2);
+        assert_eq!(attempts(&upstream, "backup-model").await, 1);
+        assert_healthy(&gw, &key).await;
+
+        // A breaker that never opens: the attempt budget alone ends the request, exactly.
+        let patient = TestGateway::start(&format!(
+            r#"
+[routing]
+max_attempts = 3
+backoff_base_ms = 10
+backoff_max_ms = 20
+breaker = {{ consecutive_failures = 100, failure_rate = 1.0, window = 100, min_requests = 100, open_ms = 1000 }}
+
+[providers.faulty]
+kind = "openai"
+base_url = "{}/v1"
+api_key_env = "UPSTREAM_KEY"
+
+[models.limited]
+deployments = [{{ provider = "faulty", model = "fault:status=429" }}]
+"#,
+            upstream.url
+        ))
+        .await;
+        let patient_key = patient.plain_key().await;
+        reset(&upstream).await;
+        let reply = patient
+            .post("/v1/chat/completions", &patient_key, &chat("limited", "hi"))
+            .await;
+        assert_eq!(reply.status, 429);
+        assert_eq!(attempts(&upstream, "fault:status=429").await, 3);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_single_500_is_retried_in_place() {
+    within(30, async {
+        let (upstream, gw, key) = setup().await;
+        for body in [chat("once-500", "hi"), streamed("once-500", "hi")] {
+            reset(&upstream).await;
+            let reply = gw.post("/v1/chat/completions", &key, &body).await;
+            assert_eq!(
+                reply.status,
+                200,
+                "{}",
+                String::from_utf8_lossy(&reply.body)
+            );
+            assert_eq!(reply.header("x-gateway-model"), Some("once-500"));
+            assert_eq!(attempts(&upstream, "fault:status=500;times=1").await, 2);
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_provider_that_keeps_failing_falls_back_within_the_attempt_budget() {
+    within(30, async {
+        let (upstream, gw, key) = setup().await;
+        for (model, fault) in [("down", "fault:status=503"), ("reset", "fault:reset")] {
+            // The first request: one retry in place, and the second failure opens the breaker
+            // (`consecutive_failures = 2`). The next request, within the breaker's `open_ms`,
+            // goes straight to the fallback. The fallback is called once each time.
+            for (body, expected) in [(chat(model, "hi"), 2), (streamed(model, "hi"), 0)] {
+                reset(&upstream).await;
+                let reply = gw.post("/v1/chat/completions", &key, &body).await;
+                assert_answered_by_backup(&reply);
+                let tries = attempts(&upstream, fault).await;
+                assert_eq!(
+                    tries, expected,
+                    "{model}: attempts on the failing deployment"
+                );
+                assert_eq!(attempts(&upstream, "backup-model").await, 1, "{model}");
+            }
+        }
+        assert_healthy(&gw, &key).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_silent_provider_times_out_and_is_not_retried_in_place() {
+    within(30, async {
+        let (upstream, gw, key) = setup().await;
+        for body in [chat("silent", "hi"), streamed("silent", "hi")] {
+            reset(&upstream).await;
+            let started = Instant::now();
+            let reply = gw.post("/v1/chat/completions", &key, &body).await;
+            assert_answered_by_backup(&reply);
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "{:?}",
+                started.elapsed()
+            );
+            assert_eq!(attempts(&upstream, "fault:hang").await, 1);
+        }
+        assert_healthy(&gw, &key).await;
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_first_token_that_never_comes_falls_back_before_anything_is_sent() {
-    let (_upstream, gw, key) = setup().await;
-    let started = Instant::now();
-    let reply = gw
-        .post("/v1/chat/completions", &key, &streamed("slow-first", "hi"))
-        .await;
-    assert_answered_by_backup(&reply);
-    assert!(sse_error(&reply).is_none());
-    assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "{:?}",
-        started.elapsed()
-    );
-    let reply = gw
-        .post("/v1/chat/completions", &key, &streamed("stall-early", "hi"))
-        .await;
-    assert_answered_by_backup(&reply);
-    assert_healthy(&gw, &key).await;
+    within(30, async {
+        let (_upstream, gw, key) = setup().await;
+        let started = Instant::now();
+        let reply = gw
+            .post("/v1/chat/completions", &key, &streamed("slow-first", "hi"))
+            .await;
+        assert_answered_by_backup(&reply);
+        assert!(sse_error(&reply).is_none());
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            started.elapsed()
+        );
+        let reply = gw
+            .post("/v1/chat/completions", &key, &streamed("stall-early", "hi"))
+            .await;
+        assert_answered_by_backup(&reply);
+        assert_healthy(&gw, &key).await;
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_stream_cut_midway_ends_with_an_error_event_not_done() {
-    let (_upstream, gw, key) = setup().await;
-    for model in ["cut", "claude-cut"] {
-        let reply = gw
-            .post("/v1/chat/completions", &key, &streamed(model, "hi"))
-            .await;
-        assert_eq!(reply.status, 200);
-        let words = reply.streamed_text().split_whitespace().count();
-        assert!(
-            (35..60).contains(&words),
-            "{model}: {words} words reached the client"
-        );
-        assert!(!reply.sse_data().contains(&"[DONE]".to_owned()), "{model}");
-        let error = sse_error(&reply).unwrap_or_else(|| panic!("{model}: no error event"));
-        assert!(error["error"]["message"].is_string());
-    }
-    assert_healthy(&gw, &key).await;
+    within(30, async {
+        let (_upstream, gw, key) = setup().await;
+        for model in ["cut", "claude-cut"] {
+            let reply = gw
+                .post("/v1/chat/completions", &key, &streamed(model, "hi"))
+                .await;
+            assert_eq!(reply.status, 200);
+            let words = reply.streamed_text().split_whitespace().count();
+            assert!(
+                (35..60).contains(&words),
+                "{model}: {words} words reached the client"
+            );
+            assert!(!reply.sse_data().contains(&"[DONE]".to_owned()), "{model}");
+            let error = sse_error(&reply).unwrap_or_else(|| panic!("{model}: no error event"));
+            assert!(error["error"]["message"].is_string());
+        }
+        assert_healthy(&gw, &key).await;
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_stalled_or_malformed_stream_is_never_passed_off_as_complete() {
-    let (_upstream, gw, key) = setup().await;
-    for model in ["stall", "malformed"] {
+    within(30, async {
+        let (_upstream, gw, key) = setup().await;
+        for model in ["stall", "malformed"] {
+            let started = Instant::now();
+            let reply = gw
+                .post(
+                    "/v1/chat/completions",
+                    &key,
+                    &streamed(model, "one two three four five six seven"),
+                )
+                .await;
+            assert_eq!(reply.status, 200);
+            assert!(sse_error(&reply).is_some(), "{model}: no error event");
+            assert!(!reply.sse_data().contains(&"[DONE]".to_owned()), "{model}");
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{model}: {:?}",
+                started.elapsed()
+            );
+        }
+        assert_healthy(&gw, &key).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_stream_without_done_finishes_promptly_on_its_finish_reason() {
+    within(30, async {
+        let (_upstream, gw, key) = setup().await;
         let started = Instant::now();
         let reply = gw
             .post(
                 "/v1/chat/completions",
                 &key,
-                &streamed(model, "one two three four five six seven"),
+                &streamed("no-done", "finish me"),
             )
             .await;
-        assert_eq!(reply.status, 200);
-        assert!(sse_error(&reply).is_some(), "{model}: no error event");
-        assert!(!reply.sse_data().contains(&"[DONE]".to_owned()), "{model}");
         assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "{model}: {:?}",
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
             started.elapsed()
         );
-    }
-    assert_healthy(&gw, &key).await;
-}
-
-#[tokio::test]
-async fn a_stream_without_done_finishes_promptly_on_its_finish_reason() {
-    let (_upstream, gw, key) = setup().await;
-    let started = Instant::now();
-    let reply = gw
-        .post(
-            "/v1/chat/completions",
-            &key,
-            &streamed("no-done", "finish me"),
-        )
-        .await;
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
-    );
-    assert_eq!(reply.sse_data().last().map(String::as_str), Some("[DONE]"));
-    assert!(reply.streamed_text().contains("finish me"));
-    assert!(sse_error(&reply).is_none());
+        assert_eq!(reply.sse_data().last().map(String::as_str), Some("[DONE]"));
+        assert!(reply.streamed_text().contains("finish me"));
+        assert!(sse_error(&reply).is_none());
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn usage_is_counted_when_the_provider_omits_it() {
-    let (_upstream, gw, key) = setup().await;
-    let reply = gw
-        .post(
-            "/v1/chat/completions",
-            &key,
-            &streamed("no-usage", "count these words"),
-        )
-        .await;
-    let chunks = reply.sse_chunks();
-    let usage = &chunks.last().unwrap()["usage"];
-    assert!(usage["prompt_tokens"].as_u64().unwrap() > 0);
-    assert!(usage["completion_tokens"].as_u64().unwrap() > 0);
+    within(30, async {
+        let (_upstream, gw, key) = setup().await;
+        let reply = gw
+            .post(
+                "/v1/chat/completions",
+                &key,
+                &streamed("no-usage", "count these words"),
+            )
+            .await;
+        let chunks = reply.sse_chunks();
+        let usage = &chunks.last().unwrap()["usage"];
+        assert!(usage["prompt_tokens"].as_u64().unwrap() > 0);
+        assert!(usage["completion_tokens"].as_u64().unwrap() > 0);
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn context_length_errors_go_to_a_larger_model_and_content_policy_comes_back() {
-    let (upstream, gw, key) = setup().await;
-    let reply = gw
-        .post("/v1/chat/completions", &key, &chat("too-long", "hi"))
-        .await;
-    assert_answered_by_backup(&reply);
+    within(30, async {
+        let (upstream, gw, key) = setup().await;
+        let reply = gw
+            .post("/v1/chat/completions", &key, &chat("too-long", "hi"))
+            .await;
+        assert_answered_by_backup(&reply);
+        // Not retried in place: straight to the larger model.
+        let too_long = "fault:status=400;code=context_length_exceeded";
+        assert_eq!(attempts(&upstream, too_long).await, 1);
+        assert_eq!(attempts(&upstream, "backup-model").await, 1);
 
-    for body in [chat("filtered", "hi"), streamed("filtered", "hi")] {
-        reset(&upstream).await;
-        let reply = gw.post("/v1/chat/completions", &key, &body).await;
-        assert_eq!(reply.status, 400);
-        assert_eq!(reply.error_code().as_deref(), Some("content_filter"));
-        assert!(
-            reply.json()["error"]["message"]
-                .as_str()
-                .is_some_and(|m| !m.is_empty())
-        );
-        assert_eq!(attempts(&upstream, "backup-model").await, 0, "no fallback");
-    }
+        // A content-policy refusal is the answer: one call, no retry, no fallback.
+        for body in [chat("filtered", "hi"), streamed("filtered", "hi")] {
+            reset(&upstream).await;
+            let reply = gw.post("/v1/chat/completions", &key, &body).await;
+            assert_eq!(reply.status, 400);
+            assert_eq!(reply.error_code().as_deref(), Some("content_filter"));
+            assert!(
+                reply.json()["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| !m.is_empty())
+            );
+            assert_eq!(
+                attempts(&upstream, "fault:status=400;code=content_filter").await,
+                1,
+                "never retried"
+            );
+            assert_eq!(attempts(&upstream, "backup-model").await, 0, "no fallback");
+        }
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn the_breaker_opens_serves_from_the_fallback_and_closes_on_recovery() {
-    let (upstream, gw, key) = setup().await;
-    let fault = "fault:status=503;for_ms=2000";
-    // Two failing calls open the breaker; requests are served by the fallback meanwhile.
-    for _ in 0..3 {
-        let reply = gw
-            .post("/v1/chat/completions", &key, &chat("recovering", "hi"))
-            .await;
-        assert_answered_by_backup(&reply);
-    }
-    let while_open = attempts(&upstream, fault).await;
-    let reply = gw
-        .post("/v1/chat/completions", &key, &chat("recovering", "hi"))
-        .await;
-    assert_answered_by_backup(&reply);
-    assert_eq!(
-        attempts(&upstream, fault).await,
-        while_open,
-        "open: primary not called"
-    );
-    // Once the primary has recovered and the breaker's open time has passed, a probe closes it.
-    tokio::time::sleep(Duration::from_millis(2600)).await;
-    let mut recovered = false;
-    for _ in 0..3 {
+    within(30, async {
+        let (upstream, gw, key) = setup().await;
+        let fault = "fault:status=503;for_ms=2000";
+        // The metrics are the process's, shared with every other test: these series are this
+        // test's alone (no other test has this deployment or this model).
+        let deployment = format!("faulty/{fault}");
+        let transitions = |metrics: &Metrics, state: &str| {
+            metrics.value(
+                "gateway_breaker_transitions_total",
+                &[("deployment", &deployment), ("state", state)],
+            )
+        };
+        let fallbacks = |metrics: &Metrics, reason: &str| {
+            metrics.value(
+                "gateway_fallbacks_total",
+                &[("from", "recovering"), ("to", "backup"), ("reason", reason)],
+            )
+        };
+        let before = gw.metrics().await;
+
+        // The first request fails twice (one retry in place), which opens the breaker
+        // (`consecutive_failures = 2`), and falls back; while it is open the next requests go
+        // to the fallback without calling the primary.
+        for _ in 0..3 {
+            let reply = gw
+                .post("/v1/chat/completions", &key, &chat("recovering", "hi"))
+                .await;
+            assert_answered_by_backup(&reply);
+        }
+        assert_eq!(
+            attempts(&upstream, fault).await,
+            2,
+            "open: primary not called"
+        );
+        assert_eq!(attempts(&upstream, "backup-model").await, 3);
+        let open = gw.metrics().await;
+        assert_eq!(
+            transitions(&open, "open") - transitions(&before, "open"),
+            1.0
+        );
+        assert_eq!(
+            fallbacks(&open, "server") - fallbacks(&before, "server"),
+            1.0
+        );
+        assert_eq!(
+            fallbacks(&open, "unavailable") - fallbacks(&before, "unavailable"),
+            2.0
+        );
+
+        // Once the primary has recovered (it fails for 2 s after its first call) and the
+        // breaker's open time (1.5 s) has passed, the next request is the probe, and closes it.
+        tokio::time::sleep(Duration::from_millis(2600)).await;
         let reply = gw
             .post("/v1/chat/completions", &key, &chat("recovering", "hi"))
             .await;
         assert_eq!(reply.status, 200);
-        if reply.header("x-gateway-model") == Some("recovering") {
-            recovered = true;
-            break;
+        assert_eq!(reply.header("x-gateway-model"), Some("recovering"));
+        assert_eq!(attempts(&upstream, fault).await, 3);
+        let closed = gw.metrics().await;
+        for (state, count) in [("open", 1.0), ("half_open", 1.0), ("closed", 1.0)] {
+            assert_eq!(
+                transitions(&closed, state) - transitions(&before, state),
+                count,
+                "{state}"
+            );
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    assert!(recovered, "the primary serves again after recovery");
-    let (admin, _) = gw
-        .key(NewKey {
-            name: "ops".into(),
-            admin: true,
-            ..NewKey::default()
-        })
-        .await;
-    let metrics = String::from_utf8_lossy(
-        &gw.send(
-            gw.http
-                .get(format!("{}/metrics", gw.url))
-                .bearer_auth(admin),
-        )
-        .await
-        .body,
-    )
-    .into_owned();
-    assert!(metrics.contains("state=\"open\""), "{metrics}");
-    assert!(metrics.contains("state=\"closed\""), "{metrics}");
-    assert!(metrics.contains("gateway_fallbacks_total"), "{metrics}");
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_fallback_answer_is_billed_to_the_fallback() {
-    let (_upstream, gw, key) = setup().await;
-    let reply = gw
-        .post(
-            "/v1/chat/completions",
-            &key,
-            &streamed("down", "bill the backup"),
-        )
-        .await;
-    assert_answered_by_backup(&reply);
-    let chunks = reply.sse_chunks();
-    assert_eq!(chunks[0]["model"], "backup-model");
-    let usage = &chunks.last().unwrap()["usage"];
-    assert!(usage["completion_tokens"].as_u64().unwrap() > 0);
-    let plain = gw
-        .post(
-            "/v1/chat/completions",
-            &key,
-            &chat("down", "bill the backup"),
-        )
-        .await;
-    let usage = &plain.json()["usage"];
-    let expected = (usage["prompt_tokens"].as_f64().unwrap() * 100.0
-        + usage["completion_tokens"].as_f64().unwrap() * 200.0)
-        / 1e6;
-    let cost: f64 = plain.header("x-gateway-cost-usd").unwrap().parse().unwrap();
-    assert!((cost - expected).abs() < 1e-8, "{cost} vs {expected}");
+    within(30, async {
+        let (_upstream, gw, key) = setup().await;
+        let reply = gw
+            .post(
+                "/v1/chat/completions",
+                &key,
+                &streamed("down", "bill the backup"),
+            )
+            .await;
+        assert_answered_by_backup(&reply);
+        let chunks = reply.sse_chunks();
+        assert_eq!(chunks[0]["model"], "backup-model");
+        let usage = &chunks.last().unwrap()["usage"];
+        assert!(usage["completion_tokens"].as_u64().unwrap() > 0);
+        let plain = gw
+            .post(
+                "/v1/chat/completions",
+                &key,
+                &chat("down", "bill the backup"),
+            )
+            .await;
+        let usage = &plain.json()["usage"];
+        let expected = (usage["prompt_tokens"].as_f64().unwrap() * 100.0
+            + usage["completion_tokens"].as_f64().unwrap() * 200.0)
+            / 1e6;
+        let cost: f64 = plain.header("x-gateway-cost-usd").unwrap().parse().unwrap();
+        assert!((cost - expected).abs() < 1e-8, "{cost} vs {expected}");
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn auto_picks_the_cheap_model_unless_the_request_needs_the_strong_one() {
+    within(30, async {
     let (upstream, gw, key) = setup().await;
     let simple = gw
         .post(
@@ -517,52 +614,57 @@ async fn auto_picks_the_cheap_model_unless_the_request_needs_the_strong_one() {
         upstream.stats().await["last_request"]["model"],
         "strong-model"
     );
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn context_trimming_keeps_the_system_prompt_and_the_last_turn() {
-    let (upstream, gw, _) = setup().await;
-    let (trimming, _) = gw
-        .key(NewKey {
-            name: "trim".into(),
-            context_policy: ContextPolicy::Trim,
-            ..NewKey::default()
-        })
-        .await;
-    let (strict, _) = gw
-        .key(NewKey {
-            name: "strict".into(),
-            ..NewKey::default()
-        })
-        .await;
-    let long = "many words here ".repeat(20);
-    let body = json!({"model": "small", "messages": [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": long},
-        {"role": "assistant", "content": long},
-        {"role": "user", "content": "last question"}
-    ]});
-    let refused = gw.post("/v1/chat/completions", &strict, &body).await;
-    assert_eq!(refused.status, 400);
-    assert_eq!(
-        refused.error_code().as_deref(),
-        Some("context_length_exceeded")
-    );
+    within(30, async {
+        let (upstream, gw, _) = setup().await;
+        let (trimming, _) = gw
+            .key(NewKey {
+                name: "trim".into(),
+                context_policy: ContextPolicy::Trim,
+                ..NewKey::default()
+            })
+            .await;
+        let (strict, _) = gw
+            .key(NewKey {
+                name: "strict".into(),
+                ..NewKey::default()
+            })
+            .await;
+        let long = "many words here ".repeat(20);
+        let body = json!({"model": "small", "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": long},
+            {"role": "assistant", "content": long},
+            {"role": "user", "content": "last question"}
+        ]});
+        let refused = gw.post("/v1/chat/completions", &strict, &body).await;
+        assert_eq!(refused.status, 400);
+        assert_eq!(
+            refused.error_code().as_deref(),
+            Some("context_length_exceeded")
+        );
 
-    let trimmed = gw.post("/v1/chat/completions", &trimming, &body).await;
-    assert_eq!(
-        trimmed.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&trimmed.body)
-    );
-    assert_eq!(trimmed.header("x-gateway-context"), Some("trimmed:2"));
-    let sent = upstream.stats().await["last_request"]["messages"].clone();
-    assert_eq!(sent[0]["role"], "system");
-    assert_eq!(sent[0]["content"], "Be brief.");
-    assert_eq!(
-        sent.as_array().unwrap().last().unwrap()["content"],
-        "last question"
-    );
-    assert_eq!(sent.as_array().unwrap().len(), 2);
+        let trimmed = gw.post("/v1/chat/completions", &trimming, &body).await;
+        assert_eq!(
+            trimmed.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&trimmed.body)
+        );
+        assert_eq!(trimmed.header("x-gateway-context"), Some("trimmed:2"));
+        let sent = upstream.stats().await["last_request"]["messages"].clone();
+        assert_eq!(sent[0]["role"], "system");
+        assert_eq!(sent[0]["content"], "Be brief.");
+        assert_eq!(
+            sent.as_array().unwrap().last().unwrap()["content"],
+            "last question"
+        );
+        assert_eq!(sent.as_array().unwrap().len(), 2);
+    })
+    .await;
 }

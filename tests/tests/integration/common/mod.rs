@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
+use gateway::clock::month_of;
 use gateway::config::Config;
 use gateway::keys::KeyStore;
 use gateway::keys::{KeyRecord, NewKey, generate_key};
@@ -152,6 +153,7 @@ static NEXT_DIR: AtomicU64 = AtomicU64::new(0);
 /// The gateway router on a loopback port, as `gateway-local` serves it.
 pub struct TestGateway {
     pub url: String,
+    pub gateway: Arc<Gateway>,
     pub store: Arc<EmbeddedStore>,
     pub http: reqwest::Client,
     dir: PathBuf,
@@ -184,12 +186,14 @@ impl TestGateway {
             .await
             .expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let router = gateway::http::router(Arc::new(gateway));
+        let gateway = Arc::new(gateway);
+        let router = gateway::http::router(Arc::clone(&gateway));
         let server = tokio::spawn(async move {
             gateway::http::server::serve(listener, router, &config.server, shutdown).await;
         });
         Self {
             url,
+            gateway,
             store,
             http: reqwest::Client::new(),
             dir,
@@ -210,6 +214,40 @@ impl TestGateway {
         })
         .await
         .0
+    }
+
+    /// The spend recorded this month for a key, in USD, as the store holds it once the work
+    /// responses left behind (settling, in the background when it has to wait) is done.
+    pub async fn spent(&self, key_id: &str) -> f64 {
+        self.gateway.background.idle().await;
+        self.store.flush();
+        let month = month_of(now_secs());
+        self.store
+            .spend_this_month()
+            .expect("spend")
+            .get(&(key_id.to_owned(), month))
+            .copied()
+            .unwrap_or(0.0)
+    }
+
+    /// `/metrics` as an admin sees it.
+    pub async fn metrics(&self) -> Metrics {
+        let (admin, _) = self
+            .key(NewKey {
+                name: "metrics-reader".into(),
+                admin: true,
+                ..NewKey::default()
+            })
+            .await;
+        let reply = self
+            .send(
+                self.http
+                    .get(format!("{}/metrics", self.url))
+                    .bearer_auth(admin),
+            )
+            .await;
+        assert_eq!(reply.status, 200);
+        Metrics(String::from_utf8_lossy(&reply.body).into_owned())
     }
 
     pub async fn post(&self, path: &str, key: &str, body: &Value) -> Reply {
@@ -311,6 +349,62 @@ impl Reply {
     pub fn error_code(&self) -> Option<String> {
         self.json()["error"]["code"].as_str().map(str::to_owned)
     }
+}
+
+/// The Prometheus text of `/metrics`. The registry is one per process, shared by every test of
+/// this binary: tests read counters whose labels (a model, deployment or provider name) only they
+/// use, and compare them before and after what they do.
+pub struct Metrics(pub String);
+
+impl Metrics {
+    /// The sum of the samples of `name` whose labels include every one of `labels` (0 when none
+    /// has been recorded).
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.0
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| {
+                let (series, value) = line.rsplit_once(' ')?;
+                let (metric, rest) = series.split_once('{').unwrap_or((series, "}"));
+                if metric != name {
+                    return None;
+                }
+                let found = parse_labels(rest.strip_suffix('}')?);
+                let matches = labels
+                    .iter()
+                    .all(|(k, v)| found.iter().any(|(fk, fv)| fk == k && fv == v));
+                matches.then(|| value.parse::<f64>().expect("a sample value"))
+            })
+            .sum()
+    }
+}
+
+/// `a="x",b="y"` as pairs (values with `\"` and `\\` escapes unescaped).
+fn parse_labels(text: &str) -> Vec<(String, String)> {
+    let mut labels = Vec::new();
+    let mut rest = text;
+    while let Some((key, after)) = rest.split_once("=\"") {
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let mut end = after.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some((_, escaped)) = chars.next() {
+                        value.push(if escaped == 'n' { '\n' } else { escaped });
+                    }
+                }
+                '"' => {
+                    end = i + 1;
+                    break;
+                }
+                other => value.push(other),
+            }
+        }
+        labels.push((key.trim_start_matches(',').to_owned(), value));
+        rest = &after[end..];
+    }
+    labels
 }
 
 pub fn now_secs() -> u64 {
