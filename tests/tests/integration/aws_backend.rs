@@ -143,10 +143,15 @@ fn minute_now() -> u64 {
 
 /// A burst (see `burst`) counted in one RPM/TPM window: a burst that straddles a minute boundary
 /// (it takes a few seconds) is sent again, with the next of `keys`, in the new minute.
-async fn burst_in_one_minute(servers: &[Server], keys: &[String], count: usize) -> (usize, usize) {
+async fn burst_in_one_minute(
+    servers: &[Server],
+    keys: &[String],
+    count: usize,
+    refused_by: &str,
+) -> (usize, usize) {
     for key in keys {
         let minute = minute_now();
-        let counts = burst(servers, key, count).await;
+        let counts = burst(servers, key, count, refused_by).await;
         if minute_now() == minute {
             return counts;
         }
@@ -160,8 +165,14 @@ async fn burst_in_one_minute(servers: &[Server], keys: &[String], count: usize) 
 /// tokens and costs 3 output tokens.
 const PROMPT: &str = "a a a a a a a a a a a a a a";
 
-/// Sends `count` requests at once, alternating between the servers; returns (admitted, refused).
-async fn burst(servers: &[Server], key: &str, count: usize) -> (usize, usize) {
+/// What a refusal of each limit says: the limit's name, or the budget's error code.
+const BY_RPM: &str = "requests per minute";
+const BY_TPM: &str = "tokens per minute";
+const BY_BUDGET: &str = "budget_exceeded";
+
+/// Sends `count` requests at once, alternating between the servers; returns (admitted, refused),
+/// and checks that every refusal is by the limit `refused_by` (see `BY_RPM` and the others).
+async fn burst(servers: &[Server], key: &str, count: usize, refused_by: &str) -> (usize, usize) {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()
@@ -201,6 +212,7 @@ async fn burst(servers: &[Server], key: &str, count: usize) -> (usize, usize) {
             200 => admitted += 1,
             429 => {
                 assert!(retry_after, "a 429 carries Retry-After");
+                assert!(body.contains(refused_by), "refused by {refused_by}? {body}");
                 refused += 1;
             }
             other => panic!("unexpected {other}: {body}"),
@@ -241,13 +253,13 @@ async fn limits_and_budgets_are_exact_across_two_processes() {
         let budget = create_key(&environment, "budget", &["--budget-usd", "0.06"]);
         let servers = [environment.start(), environment.start()];
 
-        let counts = burst_in_one_minute(&servers, &rpm, 500).await;
+        let counts = burst_in_one_minute(&servers, &rpm, 500, BY_RPM).await;
         assert_eq!(counts, (50, 450), "RPM 50: (admitted, refused)");
 
-        let counts = burst_in_one_minute(&servers, &tpm, 500).await;
+        let counts = burst_in_one_minute(&servers, &tpm, 500, BY_TPM).await;
         assert_eq!(counts, (30, 470), "TPM 510: (admitted, refused)");
 
-        let counts = burst(&servers, &budget, 500).await;
+        let counts = burst(&servers, &budget, 500, BY_BUDGET).await;
         assert_eq!(counts, (20, 480), "budget $0.06: (admitted, refused)");
         // Spend is settled after the answers; it reaches the budget and the key list shows it.
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -257,8 +269,43 @@ async fn limits_and_budgets_are_exact_across_two_processes() {
             .find(|line| line.contains(" budget "))
             .unwrap_or_else(|| panic!("no budget key in {listing}"));
         assert!(line.contains("0.060000"), "{listing}");
-        let counts = burst(&servers, &budget, 5).await;
+        let counts = burst(&servers, &budget, 5, BY_BUDGET).await;
         assert_eq!(counts, (0, 5), "budget spent: (admitted, refused)");
+
+        // Keys with RPM, TPM and a budget at once, whose admission is one DynamoDB transaction over
+        // three items: each limit binds in turn, every refusal is by that limit (a refusal reserves
+        // nothing under the others: had it, the others would start refusing within the burst).
+        let all_three = |rpm: &str, tpm: &str, budget: &str| {
+            create_key(
+                &environment,
+                "all-three",
+                &["--rpm", rpm, "--tpm", tpm, "--budget-usd", budget],
+            )
+        };
+        // RPM 25 binds (TPM 1000 admits 58, the budget 333).
+        let rpm_binds = [all_three("25", "1000", "1"), all_three("25", "1000", "1")];
+        let counts = burst_in_one_minute(&servers, &rpm_binds, 200, BY_RPM).await;
+        assert_eq!(
+            counts,
+            (25, 175),
+            "RPM binding with TPM and budget: (admitted, refused)"
+        );
+        // TPM 340 binds at 20 (RPM 100, the budget 333).
+        let tpm_binds = [all_three("100", "340", "1"), all_three("100", "340", "1")];
+        let counts = burst_in_one_minute(&servers, &tpm_binds, 200, BY_TPM).await;
+        assert_eq!(
+            counts,
+            (20, 180),
+            "TPM binding with RPM and budget: (admitted, refused)"
+        );
+        // $0.045 binds at 15 (RPM 100, TPM 58); in any minute.
+        let budget_binds = all_three("100", "1000", "0.045");
+        let counts = burst(&servers, &budget_binds, 200, BY_BUDGET).await;
+        assert_eq!(
+            counts,
+            (15, 185),
+            "budget binding with RPM and TPM: (admitted, refused)"
+        );
     })
     .await;
 }

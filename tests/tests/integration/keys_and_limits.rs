@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::common::{MockUpstream, TestGateway, chat, now_secs, test_config, within};
+use futures_util::StreamExt;
 use gateway::keys::NewKey;
 use serde_json::json;
 
@@ -360,6 +361,196 @@ async fn budget_refuses_a_request_whose_own_estimate_does_not_fit() {
             cost > 0.0 && (spent - cost).abs() < 1e-7,
             "{spent} vs {cost}"
         );
+    })
+    .await;
+}
+
+/// Every request reserves what it uses (see `exact_request`), so the number admitted from a
+/// parallel burst is exact whatever the order in which they settle. The price makes each answer
+/// cost $0.375, which binary floating point holds exactly, as it does every sum of them.
+const EXACT_CONFIG: &str = r#"
+[providers.mock]
+kind = "mock"
+latency_ms = 200
+
+[models.mock]
+deployments = [{ provider = "mock", model = "mock" }]
+price = { input_per_mtok = 0, output_per_mtok = 125000 }
+"#;
+
+/// Fourteen one-letter words: the prompt estimate (27 characters / 4, rounded up, plus 4 per
+/// message and 3) is 14 tokens, what the mock counts (one per word); with `max_tokens = 3` the
+/// mock answers exactly 3 tokens. Each request reserves and uses 17 tokens and costs $0.375.
+fn exact_request() -> serde_json::Value {
+    json!({"model": "mock", "max_tokens": 3, "messages": [{"role": "user", "content": "a a a a a a a a a a a a a a"}]})
+}
+
+/// Sends `count` identical requests at once; (admitted, refused with `code`).
+async fn parallel_burst(
+    gw: &Arc<TestGateway>,
+    key: &str,
+    count: usize,
+    code: &str,
+) -> (usize, usize) {
+    let tasks: Vec<_> = (0..count)
+        .map(|_| {
+            let (gw, key) = (Arc::clone(gw), key.to_owned());
+            tokio::spawn(async move {
+                gw.post("/v1/chat/completions", &key, &exact_request())
+                    .await
+            })
+        })
+        .collect();
+    let (mut admitted, mut refused) = (0, 0);
+    for task in tasks {
+        let reply = task.await.expect("task");
+        match reply.status {
+            200 => admitted += 1,
+            429 => {
+                assert_eq!(reply.error_code().as_deref(), Some(code));
+                refused += 1;
+            }
+            other => panic!(
+                "unexpected {other}: {}",
+                String::from_utf8_lossy(&reply.body)
+            ),
+        }
+    }
+    (admitted, refused)
+}
+
+fn minute_now() -> u64 {
+    now_secs() / 60
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tpm_admits_exactly_what_fits_among_parallel_requests() {
+    within(30, async {
+        let gw = Arc::new(TestGateway::start(EXACT_CONFIG).await);
+        // 510 tokens a minute: exactly 30 requests of 17. A burst that straddles a minute
+        // boundary is sent again with a fresh key.
+        for attempt in 0..2 {
+            let (key, _) = gw
+                .key(NewKey {
+                    tpm: Some(510),
+                    ..new_key("tpm-burst")
+                })
+                .await;
+            let minute = minute_now();
+            let counts = parallel_burst(&gw, &key, 100, "rate_limit_exceeded").await;
+            if minute_now() == minute {
+                assert_eq!(counts, (30, 70));
+                return;
+            }
+            eprintln!("burst {attempt} straddled a minute boundary");
+        }
+        panic!("both bursts straddled a minute boundary");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn budget_admits_exactly_what_fits_among_parallel_requests() {
+    within(30, async {
+        let gw = Arc::new(TestGateway::start(EXACT_CONFIG).await);
+        // $7.50 buys exactly 20 requests of $0.375.
+        let (key, record) = gw
+            .key(NewKey {
+                budget_usd: Some(7.5),
+                ..new_key("budget-burst")
+            })
+            .await;
+        assert_eq!(
+            parallel_burst(&gw, &key, 100, "budget_exceeded").await,
+            (20, 80)
+        );
+        let spent = gw.spent(&record.id).await;
+        assert_eq!(spent, 7.5);
+        assert_eq!(
+            parallel_burst(&gw, &key, 5, "budget_exceeded").await,
+            (0, 5)
+        );
+    })
+    .await;
+}
+
+/// A stream the client leaves midway is billed for what was produced up to then: more than
+/// nothing, far less than the whole answer, and its reservation is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_the_client_abandons_is_billed_for_what_was_produced() {
+    within(30, async {
+        // 400 words at 50 ms each: 20 s for the whole answer.
+        let upstream = MockUpstream::start(&["--chunk-delay-ms", "50"]);
+        // $1 per output token, nothing for the prompt: the spend counts the tokens produced.
+        let config = format!(
+            "{}\n[models.words]\ndeployments = [{{ provider = \"upstream\", model = \"fault:tokens=400\" }}]\nprice = {{ input_per_mtok = 0, output_per_mtok = 1000000 }}\n",
+            test_config(&upstream.url)
+        );
+        let gw = TestGateway::start(&config).await;
+        // Each request reserves its 1000 output tokens ($1000): the budget holds one at a time.
+        let (key, record) = gw
+            .key(NewKey {
+                budget_usd: Some(1500.0),
+                ..new_key("abandons")
+            })
+            .await;
+        let mut body = chat("words", "talk to me");
+        body["stream"] = json!(true);
+        body["max_tokens"] = json!(1000);
+        let response = gw
+            .http
+            .post(format!("{}/v1/chat/completions", gw.url))
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(response.status().as_u16(), 200);
+        let mut received = String::new();
+        let mut events = response.bytes_stream();
+        while received.matches("\"content\"").count() < 10 {
+            let chunk = events.next().await.expect("more events").expect("bytes");
+            received.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        drop(events);
+        let received_chars: usize = received
+            .split("\n\n")
+            .filter_map(|event| event.strip_prefix("data: "))
+            .filter_map(|data| serde_json::from_str::<serde_json::Value>(data).ok())
+            .filter_map(|chunk| chunk["choices"][0]["delta"]["content"].as_str().map(str::len))
+            .sum();
+
+        let started = std::time::Instant::now();
+        let spent = loop {
+            let spent = gw
+                .gateway
+                .limiter
+                .spent_usd(&record.id, now_secs())
+                .await
+                .expect("spend");
+            if spent > 0.0 {
+                break spent;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(5),
+                "the abandoned stream was never billed"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        // A stream cut before its usage is counted at about 4 characters a token: at least what
+        // the client received, far less than the whole answer (over 450).
+        let received_tokens = received_chars.div_ceil(4) as f64;
+        assert!(
+            spent >= received_tokens && spent < 200.0,
+            "billed ${spent} for {received_chars} characters received"
+        );
+        assert_eq!(gw.spent(&record.id).await, spent);
+        // Its $1000 reservation was released: another request of the same size fits.
+        let mut again = chat("words", "again");
+        again["max_tokens"] = json!(1000);
+        let reply = gw.post("/v1/chat/completions", &key, &again).await;
+        assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
     })
     .await;
 }

@@ -6,8 +6,10 @@ mod common;
 
 mod authorizer;
 mod aws_backend;
+mod balancing;
 mod chat_api;
 mod connections;
+mod crash_recovery;
 mod dynamo;
 mod hardening;
 mod keys_and_limits;

@@ -2,12 +2,9 @@
 //! a listener of its own (`server.metrics_listen`), and log lines, which carry the request id
 //! and the details an error body leaves out. Through the router, and through `gateway-local`.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::common::local::{ADMIN_KEY, LocalServer, TempDir, free_port};
 use crate::common::{TestGateway, within};
 use gateway::keys::NewKey;
 
@@ -18,8 +15,6 @@ kind = "mock"
 [models.mock]
 deployments = [{ provider = "mock", model = "mock" }]
 "#;
-
-const ADMIN_KEY: &str = "gw-operator-test-admin";
 
 async fn get(url: &str, key: Option<&str>) -> (u16, String) {
     let mut request = reqwest::Client::new()
@@ -79,116 +74,13 @@ async fn the_metrics_router_serves_metrics_alone_without_a_key() {
     .await;
 }
 
-/// The `gateway-local` binary of this workspace (built by `tests/run` before the tests).
-fn gateway_local() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let binary = target.join("debug/gateway-local");
-    assert!(
-        binary.exists(),
-        "{} is missing: build it with `cargo build -p local` (tests/run does)",
-        binary.display()
-    );
-    binary
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free port")
-}
-
-/// `gateway-local` with an embedded store in a folder of its own, its log lines collected;
-/// killed when dropped.
-struct LocalServer {
-    child: Child,
-    url: String,
-    logs: Arc<Mutex<Vec<String>>>,
-    dir: PathBuf,
-}
-
-impl LocalServer {
-    fn start(name: &str, config: &str, env: &[(&str, &str)]) -> Self {
-        let dir = std::env::temp_dir().join(format!("gateway-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("folder");
-        let config_path = dir.join("gateway.toml");
-        std::fs::write(&config_path, config).expect("config written");
-        let mut child = Command::new(gateway_local())
-            .arg("--config")
-            .arg(&config_path)
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .args(["--listen", "127.0.0.1:0"])
-            .env("GATEWAY_ADMIN_KEY", ADMIN_KEY)
-            .env("GATEWAY_BACKEND", "embedded")
-            .env("RUST_LOG", "info")
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("gateway-local starts");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let stderr = BufReader::new(child.stderr.take().expect("stderr"));
-        let collected = Arc::clone(&logs);
-        std::thread::spawn(move || {
-            for line in stderr.lines().map_while(Result::ok) {
-                if let Ok(mut logs) = collected.lock() {
-                    logs.push(line);
-                }
-            }
-        });
-        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        stdout.read_line(&mut line).expect("banner");
-        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-        let url = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("no URL in banner: {line}"))
-            .to_owned();
-        Self {
-            child,
-            url,
-            logs,
-            dir,
-        }
-    }
-
-    /// The first log line that contains every one of `needles`, waiting up to 5 s for it.
-    async fn log_line(&self, needles: &[&str]) -> String {
-        for _ in 0..50 {
-            let found = self.logs.lock().ok().and_then(|logs| {
-                logs.iter()
-                    .find(|line| needles.iter().all(|n| line.contains(n)))
-                    .cloned()
-            });
-            if let Some(line) = found {
-                return line;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let logs = self.logs.lock().map(|l| l.join("\n")).unwrap_or_default();
-        panic!("no log line with {needles:?}:\n{logs}");
-    }
-}
-
-impl Drop for LocalServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[tokio::test]
 async fn gateway_local_serves_metrics_without_a_key_only_on_metrics_listen() {
     within(60, async {
         let metrics_port = free_port();
         let config = format!("[server]\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n{CONFIG}");
-        let server = LocalServer::start("metrics-listen", &config, &[]);
+        let dir = TempDir::new("metrics-listen");
+        let server = LocalServer::start(dir.path(), &config, &[]);
         let (status, body) = get(&format!("http://127.0.0.1:{metrics_port}/metrics"), None).await;
         assert_eq!(status, 200);
         assert!(body.contains("# EOF"), "{body}");
@@ -219,8 +111,9 @@ api_version = "2024-10-21"
 deployments = [{{ provider = "azure-east", model = "secret-deployment" }}]
 "#
         );
+        let dir = TempDir::new("request-id-logs");
         let server = LocalServer::start(
-            "request-id-logs",
+            dir.path(),
             &config,
             &[("GATEWAY_TEST_UPSTREAM_KEY", "sk-test")],
         );

@@ -54,6 +54,30 @@ context_window = 100000
 
 [models.auto]
 route = {{ strategy = "cost", candidates = ["cheap", "strong"] }}
+
+[providers.impatient]
+kind = "openai"
+base_url = "{upstream}/v1"
+api_key_env = "UPSTREAM_KEY"
+timeouts = {{ connect_ms = 1000, first_byte_ms = 10000, first_token_ms = 10000, idle_ms = 10000, total_ms = 700 }}
+
+[models.slow-answer]
+deployments = [{{ provider = "impatient", model = "fault:headers_delay_ms=5000" }}]
+
+[models.slow-first-token]
+deployments = [{{ provider = "impatient", model = "fault:first_token_ms=5000" }}]
+
+[models.stalling]
+deployments = [{{ provider = "impatient", model = "fault:stall_after=3;stall_ms=5000" }}]
+
+[models.locked-out]
+deployments = [{{ provider = "faulty", model = "fault:status=401" }}]
+fallbacks = ["backup"]
+
+[models.narrow]
+deployments = [{{ provider = "faulty", model = "narrow-model" }}]
+context_window = 50
+fallbacks = ["backup"]
 "#
     );
     let faults = [
@@ -665,6 +689,103 @@ async fn context_trimming_keeps_the_system_prompt_and_the_last_turn() {
             "last question"
         );
         assert_eq!(sent.as_array().unwrap().len(), 2);
+    })
+    .await;
+}
+
+/// `timeouts.total_ms` bounds the whole request: an answer that has not come by then is a 504,
+/// plain or before a stream's first token, and a stream that stalls past it ends with an error
+/// event. (Every other timeout of the provider is far longer.)
+#[tokio::test]
+async fn total_ms_ends_a_request_with_a_504() {
+    within(30, async {
+        let (upstream, gw, key) = setup().await;
+        for body in [
+            chat("slow-answer", "hi"),
+            streamed("slow-first-token", "hi"),
+        ] {
+            let started = Instant::now();
+            let reply = gw.post("/v1/chat/completions", &key, &body).await;
+            let elapsed = started.elapsed();
+            assert_eq!(
+                reply.status,
+                504,
+                "{}",
+                String::from_utf8_lossy(&reply.body)
+            );
+            assert_eq!(reply.json()["error"]["type"], "timeout");
+            assert!(
+                elapsed >= Duration::from_millis(650) && elapsed < Duration::from_millis(2500),
+                "{elapsed:?}"
+            );
+        }
+        // Each once: a timeout is not retried in place.
+        assert_eq!(attempts(&upstream, "fault:headers_delay_ms=5000").await, 1);
+        assert_eq!(attempts(&upstream, "fault:first_token_ms=5000").await, 1);
+
+        let started = Instant::now();
+        let reply = gw
+            .post(
+                "/v1/chat/completions",
+                &key,
+                &streamed("stalling", "one two three four five"),
+            )
+            .await;
+        assert_eq!(reply.status, 200);
+        let error = sse_error(&reply).expect("an error event");
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("deadline")),
+            "{error}"
+        );
+        assert!(!reply.sse_data().contains(&"[DONE]".to_owned()));
+        assert!(
+            started.elapsed() < Duration::from_millis(2500),
+            "{:?}",
+            started.elapsed()
+        );
+    })
+    .await;
+}
+
+/// A provider that refuses the gateway's credentials (401) is not retried: the request goes
+/// straight to the fallback, and the client never sees a 401 about its own key.
+#[tokio::test]
+async fn a_credential_rejection_goes_straight_to_the_fallback() {
+    within(30, async {
+        let (upstream, gw, key) = setup().await;
+        for body in [chat("locked-out", "hi"), streamed("locked-out", "hi")] {
+            reset(&upstream).await;
+            let reply = gw.post("/v1/chat/completions", &key, &body).await;
+            assert_answered_by_backup(&reply);
+            assert_eq!(attempts(&upstream, "fault:status=401").await, 1);
+            assert_eq!(attempts(&upstream, "backup-model").await, 1);
+        }
+    })
+    .await;
+}
+
+/// A conversation longer than the model's context window goes to its fallback with a larger
+/// one, said in `x-gateway-context`; the model too small for it is never called.
+#[tokio::test]
+async fn a_conversation_too_long_for_the_model_is_rerouted_to_a_larger_fallback() {
+    within(30, async {
+        let (upstream, gw, key) = setup().await;
+        let long = "many words here ".repeat(20);
+        for body in [chat("narrow", &long), streamed("narrow", &long)] {
+            let reply = gw.post("/v1/chat/completions", &key, &body).await;
+            assert_answered_by_backup(&reply);
+            assert_eq!(reply.header("x-gateway-context"), Some("rerouted:backup"));
+        }
+        assert_eq!(attempts(&upstream, "narrow-model").await, 0);
+        assert_eq!(attempts(&upstream, "backup-model").await, 2);
+        // A conversation that fits is the narrow model's.
+        let reply = gw
+            .post("/v1/chat/completions", &key, &chat("narrow", "short"))
+            .await;
+        assert_eq!(reply.header("x-gateway-model"), Some("narrow"));
+        assert_eq!(reply.header("x-gateway-context"), None);
     })
     .await;
 }

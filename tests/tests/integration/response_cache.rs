@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::common::{MockUpstream, TestGateway, chat, test_config, within};
+use crate::common::{Metrics, MockUpstream, TestGateway, chat, test_config, within};
 use gateway::keys::NewKey;
 use serde_json::json;
 
@@ -103,6 +103,16 @@ async fn cache_control_and_sampling_decide_whether_the_cache_is_used() {
             )
             .await;
         assert_eq!(bypass.header("x-gateway-cache"), Some("BYPASS"));
+        for header in [("x-gateway-cache", "bypass"), ("cache-control", "no-store")] {
+            let bypass = gw
+                .post_with("/v1/chat/completions", &key, &body, &[header])
+                .await;
+            assert_eq!(
+                bypass.header("x-gateway-cache"),
+                Some("BYPASS"),
+                "{header:?}"
+            );
+        }
 
         let mut random = chat("gpt", "random sampling");
         random["temperature"] = json!(0.9);
@@ -120,7 +130,8 @@ async fn cache_control_and_sampling_decide_whether_the_cache_is_used() {
             .await;
         assert_eq!(c.header("x-gateway-cache"), Some("MISS"));
         assert_eq!(d.header("x-gateway-cache"), Some("HIT"));
-        assert_eq!(upstream.requests().await, 5);
+        // The first request, the three bypasses, the two random ones and the opt-in miss.
+        assert_eq!(upstream.requests().await, 7);
     })
     .await;
 }
@@ -205,6 +216,139 @@ async fn concurrent_identical_misses_make_one_upstream_call() {
             );
         }
         assert_eq!(upstream.requests().await, 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_global_partition_shares_answers_across_tenants() {
+    within(30, async {
+        let upstream = MockUpstream::start(&[]);
+        let config = format!(
+            "[cache]\npartition = \"global\"\n{}",
+            test_config(&upstream.url)
+        );
+        let gw = TestGateway::start(&config).await;
+        let tenant_key = |tenant: &str| NewKey {
+            name: tenant.into(),
+            tenant: Some(tenant.into()),
+            ..NewKey::default()
+        };
+        let (acme, _) = gw.key(tenant_key("acme")).await;
+        let (globex, _) = gw.key(tenant_key("globex")).await;
+        let body = deterministic("gpt", "shared by everyone");
+        let first = gw.post("/v1/chat/completions", &acme, &body).await;
+        assert_eq!(first.header("x-gateway-cache"), Some("MISS"));
+        let other = gw.post("/v1/chat/completions", &globex, &body).await;
+        assert_eq!(other.header("x-gateway-cache"), Some("HIT"));
+        assert_eq!(other.body, first.body);
+        assert_eq!(upstream.requests().await, 1);
+    })
+    .await;
+}
+
+/// An answer from a fallback model is not what the model asked for would have said: it is not
+/// stored, under that model's key or the fallback's.
+#[tokio::test]
+async fn fallback_answers_are_never_cached() {
+    within(30, async {
+        let (upstream, gw, key) = gateway(&[]).await;
+        // `flaky` always fails (503) and falls back to `gpt`.
+        let body = deterministic("flaky", "answered by the fallback");
+        for _ in 0..2 {
+            let reply = gw.post("/v1/chat/completions", &key, &body).await;
+            assert_eq!(reply.status, 200);
+            assert_eq!(reply.header("x-gateway-model"), Some("gpt"));
+            assert_eq!(reply.header("x-gateway-cache"), Some("MISS"));
+        }
+        let direct = gw
+            .post(
+                "/v1/chat/completions",
+                &key,
+                &deterministic("gpt", "answered by the fallback"),
+            )
+            .await;
+        assert_eq!(direct.header("x-gateway-cache"), Some("MISS"));
+        assert_eq!(upstream.stats().await["by_model"]["gpt-test"], 3);
+    })
+    .await;
+}
+
+/// A stream cut before its end is not an answer: the next identical request is a miss that
+/// gets the whole answer, and only that is served from the cache afterwards.
+#[tokio::test]
+async fn incomplete_streams_are_never_cached() {
+    within(30, async {
+        let upstream = MockUpstream::start(&[]);
+        let config = format!(
+            "{}\n[models.cut-once]\ndeployments = [{{ provider = \"upstream\", model = \"fault:tokens=60;cut_after=40;times=1\" }}]\n",
+            test_config(&upstream.url)
+        );
+        let gw = TestGateway::start(&config).await;
+        let key = gw.plain_key().await;
+        let mut body = deterministic("cut-once", "tell me sixty words");
+        body["stream"] = json!(true);
+        let cut = gw.post("/v1/chat/completions", &key, &body).await;
+        assert_eq!(cut.status, 200);
+        assert!(!cut.sse_data().contains(&"[DONE]".to_owned()), "the first stream is cut");
+        let whole = gw.post("/v1/chat/completions", &key, &body).await;
+        assert_eq!(whole.header("x-gateway-cache"), Some("MISS"));
+        assert_eq!(whole.sse_data().last().map(String::as_str), Some("[DONE]"));
+        assert_eq!(whole.streamed_text().split_whitespace().count(), 60);
+        let replay = gw.post("/v1/chat/completions", &key, &body).await;
+        assert_eq!(replay.header("x-gateway-cache"), Some("HIT"));
+        assert_eq!(replay.streamed_text(), whole.streamed_text());
+    })
+    .await;
+}
+
+/// A hit makes no upstream call and costs nothing: the cost header says 0, the key's spend and
+/// the model's cost and token counters do not move.
+#[tokio::test]
+async fn cache_hits_cost_nothing() {
+    within(30, async {
+        let upstream = MockUpstream::start(&[]);
+        // A model only this test uses: its counters are this test's alone.
+        let config = format!(
+            "{}\n[models.priced-for-hits]\ndeployments = [{{ provider = \"upstream\", model = \"priced-model\" }}]\nprice = {{ input_per_mtok = 1000, output_per_mtok = 2000 }}\n",
+            test_config(&upstream.url)
+        );
+        let gw = TestGateway::start(&config).await;
+        let (key, record) = gw
+            .key(NewKey {
+                name: "hits".into(),
+                ..NewKey::default()
+            })
+            .await;
+        let cost = |m: &Metrics| m.value("gateway_cost_usd_total", &[("model", "priced-for-hits")]);
+        let tokens =
+            |m: &Metrics| m.value("gateway_tokens_total", &[("model", "priced-for-hits")]);
+        let before = gw.metrics().await;
+        let body = deterministic("priced-for-hits", "what does this cost");
+        let miss = gw.post("/v1/chat/completions", &key, &body).await;
+        assert_eq!(miss.header("x-gateway-cache"), Some("MISS"));
+        let paid: f64 = miss
+            .header("x-gateway-cost-usd")
+            .and_then(|c| c.parse().ok())
+            .expect("a cost");
+        assert!(paid > 0.0);
+        let spent = gw.spent(&record.id).await;
+        assert!((spent - paid).abs() < 1e-7, "{spent} vs {paid}");
+        let after_miss = gw.metrics().await;
+
+        let mut streamed = body.clone();
+        streamed["stream"] = json!(true);
+        for hit in [body.clone(), streamed] {
+            let reply = gw.post("/v1/chat/completions", &key, &hit).await;
+            assert_eq!(reply.header("x-gateway-cache"), Some("HIT"));
+            assert_eq!(reply.header("x-gateway-cost-usd"), Some("0"));
+        }
+        assert_eq!(upstream.requests().await, 1);
+        assert_eq!(gw.spent(&record.id).await, spent, "a hit added spend");
+        let after_hits = gw.metrics().await;
+        assert_eq!(cost(&after_hits), cost(&after_miss));
+        assert_eq!(tokens(&after_hits), tokens(&after_miss));
+        assert!(cost(&after_miss) - cost(&before) > 0.0);
     })
     .await;
 }
