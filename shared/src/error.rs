@@ -1,18 +1,94 @@
 //! Errors at the edge, in OpenAI's error body and with the status codes the OpenAI SDKs map to
-//! their typed exceptions.
+//! their typed exceptions. [`ErrorKind::status_and_type`] is the one table from a failure to its
+//! HTTP status and OpenAI error `type`; conversions elsewhere only pick a kind.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+/// What went wrong, in the classes a client tells apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request is malformed or asks for something the gateway does not serve.
+    BadRequest,
+    /// No key, or a key that is unknown, revoked or expired.
+    Unauthorized,
+    /// The key may not use this model or route.
+    Forbidden,
+    NotFound,
+    MethodNotAllowed,
+    /// The client did not send its body in time.
+    RequestTimeout,
+    /// The thing to create exists already.
+    Conflict,
+    PayloadTooLarge,
+    /// A rate limit or budget of the key, or of a provider, refused the request for now.
+    RateLimited,
+    /// The gateway's own configuration or code failed.
+    Internal,
+    /// A provider failed or answered with something unusable.
+    BadGateway,
+    /// A store or every deployment is unavailable for now.
+    Unavailable,
+    /// The request's deadline passed.
+    Timeout,
+}
+
+/// OpenAI's error `type` values the gateway answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorType {
+    InvalidRequest,
+    Permission,
+    RateLimit,
+    Api,
+    Timeout,
+}
+
+impl ErrorType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "invalid_request_error",
+            Self::Permission => "permission_error",
+            Self::RateLimit => "rate_limit_error",
+            Self::Api => "api_error",
+            Self::Timeout => "timeout",
+        }
+    }
+}
+
+impl ErrorKind {
+    /// The one table: the HTTP status and OpenAI error type of each kind. 401 is an
+    /// `invalid_request_error` (code `invalid_api_key`), as OpenAI answers it.
+    pub fn status_and_type(self) -> (StatusCode, ErrorType) {
+        use ErrorType::{Api, InvalidRequest, Permission, RateLimit, Timeout};
+        match self {
+            Self::BadRequest => (StatusCode::BAD_REQUEST, InvalidRequest),
+            Self::Unauthorized => (StatusCode::UNAUTHORIZED, InvalidRequest),
+            Self::Forbidden => (StatusCode::FORBIDDEN, Permission),
+            Self::NotFound => (StatusCode::NOT_FOUND, InvalidRequest),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, InvalidRequest),
+            Self::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, InvalidRequest),
+            Self::Conflict => (StatusCode::CONFLICT, InvalidRequest),
+            Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, InvalidRequest),
+            Self::RateLimited => (StatusCode::TOO_MANY_REQUESTS, RateLimit),
+            Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, Api),
+            Self::BadGateway => (StatusCode::BAD_GATEWAY, Api),
+            Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, Api),
+            Self::Timeout => (StatusCode::GATEWAY_TIMEOUT, Timeout),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {
-    pub status: StatusCode,
+    pub kind: ErrorKind,
     pub message: String,
-    pub kind: &'static str,
     pub param: Option<String>,
     pub code: Option<String>,
     pub retry_after_secs: Option<u64>,
+    /// What failed underneath, for the log only (never sent): written once, when the error
+    /// becomes a response.
+    pub cause: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -30,15 +106,23 @@ struct ErrorDetail<'a> {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Self {
-            status,
-            message: message.into(),
             kind,
+            message: message.into(),
             param: None,
             code: None,
             retry_after_secs: None,
+            cause: None,
         }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.kind.status_and_type().0
+    }
+
+    pub fn error_type(&self) -> ErrorType {
+        self.kind.status_and_type().1
     }
 
     pub fn with_code(mut self, code: impl Into<String>) -> Self {
@@ -51,21 +135,25 @@ impl ApiError {
         self
     }
 
+    pub fn with_cause(mut self, cause: impl std::fmt::Display) -> Self {
+        self.cause = Some(cause.to_string());
+        self
+    }
+
     pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+        Self::new(ErrorKind::BadRequest, message)
     }
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "invalid_request_error", message)
-            .with_code("invalid_api_key")
+        Self::new(ErrorKind::Unauthorized, message).with_code("invalid_api_key")
     }
 
     pub fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "permission_error", message)
+        Self::new(ErrorKind::Forbidden, message)
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "invalid_request_error", message)
+        Self::new(ErrorKind::NotFound, message)
     }
 
     pub fn model_not_found(model: &str) -> Self {
@@ -79,12 +167,16 @@ impl ApiError {
     pub fn rate_limited(message: impl Into<String>, retry_after_secs: u64) -> Self {
         Self {
             retry_after_secs: Some(retry_after_secs.max(1)),
-            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", message)
+            ..Self::new(ErrorKind::RateLimited, message)
         }
     }
 
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "api_error", message)
+        Self::new(ErrorKind::Internal, message)
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unavailable, message)
     }
 
     /// The JSON body, also used for SSE error events in the middle of a stream.
@@ -92,7 +184,7 @@ impl ApiError {
         let body = ErrorBody {
             error: ErrorDetail {
                 message: &self.message,
-                kind: self.kind,
+                kind: self.error_type().as_str(),
                 param: self.param.as_deref(),
                 code: self.code.as_deref(),
             },
@@ -102,6 +194,18 @@ impl ApiError {
                 .to_owned()
         })
     }
+
+    /// Logs the cause of a gateway-side failure; client mistakes are not the operator's concern.
+    fn log_cause(&self) {
+        if let Some(cause) = &self.cause {
+            let status = self.status().as_u16();
+            if self.status().is_server_error() {
+                tracing::error!(status, message = %self.message, %cause, "request failed");
+            } else {
+                tracing::info!(status, message = %self.message, %cause, "request refused");
+            }
+        }
+    }
 }
 
 impl std::fmt::Display for ApiError {
@@ -109,8 +213,8 @@ impl std::fmt::Display for ApiError {
         write!(
             f,
             "{} ({}): {}",
-            self.status.as_u16(),
-            self.kind,
+            self.status().as_u16(),
+            self.error_type().as_str(),
             self.message
         )
     }
@@ -143,19 +247,15 @@ impl std::error::Error for BodyTimeout {}
 
 impl From<BodyTimeout> for ApiError {
     fn from(timeout: BodyTimeout) -> Self {
-        Self::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "invalid_request_error",
-            timeout.to_string(),
-        )
-        .with_code("request_timeout")
+        Self::new(ErrorKind::RequestTimeout, timeout.to_string()).with_code("request_timeout")
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        self.log_cause();
         let mut response = (
-            self.status,
+            self.status(),
             [(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
@@ -181,6 +281,20 @@ pub enum StoreError {
     Backend(String),
 }
 
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Conflict(what) => {
+                Self::new(ErrorKind::Conflict, format!("{what} already exists"))
+            }
+            StoreError::Backend(_) => {
+                Self::unavailable("The gateway's storage is unavailable; try again shortly.")
+                    .with_cause(error)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,5 +309,27 @@ mod tests {
         assert_eq!(body["error"]["type"], "rate_limit_error");
         assert_eq!(body["error"]["message"], "slow down");
         assert!(body["error"]["param"].is_null());
+    }
+
+    #[test]
+    fn a_store_failure_is_a_503_whose_cause_stays_out_of_the_body() {
+        let error = ApiError::from(StoreError::Backend(
+            "dynamodb.us-east-1.amazonaws.com: connection reset".to_owned(),
+        ));
+        assert_eq!(error.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            error
+                .cause
+                .as_deref()
+                .is_some_and(|c| c.contains("amazonaws"))
+        );
+        let body: serde_json::Value = serde_json::from_str(&error.body_json()).unwrap();
+        assert_eq!(body["error"]["type"], "api_error");
+        assert!(!error.body_json().contains("amazonaws"), "{body}");
+
+        let conflict = ApiError::from(StoreError::Conflict("key `ci`".to_owned()));
+        assert_eq!(conflict.status(), StatusCode::CONFLICT);
+        assert_eq!(conflict.error_type(), ErrorType::InvalidRequest);
+        assert_eq!(conflict.message, "key `ci` already exists");
     }
 }

@@ -673,6 +673,6 @@ mod tests {
         .unwrap();
         let err = req.validate().unwrap_err();
         assert_eq!(err.param.as_deref(), Some("temperature"));
-        assert_eq!(err.status, http::StatusCode::BAD_REQUEST);
+        assert_eq!(err.status(), http::StatusCode::BAD_REQUEST);
     }
 }

@@ -162,8 +162,7 @@ impl EmbeddingVector {
             (EmbeddingVector::Base64(s), EncodingFormat::Float) => {
                 let bytes = STANDARD.decode(s.as_bytes()).map_err(|e| {
                     ApiError::new(
-                        http::StatusCode::BAD_GATEWAY,
-                        "api_error",
+                        crate::error::ErrorKind::BadGateway,
                         format!("upstream sent an invalid base64 embedding: {e}"),
                     )
                 })?;

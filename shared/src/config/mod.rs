@@ -49,6 +49,10 @@ pub struct ServerConfig {
     /// How long a keep-alive connection may wait for its next request after a response.
     #[serde(default = "default_idle_timeout_ms")]
     pub idle_timeout_ms: u64,
+    /// How long a response write may wait for a client that stopped reading (its socket buffers
+    /// full) before the connection is closed.
+    #[serde(default = "default_write_stall_timeout_ms")]
+    pub write_stall_timeout_ms: u64,
     /// From the first read of a request body to its end.
     #[serde(default = "default_body_read_timeout_ms")]
     pub body_read_timeout_ms: u64,
@@ -76,6 +80,7 @@ impl Default for ServerConfig {
             metrics_listen: None,
             header_read_timeout_ms: default_header_read_timeout_ms(),
             idle_timeout_ms: default_idle_timeout_ms(),
+            write_stall_timeout_ms: default_write_stall_timeout_ms(),
             body_read_timeout_ms: default_body_read_timeout_ms(),
             min_body_bytes_per_s: default_min_body_bytes_per_s(),
             min_body_rate_grace_ms: default_min_body_rate_grace_ms(),
@@ -100,6 +105,9 @@ fn default_header_read_timeout_ms() -> u64 {
 // connection is dropped by its client first and a request never races the server's close.
 fn default_idle_timeout_ms() -> u64 {
     60_000
+}
+fn default_write_stall_timeout_ms() -> u64 {
+    30_000
 }
 fn default_body_read_timeout_ms() -> u64 {
     60_000
@@ -535,6 +543,7 @@ impl ServerConfig {
             (self.header_read_timeout_ms, "header_read_timeout_ms"),
             (self.idle_timeout_ms, "idle_timeout_ms"),
             (self.body_read_timeout_ms, "body_read_timeout_ms"),
+            (self.write_stall_timeout_ms, "write_stall_timeout_ms"),
             (self.min_body_rate_grace_ms, "min_body_rate_grace_ms"),
             (self.drain_timeout_ms, "drain_timeout_ms"),
         ] {

@@ -12,9 +12,8 @@ use serde::Serialize;
 use super::handlers::{AuthorizedKey, body_error};
 use crate::clock::now_secs;
 use crate::error::ApiError;
-use crate::error::StoreError;
 use crate::keys::edge;
-use crate::keys::{KeyRecord, NewKey, store_unavailable};
+use crate::keys::{KeyRecord, NewKey};
 use crate::pipeline::{json_response, parse_json, to_json_bytes};
 use crate::state::Gateway;
 
@@ -66,12 +65,7 @@ pub(crate) async fn list_keys(
 ) -> Response {
     let result = async {
         require_admin(&key)?;
-        let records = gateway
-            .auth
-            .store()
-            .list()
-            .await
-            .map_err(admin_store_error)?;
+        let records = gateway.auth.store().list().await.map_err(ApiError::from)?;
         let now = now_secs();
         let mut data = Vec::with_capacity(records.len());
         for record in records {
@@ -106,15 +100,4 @@ pub(crate) async fn revoke_key(
     }
     .await;
     result.unwrap_or_else(IntoResponse::into_response)
-}
-
-pub(crate) fn admin_store_error(error: StoreError) -> ApiError {
-    match error {
-        StoreError::Conflict(what) => ApiError::new(
-            StatusCode::CONFLICT,
-            "invalid_request_error",
-            format!("{what} already exists"),
-        ),
-        other => store_unavailable(other),
-    }
 }

@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::api::{ModelEntry, ModelList};
-use crate::error::{ApiError, BodyTimeout};
+use crate::error::{ApiError, BodyTimeout, ErrorKind};
 use crate::keys::KeyRecord;
 use crate::pipeline::{self, RequestDeadline};
 use crate::state::Gateway;
@@ -48,13 +48,12 @@ pub(crate) fn body_error(rejection: BytesRejection) -> ApiError {
         }
         cause = error.source();
     }
-    let status = rejection.status();
-    let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
-        "Request body too large.".to_owned()
-    } else {
-        rejection.body_text()
-    };
-    ApiError::new(status, "invalid_request_error", message)
+    match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::new(ErrorKind::PayloadTooLarge, "Request body too large.")
+        }
+        _ => ApiError::bad_request(rejection.body_text()),
+    }
 }
 
 pub(crate) async fn list_models(

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
@@ -13,7 +13,7 @@ use tracing::Instrument;
 
 use super::handlers::AuthorizedKey;
 use crate::clock::now_secs;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorKind};
 use crate::pipeline::{UpstreamTime, X_GATEWAY_CACHE, X_GATEWAY_MODEL, X_REQUEST_ID};
 use crate::state::Gateway;
 use crate::telemetry::{EMF, Emf, RequestFacts};
@@ -148,8 +148,7 @@ pub(crate) async fn declared_length(
         .and_then(|v| v.parse::<u64>().ok());
     match declared {
         Some(length) if length > max_body as u64 => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "invalid_request_error",
+            ErrorKind::PayloadTooLarge,
             format!("Request body too large: {length} bytes declared, the limit is {max_body}."),
         )
         .into_response(),

@@ -26,14 +26,13 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 
 use admin::{create_key, list_keys, revoke_key};
 use handlers::{admin_metrics, chat_completions, embeddings, health, list_models, metrics};
 use middleware::{authenticate, cloudwatch_metrics, declared_length, request_id};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorKind};
 use crate::state::Gateway;
 
 pub use handlers::AuthorizedKey;
@@ -80,8 +79,7 @@ async fn not_found() -> ApiError {
 
 async fn method_not_allowed() -> ApiError {
     ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "invalid_request_error",
+        ErrorKind::MethodNotAllowed,
         "Method not allowed on this route.",
     )
 }

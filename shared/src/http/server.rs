@@ -10,6 +10,9 @@
 //!   a slow head after seconds. A watchdog per connection does both instead: the idle deadline
 //!   runs from the end of a response to the next request's first byte, the header deadline from
 //!   that byte (or from accept) to the end of the head. hyper's own timer is off.
+//! - A write-stall timeout: a response write that makes no progress for that long (a client that
+//!   stopped reading while its socket buffers are full) closes the connection, so a request in
+//!   flight cannot hold a connection slot, a relay and its upstream stream for ever.
 //! - A body-read timeout and a minimum body rate, checked as the handler reads the body; the
 //!   router answers them with 408 (`BodyTimeout`).
 //! - At most `max_connections` connections. One more takes the place of the connection that has
@@ -32,7 +35,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{Request, Response, StatusCode};
+use axum::http::{Request, Response};
 use axum::response::IntoResponse;
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
@@ -65,6 +68,7 @@ const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 struct Limits {
     header_read: Duration,
     idle: Duration,
+    write_stall: Duration,
     body: BodyLimits,
     max_connections: usize,
     drain: Duration,
@@ -83,6 +87,7 @@ impl Limits {
         Self {
             header_read: ms(config.header_read_timeout_ms),
             idle: ms(config.idle_timeout_ms),
+            write_stall: ms(config.write_stall_timeout_ms),
             body: BodyLimits {
                 total: ms(config.body_read_timeout_ms),
                 // Validation rejects 0; `max` keeps the division below safe regardless.
@@ -183,6 +188,7 @@ async fn serve_connection(
     let io = TokioIo::new(Watched {
         stream,
         tracker: Arc::clone(&tracker),
+        write_blocked: false,
     });
     let service = service_fn(move |request: Request<Incoming>| {
         let in_flight = InFlight::start(Arc::clone(&tracker));
@@ -246,9 +252,7 @@ fn refuse(stream: TcpStream, refusals: &Arc<Semaphore>, limits: Limits) {
 fn over_capacity() -> Response<Body> {
     let error = ApiError {
         retry_after_secs: Some(1),
-        ..ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "api_error",
+        ..ApiError::unavailable(
             "The gateway is at its connection limit with a request in flight on every \
              connection; retry shortly.",
         )
@@ -399,6 +403,7 @@ enum Phase {
 enum Closed {
     HeaderTimeout,
     IdleTimeout,
+    WriteStalled,
     Evicted,
 }
 
@@ -407,6 +412,7 @@ impl Closed {
         match self {
             Self::HeaderTimeout => "header read timeout",
             Self::IdleTimeout => "idle timeout",
+            Self::WriteStalled => "write stall timeout: the client stopped reading",
             Self::Evicted => "closed to make room for a new connection",
         }
     }
@@ -414,6 +420,8 @@ impl Closed {
 
 struct Tracker {
     phase: Mutex<Phase>,
+    /// Since when a write to the client has been waiting for room in the socket, if it is.
+    write_blocked_since: Mutex<Option<Instant>>,
     changed: Notify,
 }
 
@@ -421,7 +429,15 @@ impl Tracker {
     fn new() -> Self {
         Self {
             phase: Mutex::new(Phase::Head(Instant::now())),
+            write_blocked_since: Mutex::new(None),
             changed: Notify::new(),
+        }
+    }
+
+    fn write_blocked(&self, blocked: bool) {
+        *lock(&self.write_blocked_since) = blocked.then(Instant::now);
+        if blocked {
+            self.changed.notify_one();
         }
     }
 
@@ -477,8 +493,16 @@ impl Tracker {
             let (deadline, reason) = match phase {
                 Phase::Evicted => return Closed::Evicted,
                 Phase::Busy(_) => {
-                    self.changed.notified().await;
-                    continue;
+                    let write_blocked_since = *lock(&self.write_blocked_since);
+                    match write_blocked_since {
+                        Some(since) => {
+                            (since.checked_add(limits.write_stall), Closed::WriteStalled)
+                        }
+                        None => {
+                            self.changed.notified().await;
+                            continue;
+                        }
+                    }
                 }
                 Phase::Head(since) => {
                     (since.checked_add(limits.header_read), Closed::HeaderTimeout)
@@ -636,10 +660,23 @@ impl http_body::Body for TimedBody {
     }
 }
 
-/// The accepted socket, telling the watchdog when bytes arrive.
+/// The accepted socket, telling the watchdog when bytes arrive and when writes stall.
 struct Watched {
     stream: TcpStream,
     tracker: Arc<Tracker>,
+    write_blocked: bool,
+}
+
+impl Watched {
+    /// Tells the tracker when a write starts or stops waiting for the client to read; only
+    /// changes reach it, so a flowing response costs no lock.
+    fn note_write<T>(&mut self, result: &Poll<T>) {
+        let blocked = result.is_pending();
+        if blocked != self.write_blocked {
+            self.write_blocked = blocked;
+            self.tracker.write_blocked(blocked);
+        }
+    }
 }
 
 impl AsyncRead for Watched {
@@ -664,7 +701,10 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.note_write(&result);
+        result
     }
 
     fn poll_write_vectored(
@@ -672,7 +712,10 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.note_write(&result);
+        result
     }
 
     fn is_write_vectored(&self) -> bool {

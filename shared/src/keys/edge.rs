@@ -18,7 +18,6 @@ use aws_config::BehaviorVersion;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_apigateway::Client;
 use aws_sdk_apigateway::error::DisplayErrorContext;
-use http::StatusCode;
 use rand::Rng;
 use rand::distr::Alphanumeric;
 
@@ -26,7 +25,7 @@ use crate::clock::now_secs;
 use crate::error::ApiError;
 use crate::error::StoreError;
 use crate::keys::KeyStore;
-use crate::keys::{KeyRecord, NewKey, TIERS, generate_key, hash_secret, store_unavailable};
+use crate::keys::{KeyRecord, NewKey, TIERS, generate_key, hash_secret};
 
 /// JSON object mapping each tier to the id of its usage plan, set by the SAM template.
 pub const USAGE_PLAN_IDS_ENV: &str = "GATEWAY_USAGE_PLAN_IDS";
@@ -265,39 +264,22 @@ impl From<ProvisionError> for ApiError {
     fn from(error: ProvisionError) -> Self {
         match error {
             ProvisionError::Invalid(error) => error,
-            ProvisionError::Store(StoreError::Conflict(what)) => ApiError::new(
-                StatusCode::CONFLICT,
-                "invalid_request_error",
-                format!("{what} already exists"),
-            ),
-            ProvisionError::Store(error) => store_unavailable(error),
+            ProvisionError::Store(error) => ApiError::from(error),
             ProvisionError::Edge(error @ EdgeError::NoUsagePlan(_)) => {
-                tracing::error!(%error, "edge key configuration");
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "api_error",
-                    "No usage plan is configured for this key tier.",
-                )
+                ApiError::internal("No usage plan is configured for this key tier.")
+                    .with_cause(error)
             }
-            ProvisionError::Edge(error) => {
-                tracing::error!(%error, "creating an API Gateway key");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "api_error",
-                    "The key's API Gateway key could not be created; try again shortly.",
-                )
-            }
-            ProvisionError::EdgeCleanup { id, reason } => {
-                tracing::error!(key_id = %id, %reason, "deleting an API Gateway key");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "api_error",
-                    format!(
-                        "Key `{id}` is revoked, but its API Gateway key could not be deleted; \
-                         revoke it again to finish."
-                    ),
-                )
-            }
+            ProvisionError::Edge(error) => ApiError::unavailable(
+                "The key's API Gateway key could not be created; try again shortly.",
+            )
+            .with_cause(error),
+            ProvisionError::EdgeCleanup { id, reason } => ApiError::unavailable(format!(
+                "Key `{id}` is revoked, but its API Gateway key could not be deleted; \
+                 revoke it again to finish."
+            ))
+            .with_cause(format!(
+                "deleting the API Gateway key of key `{id}`: {reason}"
+            )),
         }
     }
 }

@@ -274,7 +274,7 @@ impl Authenticator {
             None => self
                 .read(hash)
                 .await
-                .map_err(store_unavailable)?
+                .map_err(ApiError::from)?
                 .ok_or_else(|| ApiError::unauthorized("Incorrect API key provided."))?,
         };
         if record.disabled {
@@ -314,15 +314,6 @@ impl Authenticator {
         }
         result
     }
-}
-
-pub fn store_unavailable(error: StoreError) -> ApiError {
-    tracing::error!(%error, "key store unavailable");
-    ApiError::new(
-        http::StatusCode::SERVICE_UNAVAILABLE,
-        "api_error",
-        "The key store is unavailable; try again shortly.",
-    )
 }
 
 /// API keys, addressed by the SHA-256 of the secret: the secret itself is never stored.

@@ -33,6 +33,7 @@ use lambda_http::aws_lambda_events::iam::{IamPolicyEffect, IamPolicyStatement};
 use lambda_http::lambda_runtime::Diagnostic;
 use serde_json::json;
 
+use crate::error::ErrorKind;
 use crate::keys::KeyStore;
 use crate::keys::{Authenticator, KeyRecord};
 
@@ -124,12 +125,14 @@ impl KeyAuthorizer {
         }
         let record = match self.auth.authenticate(&headers, now_secs).await {
             Ok(record) => record,
-            Err(error) if error.status == http::StatusCode::UNAUTHORIZED => {
+            Err(error) if error.kind == ErrorKind::Unauthorized => {
                 tracing::info!(reason = %error.message, "authorizer: unauthorized");
                 return Err(AuthorizerError::Unauthorized);
             }
-            // `store_unavailable` has logged the store's error.
-            Err(error) => return Err(AuthorizerError::Failure(error.message)),
+            Err(error) => {
+                tracing::error!(cause = ?error.cause, message = %error.message, "authorizer failed");
+                return Err(AuthorizerError::Failure(error.message));
+            }
         };
         allow(&record, resource)
     }

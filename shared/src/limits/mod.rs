@@ -61,14 +61,10 @@ impl LimitError {
                 *retry_after_secs,
             )
             .with_code("rate_limit_exceeded"),
-            LimitError::Unavailable(reason) => {
-                tracing::error!(%reason, "limit store unavailable");
-                ApiError::new(
-                    http::StatusCode::SERVICE_UNAVAILABLE,
-                    "api_error",
-                    "Limits cannot be checked right now, so the request was refused; try again shortly.",
-                )
-            }
+            LimitError::Unavailable(reason) => ApiError::unavailable(
+                "Limits cannot be checked right now, so the request was refused; try again shortly.",
+            )
+            .with_cause(format!("limit store unavailable: {reason}")),
         }
     }
 }

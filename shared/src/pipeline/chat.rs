@@ -19,7 +19,7 @@ use crate::api::{ChatCompletion, ChatRequest, CompletionAssembler, StreamOptions
 use crate::cache::{CacheMode, Lookup, cache_key};
 use crate::clock::now_secs;
 use crate::config::ModelKind;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorKind};
 use crate::keys::KeyRecord;
 use crate::limits::Estimate;
 use crate::routing::{self, Outcome, ServedModel};
@@ -92,8 +92,7 @@ pub(crate) async fn chat(
             Lookup::Miss(guard) => leader = Some(guard),
             Lookup::DeadlinePassed => {
                 return Err(ApiError::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "timeout",
+                    ErrorKind::Timeout,
                     "The request's deadline passed while an identical request was being answered.",
                 ));
             }

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::http::StatusCode;
 use bytes::BytesMut;
 use futures_util::{FutureExt, StreamExt};
 
@@ -16,7 +15,7 @@ use super::sse::{SSE_DONE, sse_data, sse_error, sse_relay_frame};
 use crate::api::{ChatChunk, CompletionAssembler, MalformedChunk, Usage};
 use crate::background::Background;
 use crate::cache::Leader;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorKind};
 use crate::providers::{ChunkStream, ErrorSource, ProviderError, ProviderErrorKind};
 use crate::telemetry::{METRICS, Metrics};
 
@@ -137,8 +136,7 @@ impl StreamRelay {
                     return Some(self.fail(
                         "deadline",
                         ApiError::new(
-                            StatusCode::GATEWAY_TIMEOUT,
-                            "timeout",
+                            ErrorKind::Timeout,
                             "The request's deadline passed before the answer was complete.",
                         ),
                         None,
@@ -228,8 +226,7 @@ impl StreamRelay {
             return self.fail(
                 "incomplete",
                 ApiError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "api_error",
+                    ErrorKind::BadGateway,
                     format!(
                         "Provider `{}` ended the stream before the answer was complete.",
                         self.provider

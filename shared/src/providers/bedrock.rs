@@ -1745,7 +1745,7 @@ mod tests {
             "{error}"
         );
         let api = error.to_api_error(&SOURCE);
-        assert_eq!(api.status, http::StatusCode::BAD_REQUEST);
+        assert_eq!(api.status(), http::StatusCode::BAD_REQUEST);
         assert_eq!(api.code.as_deref(), Some("context_length_exceeded"));
     }
 
@@ -1759,7 +1759,7 @@ mod tests {
         let error = provider_over(http).chat(&hello()).await.unwrap_err();
         assert_eq!(error.kind, ProviderErrorKind::Authentication, "{error}");
         assert_eq!(
-            error.to_api_error(&SOURCE).status,
+            error.to_api_error(&SOURCE).status(),
             http::StatusCode::BAD_GATEWAY
         );
     }

@@ -10,11 +10,10 @@ mod transport;
 use std::time::Duration;
 
 use futures_util::stream::BoxStream;
-use http::StatusCode;
 
 use crate::api::{ChatChunk, ChatCompletion, ChatRequest, EmbeddingRequest, EmbeddingResponse};
 use crate::config::{ConfigError, ProviderConfig, ProviderKind};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorKind};
 
 pub type ChunkStream = BoxStream<'static, Result<ChatChunk, ProviderError>>;
 
@@ -255,9 +254,8 @@ impl ProviderError {
     /// the caller writes.
     pub fn to_api_error(&self, source: &ErrorSource<'_>) -> ApiError {
         let provider = source.provider;
-        let gateway_fault = |status, kind: &'static str, what: String| {
-            ApiError::new(status, kind, format!("Provider `{provider}` {what}"))
-        };
+        let gateway_fault =
+            |kind, what: String| ApiError::new(kind, format!("Provider `{provider}` {what}"));
         let reason = || redact::client_text(&self.message, source.upstream_model, source.model);
         let mut error = match self.kind {
             ProviderErrorKind::BadRequest => ApiError::bad_request(reason()),
@@ -278,15 +276,13 @@ impl ProviderError {
                 )
             }
             ProviderErrorKind::Authentication => gateway_fault(
-                StatusCode::BAD_GATEWAY,
-                "api_error",
+                ErrorKind::BadGateway,
                 "refused the gateway's credentials: a gateway configuration problem, not the \
                  request's."
                     .to_owned(),
             ),
             ProviderErrorKind::NotFound => gateway_fault(
-                StatusCode::BAD_GATEWAY,
-                "api_error",
+                ErrorKind::BadGateway,
                 format!(
                     "does not know the model configured for `{}`: a gateway configuration \
                      problem, not the request's.",
@@ -294,28 +290,23 @@ impl ProviderError {
                 ),
             ),
             ProviderErrorKind::Server => gateway_fault(
-                StatusCode::BAD_GATEWAY,
-                "api_error",
+                ErrorKind::BadGateway,
                 match self.status {
                     Some(status) => format!("failed (HTTP {status})."),
                     None => "failed.".to_owned(),
                 },
             ),
             ProviderErrorKind::Connection => gateway_fault(
-                StatusCode::BAD_GATEWAY,
-                "api_error",
+                ErrorKind::BadGateway,
                 "is unreachable or dropped the connection.".to_owned(),
             ),
             ProviderErrorKind::Protocol => gateway_fault(
-                StatusCode::BAD_GATEWAY,
-                "api_error",
+                ErrorKind::BadGateway,
                 "sent a response the gateway cannot read.".to_owned(),
             ),
-            ProviderErrorKind::Timeout => gateway_fault(
-                StatusCode::GATEWAY_TIMEOUT,
-                "timeout",
-                "timed out.".to_owned(),
-            ),
+            ProviderErrorKind::Timeout => {
+                gateway_fault(ErrorKind::Timeout, "timed out.".to_owned())
+            }
         };
         if matches!(
             self.kind,
@@ -362,6 +353,7 @@ impl std::error::Error for ProviderError {}
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::StatusCode;
 
     const SOURCE: ErrorSource<'static> = ErrorSource {
         provider: "azure",
@@ -381,7 +373,7 @@ mod tests {
         assert_eq!(ctx.kind, ProviderErrorKind::ContextLengthExceeded);
         assert!(!ctx.is_retryable());
         let api = ctx.to_api_error(&SOURCE);
-        assert_eq!(api.status, StatusCode::BAD_REQUEST);
+        assert_eq!(api.status(), StatusCode::BAD_REQUEST);
         assert_eq!(api.code.as_deref(), Some("context_length_exceeded"));
         assert_eq!(api.param.as_deref(), Some("messages"));
         assert_eq!(
@@ -394,7 +386,7 @@ mod tests {
         assert_eq!(limited.to_api_error(&SOURCE).retry_after_secs, Some(2));
 
         let auth = ProviderError::from_status(401, "bad key".into(), None, None, None);
-        assert_eq!(auth.to_api_error(&SOURCE).status, StatusCode::BAD_GATEWAY);
+        assert_eq!(auth.to_api_error(&SOURCE).status(), StatusCode::BAD_GATEWAY);
         assert_eq!(
             ProviderError::from_status(503, "down".into(), None, None, None).kind,
             ProviderErrorKind::Server
@@ -469,7 +461,7 @@ mod tests {
         for (error, status, message) in cases {
             let api = error.to_api_error(&SOURCE);
             assert_eq!(
-                (api.status, api.message.as_str()),
+                (api.status(), api.message.as_str()),
                 (status, message),
                 "{error}"
             );
@@ -488,7 +480,7 @@ mod tests {
             None,
         );
         let api = error.to_api_error(&SOURCE);
-        assert_eq!(api.status, StatusCode::BAD_REQUEST);
+        assert_eq!(api.status(), StatusCode::BAD_REQUEST);
         assert_eq!(
             api.message,
             "Invalid value for 'model': 'azure-gpt' (see [redacted])."

@@ -385,14 +385,10 @@ pub async fn execute<'g, A: Attempt>(
     }
     Err(match last_error {
         Some((error, deployment, model)) => error.to_api_error(&deployment.error_source(model)),
-        None => ApiError::new(
-            http::StatusCode::SERVICE_UNAVAILABLE,
-            "api_error",
-            format!(
-                "Every deployment of `{}` is unavailable (circuit open); try again shortly.",
-                model.name
-            ),
-        ),
+        None => ApiError::unavailable(format!(
+            "Every deployment of `{}` is unavailable (circuit open); try again shortly.",
+            model.name
+        )),
     })
 }
 

@@ -513,7 +513,7 @@ async fn provisioning_refuses_unknown_tiers_and_undoes_the_edge_key_when_the_sto
         .unwrap_err();
         let api_error = gateway::error::ApiError::from(error);
         assert_eq!(
-            (api_error.status.as_u16(), api_error.param.as_deref()),
+            (api_error.status().as_u16(), api_error.param.as_deref()),
             (400, Some("tier"))
         );
         assert!(edge.attached.lock().unwrap().is_empty());

@@ -1,6 +1,7 @@
 //! Client connections over real loopback sockets, served as `gateway-local` serves them
 //! (`gateway::http::server`): header-read, idle and body timeouts, the minimum body rate, the
-//! connection cap, the immediate 413 on a declared length, TCP_NODELAY on streams, and shutdown.
+//! connection cap, the immediate 413 on a declared length, TCP_NODELAY on streams, the write-stall
+//! timeout, and shutdown.
 
 use std::time::{Duration, Instant};
 
@@ -443,6 +444,63 @@ async fn a_stream_on_a_keep_alive_connection_ends_with_the_upstream() {
         assert!(
             through < direct + Duration::from_millis(15),
             "first chunk to end: through the gateway {through:?}, direct {direct:?}"
+        );
+    })
+    .await
+    .expect("test finishes in time");
+}
+
+/// An OpenAI-compatible upstream whose chat stream never ends: one 1 KB chunk after another, as
+/// fast as they are taken.
+async fn endless_stream_upstream() -> String {
+    async fn endless() -> axum::response::Response {
+        let chunk = json!({
+            "id": "chatcmpl-endless", "object": "chat.completion.chunk", "created": 0,
+            "model": "gpt-test",
+            "choices": [{"index": 0, "delta": {"content": "x".repeat(1024)}, "finish_reason": null}]
+        });
+        let frame = bytes::Bytes::from(format!("data: {chunk}\n\n"));
+        let frames = futures_util::stream::repeat(Ok::<_, std::convert::Infallible>(frame));
+        axum::response::Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(axum::body::Body::from_stream(frames))
+            .expect("response")
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    let app = axum::Router::new().route("/v1/chat/completions", axum::routing::post(endless));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    url
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_a_stream_is_disconnected_after_the_write_stall_timeout() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let upstream = endless_stream_upstream().await;
+        let gw = TestGateway::start(&config(&upstream, "write_stall_timeout_ms = 300")).await;
+        let key = gw.plain_key().await;
+        // A small receive buffer, so the gateway's writes wait soon even on a loaded machine.
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(8 * 1024).expect("receive buffer");
+        let address = gw.url.trim_start_matches("http://").parse().expect("address");
+        let mut stream = socket.connect(address).await.expect("connect");
+        let body = json!({"model": "gpt", "stream": true, "messages": [{"role": "user", "content": "go"}]})
+            .to_string();
+        let mut request = chat_head(&key, body.len() as u64);
+        request.extend_from_slice(body.as_bytes());
+        stream.write_all(&request).await.expect("send");
+        // Not reading: the socket buffers fill and the gateway's writes wait.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        // Closed, reading drains what was buffered and meets the end; still open, the endless
+        // stream flows again and never ends.
+        let closed = closed_within(&mut stream, Duration::from_secs(5)).await;
+        assert!(
+            closed.is_some(),
+            "the gateway kept the connection of a client that stopped reading"
         );
     })
     .await

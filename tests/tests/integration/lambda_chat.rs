@@ -45,6 +45,13 @@ async fn setup() -> Setup {
 
 /// A setup whose limiter is `wrap` of the embedded store's.
 async fn setup_with_limiter(wrap: impl FnOnce(Arc<dyn Limiter>) -> Arc<dyn Limiter>) -> Setup {
+    setup_with(&Config::built_in(|_| None), wrap).await
+}
+
+async fn setup_with(
+    config: &Config,
+    wrap: impl FnOnce(Arc<dyn Limiter>) -> Arc<dyn Limiter>,
+) -> Setup {
     let dir = std::env::temp_dir().join(format!(
         "gateway-lambda-test-{}-{}",
         std::process::id(),
@@ -62,7 +69,7 @@ async fn setup_with_limiter(wrap: impl FnOnce(Arc<dyn Limiter>) -> Arc<dyn Limit
     store.insert(&hash, &record).await.expect("insert");
     let mut backends = store.backends().expect("backends");
     backends.limiter = wrap(backends.limiter);
-    let gateway = Gateway::new(&Config::built_in(|_| None), backends, &|_| None).expect("gateway");
+    let gateway = Gateway::new(config, backends, &|_| None).expect("gateway");
     let background = gateway.background.clone();
     let gateway = Arc::new(gateway);
     Setup {
@@ -117,9 +124,9 @@ fn event(name: &str, method: &str, path: &str, key: Option<&str>, body: Option<&
     event
 }
 
-fn lambda_event(payload: Value) -> LambdaEvent<LambdaRequest> {
+fn lambda_event(payload: Value, context: Context) -> LambdaEvent<LambdaRequest> {
     let request: LambdaRequest = serde_json::from_value(payload).expect("a LambdaRequest");
-    LambdaEvent::new(request, Context::default())
+    LambdaEvent::new(request, context)
 }
 
 /// What the front receives: status, headers and body, whichever way it was produced.
@@ -131,11 +138,15 @@ struct Answer {
 }
 
 async fn invoke(setup: &Setup, payload: Value) -> Answer {
+    invoke_with(setup, payload, Context::default()).await
+}
+
+async fn invoke_with(setup: &Setup, payload: Value, context: Context) -> Answer {
     let response = handle(
         setup.router.clone(),
         setup.background.clone(),
         ResponseMode::Auto,
-        lambda_event(payload),
+        lambda_event(payload, context),
     )
     .await
     .expect("handler succeeds");
@@ -441,4 +452,65 @@ async fn spend_is_settled_before_the_invocation_ends() {
         }
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_request_still_unanswered_near_the_end_of_the_invocation_gets_504() {
+    within(20, async {
+        let config = Config::from_toml(
+            r#"
+[providers.slow]
+kind = "mock"
+latency_ms = 30000
+
+[models.slow]
+deployments = [{ provider = "slow", model = "slow" }]
+"#,
+        )
+        .expect("config");
+        let setup = setup_with(&config, |limiter| limiter).await;
+        for fixture in ["apigw_v2_proxy_request.json", "apigw_proxy_request.json"] {
+            for stream in [false, true] {
+                let body = json!({"model": "slow", "stream": stream,
+                    "messages": [{"role": "user", "content": "hello"}]});
+                let payload = event(
+                    fixture,
+                    "POST",
+                    "/v1/chat/completions",
+                    Some(&setup.key),
+                    Some(&body),
+                );
+                // Lambda's deadline in 1.5 s: the gateway answers before it, 0.5 s ahead.
+                let mut context = Context::default();
+                context.deadline = now_millis() + 1_500;
+                let started = Instant::now();
+                let answer = invoke_with(&setup, payload, context).await;
+                let took = started.elapsed();
+                let label = format!("{fixture}, stream {stream}");
+                assert!(
+                    took >= Duration::from_millis(800) && took < Duration::from_millis(1_500),
+                    "{label}: answered after {took:?}"
+                );
+                if answer.streamed && answer.status == 200 {
+                    // A stream already started ends with the error event instead.
+                    assert!(
+                        answer.body.contains("\"type\":\"timeout\""),
+                        "{label}: {}",
+                        answer.body
+                    );
+                } else {
+                    assert_eq!(answer.status, 504, "{label}: {}", answer.body);
+                    let error: Value = serde_json::from_str(&answer.body).expect("JSON error");
+                    assert_eq!(error["error"]["type"], "timeout", "{label}");
+                }
+            }
+        }
+    })
+    .await;
+}
+
+fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
