@@ -2,6 +2,7 @@
 
 pub mod anthropic;
 pub mod bedrock;
+mod messages;
 pub mod mock;
 pub mod openai;
 mod redact;
