@@ -9,8 +9,10 @@ use serde_json::{Value, json};
 use super::messages::{
     self, Block, ChunkWriter, Conversation, FinishReason, Image, Reply, Speaker, ToolChoice,
 };
-use super::{ChunkStream, ProviderError, ProviderErrorKind, transport};
-use crate::api::{ChatChunk, ChatCompletion, ChatRequest, Usage};
+use super::{ChatProvider, ChunkStream, ProviderError, ProviderErrorKind, transport};
+use crate::api::{
+    ChatChunk, ChatCompletion, ChatRequest, EmbeddingRequest, EmbeddingResponse, Usage,
+};
 use crate::config::{ProviderConfig, Timeouts};
 
 const DEFAULT_VERSION: &str = "2023-06-01";
@@ -68,8 +70,10 @@ impl AnthropicProvider {
         }
         transport::send(request, &self.timeouts, parse_error).await
     }
+}
 
-    pub async fn chat(&self, request: &ChatRequest) -> Result<ChatCompletion, ProviderError> {
+impl ChatProvider for AnthropicProvider {
+    async fn chat(&self, request: &ChatRequest) -> Result<ChatCompletion, ProviderError> {
         let body = to_messages_request(request, false)?;
         let response = self.send(&body).await?;
         let bytes = transport::read_body(response, &self.timeouts).await?;
@@ -82,7 +86,7 @@ impl AnthropicProvider {
         Ok(from_messages_response(message))
     }
 
-    pub async fn chat_stream(&self, request: &ChatRequest) -> Result<ChunkStream, ProviderError> {
+    async fn chat_stream(&self, request: &ChatRequest) -> Result<ChunkStream, ProviderError> {
         let body = to_messages_request(request, true)?;
         let response = self.send(&body).await?;
         let mut translator = StreamTranslator::new(&request.model);
@@ -93,6 +97,13 @@ impl AnthropicProvider {
             })
         });
         Ok(chunks.boxed())
+    }
+
+    async fn embed(&self, _request: &EmbeddingRequest) -> Result<EmbeddingResponse, ProviderError> {
+        Err(ProviderError::new(
+            ProviderErrorKind::BadRequest,
+            "Anthropic has no embeddings API; configure an embedding model on another provider",
+        ))
     }
 }
 

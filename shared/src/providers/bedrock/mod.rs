@@ -21,8 +21,8 @@ use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
 use tokio::sync::OnceCell;
 
-use super::{ChunkStream, ProviderError, ProviderErrorKind};
-use crate::api::{ChatCompletion, ChatRequest};
+use super::{ChatProvider, ChunkStream, ProviderError, ProviderErrorKind};
+use crate::api::{ChatCompletion, ChatRequest, EmbeddingRequest, EmbeddingResponse};
 use crate::config::{ProviderConfig, Timeouts};
 use errors::call_error;
 use request::to_converse_parts;
@@ -86,8 +86,10 @@ impl BedrockProvider {
             })
             .await
     }
+}
 
-    pub async fn chat(&self, request: &ChatRequest) -> Result<ChatCompletion, ProviderError> {
+impl ChatProvider for BedrockProvider {
+    async fn chat(&self, request: &ChatRequest) -> Result<ChatCompletion, ProviderError> {
         let parts = to_converse_parts(request)?;
         let client = self.client().await?;
         let call = client
@@ -113,7 +115,7 @@ impl BedrockProvider {
         from_converse_response(response, id, &request.model)
     }
 
-    pub async fn chat_stream(&self, request: &ChatRequest) -> Result<ChunkStream, ProviderError> {
+    async fn chat_stream(&self, request: &ChatRequest) -> Result<ChunkStream, ProviderError> {
         let parts = to_converse_parts(request)?;
         let client = self.client().await?;
         let call = client
@@ -140,6 +142,13 @@ impl BedrockProvider {
             response.stream,
             translator,
             Duration::from_millis(self.timeouts.idle_ms),
+        ))
+    }
+
+    async fn embed(&self, _request: &EmbeddingRequest) -> Result<EmbeddingResponse, ProviderError> {
+        Err(ProviderError::new(
+            ProviderErrorKind::BadRequest,
+            "Bedrock's Converse API has no embeddings; configure an embedding model on another provider",
         ))
     }
 }

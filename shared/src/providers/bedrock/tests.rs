@@ -15,7 +15,7 @@ use super::stream::tests::assert_tool_call_completion;
 use super::{BedrockProvider, client_config};
 use crate::api::{ChatChunk, ChatRequest, Usage};
 use crate::config::Timeouts;
-use crate::providers::{ChunkStream, ErrorSource, ProviderError, ProviderErrorKind};
+use crate::providers::{ChatProvider, ChunkStream, ErrorSource, ProviderError, ProviderErrorKind};
 
 const SOURCE: ErrorSource<'static> = ErrorSource {
     provider: "bedrock",
