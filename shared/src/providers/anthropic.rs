@@ -611,3 +611,197 @@ mod tests {
         assert!(error.is_retryable());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::{StreamTranslator, from_messages_response, to_messages_request};
+    use crate::providers::messages::Speaker;
+    use crate::providers::translation_properties::{
+        Flat, GeneratedReply, ReplyBlock, TOOL_NAMES, assemble, chat_request, check_completion,
+        check_streamed_arguments, check_turns, expected, reply,
+    };
+
+    /// Anthropic's stop reasons and the finish reasons they must become.
+    const STOP_REASONS: [(&str, &str); 5] = [
+        ("end_turn", "stop"),
+        ("stop_sequence", "stop"),
+        ("max_tokens", "length"),
+        ("tool_use", "tool_calls"),
+        ("refusal", "content_filter"),
+    ];
+
+    fn read_back(body: &Value) -> Vec<(Speaker, Vec<Flat>)> {
+        let text = |v: &Value| v.as_str().unwrap().to_owned();
+        body["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|message| {
+                let speaker = match message["role"].as_str().unwrap() {
+                    "user" => Speaker::User,
+                    "assistant" => Speaker::Assistant,
+                    other => panic!("unexpected role {other}"),
+                };
+                let blocks = message["content"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|block| match block["type"].as_str().unwrap() {
+                        "text" => Flat::Text(text(&block["text"])),
+                        "image" => {
+                            assert_eq!(block["source"]["type"], "base64");
+                            Flat::Image {
+                                media_type: text(&block["source"]["media_type"]),
+                                data: text(&block["source"]["data"]),
+                            }
+                        }
+                        "tool_use" => Flat::ToolUse {
+                            id: text(&block["id"]),
+                            name: text(&block["name"]),
+                            input: block["input"].clone(),
+                        },
+                        "tool_result" => Flat::ToolResult {
+                            id: text(&block["tool_use_id"]),
+                            text: text(&block["content"]),
+                        },
+                        other => panic!("unexpected block {other}"),
+                    })
+                    .collect();
+                (speaker, blocks)
+            })
+            .collect()
+    }
+
+    fn usage_json(reply: &GeneratedReply, output_tokens: u32) -> Value {
+        json!({
+            "input_tokens": reply.input_tokens,
+            "output_tokens": output_tokens,
+            "cache_read_input_tokens": reply.cache_read_tokens,
+            "cache_creation_input_tokens": reply.cache_write_tokens,
+        })
+    }
+
+    /// The events Anthropic streams the reply in.
+    fn events(reply: &GeneratedReply, stop_reason: &str) -> Vec<(&'static str, Value)> {
+        let mut events = vec![(
+            "message_start",
+            json!({"type": "message_start", "message": {
+                "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
+                "content": [], "usage": usage_json(reply, 1)
+            }}),
+        )];
+        for (index, block) in reply.blocks.iter().enumerate() {
+            let (start, deltas) = match block {
+                ReplyBlock::Text(pieces) => (
+                    json!({"type": "text", "text": ""}),
+                    pieces
+                        .iter()
+                        .map(|p| json!({"type": "text_delta", "text": p}))
+                        .collect::<Vec<_>>(),
+                ),
+                ReplyBlock::ToolUse {
+                    id, name, pieces, ..
+                } => (
+                    json!({"type": "tool_use", "id": id, "name": name, "input": {}}),
+                    pieces
+                        .iter()
+                        .map(|p| json!({"type": "input_json_delta", "partial_json": p}))
+                        .collect(),
+                ),
+            };
+            events.push((
+                "content_block_start",
+                json!({"type": "content_block_start", "index": index, "content_block": start}),
+            ));
+            for delta in deltas {
+                events.push((
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": index, "delta": delta}),
+                ));
+            }
+            events.push((
+                "content_block_stop",
+                json!({"type": "content_block_stop", "index": index}),
+            ));
+        }
+        events.push((
+            "message_delta",
+            json!({"type": "message_delta", "delta": {"stop_reason": stop_reason},
+                   "usage": {"output_tokens": reply.output_tokens}}),
+        ));
+        events.push(("message_stop", json!({"type": "message_stop"})));
+        events
+    }
+
+    proptest! {
+        #[test]
+        fn requests_keep_every_block_in_alternating_turns(request in chat_request()) {
+            let body = serde_json::to_value(to_messages_request(&request, false).unwrap()).unwrap();
+            let expected = expected(&request);
+            check_turns(&read_back(&body), &expected)?;
+            if expected.system.is_empty() {
+                prop_assert!(body.get("system").is_none());
+            } else {
+                let system = expected.system.join("\n\n");
+                prop_assert_eq!(body["system"].as_str(), Some(system.as_str()));
+            }
+            let tools: Vec<&str> = body["tools"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["name"].as_str().unwrap())
+                .collect();
+            prop_assert_eq!(tools, TOOL_NAMES.to_vec());
+            let choice = match &request.tool_choice {
+                None => Value::Null,
+                Some(Value::String(s)) if s == "required" => json!({"type": "any"}),
+                Some(Value::String(s)) => json!({"type": s}),
+                Some(_) => json!({"type": "tool", "name": "search"}),
+            };
+            prop_assert_eq!(&body["tool_choice"], &choice);
+        }
+
+        #[test]
+        fn answers_keep_text_tool_calls_and_usage(
+            reply in reply(),
+            (stop_reason, finish_reason) in prop::sample::select(STOP_REASONS.to_vec()),
+        ) {
+            let content: Vec<Value> = reply
+                .blocks
+                .iter()
+                .map(|block| match block {
+                    ReplyBlock::Text(pieces) => json!({"type": "text", "text": pieces.concat()}),
+                    ReplyBlock::ToolUse { id, name, input, .. } => {
+                        json!({"type": "tool_use", "id": id, "name": name, "input": input})
+                    }
+                })
+                .collect();
+            let response = serde_json::from_value(json!({
+                "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
+                "content": content, "stop_reason": stop_reason,
+                "usage": usage_json(&reply, reply.output_tokens),
+            }))
+            .unwrap();
+            check_completion(&from_messages_response(response), &reply, finish_reason)?;
+        }
+
+        #[test]
+        fn streams_reassemble_into_the_answer(
+            reply in reply(),
+            (stop_reason, finish_reason) in prop::sample::select(STOP_REASONS.to_vec()),
+        ) {
+            let mut translator = StreamTranslator::new("claude");
+            let chunks: Vec<_> = events(&reply, stop_reason)
+                .into_iter()
+                .filter_map(|(event, data)| translator.translate(event, &data.to_string()))
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let completion = assemble(&chunks)?;
+            check_completion(&completion, &reply, finish_reason)?;
+            check_streamed_arguments(&completion, &reply)?;
+        }
+    }
+}

@@ -453,3 +453,119 @@ pub(super) mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use aws_sdk_bedrockruntime::types::{
+        AnyToolChoice, AutoToolChoice, ContentBlock, ConversationRole, ImageSource,
+        SpecificToolChoice, SystemContentBlock, Tool as BedrockTool,
+        ToolChoice as BedrockToolChoice, ToolResultContentBlock,
+    };
+    use base64::Engine;
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    use super::{ConverseParts, to_converse_parts};
+    use crate::providers::bedrock::response::document_to_json;
+    use crate::providers::messages::Speaker;
+    use crate::providers::translation_properties::{
+        Flat, TOOL_NAMES, chat_request, check_turns, expected,
+    };
+
+    fn read_back(parts: &ConverseParts) -> Vec<(Speaker, Vec<Flat>)> {
+        parts
+            .messages
+            .iter()
+            .map(|message| {
+                let speaker = match message.role {
+                    ConversationRole::User => Speaker::User,
+                    ConversationRole::Assistant => Speaker::Assistant,
+                    ref other => panic!("unexpected role {other:?}"),
+                };
+                let blocks = message
+                    .content
+                    .iter()
+                    .map(|block| match block {
+                        ContentBlock::Text(text) => Flat::Text(text.clone()),
+                        ContentBlock::Image(image) => {
+                            let Some(ImageSource::Bytes(bytes)) = &image.source else {
+                                panic!("expected bytes: {image:?}");
+                            };
+                            Flat::Image {
+                                media_type: format!("image/{}", image.format.as_str()),
+                                data: base64::engine::general_purpose::STANDARD
+                                    .encode(bytes.as_ref()),
+                            }
+                        }
+                        ContentBlock::ToolUse(tool) => Flat::ToolUse {
+                            id: tool.tool_use_id.clone(),
+                            name: tool.name.clone(),
+                            input: document_to_json(&tool.input),
+                        },
+                        ContentBlock::ToolResult(result) => Flat::ToolResult {
+                            id: result.tool_use_id.clone(),
+                            text: result
+                                .content
+                                .iter()
+                                .map(|c| match c {
+                                    ToolResultContentBlock::Text(text) => text.clone(),
+                                    other => panic!("unexpected result content {other:?}"),
+                                })
+                                .collect(),
+                        },
+                        other => panic!("unexpected block {other:?}"),
+                    })
+                    .collect();
+                (speaker, blocks)
+            })
+            .collect()
+    }
+
+    proptest! {
+        #[test]
+        fn requests_keep_every_block_in_alternating_turns(request in chat_request()) {
+            let parts = to_converse_parts(&request).unwrap();
+            let expected = expected(&request);
+            check_turns(&read_back(&parts), &expected)?;
+            let system: Vec<SystemContentBlock> = expected
+                .system
+                .iter()
+                .filter(|text| !text.is_empty())
+                .map(|text| SystemContentBlock::Text(text.clone()))
+                .collect();
+            prop_assert_eq!(parts.system.unwrap_or_default(), system);
+
+            let none = matches!(&request.tool_choice, Some(Value::String(s)) if s == "none");
+            let has_tool_blocks = expected
+                .blocks
+                .iter()
+                .any(|(_, b)| matches!(b, Flat::ToolUse { .. } | Flat::ToolResult { .. }));
+            // Converse has no `none`: the tools go, unless the history needs them.
+            prop_assert_eq!(parts.tools.is_none(), none && !has_tool_blocks);
+            if let Some(tools) = parts.tools {
+                let names: Vec<&str> = tools
+                    .tools
+                    .iter()
+                    .map(|t| match t {
+                        BedrockTool::ToolSpec(spec) => spec.name.as_str(),
+                        other => panic!("unexpected tool {other:?}"),
+                    })
+                    .collect();
+                prop_assert_eq!(names, TOOL_NAMES.to_vec());
+                let choice = match &request.tool_choice {
+                    Some(Value::String(s)) if s == "auto" => {
+                        Some(BedrockToolChoice::Auto(AutoToolChoice::builder().build()))
+                    }
+                    Some(Value::String(s)) if s == "required" => {
+                        Some(BedrockToolChoice::Any(AnyToolChoice::builder().build()))
+                    }
+                    Some(Value::Object(_)) => Some(BedrockToolChoice::Tool(
+                        SpecificToolChoice::builder().name("search").build().unwrap(),
+                    )),
+                    _ => None,
+                };
+                prop_assert_eq!(tools.tool_choice, choice);
+            }
+        }
+    }
+}

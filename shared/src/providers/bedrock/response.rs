@@ -165,3 +165,78 @@ mod tests {
         assert_eq!(completion.usage, Some(Usage::new(15, 5)));
     }
 }
+
+#[cfg(test)]
+pub(super) mod properties {
+    use aws_sdk_bedrockruntime::types::{
+        ContentBlock, ConversationRole, ConverseOutput as ConverseResult,
+        Message as BedrockMessage, StopReason, TokenUsage, ToolUseBlock,
+    };
+    use proptest::prelude::*;
+
+    use super::{ConverseResponse, from_converse_response};
+    use crate::providers::bedrock::request::json_to_document;
+    use crate::providers::translation_properties::{
+        GeneratedReply, ReplyBlock, check_completion, reply,
+    };
+
+    /// Bedrock's stop reasons and the finish reasons they must become.
+    pub(in crate::providers::bedrock) const STOP_REASONS: [(&str, &str); 7] = [
+        ("end_turn", "stop"),
+        ("stop_sequence", "stop"),
+        ("max_tokens", "length"),
+        ("model_context_window_exceeded", "length"),
+        ("tool_use", "tool_calls"),
+        ("guardrail_intervened", "content_filter"),
+        ("content_filtered", "content_filter"),
+    ];
+
+    pub(in crate::providers::bedrock) fn token_usage(reply: &GeneratedReply) -> TokenUsage {
+        let tokens = |n: u32| i32::try_from(n).unwrap();
+        TokenUsage::builder()
+            .input_tokens(tokens(reply.input_tokens))
+            .output_tokens(tokens(reply.output_tokens))
+            .total_tokens(tokens(reply.input_tokens + reply.output_tokens))
+            .cache_read_input_tokens(tokens(reply.cache_read_tokens))
+            .cache_write_input_tokens(tokens(reply.cache_write_tokens))
+            .build()
+            .unwrap()
+    }
+
+    proptest! {
+        #[test]
+        fn answers_keep_text_tool_calls_and_usage(
+            reply in reply(),
+            (stop_reason, finish_reason) in prop::sample::select(STOP_REASONS.to_vec()),
+        ) {
+            let content: Vec<ContentBlock> = reply
+                .blocks
+                .iter()
+                .map(|block| match block {
+                    ReplyBlock::Text(pieces) => ContentBlock::Text(pieces.concat()),
+                    ReplyBlock::ToolUse { id, name, input, .. } => ContentBlock::ToolUse(
+                        ToolUseBlock::builder()
+                            .tool_use_id(id)
+                            .name(name)
+                            .input(json_to_document(input))
+                            .build()
+                            .unwrap(),
+                    ),
+                })
+                .collect();
+            let message = BedrockMessage::builder()
+                .role(ConversationRole::Assistant)
+                .set_content(Some(content))
+                .build()
+                .unwrap();
+            let response = ConverseResponse::builder()
+                .output(ConverseResult::Message(message))
+                .stop_reason(StopReason::from(stop_reason))
+                .usage(token_usage(&reply))
+                .build()
+                .unwrap();
+            let completion = from_converse_response(response, "chatcmpl-1".into(), "m").unwrap();
+            check_completion(&completion, &reply, finish_reason)?;
+        }
+    }
+}

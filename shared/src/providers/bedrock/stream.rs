@@ -278,3 +278,121 @@ pub(super) mod tests {
         assert_tool_call_completion(&chunks);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use aws_sdk_bedrockruntime::types::{
+        ContentBlockDelta, ContentBlockDeltaEvent, ContentBlockStart, ContentBlockStartEvent,
+        ContentBlockStopEvent, ConversationRole, ConverseStreamMetadataEvent, ConverseStreamOutput,
+        MessageStartEvent, MessageStopEvent, StopReason, ToolUseBlockDelta, ToolUseBlockStart,
+    };
+    use proptest::prelude::*;
+
+    use super::StreamTranslator;
+    use crate::api::ChatChunk;
+    use crate::providers::bedrock::response::properties::{STOP_REASONS, token_usage};
+    use crate::providers::translation_properties::{
+        GeneratedReply, ReplyBlock, assemble, check_completion, check_streamed_arguments, reply,
+    };
+
+    fn delta(index: i32, delta: ContentBlockDelta) -> ConverseStreamOutput {
+        ConverseStreamOutput::ContentBlockDelta(
+            ContentBlockDeltaEvent::builder()
+                .content_block_index(index)
+                .delta(delta)
+                .build()
+                .unwrap(),
+        )
+    }
+
+    /// The events Bedrock streams the reply in; the usage comes before or after the stop.
+    fn events(
+        reply: &GeneratedReply,
+        stop_reason: &str,
+        usage_first: bool,
+    ) -> Vec<ConverseStreamOutput> {
+        let mut events = vec![ConverseStreamOutput::MessageStart(
+            MessageStartEvent::builder()
+                .role(ConversationRole::Assistant)
+                .build()
+                .unwrap(),
+        )];
+        for (index, block) in reply.blocks.iter().enumerate() {
+            let index = i32::try_from(index).unwrap();
+            match block {
+                ReplyBlock::Text(pieces) => {
+                    for piece in pieces {
+                        events.push(delta(index, ContentBlockDelta::Text(piece.clone())));
+                    }
+                }
+                ReplyBlock::ToolUse {
+                    id, name, pieces, ..
+                } => {
+                    events.push(ConverseStreamOutput::ContentBlockStart(
+                        ContentBlockStartEvent::builder()
+                            .content_block_index(index)
+                            .start(ContentBlockStart::ToolUse(
+                                ToolUseBlockStart::builder()
+                                    .tool_use_id(id)
+                                    .name(name)
+                                    .build()
+                                    .unwrap(),
+                            ))
+                            .build()
+                            .unwrap(),
+                    ));
+                    for piece in pieces {
+                        let input = ToolUseBlockDelta::builder().input(piece).build().unwrap();
+                        events.push(delta(index, ContentBlockDelta::ToolUse(input)));
+                    }
+                }
+            }
+            events.push(ConverseStreamOutput::ContentBlockStop(
+                ContentBlockStopEvent::builder()
+                    .content_block_index(index)
+                    .build()
+                    .unwrap(),
+            ));
+        }
+        let stop = ConverseStreamOutput::MessageStop(
+            MessageStopEvent::builder()
+                .stop_reason(StopReason::from(stop_reason))
+                .build()
+                .unwrap(),
+        );
+        let metadata = ConverseStreamOutput::Metadata(
+            ConverseStreamMetadataEvent::builder()
+                .usage(token_usage(reply))
+                .build(),
+        );
+        if usage_first {
+            events.extend([metadata, stop]);
+        } else {
+            events.extend([stop, metadata]);
+        }
+        events
+    }
+
+    proptest! {
+        #[test]
+        fn streams_reassemble_into_the_answer(
+            reply in reply(),
+            (stop_reason, finish_reason) in prop::sample::select(STOP_REASONS.to_vec()),
+            usage_first in any::<bool>(),
+        ) {
+            let mut translator = StreamTranslator::new("chatcmpl-1".into(), "m");
+            for event in events(&reply, stop_reason, usage_first) {
+                translator.translate(event);
+            }
+            prop_assert!(translator.finished);
+            let chunks: Vec<ChatChunk> = translator
+                .pending
+                .drain(..)
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let completion = assemble(&chunks)?;
+            check_completion(&completion, &reply, finish_reason)?;
+            check_streamed_arguments(&completion, &reply)?;
+        }
+    }
+}
