@@ -68,6 +68,12 @@ impl ProviderError {
         }
     }
 
+    /// The error blamed on one request parameter, which the client sees.
+    pub(crate) fn with_param(mut self, param: &str) -> Self {
+        self.param = Some(param.to_owned());
+        self
+    }
+
     /// An HTTP error whose body is not the vendor's error object (a proxy's page, say): the
     /// status classifies it, the body goes to the log only.
     pub(crate) fn from_unparsed_body(status: u16, body: &[u8], retry_after: Option<u64>) -> Self {

@@ -256,13 +256,6 @@ impl<'a> Image<'a> {
     }
 }
 
-impl ProviderError {
-    pub(crate) fn with_param(mut self, param: &str) -> Self {
-        self.param = Some(param.to_owned());
-        self
-    }
-}
-
 /// Why the model stopped, in OpenAI's terms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum FinishReason {

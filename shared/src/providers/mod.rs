@@ -12,7 +12,6 @@ mod redact;
 mod translation_properties;
 mod transport;
 
-use std::future::Future;
 use std::time::Duration;
 
 use futures_util::stream::BoxStream;

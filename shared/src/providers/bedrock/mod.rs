@@ -47,10 +47,10 @@ impl BedrockProvider {
         }
     }
 
-    /// A provider over a client built elsewhere (a shared `SdkConfig`, or a test HTTP client).
-    /// The client should come from [`client_config`] so the SDK neither retries nor times out on
-    /// its own.
-    pub fn with_client(client: Client, timeouts: Timeouts) -> Self {
+    /// A provider over a test client, which should come from [`client_config`] so the SDK
+    /// neither retries nor times out on its own.
+    #[cfg(test)]
+    fn with_client(client: Client, timeouts: Timeouts) -> Self {
         Self {
             client: OnceCell::new_with(Some(client)),
             region: None,
@@ -156,7 +156,7 @@ impl ChatProvider for BedrockProvider {
 /// The SDK settings the gateway needs: no SDK retries (the router retries, falls back and keeps
 /// the breaker), the provider's connect timeout, and no stalled-stream protection (the router's
 /// `idle_ms` governs a quiet stream, and a model may think for longer than the SDK's grace).
-pub fn client_config(
+fn client_config(
     builder: aws_sdk_bedrockruntime::config::Builder,
     timeouts: &Timeouts,
 ) -> aws_sdk_bedrockruntime::config::Builder {
