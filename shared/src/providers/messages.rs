@@ -458,3 +458,29 @@ impl<BlockIndex: Eq + Hash> ChunkWriter<BlockIndex> {
         chunk
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_opens_at_most_as_many_tool_calls_as_a_completion_holds() {
+        let mut writer = ChunkWriter::new("c".to_owned(), "m");
+        for block in 0..MAX_TOOL_CALLS {
+            let chunk = writer.tool_start(block, format!("t{block}"), "f".to_owned());
+            let index = chunk.unwrap().choices[0].delta.tool_calls.as_ref().unwrap()[0].index;
+            assert_eq!(index, block);
+        }
+        let error = writer
+            .tool_start(MAX_TOOL_CALLS, "one too many".to_owned(), "f".to_owned())
+            .unwrap_err();
+        assert_eq!(error.kind, ProviderErrorKind::Protocol);
+        assert_eq!(writer.tool_indexes.len(), MAX_TOOL_CALLS as usize);
+        // Arguments of a block that opened no call go nowhere.
+        assert!(
+            writer
+                .tool_arguments(&MAX_TOOL_CALLS, "{}".to_owned())
+                .is_none()
+        );
+    }
+}
