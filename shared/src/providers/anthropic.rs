@@ -1,20 +1,18 @@
 //! Anthropic's Messages API, translated to and from OpenAI's chat shapes: system prompts, content
 //! parts and images, tools and tool results, stop reasons, usage, and the streaming event sequence.
 
-use std::collections::HashMap;
-
 use futures_util::StreamExt;
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::transport;
-use super::{ChunkStream, ProviderError, ProviderErrorKind};
-use crate::api::{
-    AssistantMessage, ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, Content, Delta,
-    FunctionCall, FunctionCallDelta, JsonObject, Role, ToolCall, ToolCallDelta, Usage,
+use super::messages::{
+    self, Block, ChunkWriter, Conversation, FinishReason, Image, Reply, Speaker, ToolChoice,
 };
-use crate::clock::now_secs;
+use super::{ChatProvider, ChunkStream, ProviderError, ProviderErrorKind, transport};
+use crate::api::{
+    ChatChunk, ChatCompletion, ChatRequest, EmbeddingRequest, EmbeddingResponse, Usage,
+};
 use crate::config::{ProviderConfig, Timeouts};
 
 const DEFAULT_VERSION: &str = "2023-06-01";
@@ -72,8 +70,10 @@ impl AnthropicProvider {
         }
         transport::send(request, &self.timeouts, parse_error).await
     }
+}
 
-    pub async fn chat(&self, request: &ChatRequest) -> Result<ChatCompletion, ProviderError> {
+impl ChatProvider for AnthropicProvider {
+    async fn chat(&self, request: &ChatRequest) -> Result<ChatCompletion, ProviderError> {
         let body = to_messages_request(request, false)?;
         let response = self.send(&body).await?;
         let bytes = transport::read_body(response, &self.timeouts).await?;
@@ -86,7 +86,7 @@ impl AnthropicProvider {
         Ok(from_messages_response(message))
     }
 
-    pub async fn chat_stream(&self, request: &ChatRequest) -> Result<ChunkStream, ProviderError> {
+    async fn chat_stream(&self, request: &ChatRequest) -> Result<ChunkStream, ProviderError> {
         let body = to_messages_request(request, true)?;
         let response = self.send(&body).await?;
         let mut translator = StreamTranslator::new(&request.model);
@@ -97,6 +97,13 @@ impl AnthropicProvider {
             })
         });
         Ok(chunks.boxed())
+    }
+
+    async fn embed(&self, _request: &EmbeddingRequest) -> Result<EmbeddingResponse, ProviderError> {
+        Err(ProviderError::new(
+            ProviderErrorKind::BadRequest,
+            "Anthropic has no embeddings API; configure an embedding model on another provider",
+        ))
     }
 }
 
@@ -169,173 +176,86 @@ struct MessageParam {
     content: Vec<Value>,
 }
 
-fn bad_request(message: impl Into<String>) -> ProviderError {
-    ProviderError::new(ProviderErrorKind::BadRequest, message)
-}
-
-/// An OpenAI image part as an Anthropic image block: data URLs become base64 sources.
-fn image_block(url: &str) -> Result<Value, ProviderError> {
-    if let Some(rest) = url.strip_prefix("data:") {
-        let (media_type, data) = rest
-            .split_once(";base64,")
-            .ok_or_else(|| bad_request("image data URLs must be base64 encoded"))?;
-        Ok(
-            json!({"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}),
-        )
-    } else {
-        Ok(json!({"type": "image", "source": {"type": "url", "url": url}}))
-    }
-}
-
-fn content_blocks(content: &Content) -> Result<Vec<Value>, ProviderError> {
-    match content {
-        Content::Text(text) if text.is_empty() => Ok(Vec::new()),
-        Content::Text(text) => Ok(vec![json!({"type": "text", "text": text})]),
-        Content::Parts(parts) => {
-            let mut blocks = Vec::with_capacity(parts.len());
-            for part in parts {
-                match (part.kind.as_str(), &part.text, &part.image_url) {
-                    ("text", Some(text), _) if !text.is_empty() => {
-                        blocks.push(json!({"type": "text", "text": text}));
-                    }
-                    ("image_url", _, Some(image)) => blocks.push(image_block(&image.url)?),
-                    ("text", _, _) => {}
-                    (other, _, _) => {
-                        return Err(bad_request(format!(
-                            "content part type `{other}` is not supported by Anthropic models"
-                        )));
-                    }
-                }
-            }
-            Ok(blocks)
+fn block_json(block: &Block<'_>) -> Value {
+    match block {
+        Block::Text(text) => json!({"type": "text", "text": text}),
+        Block::Image(Image::Base64 { media_type, data }) => {
+            json!({"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}})
+        }
+        Block::Image(Image::Url(url)) => {
+            json!({"type": "image", "source": {"type": "url", "url": url}})
+        }
+        Block::ToolUse { id, name, input } => {
+            json!({"type": "tool_use", "id": id, "name": name, "input": input})
+        }
+        Block::ToolResult { tool_use_id, text } => {
+            json!({"type": "tool_result", "tool_use_id": tool_use_id, "content": text})
         }
     }
 }
 
-fn translate_tool_choice(choice: &Value, parallel: Option<bool>) -> Option<Value> {
+fn tool_choice_json(choice: ToolChoice<'_>, parallel: Option<bool>) -> Value {
     let mut translated = match choice {
-        Value::String(s) if s == "auto" => json!({"type": "auto"}),
-        Value::String(s) if s == "required" => json!({"type": "any"}),
-        Value::String(s) if s == "none" => json!({"type": "none"}),
-        Value::Object(o) => {
-            let name = o.get("function")?.get("name")?.as_str()?;
-            json!({"type": "tool", "name": name})
-        }
-        _ => return None,
+        ToolChoice::Auto => json!({"type": "auto"}),
+        ToolChoice::Required => json!({"type": "any"}),
+        ToolChoice::None => json!({"type": "none"}),
+        ToolChoice::Function(name) => json!({"type": "tool", "name": name}),
     };
     if parallel == Some(false)
         && let Some(object) = translated.as_object_mut()
     {
         object.insert("disable_parallel_tool_use".to_owned(), Value::Bool(true));
     }
-    Some(translated)
+    translated
 }
 
 fn to_messages_request(
     request: &ChatRequest,
     stream: bool,
 ) -> Result<MessagesRequest<'_>, ProviderError> {
-    if request.choices() > 1 {
-        return Err(bad_request("Anthropic models support only n = 1").with_param("n"));
-    }
-    let mut system = Vec::new();
-    let mut messages: Vec<MessageParam> = Vec::with_capacity(request.messages.len());
-    for message in &request.messages {
-        let (role, blocks) = match message.role {
-            Role::System | Role::Developer => {
-                if let Some(content) = &message.content {
-                    system.push(content.text());
-                }
-                continue;
+    let conversation = Conversation::from_request(request, "Anthropic")?;
+    let messages = conversation
+        .turns
+        .iter()
+        .map(|turn| MessageParam {
+            role: match turn.speaker {
+                Speaker::User => "user",
+                Speaker::Assistant => "assistant",
+            },
+            content: turn.blocks.iter().map(block_json).collect(),
+        })
+        .collect();
+    let tools: Vec<Value> = conversation
+        .tools
+        .into_iter()
+        .map(|spec| {
+            let mut tool = json!({"name": spec.name, "input_schema": spec.schema});
+            if let (Some(description), Some(object)) = (spec.description, tool.as_object_mut()) {
+                object.insert(
+                    "description".to_owned(),
+                    Value::String(description.to_owned()),
+                );
             }
-            Role::User => (
-                "user",
-                match &message.content {
-                    Some(content) => content_blocks(content)?,
-                    None => Vec::new(),
-                },
-            ),
-            Role::Assistant => {
-                let mut blocks = match &message.content {
-                    Some(content) => content_blocks(content)?,
-                    None => Vec::new(),
-                };
-                for call in message.tool_calls.iter().flatten() {
-                    let input = call.arguments_json().map_err(bad_request)?;
-                    blocks.push(json!({"type": "tool_use", "id": call.id, "name": call.function.name, "input": input}));
-                }
-                ("assistant", blocks)
-            }
-            Role::Tool | Role::Function => {
-                let text = message
-                    .content
-                    .as_ref()
-                    .map(Content::text)
-                    .unwrap_or_default();
-                let id = message
-                    .tool_call_id
-                    .clone()
-                    .or_else(|| message.name.clone())
-                    .unwrap_or_default();
-                (
-                    "user",
-                    vec![json!({"type": "tool_result", "tool_use_id": id, "content": text})],
-                )
-            }
-        };
-        if blocks.is_empty() {
-            continue;
-        }
-        // Anthropic wants alternating roles: consecutive turns of one role are merged, which is
-        // also how several tool results answering one assistant turn must be sent.
-        match messages.last_mut() {
-            Some(last) if last.role == role => last.content.extend(blocks),
-            _ => messages.push(MessageParam {
-                role,
-                content: blocks,
-            }),
-        }
-    }
-    let tools = request.tools.as_ref().map(|tools| {
-        tools
-            .iter()
-            .filter_map(|t| t.function.as_ref())
-            .map(|f| {
-                let mut tool = json!({
-                    "name": f.name,
-                    "input_schema": f.parameters.clone().unwrap_or_else(|| json!({"type": "object"})),
-                });
-                if let (Some(description), Some(object)) = (&f.description, tool.as_object_mut()) {
-                    object.insert("description".to_owned(), Value::String(description.clone()));
-                }
-                tool
-            })
-            .collect::<Vec<_>>()
-    });
+            tool
+        })
+        .collect();
+    let system = &conversation.system;
+    let sampling = conversation.sampling;
     Ok(MessagesRequest {
         model: &request.model,
-        max_tokens: request.max_output_tokens().unwrap_or(DEFAULT_MAX_TOKENS),
+        max_tokens: sampling.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
         system: (!system.is_empty()).then(|| system.join("\n\n")),
         messages,
-        // Anthropic's temperature range is 0..=1; OpenAI's is 0..=2.
-        temperature: request.temperature.map(|t| t.min(1.0)),
-        top_p: request.top_p,
-        stop_sequences: request.stop.as_ref().map(|s| s.to_vec()),
+        temperature: sampling.temperature,
+        top_p: sampling.top_p,
+        stop_sequences: sampling.stop,
         stream,
-        tools: tools.filter(|t| !t.is_empty()),
-        tool_choice: request
+        tools: (!tools.is_empty()).then_some(tools),
+        tool_choice: conversation
             .tool_choice
-            .as_ref()
-            .and_then(|c| translate_tool_choice(c, request.parallel_tool_calls)),
+            .map(|choice| tool_choice_json(choice, request.parallel_tool_calls)),
         metadata: request.user.as_ref().map(|u| json!({"user_id": u})),
     })
-}
-
-impl ProviderError {
-    fn with_param(mut self, param: &str) -> Self {
-        self.param = Some(param.to_owned());
-        self
-    }
 }
 
 #[derive(Deserialize)]
@@ -379,75 +299,49 @@ struct AnthropicUsage {
 }
 
 impl AnthropicUsage {
-    fn prompt_tokens(&self) -> u64 {
-        self.input_tokens
-            + self.cache_creation_input_tokens.unwrap_or(0)
-            + self.cache_read_input_tokens.unwrap_or(0)
+    fn prompt_usage(&self, output_tokens: u64) -> Usage {
+        messages::usage(
+            self.input_tokens,
+            self.cache_read_input_tokens.unwrap_or(0),
+            self.cache_creation_input_tokens.unwrap_or(0),
+            output_tokens,
+        )
     }
 }
 
-fn finish_reason(stop_reason: Option<&str>) -> Option<String> {
-    stop_reason.map(|reason| {
-        match reason {
-            "max_tokens" => "length",
-            "tool_use" => "tool_calls",
-            "refusal" => "content_filter",
-            _ => "stop",
-        }
-        .to_owned()
-    })
+/// A stop reason in OpenAI's terms; a missing one is an ordinary stop.
+fn finish_reason(stop_reason: Option<&str>) -> FinishReason {
+    match stop_reason {
+        Some("max_tokens") => FinishReason::Length,
+        Some("tool_use") => FinishReason::ToolCalls,
+        Some("refusal") => FinishReason::ContentFilter,
+        _ => FinishReason::Stop,
+    }
 }
 
 fn from_messages_response(message: MessagesResponse) -> ChatCompletion {
-    let mut text = String::new();
-    let mut tool_calls = Vec::new();
+    let mut reply = Reply::default();
     for block in message.content {
         match block {
-            ContentBlock::Text { text: t } => text.push_str(&t),
-            ContentBlock::ToolUse { id, name, input } => tool_calls.push(ToolCall {
-                id,
-                kind: "function".to_owned(),
-                function: FunctionCall {
-                    name,
-                    arguments: input.to_string(),
-                },
-            }),
+            ContentBlock::Text { text } => reply.push_text(&text),
+            ContentBlock::ToolUse { id, name, input } => reply.push_tool_use(id, name, &input),
             ContentBlock::Other => {}
         }
     }
-    let usage = Usage::new(message.usage.prompt_tokens(), message.usage.output_tokens);
-    ChatCompletion {
-        id: message.id,
-        object: "chat.completion".to_owned(),
-        created: now_secs(),
-        model: message.model,
-        choices: vec![Choice {
-            index: 0,
-            message: AssistantMessage {
-                role: "assistant".to_owned(),
-                content: (!text.is_empty() || tool_calls.is_empty()).then_some(text),
-                tool_calls: (!tool_calls.is_empty()).then_some(tool_calls),
-                extra: JsonObject::new(),
-            },
-            finish_reason: finish_reason(message.stop_reason.as_deref())
-                .or_else(|| Some("stop".to_owned())),
-            logprobs: None,
-            extra: JsonObject::new(),
-        }],
-        usage: Some(usage),
-        extra: JsonObject::new(),
-    }
+    let usage = message.usage.prompt_usage(message.usage.output_tokens);
+    reply.into_completion(
+        message.id,
+        message.model,
+        finish_reason(message.stop_reason.as_deref()),
+        Some(usage),
+    )
 }
 
 /// Turns Anthropic stream events into OpenAI chunks, one event at a time.
 struct StreamTranslator {
-    id: String,
-    model: String,
-    created: u64,
+    chunks: ChunkWriter<u64>,
     input: AnthropicUsage,
     output_tokens: u64,
-    /// Anthropic content-block index -> OpenAI tool-call index.
-    tool_indexes: HashMap<u64, u32>,
     finished: bool,
 }
 
@@ -512,48 +406,10 @@ struct DeltaUsage {
 impl StreamTranslator {
     fn new(model: &str) -> Self {
         Self {
-            id: String::new(),
-            model: model.to_owned(),
-            created: now_secs(),
+            chunks: ChunkWriter::new(String::new(), model),
             input: AnthropicUsage::default(),
             output_tokens: 0,
-            tool_indexes: HashMap::new(),
             finished: false,
-        }
-    }
-
-    fn chunk(&self, delta: Delta, finish_reason: Option<String>) -> ChatChunk {
-        ChatChunk::new(
-            &self.id,
-            self.created,
-            &self.model,
-            vec![ChunkChoice {
-                index: 0,
-                delta,
-                finish_reason,
-                logprobs: None,
-            }],
-        )
-    }
-
-    fn tool_delta(
-        &self,
-        index: u32,
-        id: Option<String>,
-        name: Option<String>,
-        arguments: String,
-    ) -> Delta {
-        Delta {
-            tool_calls: Some(vec![ToolCallDelta {
-                index,
-                kind: id.as_ref().map(|_| "function".to_owned()),
-                id,
-                function: Some(FunctionCallDelta {
-                    name,
-                    arguments: Some(arguments),
-                }),
-            }]),
-            ..Delta::default()
         }
     }
 
@@ -578,47 +434,27 @@ impl StreamTranslator {
         };
         match parsed {
             StreamEvent::MessageStart { message } => {
-                self.id = message.id;
+                self.chunks.id = message.id;
                 if !message.model.is_empty() {
-                    self.model = message.model;
+                    self.chunks.model = message.model;
                 }
                 self.input = message.usage;
                 self.output_tokens = message.usage.output_tokens;
-                Some(Ok(self.chunk(
-                    Delta {
-                        role: Some("assistant".to_owned()),
-                        content: Some(String::new()),
-                        ..Delta::default()
-                    },
-                    None,
-                )))
+                Some(Ok(self.chunks.role()))
             }
             StreamEvent::ContentBlockStart {
                 index,
                 content_block: ContentBlock::ToolUse { id, name, .. },
             } => {
-                let tool_index = self.tool_indexes.len() as u32;
-                self.tool_indexes.insert(index, tool_index);
-                Some(Ok(self.chunk(
-                    self.tool_delta(tool_index, Some(id), Some(name), String::new()),
-                    None,
-                )))
+                let started = self.chunks.tool_start(index, id, name);
+                self.finished = started.is_err();
+                Some(started)
             }
             StreamEvent::ContentBlockStart { .. } => None,
             StreamEvent::ContentBlockDelta { index, delta } => match delta {
-                BlockDelta::TextDelta { text } => Some(Ok(self.chunk(
-                    Delta {
-                        content: Some(text),
-                        ..Delta::default()
-                    },
-                    None,
-                ))),
+                BlockDelta::TextDelta { text } => Some(Ok(self.chunks.text(text))),
                 BlockDelta::InputJsonDelta { partial_json } => {
-                    let tool_index = *self.tool_indexes.get(&index)?;
-                    Some(Ok(self.chunk(
-                        self.tool_delta(tool_index, None, None, partial_json),
-                        None,
-                    )))
+                    self.chunks.tool_arguments(&index, partial_json).map(Ok)
                 }
                 BlockDelta::Other => None,
             },
@@ -626,16 +462,13 @@ impl StreamTranslator {
                 if let Some(usage) = usage {
                     self.output_tokens = usage.output_tokens;
                 }
-                Some(Ok(self.chunk(
-                    Delta::default(),
-                    finish_reason(delta.stop_reason.as_deref()).or_else(|| Some("stop".to_owned())),
-                )))
+                let reason = finish_reason(delta.stop_reason.as_deref());
+                Some(Ok(self.chunks.finish(reason)))
             }
             StreamEvent::MessageStop => {
                 self.finished = true;
-                let mut chunk = ChatChunk::new(&self.id, self.created, &self.model, Vec::new());
-                chunk.usage = Some(Usage::new(self.input.prompt_tokens(), self.output_tokens));
-                Some(Ok(chunk))
+                let usage = self.input.prompt_usage(self.output_tokens);
+                Some(Ok(self.chunks.usage(usage)))
             }
             StreamEvent::Ignored => None,
         }
@@ -776,5 +609,199 @@ mod tests {
             .unwrap_err();
         assert_eq!(error.kind, ProviderErrorKind::Server);
         assert!(error.is_retryable());
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::{StreamTranslator, from_messages_response, to_messages_request};
+    use crate::providers::messages::Speaker;
+    use crate::providers::translation_properties::{
+        Flat, GeneratedReply, ReplyBlock, TOOL_NAMES, assemble, chat_request, check_completion,
+        check_streamed_arguments, check_turns, expected, reply,
+    };
+
+    /// Anthropic's stop reasons and the finish reasons they must become.
+    const STOP_REASONS: [(&str, &str); 5] = [
+        ("end_turn", "stop"),
+        ("stop_sequence", "stop"),
+        ("max_tokens", "length"),
+        ("tool_use", "tool_calls"),
+        ("refusal", "content_filter"),
+    ];
+
+    fn read_back(body: &Value) -> Vec<(Speaker, Vec<Flat>)> {
+        let text = |v: &Value| v.as_str().unwrap().to_owned();
+        body["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|message| {
+                let speaker = match message["role"].as_str().unwrap() {
+                    "user" => Speaker::User,
+                    "assistant" => Speaker::Assistant,
+                    other => panic!("unexpected role {other}"),
+                };
+                let blocks = message["content"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|block| match block["type"].as_str().unwrap() {
+                        "text" => Flat::Text(text(&block["text"])),
+                        "image" => {
+                            assert_eq!(block["source"]["type"], "base64");
+                            Flat::Image {
+                                media_type: text(&block["source"]["media_type"]),
+                                data: text(&block["source"]["data"]),
+                            }
+                        }
+                        "tool_use" => Flat::ToolUse {
+                            id: text(&block["id"]),
+                            name: text(&block["name"]),
+                            input: block["input"].clone(),
+                        },
+                        "tool_result" => Flat::ToolResult {
+                            id: text(&block["tool_use_id"]),
+                            text: text(&block["content"]),
+                        },
+                        other => panic!("unexpected block {other}"),
+                    })
+                    .collect();
+                (speaker, blocks)
+            })
+            .collect()
+    }
+
+    fn usage_json(reply: &GeneratedReply, output_tokens: u32) -> Value {
+        json!({
+            "input_tokens": reply.input_tokens,
+            "output_tokens": output_tokens,
+            "cache_read_input_tokens": reply.cache_read_tokens,
+            "cache_creation_input_tokens": reply.cache_write_tokens,
+        })
+    }
+
+    /// The events Anthropic streams the reply in.
+    fn events(reply: &GeneratedReply, stop_reason: &str) -> Vec<(&'static str, Value)> {
+        let mut events = vec![(
+            "message_start",
+            json!({"type": "message_start", "message": {
+                "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
+                "content": [], "usage": usage_json(reply, 1)
+            }}),
+        )];
+        for (index, block) in reply.blocks.iter().enumerate() {
+            let (start, deltas) = match block {
+                ReplyBlock::Text(pieces) => (
+                    json!({"type": "text", "text": ""}),
+                    pieces
+                        .iter()
+                        .map(|p| json!({"type": "text_delta", "text": p}))
+                        .collect::<Vec<_>>(),
+                ),
+                ReplyBlock::ToolUse {
+                    id, name, pieces, ..
+                } => (
+                    json!({"type": "tool_use", "id": id, "name": name, "input": {}}),
+                    pieces
+                        .iter()
+                        .map(|p| json!({"type": "input_json_delta", "partial_json": p}))
+                        .collect(),
+                ),
+            };
+            events.push((
+                "content_block_start",
+                json!({"type": "content_block_start", "index": index, "content_block": start}),
+            ));
+            for delta in deltas {
+                events.push((
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": index, "delta": delta}),
+                ));
+            }
+            events.push((
+                "content_block_stop",
+                json!({"type": "content_block_stop", "index": index}),
+            ));
+        }
+        events.push((
+            "message_delta",
+            json!({"type": "message_delta", "delta": {"stop_reason": stop_reason},
+                   "usage": {"output_tokens": reply.output_tokens}}),
+        ));
+        events.push(("message_stop", json!({"type": "message_stop"})));
+        events
+    }
+
+    proptest! {
+        #[test]
+        fn requests_keep_every_block_in_alternating_turns(request in chat_request()) {
+            let body = serde_json::to_value(to_messages_request(&request, false).unwrap()).unwrap();
+            let expected = expected(&request);
+            check_turns(&read_back(&body), &expected)?;
+            if expected.system.is_empty() {
+                prop_assert!(body.get("system").is_none());
+            } else {
+                let system = expected.system.join("\n\n");
+                prop_assert_eq!(body["system"].as_str(), Some(system.as_str()));
+            }
+            let tools: Vec<&str> = body["tools"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["name"].as_str().unwrap())
+                .collect();
+            prop_assert_eq!(tools, TOOL_NAMES.to_vec());
+            let choice = match &request.tool_choice {
+                None => Value::Null,
+                Some(Value::String(s)) if s == "required" => json!({"type": "any"}),
+                Some(Value::String(s)) => json!({"type": s}),
+                Some(_) => json!({"type": "tool", "name": "search"}),
+            };
+            prop_assert_eq!(&body["tool_choice"], &choice);
+        }
+
+        #[test]
+        fn answers_keep_text_tool_calls_and_usage(
+            reply in reply(),
+            (stop_reason, finish_reason) in prop::sample::select(STOP_REASONS.to_vec()),
+        ) {
+            let content: Vec<Value> = reply
+                .blocks
+                .iter()
+                .map(|block| match block {
+                    ReplyBlock::Text(pieces) => json!({"type": "text", "text": pieces.concat()}),
+                    ReplyBlock::ToolUse { id, name, input, .. } => {
+                        json!({"type": "tool_use", "id": id, "name": name, "input": input})
+                    }
+                })
+                .collect();
+            let response = serde_json::from_value(json!({
+                "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
+                "content": content, "stop_reason": stop_reason,
+                "usage": usage_json(&reply, reply.output_tokens),
+            }))
+            .unwrap();
+            check_completion(&from_messages_response(response), &reply, finish_reason)?;
+        }
+
+        #[test]
+        fn streams_reassemble_into_the_answer(
+            reply in reply(),
+            (stop_reason, finish_reason) in prop::sample::select(STOP_REASONS.to_vec()),
+        ) {
+            let mut translator = StreamTranslator::new("claude");
+            let chunks: Vec<_> = events(&reply, stop_reason)
+                .into_iter()
+                .filter_map(|(event, data)| translator.translate(event, &data.to_string()))
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let completion = assemble(&chunks)?;
+            check_completion(&completion, &reply, finish_reason)?;
+            check_streamed_arguments(&completion, &reply)?;
+        }
     }
 }

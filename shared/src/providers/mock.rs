@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
-use super::{ChunkStream, ProviderError};
+use super::{ChatProvider, ChunkStream, ProviderError};
 use crate::api::{
     AssistantMessage, ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, Delta,
     Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, EmbeddingVector, FunctionCall,
@@ -97,8 +97,10 @@ impl MockProvider {
             tokio::time::sleep(self.latency).await;
         }
     }
+}
 
-    pub async fn chat(&self, request: &ChatRequest) -> Result<ChatCompletion, ProviderError> {
+impl ChatProvider for MockProvider {
+    async fn chat(&self, request: &ChatRequest) -> Result<ChatCompletion, ProviderError> {
         self.wait().await;
         let prompt = prompt_tokens(request);
         let tool_call = forced_tool_call(request);
@@ -140,7 +142,7 @@ impl MockProvider {
         })
     }
 
-    pub async fn chat_stream(&self, request: &ChatRequest) -> Result<ChunkStream, ProviderError> {
+    async fn chat_stream(&self, request: &ChatRequest) -> Result<ChunkStream, ProviderError> {
         let completion = self.chat(request).await?;
         let mut chunks = Vec::new();
         for choice in &completion.choices {
@@ -214,10 +216,7 @@ impl MockProvider {
         Ok(stream.boxed())
     }
 
-    pub async fn embed(
-        &self,
-        request: &EmbeddingRequest,
-    ) -> Result<EmbeddingResponse, ProviderError> {
+    async fn embed(&self, request: &EmbeddingRequest) -> Result<EmbeddingResponse, ProviderError> {
         self.wait().await;
         let dimensions = request
             .dimensions

@@ -7,7 +7,7 @@ use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue};
 use serde::Deserialize;
 
 use super::transport;
-use super::{ChunkStream, ProviderError, ProviderErrorKind};
+use super::{ChatProvider, ChunkStream, ProviderError, ProviderErrorKind};
 use crate::api::{ChatChunk, ChatCompletion, ChatRequest, EmbeddingRequest, EmbeddingResponse};
 use crate::config::{ProviderConfig, ProviderKind, Timeouts};
 
@@ -146,8 +146,10 @@ impl OpenAiProvider {
         serde_json::to_vec(value)
             .map_err(|e| ProviderError::new(ProviderErrorKind::BadRequest, e.to_string()))
     }
+}
 
-    pub async fn chat(&self, request: &ChatRequest) -> Result<ChatCompletion, ProviderError> {
+impl ChatProvider for OpenAiProvider {
+    async fn chat(&self, request: &ChatRequest) -> Result<ChatCompletion, ProviderError> {
         let url = self.endpoint(&request.model, "chat/completions");
         let response = transport::send(
             self.post(url, Self::encode(request)?),
@@ -164,7 +166,7 @@ impl OpenAiProvider {
         })
     }
 
-    pub async fn chat_stream(&self, request: &ChatRequest) -> Result<ChunkStream, ProviderError> {
+    async fn chat_stream(&self, request: &ChatRequest) -> Result<ChunkStream, ProviderError> {
         let url = self.endpoint(&request.model, "chat/completions");
         let response = transport::send(
             self.post(url, Self::encode(request)?),
@@ -188,10 +190,7 @@ impl OpenAiProvider {
         Ok(chunks.boxed())
     }
 
-    pub async fn embed(
-        &self,
-        request: &EmbeddingRequest,
-    ) -> Result<EmbeddingResponse, ProviderError> {
+    async fn embed(&self, request: &EmbeddingRequest) -> Result<EmbeddingResponse, ProviderError> {
         let url = self.endpoint(&request.model, "embeddings");
         let response = transport::send(
             self.post(url, Self::encode(request)?),
