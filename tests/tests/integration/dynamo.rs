@@ -92,15 +92,11 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The current time, at least 10 s before the minute ends: settlement only corrects the window
-/// it was reserved in, so a test that settles must not straddle a minute.
-async fn now_with_the_minute_ahead() -> u64 {
-    let now = now_secs();
-    if now % 60 < 50 {
-        return now;
-    }
-    tokio::time::sleep(Duration::from_secs(60 - now % 60)).await;
-    now_secs()
+/// A time at the start of the current minute, given to the limiter instead of waiting: settlement
+/// only corrects the window it was reserved in, so a test that settles must not straddle a minute,
+/// and the limiter reads no clock of its own.
+fn start_of_this_minute() -> u64 {
+    now_secs() / 60 * 60
 }
 
 /// A client for an endpoint where nothing listens, without the SDK's retries (which only make
@@ -521,7 +517,7 @@ async fn tpm_reserves_then_settles_to_actual_usage() {
         let tables = Tables::create("limits-tpm").await;
         let limiter = tables.limiter();
         let key = limited_key("key_tpm", None, Some(100), None);
-        let now = now_with_the_minute_ahead().await;
+        let now = start_of_this_minute();
         let first = limiter
             .acquire(&key, estimate(80, 0.0), now)
             .await
@@ -617,7 +613,7 @@ async fn a_budget_refusal_does_not_consume_rpm_or_tpm() {
         let tables = Tables::create("limits-atomic").await;
         let limiter = tables.limiter();
         let key = limited_key("key_atomic", Some(3), Some(1_000), Some(1.0));
-        let now = now_with_the_minute_ahead().await;
+        let now = start_of_this_minute();
         // Two of these fit in the budget, a third does not.
         let est = estimate(100, 0.4);
         let a = limiter.acquire(&key, est, now).await.expect("a");
