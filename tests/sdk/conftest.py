@@ -237,6 +237,10 @@ deployments = [{{ provider = "openai", model = "error-429" }}]
 
 [models.upstream-too-long]
 deployments = [{{ provider = "openai", model = "error-context" }}]
+
+# Twenty tokens, the connection cut after the fifth: past the first token, so no retry.
+[models.upstream-cut]
+deployments = [{{ provider = "openai", model = "fault:tokens=20;cut_after=5" }}]
 """
 
 

@@ -427,6 +427,24 @@ def test_upstream_context_length_error_keeps_openai_error_code(client: openai.Op
     assert "maximum context length" in caught.value.message
 
 
+def test_stream_cut_after_the_first_token_raises_api_error_after_the_tokens_received(
+    client: openai.OpenAI,
+):
+    stream = client.chat.completions.create(
+        model="upstream-cut", messages=user("hi"), stream=True
+    )
+    received = []
+    with pytest.raises(openai.APIError) as caught:
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                received.append(chunk.choices[0].delta.content)
+    # The tokens sent before the cut reached the client, and the SDK raised instead of
+    # returning a truncated answer as if it were complete.
+    assert "".join(received).split() == ["w1", "w2", "w3", "w4", "w5"]
+    assert "`openai`" in caught.value.message
+    assert "dropped the connection" in caught.value.message
+
+
 # --- response cache -----------------------------------------------------------------------------
 
 
