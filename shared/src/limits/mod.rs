@@ -258,19 +258,10 @@ mod tests {
         KeyRecord {
             id: "key_1".into(),
             name: "t".into(),
-            tenant: "t".into(),
-            models: vec![],
             rpm,
             tpm,
             budget_usd: budget,
-            expires_at: None,
-            disabled: false,
-            admin: false,
-            created_at: 0,
-            context_policy: crate::keys::ContextPolicy::Reject,
-            tier: None,
-            usage_key: None,
-            usage_key_id: None,
+            ..KeyRecord::default()
         }
     }
 

@@ -1314,12 +1314,15 @@ impl Limiter for DynamoLimiter {
 mod tests {
     use super::*;
 
-    /// Built from JSON so fields added to `KeyRecord` later take their defaults here.
     fn key(rpm: Option<u64>, tpm: Option<u64>, budget_usd: Option<f64>) -> KeyRecord {
-        serde_json::from_value(serde_json::json!({
-            "id": "key_1", "name": "t", "rpm": rpm, "tpm": tpm, "budget_usd": budget_usd,
-        }))
-        .unwrap()
+        KeyRecord {
+            id: "key_1".into(),
+            name: "t".into(),
+            rpm,
+            tpm,
+            budget_usd,
+            ..KeyRecord::default()
+        }
     }
 
     fn estimate(tokens: u64, cost_usd: f64) -> Estimate {

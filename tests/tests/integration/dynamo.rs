@@ -74,12 +74,15 @@ fn new_key(name: &str) -> (String, KeyRecord) {
     (hash, record)
 }
 
-/// A key with limits, built from JSON so fields added to `KeyRecord` take their defaults.
 fn limited_key(id: &str, rpm: Option<u64>, tpm: Option<u64>, budget_usd: Option<f64>) -> KeyRecord {
-    serde_json::from_value(serde_json::json!({
-        "id": id, "name": id, "rpm": rpm, "tpm": tpm, "budget_usd": budget_usd,
-    }))
-    .expect("key record")
+    KeyRecord {
+        id: id.to_owned(),
+        name: id.to_owned(),
+        rpm,
+        tpm,
+        budget_usd,
+        ..KeyRecord::default()
+    }
 }
 
 fn estimate(tokens: u64, cost_usd: f64) -> Estimate {
