@@ -1,7 +1,9 @@
 //! API keys: bearer secrets stored only as SHA-256 hashes, each with its tenant, model scope,
 //! limits, budget and expiry.
 
+pub mod dynamo;
 pub mod edge;
+pub mod embedded;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
