@@ -30,9 +30,12 @@ use aws_sdk_dynamodb::types::{
     AttributeValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
 };
 
-use crate::clock::{month_of, now_secs, secs_until_next_month};
+use crate::clock::{month_of, now_secs};
 use crate::keys::KeyRecord;
-use crate::limits::{BUDGET, Estimate, LimitError, Limiter, RPM, Reservation, TPM};
+use crate::limits::{
+    BUDGET, BudgetCheck, Estimate, LimitError, Limiter, Plan, RPM, Reservation, TPM, WindowCheck,
+    from_nano_usd,
+};
 use crate::storage::dynamo::{
     DynamoConfig, EXPIRES_AT, FailurePolicy, PK, Rejection, SK, WriteError, condition_failed, n,
     number_attr, raced, rejection, retry_on_conflict, s, sdk_message,
@@ -55,131 +58,59 @@ fn month_sk(month: u32) -> String {
     format!("month#{month}")
 }
 
-/// USD to integer nano-dollars; negative and non-finite amounts count as nothing.
-fn to_nano_usd(usd: f64) -> i64 {
-    // `as` saturates, and NaN.max(0.0) is 0.0.
-    (usd.max(0.0) * 1e9).round() as i64
-}
-
-fn from_nano_usd(nano: i64) -> f64 {
-    nano as f64 / 1e9
-}
-
-/// The minute-window half of an admission (RPM, TPM), on the `minute#` item.
-#[derive(Debug, Clone, PartialEq)]
-struct WindowCheck {
-    rpm: Option<u64>,
-    /// With the tokens to reserve.
-    tpm: Option<(u64, u64)>,
-}
-
-impl WindowCheck {
-    fn reserved_tokens(&self) -> u64 {
-        self.tpm.map_or(0, |(_, tokens)| tokens)
+/// The window half of a plan as an update of the `minute#` item: `ADD` the request (and its
+/// tokens) on condition that the counters as they are admit it, as `WindowCheck::refusal` says.
+fn window_update(check: &WindowCheck, minute: u64) -> CounterUpdate {
+    let mut update = CounterUpdate::new(minute_sk(minute));
+    update.name("#requests", REQUESTS);
+    update.name("#expires_at", EXPIRES_AT);
+    update.value(":one", n(1));
+    // Kept a minute past the window's end, then deleted by TTL.
+    update.value(":expires_at", n((minute + 2) * 60));
+    let mut add = "ADD #requests :one".to_owned();
+    let mut conditions = Vec::new();
+    if let Some(rpm) = check.rpm {
+        conditions.push("(attribute_not_exists(#requests) OR #requests < :rpm)");
+        update.value(":rpm", n(rpm));
     }
-
-    fn update(&self, minute: u64) -> CounterUpdate {
-        let mut update = CounterUpdate::new(minute_sk(minute));
-        update.name("#requests", REQUESTS);
-        update.name("#expires_at", EXPIRES_AT);
-        update.value(":one", n(1));
-        // Kept a minute past the window's end, then deleted by TTL.
-        update.value(":expires_at", n((minute + 2) * 60));
-        let mut add = "ADD #requests :one".to_owned();
-        let mut conditions = Vec::new();
-        if let Some(rpm) = self.rpm {
-            conditions.push("(attribute_not_exists(#requests) OR #requests < :rpm)");
-            update.value(":rpm", n(rpm));
-        }
-        if let Some((tpm, tokens)) = self.tpm {
-            add.push_str(", #tokens :tokens");
-            conditions.push("(attribute_not_exists(#tokens) OR #tokens <= :tpm_left)");
-            update.name("#tokens", TOKENS);
-            update.value(":tokens", n(tokens));
-            // `Plan::new` refuses a reservation larger than the limit, so this cannot underflow.
-            update.value(":tpm_left", n(tpm.saturating_sub(tokens)));
-        }
-        update.expression = format!("{add} SET #expires_at = :expires_at");
-        update.condition = Some(conditions.join(" AND "));
-        update
+    if let Some(tokens_left) = check.tokens_left() {
+        add.push_str(", #tokens :tokens");
+        conditions.push("(attribute_not_exists(#tokens) OR #tokens <= :tpm_left)");
+        update.name("#tokens", TOKENS);
+        update.value(":tokens", n(check.reserved_tokens()));
+        update.value(":tpm_left", n(tokens_left));
     }
-
-    /// Which limit refused, from the item as it was when the condition failed.
-    fn refusal(&self, old: Option<&HashMap<String, AttributeValue>>) -> &'static str {
-        let requests = old.and_then(|item| number_attr::<u64>(item, REQUESTS));
-        let over_rpm = self.rpm.is_some_and(|rpm| requests.unwrap_or(0) >= rpm);
-        if over_rpm || self.tpm.is_none() {
-            RPM
-        } else {
-            TPM
-        }
-    }
+    update.expression = format!("{add} SET #expires_at = :expires_at");
+    update.condition = Some(conditions.join(" AND "));
+    update
 }
 
-/// The budget half of an admission, on the `month#` item.
-#[derive(Debug, Clone, PartialEq)]
-struct BudgetCheck {
-    budget_nano: i64,
-    reserve_nano: i64,
+/// Which window limit refused, from the `minute#` item as it was when the condition failed.
+fn window_refusal(
+    check: &WindowCheck,
+    old: Option<&HashMap<String, AttributeValue>>,
+) -> &'static str {
+    let counter = |name| {
+        old.and_then(|item| number_attr::<u64>(item, name))
+            .unwrap_or(0)
+    };
+    // Without the old item, the only limit the key has, or TPM (RPM is seen in any item).
+    check
+        .refusal(counter(REQUESTS), counter(TOKENS))
+        .unwrap_or(if check.tpm.is_some() { TPM } else { RPM })
 }
 
-impl BudgetCheck {
-    fn update(&self, month: u32) -> CounterUpdate {
-        let mut update = CounterUpdate::new(month_sk(month));
-        update.name("#committed", COMMITTED);
-        update.value(":reserve", n(self.reserve_nano));
-        // A condition cannot add, so `committed + reserve <= budget` is checked as `committed <=
-        // budget - reserve`; a reservation of nothing still needs a nano-dollar left, so that
-        // an exhausted budget admits nothing. `Plan::new` refuses a reservation above the
-        // budget, so this is never negative.
-        update.value(
-            ":budget_left",
-            n(self.budget_nano - self.reserve_nano.max(1)),
-        );
-        update.expression = "ADD #committed :reserve".to_owned();
-        update.condition =
-            Some("attribute_not_exists(#committed) OR #committed <= :budget_left".to_owned());
-        update
-    }
-}
-
-/// What an admission writes, worked out from the key's limits before any call.
-#[derive(Debug, Clone, PartialEq)]
-struct Plan {
-    window: Option<WindowCheck>,
-    budget: Option<BudgetCheck>,
-}
-
-impl Plan {
-    /// The plan, or the limit that refuses the request whatever the counters say (a zero
-    /// limit, or a reservation larger than the limit): conditions on absent counters would
-    /// admit those.
-    fn new(key: &KeyRecord, estimate: Estimate) -> Result<Self, &'static str> {
-        if key.rpm == Some(0) {
-            return Err(RPM);
-        }
-        if key.tpm.is_some_and(|tpm| estimate.tokens > tpm) {
-            return Err(TPM);
-        }
-        let budget = match key.budget_usd.map(to_nano_usd) {
-            Some(budget_nano) => {
-                let reserve_nano = to_nano_usd(estimate.cost_usd);
-                if budget_nano <= 0 || reserve_nano > budget_nano || estimate.cost_usd.is_nan() {
-                    return Err(BUDGET);
-                }
-                Some(BudgetCheck {
-                    budget_nano,
-                    reserve_nano,
-                })
-            }
-            None => None,
-        };
-        let window = (key.rpm.is_some() || key.tpm.is_some()).then(|| WindowCheck {
-            rpm: key.rpm,
-            tpm: key.tpm.map(|tpm| (tpm, estimate.tokens)),
-        });
-        Ok(Self { window, budget })
-    }
+/// The budget half of a plan as an update of the `month#` item. A condition cannot add, so
+/// `committed + reserve <= budget` is checked as `committed <= BudgetCheck::committed_at_most`.
+fn budget_update(check: &BudgetCheck, month: u32) -> CounterUpdate {
+    let mut update = CounterUpdate::new(month_sk(month));
+    update.name("#committed", COMMITTED);
+    update.value(":reserve", n(check.reserve_nano));
+    update.value(":budget_left", n(check.committed_at_most()));
+    update.expression = "ADD #committed :reserve".to_owned();
+    update.condition =
+        Some("attribute_not_exists(#committed) OR #committed <= :budget_left".to_owned());
+    update
 }
 
 /// One update of a limits-table item, sent alone (UpdateItem) or in a transaction.
@@ -222,7 +153,7 @@ enum Refusal {
 impl Refusal {
     fn limit(&self, old: Option<&HashMap<String, AttributeValue>>) -> &'static str {
         match self {
-            Refusal::Window(check) => check.refusal(old),
+            Refusal::Window(check) => window_refusal(check, old),
             Refusal::Budget => BUDGET,
         }
     }
@@ -369,32 +300,24 @@ fn old_item<R>(error: &SdkError<UpdateItemError, R>) -> Option<&HashMap<String, 
     }
 }
 
-/// The settlement of TPM: the reserved tokens replaced by the used ones, in the same window.
-/// A reservation of no tokens (a key without TPM, or admitted unchecked) has nothing to replace;
-/// the gateway's estimates for a TPM-limited key are never 0 (they include the prompt).
+/// The settlement of TPM as an update of the reservation's `minute#` item.
 fn tokens_settlement(reservation: &Reservation, used: u64) -> Option<CounterUpdate> {
-    if reservation.tokens == 0 || used == reservation.tokens {
-        return None;
-    }
+    let change = reservation.tokens_change(used)?;
     let mut update = CounterUpdate::new(minute_sk(reservation.minute));
     update.name("#tokens", TOKENS);
-    update.value(":delta", n(used as i128 - reservation.tokens as i128));
+    update.value(":delta", n(change));
     update.expression = "ADD #tokens :delta".to_owned();
     Some(update)
 }
 
-/// The settlement of spend: the reservation released from `committed`, the cost added to both.
+/// The settlement of spend as an update of the reservation's `month#` item.
 fn spend_settlement(reservation: &Reservation, cost_usd: f64) -> Option<CounterUpdate> {
-    let reserved = to_nano_usd(reservation.cost_usd);
-    let spent = to_nano_usd(cost_usd);
-    if reserved == 0 && spent == 0 {
-        return None;
-    }
+    let settlement = reservation.spend_settlement(cost_usd)?;
     let mut update = CounterUpdate::new(month_sk(reservation.month));
     update.name("#committed", COMMITTED);
     update.name("#spent", SPENT);
-    update.value(":delta", n(spent - reserved));
-    update.value(":spent", n(spent));
+    update.value(":delta", n(settlement.committed_change));
+    update.value(":spent", n(settlement.spent));
     update.expression = "ADD #committed :delta, #spent :spent".to_owned();
     Some(update)
 }
@@ -407,39 +330,27 @@ impl Limiter for DynamoLimiter {
         estimate: Estimate,
         now_secs: u64,
     ) -> Result<Reservation, LimitError> {
-        let refused = |limit: &'static str| LimitError::Exceeded {
-            limit,
-            retry_after_secs: if limit == BUDGET {
-                secs_until_next_month(now_secs)
-            } else {
-                60 - now_secs % 60
-            },
-        };
-        let plan = Plan::new(key, estimate).map_err(refused)?;
-        let minute = now_secs / 60;
-        let month = month_of(now_secs);
-        let mut reservation = Reservation {
-            key_id: Arc::from(key.id.as_str()),
-            minute,
-            month,
-            tokens: plan.window.as_ref().map_or(0, WindowCheck::reserved_tokens),
-            cost_usd: plan.budget.as_ref().map_or(0.0, |_| estimate.cost_usd),
-        };
+        let plan =
+            Plan::new(key, estimate).map_err(|limit| LimitError::exceeded(limit, now_secs))?;
+        let mut reservation = plan.reservation(Arc::from(key.id.as_str()), now_secs);
         // Minute item first: when both refuse, RPM and TPM are reported before the budget, as
-        // the in-process limiter does.
+        // `Plan` orders them.
         let mut updates = Vec::new();
         if let Some(window) = plan.window {
-            updates.push((window.update(minute), Refusal::Window(window)));
+            updates.push((
+                window_update(&window, reservation.minute),
+                Refusal::Window(window),
+            ));
         }
         if let Some(budget) = plan.budget {
-            updates.push((budget.update(month), Refusal::Budget));
+            updates.push((budget_update(&budget, reservation.month), Refusal::Budget));
         }
         if updates.is_empty() {
             return Ok(reservation);
         }
         match self.admit(&key.id, &updates).await {
             Ok(None) => Ok(reservation),
-            Ok(Some(limit)) => Err(refused(limit)),
+            Ok(Some(limit)) => Err(LimitError::exceeded(limit, now_secs)),
             Err(error) => match self.failure_policy {
                 FailurePolicy::Closed => Err(LimitError::Unavailable(error)),
                 FailurePolicy::Open => {
@@ -449,7 +360,7 @@ impl Limiter for DynamoLimiter {
                         "limits table unavailable; admitting unchecked (GATEWAY_LIMITS_FAILURE_POLICY=open)"
                     );
                     reservation.tokens = 0;
-                    reservation.cost_usd = 0.0;
+                    reservation.nano_usd = 0;
                     Ok(reservation)
                 }
             },
@@ -499,6 +410,7 @@ impl Limiter for DynamoLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::to_nano_usd;
 
     fn key(rpm: Option<u64>, tpm: Option<u64>, budget_usd: Option<f64>) -> KeyRecord {
         KeyRecord {
@@ -521,7 +433,7 @@ mod tests {
             minute: 29_000_000,
             month: 202_611,
             tokens,
-            cost_usd,
+            nano_usd: to_nano_usd(cost_usd),
         }
     }
 
@@ -533,62 +445,14 @@ mod tests {
     }
 
     #[test]
-    fn money_is_counted_in_exact_nano_dollars() {
-        assert_eq!(to_nano_usd(1.0), 1_000_000_000);
-        // 10 tokens at $0.15 per million: too small for micro-dollars, exact in nano-dollars.
-        assert_eq!(to_nano_usd(10.0 * 0.15 / 1e6), 1_500);
-        assert_eq!(to_nano_usd(0.1) + to_nano_usd(0.2), to_nano_usd(0.3));
-        assert_eq!(to_nano_usd(-1.0), 0);
-        assert_eq!(to_nano_usd(f64::NAN), 0);
-        assert_eq!(to_nano_usd(f64::INFINITY), i64::MAX);
-        assert!((from_nano_usd(600_000_000) - 0.6).abs() < 1e-12);
-    }
-
-    #[test]
-    fn a_key_without_limits_writes_nothing_at_admission() {
-        assert_eq!(
-            Plan::new(&key(None, None, None), estimate(10, 1.0)),
-            Ok(Plan {
-                window: None,
-                budget: None
-            })
-        );
-    }
-
-    #[test]
-    fn limits_no_counter_can_satisfy_refuse_without_a_call() {
-        assert_eq!(
-            Plan::new(&key(Some(0), None, None), estimate(1, 0.0)),
-            Err(RPM)
-        );
-        assert_eq!(
-            Plan::new(&key(None, Some(100), None), estimate(101, 0.0)),
-            Err(TPM)
-        );
-        assert_eq!(
-            Plan::new(&key(None, None, Some(0.0)), estimate(1, 0.0)),
-            Err(BUDGET)
-        );
-        // An estimate beyond the whole budget (max_tokens 4294967295, n 128 on a $0.01 key).
-        assert_eq!(
-            Plan::new(&key(None, None, Some(0.01)), estimate(0, 220_000.0)),
-            Err(BUDGET)
-        );
-        assert_eq!(
-            Plan::new(&key(None, None, Some(0.01)), estimate(0, f64::NAN)),
-            Err(BUDGET)
-        );
-        assert!(Plan::new(&key(None, Some(100), None), estimate(100, 0.0)).is_ok());
-        assert!(Plan::new(&key(None, None, Some(0.01)), estimate(0, 0.01)).is_ok());
-    }
-
-    #[test]
     fn window_condition_covers_only_the_limits_the_key_has() {
-        let rpm_only = WindowCheck {
-            rpm: Some(50),
-            tpm: None,
-        }
-        .update(7);
+        let rpm_only = window_update(
+            &WindowCheck {
+                rpm: Some(50),
+                tpm: None,
+            },
+            7,
+        );
         assert_eq!(rpm_only.sk, "minute#7");
         assert_eq!(
             rpm_only.expression,
@@ -602,11 +466,13 @@ mod tests {
         assert_eq!(rpm_only.values[":expires_at"], n(9 * 60));
         assert!(!rpm_only.values.contains_key(":tokens"));
 
-        let both = WindowCheck {
-            rpm: Some(50),
-            tpm: Some((1000, 300)),
-        }
-        .update(7);
+        let both = window_update(
+            &WindowCheck {
+                rpm: Some(50),
+                tpm: Some((1000, 300)),
+            },
+            7,
+        );
         assert_eq!(
             both.expression,
             "ADD #requests :one, #tokens :tokens SET #expires_at = :expires_at"
@@ -625,7 +491,7 @@ mod tests {
     #[test]
     fn budget_condition_requires_the_estimate_to_fit_in_what_is_left() {
         let plan = Plan::new(&key(None, None, Some(1.0)), estimate(0, 0.6)).unwrap();
-        let update = plan.budget.unwrap().update(202_611);
+        let update = budget_update(&plan.budget.unwrap(), 202_611);
         assert_eq!(update.sk, "month#202611");
         assert_eq!(update.expression, "ADD #committed :reserve");
         assert_eq!(
@@ -638,7 +504,7 @@ mod tests {
         // A free request needs some budget left all the same.
         let free = Plan::new(&key(None, None, Some(1.0)), estimate(0, 0.0)).unwrap();
         assert_eq!(
-            free.budget.unwrap().update(202_611).values[":budget_left"],
+            budget_update(&free.budget.unwrap(), 202_611).values[":budget_left"],
             n(999_999_999)
         );
     }
@@ -650,13 +516,13 @@ mod tests {
             tpm: Some((100, 80)),
         };
         let item = |requests: u64| HashMap::from([(REQUESTS.to_owned(), n(requests))]);
-        assert_eq!(check.refusal(Some(&item(2))), RPM);
-        assert_eq!(check.refusal(Some(&item(1))), TPM);
+        assert_eq!(window_refusal(&check, Some(&item(2))), RPM);
+        assert_eq!(window_refusal(&check, Some(&item(1))), TPM);
         let rpm_only = WindowCheck {
             rpm: Some(2),
             tpm: None,
         };
-        assert_eq!(rpm_only.refusal(None), RPM);
+        assert_eq!(window_refusal(&rpm_only, None), RPM);
     }
 
     #[test]

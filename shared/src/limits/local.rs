@@ -7,25 +7,29 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 
 use crate::clock::month_of;
-use crate::clock::secs_until_next_month;
 use crate::keys::KeyRecord;
-use crate::limits::{BUDGET, Estimate, LimitError, Limiter, RPM, Reservation, TPM};
+use crate::limits::{
+    BUDGET, Estimate, LimitError, Limiter, Plan, Reservation, from_nano_usd, to_nano_usd,
+};
 use crate::storage::embedded::{EmbeddedStore, Write};
 
 /// Where an in-process limiter persists spend; the embedded store implements it.
 pub trait SpendSink: Send + Sync {
     /// Records spend without waiting for it to reach disk.
-    fn record(&self, key_id: &str, month: u32, cost_usd: f64);
+    fn record(&self, key_id: &str, month: u32, nano_usd: i64);
 }
 
+/// One key's counters: the current minute's, and the current month's in nano-dollars, as the
+/// DynamoDB limiter keeps them in its items.
 #[derive(Default)]
 struct KeyWindow {
     minute: u64,
     requests: u64,
     tokens: u64,
     month: u32,
-    spent_usd: f64,
-    reserved_usd: f64,
+    /// Spent plus in-flight reservations.
+    committed_nano: i64,
+    spent_nano: i64,
 }
 
 /// Limits kept in memory, exact under concurrency within one process: one short critical section
@@ -34,10 +38,12 @@ pub struct LocalLimiter {
     windows: Mutex<HashMap<Arc<str>, KeyWindow>>,
     spend: Option<Arc<dyn SpendSink>>,
     /// Spend recorded before this process started, per (key, month).
-    spent_before: HashMap<(String, u32), f64>,
+    spent_before: HashMap<(String, u32), i64>,
 }
 
 impl LocalLimiter {
+    /// `spent_before` is in USD, as the embedded store sums it; rounding to nano-dollars takes
+    /// away the error of summing binary fractions.
     pub fn new(
         spend: Option<Arc<dyn SpendSink>>,
         spent_before: HashMap<(String, u32), f64>,
@@ -45,15 +51,18 @@ impl LocalLimiter {
         Self {
             windows: Mutex::new(HashMap::new()),
             spend,
-            spent_before,
+            spent_before: spent_before
+                .into_iter()
+                .map(|(key, usd)| (key, to_nano_usd(usd)))
+                .collect(),
         }
     }
 
-    fn prior_spend(&self, key_id: &str, month: u32) -> f64 {
+    fn prior_spend(&self, key_id: &str, month: u32) -> i64 {
         self.spent_before
             .get(&(key_id.to_owned(), month))
             .copied()
-            .unwrap_or(0.0)
+            .unwrap_or(0)
     }
 }
 
@@ -65,8 +74,8 @@ impl Limiter for LocalLimiter {
         estimate: Estimate,
         now_secs: u64,
     ) -> Result<Reservation, LimitError> {
-        let minute = now_secs / 60;
-        let month = month_of(now_secs);
+        let refused = |limit| LimitError::exceeded(limit, now_secs);
+        let plan = Plan::new(key, estimate).map_err(refused)?;
         let mut windows = self
             .windows
             .lock()
@@ -75,73 +84,60 @@ impl Limiter for LocalLimiter {
             Some((id, _)) => Arc::clone(id),
             None => Arc::from(key.id.as_str()),
         };
-        let window = windows.entry(Arc::clone(&key_id)).or_default();
-        if window.minute != minute {
-            window.minute = minute;
+        let reservation = plan.reservation(Arc::clone(&key_id), now_secs);
+        let window = windows.entry(key_id).or_default();
+        if window.minute != reservation.minute {
+            window.minute = reservation.minute;
             window.requests = 0;
             window.tokens = 0;
         }
-        if window.month != month {
-            window.month = month;
-            window.spent_usd = self.prior_spend(&key.id, month);
-            window.reserved_usd = 0.0;
+        if window.month != reservation.month {
+            window.month = reservation.month;
+            window.spent_nano = self.prior_spend(&key.id, reservation.month);
+            window.committed_nano = window.spent_nano;
         }
-        let next_minute = 60 - now_secs % 60;
-        if key.rpm.is_some_and(|rpm| window.requests >= rpm) {
-            return Err(LimitError::Exceeded {
-                limit: RPM,
-                retry_after_secs: next_minute,
-            });
-        }
-        if key
-            .tpm
-            .is_some_and(|tpm| window.tokens + estimate.tokens > tpm)
+        if let Some(limit) = plan
+            .window
+            .as_ref()
+            .and_then(|check| check.refusal(window.requests, window.tokens))
         {
-            return Err(LimitError::Exceeded {
-                limit: TPM,
-                retry_after_secs: next_minute,
-            });
+            return Err(refused(limit));
         }
-        if key.budget_usd.is_some_and(|budget| {
-            !fits_budget(
-                window.spent_usd + window.reserved_usd,
-                estimate.cost_usd,
-                budget,
-            )
-        }) {
-            return Err(LimitError::Exceeded {
-                limit: BUDGET,
-                retry_after_secs: secs_until_next_month(now_secs),
-            });
+        if plan
+            .budget
+            .as_ref()
+            .is_some_and(|check| !check.admits(window.committed_nano))
+        {
+            return Err(refused(BUDGET));
         }
         window.requests += 1;
-        window.tokens += estimate.tokens;
-        window.reserved_usd += estimate.cost_usd;
-        Ok(Reservation {
-            key_id,
-            minute,
-            month,
-            tokens: estimate.tokens,
-            cost_usd: estimate.cost_usd,
-        })
+        window.tokens += reservation.tokens;
+        window.committed_nano += reservation.nano_usd;
+        Ok(reservation)
     }
 
     async fn settle(&self, reservation: Reservation, tokens: u64, cost_usd: f64) {
+        let spend = reservation.spend_settlement(cost_usd);
         if let Ok(mut windows) = self.windows.lock()
             && let Some(window) = windows.get_mut(&reservation.key_id)
         {
-            if window.minute == reservation.minute {
-                window.tokens = (window.tokens + tokens).saturating_sub(reservation.tokens);
+            // A window that has ended no longer limits anything.
+            if window.minute == reservation.minute
+                && let Some(change) = reservation.tokens_change(tokens)
+            {
+                window.tokens = window.tokens.saturating_add_signed(change);
             }
-            if window.month == reservation.month {
-                window.reserved_usd = (window.reserved_usd - reservation.cost_usd).max(0.0);
-                window.spent_usd += cost_usd;
+            if window.month == reservation.month
+                && let Some(spend) = spend
+            {
+                window.committed_nano += spend.committed_change;
+                window.spent_nano += spend.spent;
             }
         }
-        if cost_usd > 0.0
-            && let Some(sink) = &self.spend
+        if let (Some(spend), Some(sink)) = (spend, &self.spend)
+            && spend.spent > 0
         {
-            sink.record(&reservation.key_id, reservation.month, cost_usd);
+            sink.record(&reservation.key_id, reservation.month, spend.spent);
         }
     }
 
@@ -151,35 +147,29 @@ impl Limiter for LocalLimiter {
             .windows
             .lock()
             .map_err(|_| LimitError::Unavailable("limiter lock poisoned".into()))?;
-        Ok(match windows.get(key_id) {
-            Some(window) if window.month == month => window.spent_usd,
+        Ok(from_nano_usd(match windows.get(key_id) {
+            Some(window) if window.month == month => window.spent_nano,
             _ => self.prior_spend(key_id, month),
-        })
+        }))
     }
 }
 
+/// Spend goes to the embedded store's `spend` table, in USD as its column always held it.
 impl SpendSink for EmbeddedStore {
-    fn record(&self, key_id: &str, month: u32, cost_usd: f64) {
+    fn record(&self, key_id: &str, month: u32, nano_usd: i64) {
         self.send(Write::Spend {
             key_id: key_id.to_owned(),
             month,
-            usd: cost_usd,
+            usd: from_nano_usd(nano_usd),
         });
     }
-}
-
-/// Whether a request estimated at `estimate` may start when `committed` (spent plus in-flight
-/// reservations) is already counted: it must fit in what is left, so that a single request
-/// cannot take a key far past its budget, and an exhausted budget admits nothing, not even a
-/// request estimated at nothing. NaN never fits.
-fn fits_budget(committed: f64, estimate: f64, budget: f64) -> bool {
-    committed < budget && committed + estimate <= budget
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::now_secs;
+    use crate::clock::{now_secs, secs_until_next_month};
+    use crate::limits::RPM;
     use crate::storage::embedded::test_dir;
 
     fn key(rpm: Option<u64>, tpm: Option<u64>, budget: Option<f64>) -> KeyRecord {
@@ -287,12 +277,32 @@ mod tests {
     fn spend_is_written_in_the_background() {
         let dir = test_dir("spend");
         let store = EmbeddedStore::open(&dir).unwrap();
-        store.record("key_1", month_of(now_secs()), 0.25);
-        store.record("key_1", month_of(now_secs()), 0.5);
+        store.record("key_1", month_of(now_secs()), 250_000_000);
+        store.record("key_1", month_of(now_secs()), 500_000_000);
         store.flush();
         let spend = store.spend_this_month().unwrap();
         assert!((spend[&("key_1".to_owned(), month_of(now_secs()))] - 0.75).abs() < 1e-9);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_budget_admits_exactly_what_it_pays_for() {
+        // $0.06 is exactly 20 requests at $0.003; summed as f64 dollars the 20th looked over.
+        let limiter = LocalLimiter::new(None, HashMap::new());
+        let k = key(None, None, Some(0.06));
+        let request = Estimate {
+            tokens: 0,
+            cost_usd: 0.003,
+        };
+        for n in 1..=20 {
+            let reservation = limiter
+                .acquire(&k, request, 0)
+                .await
+                .unwrap_or_else(|e| panic!("request {n} refused: {e:?}"));
+            limiter.settle(reservation, 0, 0.003).await;
+        }
+        assert!(refused_by_budget(limiter.acquire(&k, request, 0).await));
+        assert_eq!(limiter.spent_usd("key_1", 0).await.unwrap(), 0.06);
     }
 
     #[tokio::test]
