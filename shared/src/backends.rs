@@ -1,12 +1,22 @@
-//! The bundle of backends an entrypoint hands to the gateway: embedded (`EmbeddedStore`) or AWS
-//! (`storage::dynamo`).
+//! The bundle of backends an entrypoint hands to the gateway: embedded (one SQLite file, limits in
+//! process) or AWS (DynamoDB).
 
 use std::sync::Arc;
 
+use aws_config::BehaviorVersion;
+use aws_sdk_dynamodb::Client;
+
 use crate::cache::CacheStore;
+use crate::cache::dynamo::DynamoCacheStore;
+use crate::error::StoreError;
 use crate::keys::KeyStore;
-use crate::keys::edge::EdgeKeys;
+use crate::keys::dynamo::DynamoKeyStore;
+use crate::keys::edge::{EdgeKeys, NoEdgeKeys};
 use crate::limits::Limiter;
+use crate::limits::dynamo::DynamoLimiter;
+use crate::limits::local::{LocalLimiter, SpendSink};
+use crate::storage::dynamo::DynamoConfig;
+use crate::storage::embedded::EmbeddedStore;
 
 #[derive(Clone)]
 pub struct Backends {
@@ -15,4 +25,46 @@ pub struct Backends {
     pub cache: Arc<dyn CacheStore>,
     /// API Gateway keys for usage plans on AWS; nothing locally.
     pub edge: Arc<dyn EdgeKeys>,
+}
+
+impl Backends {
+    /// Keys and cache in the embedded store, limits in process with spend persisted there and
+    /// reloaded from it.
+    pub fn embedded(store: &Arc<EmbeddedStore>) -> Result<Self, StoreError> {
+        let spent = store.spend_this_month()?;
+        let sink: Arc<dyn SpendSink> = store.clone();
+        Ok(Self {
+            keys: store.clone(),
+            limiter: Arc::new(LocalLimiter::new(Some(sink), spent)),
+            cache: store.clone(),
+            edge: Arc::new(NoEdgeKeys),
+        })
+    }
+
+    /// The DynamoDB backends, configured from the environment. Call once per process (Lambda
+    /// container).
+    pub async fn aws_from_env() -> Result<Self, String> {
+        let sdk_config = aws_config::defaults(BehaviorVersion::latest()).load().await;
+        Self::aws(&sdk_config)
+    }
+
+    /// The DynamoDB backends over an AWS config the process already loaded, tables named by the
+    /// environment.
+    pub fn aws(sdk_config: &aws_config::SdkConfig) -> Result<Self, String> {
+        let config = DynamoConfig::from_env()?;
+        Ok(Self::dynamo(
+            &crate::storage::dynamo::client(sdk_config),
+            &config,
+        ))
+    }
+
+    /// The DynamoDB backends over an existing client.
+    pub fn dynamo(client: &Client, config: &DynamoConfig) -> Self {
+        Self {
+            keys: Arc::new(DynamoKeyStore::new(client.clone(), config)),
+            limiter: Arc::new(DynamoLimiter::new(client.clone(), config)),
+            cache: Arc::new(DynamoCacheStore::new(client.clone(), config)),
+            edge: Arc::new(NoEdgeKeys),
+        }
+    }
 }

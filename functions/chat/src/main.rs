@@ -37,7 +37,7 @@ async fn main() -> Result<(), Error> {
         Some(path) => Config::from_toml(&std::fs::read_to_string(&path)?)?,
         None => Config::built_in(&lookup),
     };
-    let mut backends = gateway::storage::dynamo::backends_from_sdk_config(&aws)?;
+    let mut backends = gateway::backends::Backends::aws(&aws)?;
     // Keys created through the admin API get an API Gateway key in their tier's usage plan.
     if let Some(plans) = env("GATEWAY_USAGE_PLAN_IDS") {
         backends.edge = Arc::new(ApiGatewayEdgeKeys::from_sdk_config(

@@ -146,10 +146,10 @@ async fn open_backends(
     match backend {
         Backend::Embedded => {
             let store = EmbeddedStore::open(data_dir)?;
-            Ok((store.backends()?, Some(store)))
+            Ok((Backends::embedded(&store)?, Some(store)))
         }
         Backend::Aws => {
-            let mut backends = gateway::storage::dynamo::backends_from_env().await?;
+            let mut backends = Backends::aws_from_env().await?;
             // With the stack's usage plans named, keys get their API Gateway keys as on Lambda.
             if env("GATEWAY_USAGE_PLAN_IDS").is_some_and(|v| !v.is_empty()) {
                 backends.edge = Arc::new(ApiGatewayEdgeKeys::from_env().await?);

@@ -385,12 +385,13 @@ mod tests {
     use serde_json::{Value, json};
 
     fn record(tier: Option<&str>) -> KeyRecord {
-        let mut record: KeyRecord = serde_json::from_value(
-            json!({"id": "key_0123456789abcdef", "name": "app", "tenant": "acme"}),
-        )
-        .unwrap();
-        record.tier = tier.map(str::to_owned);
-        record
+        KeyRecord {
+            id: "key_0123456789abcdef".into(),
+            name: "app".into(),
+            tenant: "acme".into(),
+            tier: tier.map(str::to_owned),
+            ..KeyRecord::default()
+        }
     }
 
     fn event(status: u16, body: &str) -> ReplayEvent {

@@ -1,7 +1,9 @@
 //! API keys: bearer secrets stored only as SHA-256 hashes, each with its tenant, model scope,
 //! limits, budget and expiry.
 
+pub mod dynamo;
 pub mod edge;
+pub mod embedded;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -105,6 +107,30 @@ pub struct NewKey {
     pub tier: Option<String>,
 }
 
+/// A key with no scope, limits, budget or expiry, in the default tenant: fill in `id`, `name`
+/// and what differs with struct update syntax.
+impl Default for KeyRecord {
+    fn default() -> Self {
+        Self {
+            id: String::new(),
+            name: String::new(),
+            tenant: default_tenant(),
+            models: Vec::new(),
+            rpm: None,
+            tpm: None,
+            budget_usd: None,
+            expires_at: None,
+            disabled: false,
+            admin: false,
+            created_at: 0,
+            context_policy: ContextPolicy::default(),
+            tier: None,
+            usage_key: None,
+            usage_key_id: None,
+        }
+    }
+}
+
 impl KeyRecord {
     pub fn allows_model(&self, model: &str) -> bool {
         self.models.is_empty() || self.models.iter().any(|m| m == model)
@@ -159,13 +185,11 @@ pub fn generate_key(new: NewKey, now_secs: u64) -> Result<(String, String, KeyRe
         tpm: new.tpm,
         budget_usd: new.budget_usd,
         expires_at: new.expires_at,
-        disabled: false,
         admin: new.admin,
         created_at: now_secs,
         context_policy: new.context_policy,
         tier: new.tier,
-        usage_key: None,
-        usage_key_id: None,
+        ..KeyRecord::default()
     };
     Ok((hash_secret(&secret), secret, record))
 }
@@ -180,19 +204,9 @@ pub async fn ensure_admin_key(
     let record = KeyRecord {
         id: "admin".to_owned(),
         name: "admin (GATEWAY_ADMIN_KEY)".to_owned(),
-        tenant: default_tenant(),
-        models: Vec::new(),
-        rpm: None,
-        tpm: None,
-        budget_usd: None,
-        expires_at: None,
-        disabled: false,
         admin: true,
         created_at: now_secs,
-        context_policy: ContextPolicy::Reject,
-        tier: None,
-        usage_key: None,
-        usage_key_id: None,
+        ..KeyRecord::default()
     };
     store.upsert(&hash_secret(secret), &record).await
 }
@@ -376,19 +390,16 @@ mod tests {
             name: "n".into(),
             tenant: "t".into(),
             models: vec!["mock".into()],
-            rpm: None,
-            tpm: None,
-            budget_usd: None,
             expires_at: Some(50),
-            disabled: false,
-            admin: false,
-            created_at: 0,
-            context_policy: ContextPolicy::Reject,
-            tier: None,
-            usage_key: None,
-            usage_key_id: None,
+            ..KeyRecord::default()
         };
         assert!(record.allows_model("mock") && !record.allows_model("gpt-4o"));
         assert!(!record.is_expired(49) && record.is_expired(50));
+    }
+
+    #[test]
+    fn the_default_record_is_what_serde_fills_in_for_missing_fields() {
+        let from_json: KeyRecord = serde_json::from_str(r#"{"id": "", "name": ""}"#).unwrap();
+        assert_eq!(KeyRecord::default(), from_json);
     }
 }

@@ -82,7 +82,7 @@ impl KeyAuthorizer {
     /// key cache TTL from `GATEWAY_KEY_CACHE_TTL_MS`.
     pub async fn from_env() -> Result<Self, String> {
         let ttl = key_cache_ttl(|name| std::env::var(name).ok())?;
-        let backends = crate::storage::dynamo::backends_from_env().await?;
+        let backends = crate::backends::Backends::aws_from_env().await?;
         Ok(Self::new(backends.keys, ttl))
     }
 

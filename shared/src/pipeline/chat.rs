@@ -16,7 +16,8 @@ use super::{
     gateway_headers, json_response, parse_json, set_header, to_json_bytes,
 };
 use crate::api::{ChatCompletion, ChatRequest, CompletionAssembler, StreamOptions, Usage};
-use crate::cache::{CacheMode, Lookup, cache_key};
+use crate::cache::key::cache_key;
+use crate::cache::{CacheMode, Lookup};
 use crate::clock::now_secs;
 use crate::config::ModelKind;
 use crate::error::{ApiError, ErrorKind};

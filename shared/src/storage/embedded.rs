@@ -1,4 +1,6 @@
-//! The embedded store: one SQLite file holding keys, monthly spend and the response cache.
+//! The embedded store's plumbing: one SQLite file holding keys, monthly spend and the response
+//! cache, its schema, the reader connection and the writer thread that batches writes. The SQL of
+//! each concern is beside its trait (`keys::embedded`, `cache::embedded`, `limits::local`).
 //!
 //! SQLite (not a single-process store) because `gateway-local keys create` must work while the
 //! gateway runs: WAL mode lets the CLI and the server share the file. Reads are point lookups on
@@ -19,17 +21,11 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use bytes::Bytes;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 
-use crate::backends::Backends;
-use crate::cache::CacheStore;
 use crate::clock::{month_of, now_secs};
 use crate::error::StoreError;
-use crate::keys::KeyRecord;
-use crate::keys::KeyStore;
-use crate::limits::{LocalLimiter, SpendSink};
 
 /// How long the writer collects writes before committing them together.
 const BATCH_WINDOW: Duration = Duration::from_millis(100);
@@ -37,7 +33,8 @@ const MAX_BATCH: usize = 1024;
 /// How often expired cache rows are deleted.
 const PURGE_EVERY: Duration = Duration::from_secs(300);
 
-enum Write {
+/// A write that can wait: queued for the writer thread, committed with its batch.
+pub(crate) enum Write {
     Cache {
         key: [u8; 32],
         body: Bytes,
@@ -61,7 +58,7 @@ const RECENT_CACHE_ENTRIES: usize = 8192;
 /// committed ones, oldest dropped first beyond the budget. An entry is served only until it
 /// expires, as from the table.
 #[derive(Default)]
-struct RecentCache {
+pub(crate) struct RecentCache {
     entries: HashMap<[u8; 32], RecentEntry>,
     /// Keys in insertion order, with the expiry they were inserted with (a key put again
     /// appears twice; the older mention is skipped when it comes up).
@@ -77,14 +74,14 @@ struct RecentEntry {
 }
 
 impl RecentCache {
-    fn get(&self, key: &[u8; 32], now: u64) -> Option<Bytes> {
+    pub(crate) fn get(&self, key: &[u8; 32], now: u64) -> Option<Bytes> {
         self.entries
             .get(key)
             .filter(|entry| entry.expires_at > now)
             .map(|entry| entry.body.clone())
     }
 
-    fn insert(&mut self, key: [u8; 32], body: Bytes, expires_at: u64, committed: bool) {
+    pub(crate) fn insert(&mut self, key: [u8; 32], body: Bytes, expires_at: u64, committed: bool) {
         if let Some(old) = self.entries.insert(
             key,
             RecentEntry {
@@ -208,7 +205,7 @@ impl EmbeddedStore {
         }))
     }
 
-    fn with_conn<T>(
+    pub(crate) fn with_conn<T>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
     ) -> Result<T, StoreError> {
@@ -219,7 +216,7 @@ impl EmbeddedStore {
         f(&conn).map_err(backend)
     }
 
-    fn send(&self, write: Write) {
+    pub(crate) fn send(&self, write: Write) {
         if self.writer.send(write).is_err() {
             tracing::error!("store writer has stopped; a background write was dropped");
         }
@@ -233,17 +230,9 @@ impl EmbeddedStore {
         let _ = done_rx.recv_timeout(Duration::from_secs(10));
     }
 
-    /// The embedded backends over this store: keys and cache in SQLite, limits in process with
-    /// spend persisted here and reloaded at start-up.
-    pub fn backends(self: &Arc<Self>) -> Result<Backends, StoreError> {
-        let spent = self.spend_this_month()?;
-        let sink: Arc<dyn SpendSink> = self.clone();
-        Ok(Backends {
-            keys: self.clone(),
-            limiter: Arc::new(LocalLimiter::new(Some(sink), spent)),
-            cache: self.clone(),
-            edge: Arc::new(crate::keys::edge::NoEdgeKeys),
-        })
+    /// Cache entries in memory: those waiting for the writer, and recently used ones.
+    pub(crate) fn recent(&self) -> &Mutex<RecentCache> {
+        &self.recent
     }
 
     /// Spend recorded for the current month, per key, to seed the limiter at start-up.
@@ -361,193 +350,21 @@ fn purge_expired(conn: &Connection) {
     }
 }
 
-fn decode_record(text: &str) -> rusqlite::Result<KeyRecord> {
-    serde_json::from_str(text).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
-    })
-}
-
-fn encode_record(record: &KeyRecord) -> Result<String, StoreError> {
-    serde_json::to_string(record).map_err(|e| StoreError::Backend(e.to_string()))
-}
-
-#[async_trait]
-impl KeyStore for EmbeddedStore {
-    async fn get_by_hash(&self, hash: &str) -> Result<Option<KeyRecord>, StoreError> {
-        self.with_conn(|conn| {
-            conn.prepare_cached("SELECT record FROM keys WHERE hash = ?1")?
-                .query_row(params![hash], |row| {
-                    decode_record(&row.get::<_, String>(0)?)
-                })
-                .optional()
-        })
-    }
-
-    async fn insert(&self, hash: &str, record: &KeyRecord) -> Result<(), StoreError> {
-        let text = encode_record(record)?;
-        self.with_conn(|conn| {
-            conn.execute(
-                "INSERT INTO keys (hash, id, record) VALUES (?1, ?2, ?3)",
-                params![hash, record.id, text],
-            )
-        })
-        .map_err(|e| match e {
-            StoreError::Backend(msg) if msg.contains("UNIQUE") => {
-                StoreError::Conflict(format!("key `{}`", record.id))
-            }
-            other => other,
-        })?;
-        Ok(())
-    }
-
-    async fn upsert(&self, hash: &str, record: &KeyRecord) -> Result<(), StoreError> {
-        let text = encode_record(record)?;
-        self.with_conn(|conn| {
-            conn.execute(
-                "DELETE FROM keys WHERE id = ?1 AND hash <> ?2",
-                params![record.id, hash],
-            )?;
-            conn.execute(
-                "INSERT OR REPLACE INTO keys (hash, id, record) VALUES (?1, ?2, ?3)",
-                params![hash, record.id, text],
-            )
-        })?;
-        Ok(())
-    }
-
-    async fn list(&self) -> Result<Vec<KeyRecord>, StoreError> {
-        self.with_conn(|conn| {
-            let mut stmt = conn.prepare("SELECT record FROM keys ORDER BY id")?;
-            let rows = stmt.query_map([], |row| decode_record(&row.get::<_, String>(0)?))?;
-            rows.collect()
-        })
-    }
-
-    async fn revoke(&self, id: &str) -> Result<bool, StoreError> {
-        self.with_conn(|conn| {
-            let found = conn
-                .query_row(
-                    "SELECT hash, record FROM keys WHERE id = ?1",
-                    params![id],
-                    |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)),
-                )
-                .optional()?;
-            let Some((hash, text)) = found else {
-                return Ok(false);
-            };
-            let mut record = decode_record(&text)?;
-            record.disabled = true;
-            let text = serde_json::to_string(&record)
-                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-            conn.execute(
-                "UPDATE keys SET record = ?1 WHERE hash = ?2",
-                params![text, hash],
-            )?;
-            Ok(true)
-        })
-    }
-}
-
-#[async_trait]
-impl CacheStore for EmbeddedStore {
-    async fn get(&self, key: &[u8; 32]) -> Result<Option<Bytes>, StoreError> {
-        let now = now_secs();
-        if let Some(body) = self
-            .recent
-            .lock()
-            .ok()
-            .and_then(|recent| recent.get(key, now))
-        {
-            return Ok(Some(body));
-        }
-        let found = self.with_conn(|conn| {
-            conn.prepare_cached(
-                "SELECT body, expires_at FROM cache WHERE key = ?1 AND expires_at > ?2",
-            )?
-            .query_row(params![&key[..], now], |row| {
-                Ok((
-                    Bytes::from(row.get::<_, Vec<u8>>(0)?),
-                    row.get::<_, u64>(1)?,
-                ))
-            })
-            .optional()
-        })?;
-        Ok(found.map(|(body, expires_at)| {
-            if let Ok(mut recent) = self.recent.lock() {
-                recent.insert(*key, body.clone(), expires_at, true);
-            }
-            body
-        }))
-    }
-
-    async fn put(&self, key: &[u8; 32], body: Bytes, ttl_s: u64) -> Result<(), StoreError> {
-        let expires_at = now_secs() + ttl_s;
-        if let Ok(mut recent) = self.recent.lock() {
-            recent.insert(*key, body.clone(), expires_at, false);
-        }
-        self.send(Write::Cache {
-            key: *key,
-            body,
-            expires_at,
-        });
-        Ok(())
-    }
-}
-
-impl SpendSink for EmbeddedStore {
-    fn record(&self, key_id: &str, month: u32, cost_usd: f64) {
-        self.send(Write::Spend {
-            key_id: key_id.to_owned(),
-            month,
-            usd: cost_usd,
-        });
-    }
+/// A fresh data directory for a test.
+#[cfg(test)]
+pub(crate) fn test_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "gateway-store-test-{name}-{}-{}",
+        std::process::id(),
+        now_secs()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::{NewKey, generate_key};
-
-    fn temp_dir(name: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "gateway-store-test-{name}-{}-{}",
-            std::process::id(),
-            now_secs()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        dir
-    }
-
-    #[tokio::test]
-    async fn keys_round_trip_and_revoke_across_connections() {
-        let dir = temp_dir("keys");
-        let store = EmbeddedStore::open(&dir).unwrap();
-        let (hash, _, record) = generate_key(
-            NewKey {
-                name: "a".into(),
-                ..NewKey::default()
-            },
-            1,
-        )
-        .unwrap();
-        store.insert(&hash, &record).await.unwrap();
-        assert!(matches!(
-            store.insert(&hash, &record).await,
-            Err(StoreError::Conflict(_))
-        ));
-        // A second process (the CLI) opening the same file sees and revokes the key.
-        let other = EmbeddedStore::open(&dir).unwrap();
-        assert_eq!(
-            other.get_by_hash(&hash).await.unwrap(),
-            Some(record.clone())
-        );
-        assert!(other.revoke(&record.id).await.unwrap());
-        assert!(!other.revoke("key_missing").await.unwrap());
-        assert!(store.get_by_hash(&hash).await.unwrap().unwrap().disabled);
-        assert_eq!(store.list().await.unwrap().len(), 1);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
 
     #[test]
     fn recent_cache_keeps_unwritten_entries_and_drops_the_oldest_written_ones() {
@@ -579,32 +396,5 @@ mod tests {
         assert!(!recent.entries[&key(20)].committed);
         assert_eq!(recent.committed_entries, RECENT_CACHE_ENTRIES - 1);
         assert!(recent.order.len() <= 2 * recent.entries.len() + 64);
-    }
-
-    #[tokio::test]
-    async fn cache_entries_and_spend_are_written_in_the_background() {
-        let dir = temp_dir("cache");
-        let store = EmbeddedStore::open(&dir).unwrap();
-        let key = [7u8; 32];
-        store
-            .put(&key, Bytes::from_static(b"body"), 60)
-            .await
-            .unwrap();
-        store
-            .put(&[8u8; 32], Bytes::from_static(b"old"), 0)
-            .await
-            .unwrap();
-        store.record("key_1", month_of(now_secs()), 0.25);
-        store.record("key_1", month_of(now_secs()), 0.5);
-        store.flush();
-        assert_eq!(
-            store.get(&key).await.unwrap().as_deref(),
-            Some(&b"body"[..])
-        );
-        // Expired entries are never served, even before the purge deletes them.
-        assert_eq!(store.get(&[8u8; 32]).await.unwrap(), None);
-        let spend = store.spend_this_month().unwrap();
-        assert!((spend[&("key_1".to_owned(), month_of(now_secs()))] - 0.75).abs() < 1e-9);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1,5 +1,6 @@
-//! The stores behind the concern traits (`keys::KeyStore`, `cache::CacheStore`,
-//! `limits::Limiter`): the embedded store (SQLite in a data directory) and the DynamoDB tables.
+//! The plumbing the concern folders (`keys`, `cache`, `limits`) share: the embedded store's SQLite
+//! file, connections and batching writer, and the DynamoDB client, tables and conflict handling.
+//! Nothing here knows a concern's types; each concern's SQL and items are beside its trait.
 
 pub mod dynamo;
 pub mod embedded;

@@ -14,10 +14,11 @@ use crate::common::{moto, within};
 use async_trait::async_trait;
 use gateway::error::StoreError;
 use gateway::keys::KeyStore;
+use gateway::keys::dynamo::DynamoKeyStore;
 use gateway::keys::edge::{self, EdgeError, EdgeKey, EdgeKeys, NoEdgeKeys, ProvisionError};
 use gateway::keys::{KeyRecord, NewKey, hash_secret};
 use gateway::lambda::authorizer::{AuthorizerError, KeyAuthorizer};
-use gateway::storage::dynamo::{DynamoConfig, DynamoStore, FailurePolicy, create_tables};
+use gateway::storage::dynamo::{DynamoConfig, FailurePolicy, create_tables};
 use gateway::storage::embedded::EmbeddedStore;
 use lambda_http::aws_lambda_events::apigw::{
     ApiGatewayCustomAuthorizerRequestTypeRequest, ApiGatewayCustomAuthorizerResponse,
@@ -589,7 +590,7 @@ async fn the_bootstrap_admin_key_gets_one_api_gateway_key() {
 }
 
 /// A key store of its own on the shared moto server.
-async fn dynamo_store(test: &str) -> (Arc<moto::Moto>, DynamoStore) {
+async fn dynamo_store(test: &str) -> (Arc<moto::Moto>, DynamoKeyStore) {
     let moto = moto::Moto::shared();
     let client = moto.client();
     let config = DynamoConfig {
@@ -599,7 +600,7 @@ async fn dynamo_store(test: &str) -> (Arc<moto::Moto>, DynamoStore) {
         limits_failure_policy: FailurePolicy::Closed,
     };
     create_tables(&client, &config).await.expect("tables");
-    let store = DynamoStore::new(client, &config);
+    let store = DynamoKeyStore::new(client, &config);
     (moto, store)
 }
 
@@ -677,8 +678,10 @@ async fn an_unreachable_dynamodb_is_a_failure_not_unauthorized() {
             limits_failure_policy: FailurePolicy::Closed,
         };
         let client = moto::client_for(&format!("http://127.0.0.1:{port}"));
-        let authorizer =
-            KeyAuthorizer::new(Arc::new(DynamoStore::new(client, &config)), Duration::ZERO);
+        let authorizer = KeyAuthorizer::new(
+            Arc::new(DynamoKeyStore::new(client, &config)),
+            Duration::ZERO,
+        );
         let result = authorizer
             .authorize(
                 &event(CHAT_ARN, Some(("Authorization", "Bearer gw-anything"))),

@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::common::moto::{Moto, client_for};
 use crate::common::within;
@@ -12,14 +11,16 @@ use aws_sdk_dynamodb::config::retry::RetryConfig;
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::AttributeValue;
 use bytes::Bytes;
+use gateway::backends::Backends;
 use gateway::cache::CacheStore;
+use gateway::cache::dynamo::DynamoCacheStore;
 use gateway::error::StoreError;
 use gateway::keys::KeyStore;
+use gateway::keys::dynamo::DynamoKeyStore;
 use gateway::keys::{KeyRecord, NewKey, ensure_admin_key, generate_key, hash_secret};
+use gateway::limits::dynamo::DynamoLimiter;
 use gateway::limits::{BUDGET, Estimate, LimitError, Limiter, RPM, TPM};
-use gateway::storage::dynamo::{
-    DynamoConfig, DynamoLimiter, DynamoStore, FailurePolicy, backends, create_tables,
-};
+use gateway::storage::dynamo::{DynamoConfig, FailurePolicy, create_tables};
 
 /// Tables of one test on the shared moto server.
 struct Tables {
@@ -48,8 +49,12 @@ impl Tables {
         }
     }
 
-    fn store(&self) -> DynamoStore {
-        DynamoStore::new(self.client.clone(), &self.config)
+    fn keys(&self) -> DynamoKeyStore {
+        DynamoKeyStore::new(self.client.clone(), &self.config)
+    }
+
+    fn cache(&self) -> DynamoCacheStore {
+        DynamoCacheStore::new(self.client.clone(), &self.config)
     }
 
     fn limiter(&self) -> DynamoLimiter {
@@ -74,12 +79,15 @@ fn new_key(name: &str) -> (String, KeyRecord) {
     (hash, record)
 }
 
-/// A key with limits, built from JSON so fields added to `KeyRecord` take their defaults.
 fn limited_key(id: &str, rpm: Option<u64>, tpm: Option<u64>, budget_usd: Option<f64>) -> KeyRecord {
-    serde_json::from_value(serde_json::json!({
-        "id": id, "name": id, "rpm": rpm, "tpm": tpm, "budget_usd": budget_usd,
-    }))
-    .expect("key record")
+    KeyRecord {
+        id: id.to_owned(),
+        name: id.to_owned(),
+        rpm,
+        tpm,
+        budget_usd,
+        ..KeyRecord::default()
+    }
 }
 
 fn estimate(tokens: u64, cost_usd: f64) -> Estimate {
@@ -123,7 +131,7 @@ fn refused_limit(result: Result<gateway::limits::Reservation, LimitError>) -> &'
 async fn keys_are_found_by_hash_and_duplicates_conflict() {
     within(60, async {
         let tables = Tables::create("keys-insert").await;
-        let store = tables.store();
+        let store = tables.keys();
         let (hash, record) = new_key("a");
         store.insert(&hash, &record).await.expect("insert");
         assert_eq!(
@@ -155,7 +163,7 @@ async fn keys_are_found_by_hash_and_duplicates_conflict() {
 async fn upsert_replaces_a_key_and_moves_its_id_to_a_new_secret() {
     within(60, async {
         let tables = Tables::create("keys-upsert").await;
-        let store = tables.store();
+        let store = tables.keys();
         let (first_hash, mut record) = new_key("first");
         store.upsert(&first_hash, &record).await.expect("create");
         record.name = "renamed".into();
@@ -206,7 +214,7 @@ async fn cold_start_storm(store: &Arc<dyn KeyStore>, secret: &'static str, conta
 async fn concurrent_bootstrap_and_rotation_of_the_admin_key_leave_exactly_one() {
     within(60, async {
         let tables = Tables::create("keys-bootstrap").await;
-        let store: Arc<dyn KeyStore> = Arc::new(tables.store());
+        let store: Arc<dyn KeyStore> = Arc::new(tables.keys());
         cold_start_storm(&store, "gw-first-admin", 24).await;
         assert_eq!(store.list().await.unwrap().len(), 1);
         assert!(
@@ -245,7 +253,7 @@ async fn concurrent_bootstrap_and_rotation_of_the_admin_key_leave_exactly_one() 
 async fn racing_upserts_of_two_secrets_keep_the_id_paired_with_one() {
     within(60, async {
         let tables = Tables::create("keys-race").await;
-        let store: Arc<dyn KeyStore> = Arc::new(tables.store());
+        let store: Arc<dyn KeyStore> = Arc::new(tables.keys());
         // Each failed attempt is caused by another writer's success, so fewer writers than the
         // store's retry attempts always finish.
         let tasks: Vec<_> = ["gw-a", "gw-b", "gw-a", "gw-b", "gw-a", "gw-b"]
@@ -276,7 +284,7 @@ async fn racing_upserts_of_two_secrets_keep_the_id_paired_with_one() {
 async fn list_returns_every_key_sorted_by_id() {
     within(60, async {
         let tables = Tables::create("keys-list").await;
-        let store = tables.store();
+        let store = tables.keys();
         let mut records = Vec::new();
         for i in 0..30 {
             let (hash, record) = new_key(&format!("k{i}"));
@@ -293,7 +301,7 @@ async fn list_returns_every_key_sorted_by_id() {
 async fn revoke_disables_the_key_and_reports_unknown_ids() {
     within(60, async {
         let tables = Tables::create("keys-revoke").await;
-        let store = tables.store();
+        let store = tables.keys();
         let (hash, record) = new_key("to revoke");
         store.insert(&hash, &record).await.expect("insert");
         assert!(store.revoke(&record.id).await.unwrap());
@@ -344,7 +352,7 @@ fn noise(len: usize) -> Bytes {
 async fn cached_bodies_round_trip_through_the_shared_backends() {
     within(60, async {
         let tables = Tables::create("cache-small").await;
-        let cache = backends(&tables.client, &tables.config).cache;
+        let cache = Backends::dynamo(&tables.client, &tables.config).cache;
         let key = [1u8; 32];
         assert_eq!(cache.get(&key).await.unwrap(), None);
         let body = Bytes::from_static(br#"{"id":"chatcmpl-1","choices":[]}"#);
@@ -363,7 +371,7 @@ async fn cached_bodies_round_trip_through_the_shared_backends() {
 async fn large_bodies_are_stored_compressed_and_served_intact() {
     within(60, async {
     let tables = Tables::create("cache-large").await;
-    let store = tables.store();
+    let store = tables.cache();
     let key = [2u8; 32];
     // Over 1 MB of JSON: well past the item limit before compression.
     let body: Bytes = serde_json::to_vec(&serde_json::json!({
@@ -386,7 +394,7 @@ async fn large_bodies_are_stored_compressed_and_served_intact() {
 async fn bodies_too_large_for_an_item_are_not_cached() {
     within(60, async {
         let tables = Tables::create("cache-oversized").await;
-        let store = tables.store();
+        let store = tables.cache();
         let key = [3u8; 32];
         store
             .put(&key, noise(600 * 1024), 60)
@@ -402,7 +410,7 @@ async fn bodies_too_large_for_an_item_are_not_cached() {
 async fn expired_entries_are_not_served() {
     within(60, async {
         let tables = Tables::create("cache-expired").await;
-        let store = tables.store();
+        let store = tables.cache();
         let key = [4u8; 32];
         // As DynamoDB may still hold it (TTL deletion is lazy) and moto always does.
         tables

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use crate::common::{now_secs, within};
 use async_trait::async_trait;
 use futures_util::StreamExt;
+use gateway::backends::Backends;
 use gateway::config::Config;
 use gateway::keys::KeyStore;
 use gateway::keys::{KeyRecord, NewKey, generate_key};
@@ -67,7 +68,7 @@ async fn setup_with(
     )
     .expect("key");
     store.insert(&hash, &record).await.expect("insert");
-    let mut backends = store.backends().expect("backends");
+    let mut backends = Backends::embedded(&store).expect("backends");
     backends.limiter = wrap(backends.limiter);
     let gateway = Gateway::new(config, backends, &|_| None).expect("gateway");
     let background = gateway.background.clone();

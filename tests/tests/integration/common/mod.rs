@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
+use gateway::backends::Backends;
 use gateway::clock::month_of;
 use gateway::config::Config;
 use gateway::keys::KeyStore;
@@ -181,8 +182,12 @@ impl TestGateway {
         let store = EmbeddedStore::open(&dir).expect("store opens");
         let env: HashMap<&str, &str> = HashMap::from([("UPSTREAM_KEY", UPSTREAM_KEY)]);
         let lookup = move |name: &str| env.get(name).map(|v| (*v).to_owned());
-        let gateway = Gateway::new(&config, store.backends().expect("backends"), &lookup)
-            .expect("gateway builds");
+        let gateway = Gateway::new(
+            &config,
+            Backends::embedded(&store).expect("backends"),
+            &lookup,
+        )
+        .expect("gateway builds");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
