@@ -410,22 +410,8 @@ impl Limiter for DynamoLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::tests::{estimate, key};
     use crate::limits::to_nano_usd;
-
-    fn key(rpm: Option<u64>, tpm: Option<u64>, budget_usd: Option<f64>) -> KeyRecord {
-        KeyRecord {
-            id: "key_1".into(),
-            name: "t".into(),
-            rpm,
-            tpm,
-            budget_usd,
-            ..KeyRecord::default()
-        }
-    }
-
-    fn estimate(tokens: u64, cost_usd: f64) -> Estimate {
-        Estimate { tokens, cost_usd }
-    }
 
     fn reservation(tokens: u64, cost_usd: f64) -> Reservation {
         Reservation {

@@ -170,18 +170,8 @@ mod tests {
     use super::*;
     use crate::clock::{now_secs, secs_until_next_month};
     use crate::limits::RPM;
+    use crate::limits::tests::key;
     use crate::storage::embedded::test_dir;
-
-    fn key(rpm: Option<u64>, tpm: Option<u64>, budget: Option<f64>) -> KeyRecord {
-        KeyRecord {
-            id: "key_1".into(),
-            name: "t".into(),
-            rpm,
-            tpm,
-            budget_usd: budget,
-            ..KeyRecord::default()
-        }
-    }
 
     #[test]
     fn months_are_utc_calendar_months() {

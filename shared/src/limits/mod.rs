@@ -269,7 +269,8 @@ pub trait Limiter: Send + Sync {
 mod tests {
     use super::*;
 
-    fn key(rpm: Option<u64>, tpm: Option<u64>, budget_usd: Option<f64>) -> KeyRecord {
+    /// A key with these limits (also for the limiters' tests).
+    pub(super) fn key(rpm: Option<u64>, tpm: Option<u64>, budget_usd: Option<f64>) -> KeyRecord {
         KeyRecord {
             id: "key_1".into(),
             name: "t".into(),
@@ -280,7 +281,7 @@ mod tests {
         }
     }
 
-    fn estimate(tokens: u64, cost_usd: f64) -> Estimate {
+    pub(super) fn estimate(tokens: u64, cost_usd: f64) -> Estimate {
         Estimate { tokens, cost_usd }
     }
 
