@@ -160,16 +160,16 @@ RESOURCE_VARIABLES = [
 # function. Keep the reasons true: when one stops being true, delete the entry.
 NOT_EXECUTED = {
     "authorizer": {
-        "DynamoStore::insert": "the authorizer only reads keys (Authenticator -> KeyStore::get_by_hash)",
-        "DynamoStore::upsert": "the authorizer never writes keys (it does not apply GATEWAY_ADMIN_KEY)",
-        "DynamoStore::list": "the authorizer never lists keys",
-        "DynamoStore::revoke": "the authorizer never revokes keys",
-        "DynamoStore::read_key_attr": "used by upsert and revoke only",
+        "DynamoKeyStore::insert": "the authorizer only reads keys (Authenticator -> KeyStore::get_by_hash)",
+        "DynamoKeyStore::upsert": "the authorizer never writes keys (it does not apply GATEWAY_ADMIN_KEY)",
+        "DynamoKeyStore::list": "the authorizer never lists keys",
+        "DynamoKeyStore::revoke": "the authorizer never revokes keys",
+        "DynamoKeyStore::read_key_attr": "used by upsert and revoke only",
         "transact_put": "builds the parts of key writes (insert, upsert)",
         "transact_delete": "builds the parts of key writes (upsert)",
-        "CacheStore::get": "backends_from_env builds a cache backend the authorizer never calls",
-        "CacheStore::put": "backends_from_env builds a cache backend the authorizer never calls",
-        "DynamoLimiter::*": "backends_from_env builds a limiter the authorizer never calls",
+        "CacheStore::get": "Backends::aws_from_env builds a cache backend the authorizer never calls",
+        "CacheStore::put": "Backends::aws_from_env builds a cache backend the authorizer never calls",
+        "DynamoLimiter::*": "Backends::aws_from_env builds a limiter the authorizer never calls",
     },
 }
 
