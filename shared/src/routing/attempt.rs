@@ -292,7 +292,9 @@ pub async fn execute<'g, A: Attempt>(
         let provider = deployment.provider_name.as_str();
         let error = match result {
             Ok(outcome) => {
-                deployment.health.observe_latency(started.elapsed());
+                deployment
+                    .health
+                    .observe_latency(started.elapsed(), Instant::now());
                 if let Ok(mut breaker) = deployment.health.breaker.lock() {
                     note_transition(deployment, breaker.record(true, Instant::now()));
                 }

@@ -1,8 +1,8 @@
 //! Deployment health: a circuit breaker per deployment and latency-aware load balancing.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -133,6 +133,20 @@ impl Breaker {
     }
 }
 
+/// How fast a latency estimate fades while nothing new is observed: a deployment that lost to a
+/// faster one after a slow spell is tried again once its estimate has decayed below the other's
+/// (as peak-EWMA balancers do), rather than starved for good by a score nothing updates.
+const LATENCY_DECAY_SECS: f64 = 10.0;
+
+/// The origin of the times kept in atomics below.
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+fn micros_since_epoch(at: Instant) -> u64 {
+    at.saturating_duration_since(*EPOCH)
+        .as_micros()
+        .min(u128::from(u64::MAX)) as u64
+}
+
 /// What the balancer and the breaker know of a deployment.
 #[derive(Debug)]
 pub struct DeploymentHealth {
@@ -140,6 +154,8 @@ pub struct DeploymentHealth {
     /// Exponentially weighted moving average of time to first byte (stream) or to the whole
     /// answer, in microseconds; 0 until the first success.
     latency_ewma_us: AtomicU64,
+    /// When the average last took a sample, in microseconds since `EPOCH`.
+    observed_at_us: AtomicU64,
     pub(crate) in_flight: AtomicU32,
 }
 
@@ -148,6 +164,7 @@ impl DeploymentHealth {
         Self {
             breaker: Mutex::new(Breaker::new(config)),
             latency_ewma_us: AtomicU64::new(0),
+            observed_at_us: AtomicU64::new(0),
             in_flight: AtomicU32::new(0),
         }
     }
@@ -156,13 +173,20 @@ impl DeploymentHealth {
         self.breaker.lock().map_or(true, |b| b.available(now))
     }
 
-    /// Lower is better: expected latency scaled by the calls already waiting on it.
-    fn score(&self) -> u64 {
-        let latency = self.latency_ewma_us.load(Ordering::Relaxed);
-        latency.saturating_mul(u64::from(self.in_flight.load(Ordering::Relaxed)) + 1)
+    /// Lower is better: expected latency, faded by the time since it was observed, scaled by the
+    /// calls already waiting on it.
+    fn score(&self, now: Instant) -> f64 {
+        let latency = self.latency_ewma_us.load(Ordering::Relaxed) as f64;
+        let observed_at = self.observed_at_us.load(Ordering::Relaxed);
+        let unobserved_secs =
+            micros_since_epoch(now).saturating_sub(observed_at) as f64 / 1_000_000.0;
+        let waiting = f64::from(self.in_flight.load(Ordering::Relaxed)) + 1.0;
+        latency * (-unobserved_secs / LATENCY_DECAY_SECS).exp() * waiting
     }
 
-    pub(crate) fn observe_latency(&self, elapsed: Duration) {
+    pub(crate) fn observe_latency(&self, elapsed: Duration, now: Instant) {
+        self.observed_at_us
+            .store(micros_since_epoch(now), Ordering::Relaxed);
         let sample = elapsed.as_micros().min(u128::from(u64::MAX)) as u64;
         let old = self.latency_ewma_us.load(Ordering::Relaxed);
         let new = if old == 0 {
@@ -213,7 +237,7 @@ pub fn choose(model: &ServedModel, tried: &[usize], now: Instant) -> Option<usiz
     };
     let first = draw(None)?;
     match draw(Some(first.0)) {
-        Some(second) if second.1.health.score() < first.1.health.score() => Some(second.0),
+        Some(second) if second.1.health.score(now) < first.1.health.score(now) => Some(second.0),
         _ => Some(first.0),
     }
 }
@@ -264,5 +288,40 @@ mod tests {
         let outcomes = [true, false, true, false, true, false];
         let transitions: Vec<_> = outcomes.iter().map(|ok| rate.record(*ok, t0)).collect();
         assert_eq!(transitions.last(), Some(&Some(BreakerState::Open)));
+    }
+
+    /// Two mock deployments of one model, equal weights.
+    fn registry_of_two() -> super::super::registry::Registry {
+        let config = crate::config::Config::from_toml(
+            r#"
+[providers.a]
+kind = "mock"
+[providers.b]
+kind = "mock"
+[models.m]
+deployments = [{ provider = "a", model = "mock" }, { provider = "b", model = "mock" }]
+"#,
+        )
+        .unwrap();
+        super::super::registry::Registry::from_config(&config, &|_| None).unwrap()
+    }
+
+    #[test]
+    fn a_deployment_that_lost_after_a_slow_spell_is_tried_again_once_its_estimate_fades() {
+        let registry = registry_of_two();
+        let model = registry.served("m").unwrap();
+        let deployments = &model.deployments;
+        let (slow, fast) = (deployments.get(0).unwrap(), deployments.get(1).unwrap());
+        let t0 = Instant::now();
+        slow.health
+            .observe_latency(Duration::from_millis(1_000), t0);
+        fast.health.observe_latency(Duration::from_millis(1), t0);
+        // Both drawn every time: the faster estimate wins while the slow one is fresh.
+        assert!((0..50).all(|_| choose(model, &[], t0) == Some(1)));
+        // A minute and more of traffic on the fast one only: the slow estimate has faded below
+        // it, so the slow deployment gets the next call and a new sample.
+        let later = t0 + Duration::from_secs(75);
+        fast.health.observe_latency(Duration::from_millis(1), later);
+        assert_eq!(choose(model, &[], later), Some(0));
     }
 }
