@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::common::{moto, within};
+use crate::common::{moto, now_secs, within};
 use async_trait::async_trait;
 use gateway::error::StoreError;
 use gateway::keys::KeyStore;
@@ -32,12 +32,6 @@ const MODELS_ARN: &str = "arn:aws:execute-api:us-east-1:123456789012:s4x3opwd6i/
 const API_WIDE: &str = "arn:aws:execute-api:us-east-1:123456789012:s4x3opwd6i/test/*/*";
 
 static NEXT_DIR: AtomicU64 = AtomicU64::new(0);
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 /// An embedded store in its own temporary folder, removed when the test ends.
 struct TestStore {

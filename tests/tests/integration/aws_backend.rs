@@ -136,9 +136,7 @@ impl Drop for Server {
 
 /// The current calendar minute, by the clock the gateways read (the same machine's).
 fn minute_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() / 60)
+    gateway::clock::now_secs() / 60
 }
 
 /// A burst (see `burst`) counted in one RPM/TPM window: a burst that straddles a minute boundary

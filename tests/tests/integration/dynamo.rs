@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::common::moto::{Moto, client_for};
-use crate::common::within;
+use crate::common::{now_secs, within};
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::retry::RetryConfig;
 use aws_sdk_dynamodb::primitives::Blob;
@@ -92,12 +92,6 @@ fn limited_key(id: &str, rpm: Option<u64>, tpm: Option<u64>, budget_usd: Option<
 
 fn estimate(tokens: u64, cost_usd: f64) -> Estimate {
     Estimate { tokens, cost_usd }
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// A time at the start of the current minute, given to the limiter instead of waiting: settlement

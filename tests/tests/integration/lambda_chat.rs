@@ -483,7 +483,7 @@ deployments = [{ provider = "slow", model = "slow" }]
                 );
                 // Lambda's deadline in 1.5 s: the gateway answers before it, 0.5 s ahead.
                 let mut context = Context::default();
-                context.deadline = now_millis() + 1_500;
+                context.deadline = gateway::clock::now_millis() + 1_500;
                 let started = Instant::now();
                 let answer = invoke_with(&setup, payload, context).await;
                 let took = started.elapsed();
@@ -508,10 +508,4 @@ deployments = [{ provider = "slow", model = "slow" }]
         }
     })
     .await;
-}
-
-fn now_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
