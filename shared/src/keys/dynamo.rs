@@ -179,6 +179,23 @@ impl KeyStore for DynamoKeyStore {
         output.item().map(decode_record).transpose()
     }
 
+    async fn get_by_id(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        let hash = self
+            .read_key_attr(id_pk(id), HASH)
+            .await
+            .map_err(|e| match e {
+                WriteError::Backend(message) => StoreError::Backend(message),
+                WriteError::Conflict => StoreError::Backend("key read raced a writer".into()),
+            })?;
+        match hash {
+            Some(hash) => Ok(self
+                .get_by_hash(&hash)
+                .await?
+                .filter(|record| record.id == id)),
+            None => Ok(None),
+        }
+    }
+
     async fn insert(&self, hash: &str, record: &KeyRecord) -> Result<(), StoreError> {
         let key_item = &key_item(hash, record)?;
         let id_item = &id_item(&record.id, hash);

@@ -29,6 +29,14 @@ impl KeyStore for EmbeddedStore {
         })
     }
 
+    async fn get_by_id(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        self.with_conn(|conn| {
+            conn.prepare_cached("SELECT record FROM keys WHERE id = ?1")?
+                .query_row(params![id], |row| decode_record(&row.get::<_, String>(0)?))
+                .optional()
+        })
+    }
+
     async fn insert(&self, hash: &str, record: &KeyRecord) -> Result<(), StoreError> {
         let text = encode_record(record)?;
         self.with_conn(|conn| {

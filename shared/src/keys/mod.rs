@@ -334,6 +334,8 @@ impl Authenticator {
 #[async_trait::async_trait]
 pub trait KeyStore: Send + Sync {
     async fn get_by_hash(&self, hash: &str) -> Result<Option<KeyRecord>, StoreError>;
+    /// The key with this id (batch messages name the key they act for by id).
+    async fn get_by_id(&self, id: &str) -> Result<Option<KeyRecord>, StoreError>;
     /// Creates a key; fails with `Conflict` if the hash or the id exists.
     async fn insert(&self, hash: &str, record: &KeyRecord) -> Result<(), StoreError>;
     /// Creates or replaces a key (used for the bootstrap admin key).

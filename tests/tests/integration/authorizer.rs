@@ -126,6 +126,9 @@ impl KeyStore for DownStore {
     async fn get_by_hash(&self, _: &str) -> Result<Option<KeyRecord>, StoreError> {
         Err(StoreError::Backend("GetItem timed out".into()))
     }
+    async fn get_by_id(&self, _: &str) -> Result<Option<KeyRecord>, StoreError> {
+        Err(StoreError::Backend("GetItem timed out".into()))
+    }
     async fn insert(&self, _: &str, _: &KeyRecord) -> Result<(), StoreError> {
         Err(StoreError::Backend("PutItem timed out".into()))
     }
