@@ -6,6 +6,7 @@ use std::sync::Arc;
 use aws_config::BehaviorVersion;
 use aws_sdk_dynamodb::Client;
 
+use crate::batch::BatchBackends;
 use crate::cache::CacheStore;
 use crate::cache::dynamo::DynamoCacheStore;
 use crate::error::StoreError;
@@ -25,6 +26,9 @@ pub struct Backends {
     pub cache: Arc<dyn CacheStore>,
     /// API Gateway keys for usage plans on AWS; nothing locally.
     pub edge: Arc<dyn EdgeKeys>,
+    /// Batch jobs' store, file bodies and queue; `None` where they are not configured (the
+    /// batch routes then answer 404).
+    pub batch: Option<BatchBackends>,
 }
 
 impl Backends {
@@ -38,6 +42,7 @@ impl Backends {
             limiter: Arc::new(LocalLimiter::new(Some(sink), spent)),
             cache: store.clone(),
             edge: Arc::new(NoEdgeKeys),
+            batch: None,
         })
     }
 
@@ -65,6 +70,7 @@ impl Backends {
             limiter: Arc::new(DynamoLimiter::new(client.clone(), config)),
             cache: Arc::new(DynamoCacheStore::new(client.clone(), config)),
             edge: Arc::new(NoEdgeKeys),
+            batch: None,
         }
     }
 }
