@@ -28,6 +28,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
 
 use super::BatchBackends;
 use super::files_api::{PURPOSE_BATCH_OUTPUT, read_body};
@@ -47,6 +48,8 @@ const EXPAND_BUDGET: Duration = Duration::from_secs(40);
 const EXPAND_CHUNK: u64 = 100;
 /// Attempts of a compare-and-swap on a batch that other writers are changing.
 const CAS_ATTEMPTS: usize = 16;
+/// How often the local worker runs the sweep (the template schedules it on AWS).
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// A direct job has no completion window; its record is kept this long.
 const DIRECT_JOB_SECS: u64 = 30 * 24 * 3600;
 
@@ -143,6 +146,56 @@ impl Worker {
             .filter_map(|failed| async move { failed })
             .collect()
             .await
+    }
+
+    /// The local worker: receives from the queue while fewer than `settings.concurrency` items
+    /// run, deletes what is done, and sweeps every `SWEEP_EVERY`. Runs until the task is dropped;
+    /// an item cut off then is delivered again after its visibility timeout.
+    pub async fn run(self: Arc<Self>) {
+        let slots = Arc::new(Semaphore::new(self.batch.settings.concurrency.max(1)));
+        let mut last_sweep = Instant::now();
+        loop {
+            if last_sweep.elapsed() >= SWEEP_EVERY {
+                last_sweep = Instant::now();
+                if let Err(error) = self.sweep().await {
+                    tracing::warn!(%error, "batch sweep failed");
+                }
+            }
+            let Ok(first) = Arc::clone(&slots).acquire_owned().await else {
+                return;
+            };
+            let free = 1 + slots.available_permits().min(9);
+            let messages = match self.batch.queue.receive(free, 1).await {
+                Ok(messages) => messages,
+                Err(error) => {
+                    tracing::warn!(%error, "receiving from the batch queue failed");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let mut permit = Some(first);
+            for message in messages {
+                let permit = match permit.take() {
+                    Some(permit) => permit,
+                    None => match Arc::clone(&slots).acquire_owned().await {
+                        Ok(permit) => permit,
+                        Err(_) => return,
+                    },
+                };
+                let worker = Arc::clone(&self);
+                tokio::spawn(async move {
+                    let disposition = worker
+                        .handle(&message.body, message.receive_count, None)
+                        .await;
+                    if disposition == Disposition::Done
+                        && let Err(error) = worker.batch.queue.delete(&message.handle).await
+                    {
+                        tracing::warn!(%error, "deleting a handled batch message failed");
+                    }
+                    drop(permit);
+                });
+            }
+        }
     }
 
     async fn dead_letter(&self, body: &str, reason: &str) -> Disposition {
