@@ -7,6 +7,7 @@ mod common;
 mod authorizer;
 mod aws_backend;
 mod balancing;
+mod batch_aws;
 mod chat_api;
 mod connections;
 mod crash_recovery;
