@@ -8,6 +8,7 @@ pub mod batches_api;
 pub mod files_api;
 pub mod input;
 pub mod messages;
+pub mod dynamo;
 pub mod store;
 pub mod worker;
 

@@ -8,6 +8,7 @@ mod authorizer;
 mod aws_backend;
 mod balancing;
 mod batch_local;
+mod batch_aws;
 mod chat_api;
 mod connections;
 mod crash_recovery;
