@@ -3,6 +3,8 @@
 //! the batches (`batch::store`). Object keys are made by the gateway from its own ids, never from
 //! client input.
 
+pub mod folder;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 
