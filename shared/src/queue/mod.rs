@@ -6,6 +6,8 @@
 //! `batchItemFailures` is deleted); `receive` and `delete` serve the local worker, the CLI and
 //! the tests.
 
+pub mod embedded;
+
 use async_trait::async_trait;
 
 use crate::error::StoreError;
