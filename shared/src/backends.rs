@@ -136,9 +136,11 @@ impl BatchBackends {
             (None, None, None) => return Ok(None),
             (Some(table), Some(bucket), Some(queue)) => (table, bucket, queue),
             _ => {
-                return Err("batch jobs need all of GATEWAY_BATCH_TABLE, GATEWAY_BUCKET and \
+                return Err(
+                    "batch jobs need all of GATEWAY_BATCH_TABLE, GATEWAY_BUCKET and \
                      GATEWAY_BATCH_QUEUE_URL"
-                    .into());
+                        .into(),
+                );
             }
         };
         let settings = BatchSettings::from_lookup(&lookup)?;

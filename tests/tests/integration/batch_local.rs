@@ -82,8 +82,10 @@ async fn create_batch(url: &str, key: &str, file_id: &str) -> Value {
         reqwest::Method::POST,
         &format!("{url}/v1/batches"),
         key,
-        Some(json!({"input_file_id": file_id, "endpoint": "/v1/chat/completions",
-                    "completion_window": "24h", "metadata": {"run": "test"}})),
+        Some(
+            json!({"input_file_id": file_id, "endpoint": "/v1/chat/completions",
+                    "completion_window": "24h", "metadata": {"run": "test"}}),
+        ),
     )
     .await;
     assert_eq!(status, 200, "{batch}");
@@ -94,8 +96,13 @@ async fn create_batch(url: &str, key: &str, file_id: &str) -> Value {
 /// Polls the batch until it reaches a terminal status.
 async fn finished(url: &str, key: &str, id: &str) -> Value {
     loop {
-        let (status, batch) =
-            call(reqwest::Method::GET, &format!("{url}/v1/batches/{id}"), key, None).await;
+        let (status, batch) = call(
+            reqwest::Method::GET,
+            &format!("{url}/v1/batches/{id}"),
+            key,
+            None,
+        )
+        .await;
         assert_eq!(status, 200, "{batch}");
         if ["completed", "failed", "expired", "cancelled"]
             .contains(&batch["status"].as_str().unwrap_or_default())
@@ -124,7 +131,10 @@ fn by_custom_id(records: &[Value]) -> HashMap<String, Value> {
     let mut map = HashMap::new();
     for record in records {
         let id = record["custom_id"].as_str().expect("custom_id").to_owned();
-        assert!(map.insert(id.clone(), record.clone()).is_none(), "{id} twice");
+        assert!(
+            map.insert(id.clone(), record.clone()).is_none(),
+            "{id} twice"
+        );
     }
     map
 }
@@ -133,9 +143,19 @@ fn by_custom_id(records: &[Value]) -> HashMap<String, Value> {
 async fn a_batch_completes_with_one_result_per_line_and_errors_for_models_outside_the_keys_scope() {
     within(60, async {
         let dir = TempDir::new("batch-local");
-        let key = cli(dir.path(), &["keys", "create", "--name", "batcher", "--models", "mock,slow"])
-            .trim()
-            .to_owned();
+        let key = cli(
+            dir.path(),
+            &[
+                "keys",
+                "create",
+                "--name",
+                "batcher",
+                "--models",
+                "mock,slow",
+            ],
+        )
+        .trim()
+        .to_owned();
         let server = LocalServer::start(dir.path(), CONFIG, &[]);
         let url = &server.url;
         let lines: Vec<String> = (0..120)
@@ -164,7 +184,10 @@ async fn a_batch_completes_with_one_result_per_line_and_errors_for_models_outsid
         let outputs = by_custom_id(&output);
         assert_eq!(outputs.len(), 117);
         // In input order.
-        let order: Vec<&str> = output.iter().map(|r| r["custom_id"].as_str().unwrap()).collect();
+        let order: Vec<&str> = output
+            .iter()
+            .map(|r| r["custom_id"].as_str().unwrap())
+            .collect();
         assert_eq!(order.first(), Some(&"req-0"));
         assert_eq!(order.last(), Some(&"req-119"));
         let answer = &outputs["req-3"]["response"];
@@ -192,11 +215,19 @@ async fn a_batch_completes_with_one_result_per_line_and_errors_for_models_outsid
         assert!(listing.contains("batcher"), "{listing}");
 
         // Another tenant sees none of it.
-        let other = cli(dir.path(), &["keys", "create", "--name", "other", "--tenant", "acme"])
-            .trim()
-            .to_owned();
-        let (status, _) =
-            call(reqwest::Method::GET, &format!("{url}/v1/batches/{id}"), &other, None).await;
+        let other = cli(
+            dir.path(),
+            &["keys", "create", "--name", "other", "--tenant", "acme"],
+        )
+        .trim()
+        .to_owned();
+        let (status, _) = call(
+            reqwest::Method::GET,
+            &format!("{url}/v1/batches/{id}"),
+            &other,
+            None,
+        )
+        .await;
         assert_eq!(status, 404);
         let (status, _) = call(
             reqwest::Method::GET,
@@ -206,11 +237,21 @@ async fn a_batch_completes_with_one_result_per_line_and_errors_for_models_outsid
         )
         .await;
         assert_eq!(status, 404);
-        let (_, listed) =
-            call(reqwest::Method::GET, &format!("{url}/v1/batches"), &key, None).await;
+        let (_, listed) = call(
+            reqwest::Method::GET,
+            &format!("{url}/v1/batches"),
+            &key,
+            None,
+        )
+        .await;
         assert_eq!(listed["data"][0]["id"], id);
-        let (_, listed) =
-            call(reqwest::Method::GET, &format!("{url}/v1/batches"), &other, None).await;
+        let (_, listed) = call(
+            reqwest::Method::GET,
+            &format!("{url}/v1/batches"),
+            &other,
+            None,
+        )
+        .await;
         assert_eq!(listed["data"], json!([]));
         let _ = ADMIN_KEY;
     })
@@ -221,7 +262,9 @@ async fn a_batch_completes_with_one_result_per_line_and_errors_for_models_outsid
 async fn validation_fails_the_whole_batch_with_openai_errors_data() {
     within(30, async {
         let dir = TempDir::new("batch-invalid");
-        let key = cli(dir.path(), &["keys", "create", "--name", "v"]).trim().to_owned();
+        let key = cli(dir.path(), &["keys", "create", "--name", "v"])
+            .trim()
+            .to_owned();
         let server = LocalServer::start(dir.path(), CONFIG, &[]);
         let url = &server.url;
         let jsonl = [
@@ -243,7 +286,10 @@ async fn validation_fails_the_whole_batch_with_openai_errors_data() {
         // What is not JSONL is refused at upload.
         let form = reqwest::multipart::Form::new()
             .text("purpose", "batch")
-            .part("file", reqwest::multipart::Part::text("not json\n").file_name("x.jsonl"));
+            .part(
+                "file",
+                reqwest::multipart::Part::text("not json\n").file_name("x.jsonl"),
+            );
         let response = client()
             .post(format!("{url}/v1/files"))
             .bearer_auth(&key)
@@ -260,7 +306,9 @@ async fn validation_fails_the_whole_batch_with_openai_errors_data() {
 async fn a_gateway_killed_mid_batch_finishes_it_after_restart_with_every_result_once() {
     within(90, async {
         let dir = TempDir::new("batch-kill");
-        let key = cli(dir.path(), &["keys", "create", "--name", "k"]).trim().to_owned();
+        let key = cli(dir.path(), &["keys", "create", "--name", "k"])
+            .trim()
+            .to_owned();
         // A short visibility timeout: the items in flight at the kill come back quickly.
         let env = [
             ("GATEWAY_BATCH_VISIBILITY_SECS", "2"),
@@ -276,8 +324,13 @@ async fn a_gateway_killed_mid_batch_finishes_it_after_restart_with_every_result_
         let id = batch["id"].as_str().unwrap().to_owned();
         // Kill it once some, not all, items are done.
         loop {
-            let (_, now) =
-                call(reqwest::Method::GET, &format!("{url}/v1/batches/{id}"), &key, None).await;
+            let (_, now) = call(
+                reqwest::Method::GET,
+                &format!("{url}/v1/batches/{id}"),
+                &key,
+                None,
+            )
+            .await;
             if now["request_counts"]["completed"].as_u64().unwrap_or(0) >= 40 {
                 assert!(now["request_counts"]["completed"].as_u64().unwrap() < 300);
                 break;
@@ -305,7 +358,9 @@ async fn a_gateway_killed_mid_batch_finishes_it_after_restart_with_every_result_
 async fn cancel_stops_the_items_not_yet_run_and_ends_cancelled() {
     within(60, async {
         let dir = TempDir::new("batch-cancel");
-        let key = cli(dir.path(), &["keys", "create", "--name", "c"]).trim().to_owned();
+        let key = cli(dir.path(), &["keys", "create", "--name", "c"])
+            .trim()
+            .to_owned();
         let server = LocalServer::start(dir.path(), CONFIG, &[("GATEWAY_BATCH_CONCURRENCY", "1")]);
         let url = &server.url;
         let lines: Vec<String> = (0..200)
@@ -331,7 +386,11 @@ async fn cancel_stops_the_items_not_yet_run_and_ends_cancelled() {
         assert!(completed < 200, "{done}");
         assert_eq!(completed + counts["failed"].as_u64().unwrap(), 200);
         let errors = content(url, &key, done["error_file_id"].as_str().unwrap()).await;
-        assert!(errors.iter().all(|e| e["error"]["code"] == "batch_cancelled"));
+        assert!(
+            errors
+                .iter()
+                .all(|e| e["error"]["code"] == "batch_cancelled")
+        );
         // A finished batch cannot be cancelled.
         let (status, _) = call(
             reqwest::Method::POST,
