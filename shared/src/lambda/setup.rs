@@ -36,7 +36,7 @@ impl Setup {
         let lookup = |name: &str| credentials.get(name).cloned().or_else(|| env(name));
         let config = match env("GATEWAY_CONFIG") {
             Some(path) => Config::from_toml(&std::fs::read_to_string(&path)?)?,
-            None => Config::built_in(&lookup),
+            None => Config::built_in(lookup),
         };
         let backends = Backends::aws(aws)?;
         let batch = BatchBackends::aws(aws, &crate::storage::dynamo::client(aws), env)?;
