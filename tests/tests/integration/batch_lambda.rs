@@ -160,14 +160,13 @@ async fn setup(
     );
 
     let upstream = MockUpstream::start(&[]);
-    let mut backends = Backends::dynamo(&client, &tables);
+    let backends = Backends::dynamo(&client, &tables);
     let batch = BatchBackends {
         store: store.clone(),
         bodies: Arc::new(bodies),
         queue: Arc::new(queue),
         settings,
     };
-    backends.batch = Some(batch.clone());
     let (hash, _, key) = generate_key(
         NewKey {
             name: test.into(),
@@ -180,7 +179,9 @@ async fn setup(
     backends.keys.insert(&hash, &key).await.unwrap();
     let config = Config::from_toml(&config(&upstream.url)).unwrap();
     let lookup = |name: &str| (name == "UPSTREAM_KEY").then(|| UPSTREAM_KEY.to_owned());
-    let gateway = Arc::new(Gateway::new(&config, backends, &lookup).unwrap());
+    let mut gateway = Gateway::new(&config, backends, &lookup).unwrap();
+    gateway.batch = Some(batch.clone());
+    let gateway = Arc::new(gateway);
     // As the `batch` function builds it.
     let worker = Worker::new(
         gateway.batch.clone().unwrap(),
