@@ -7,6 +7,8 @@ mod common;
 mod authorizer;
 mod aws_backend;
 mod balancing;
+mod batch_cli;
+mod batch_message_schema;
 mod chat_api;
 mod connections;
 mod crash_recovery;
