@@ -73,7 +73,8 @@ pub enum BatchAction {
         #[arg(long, default_value_t = 25 * 3600)]
         timeout_secs: u64,
     },
-    /// Print a batch's output file (or its error file)
+    /// Print a batch's output file (or its error file); for a job sent straight to the queue,
+    /// its records so far
     Results {
         #[arg(value_parser = plain_id)]
         id: String,
@@ -83,8 +84,7 @@ pub enum BatchAction {
         /// Only the result of this `custom_id` (also for jobs sent straight to the queue)
         #[arg(long)]
         custom_id: Option<String>,
-        /// The records written so far, output and errors alike, before the files exist (and
-        /// for jobs sent straight to the queue, which have no files)
+        /// The records written so far, output and errors alike, before the files exist
         #[arg(long, conflicts_with_all = ["errors", "custom_id"])]
         so_far: bool,
     },
@@ -360,6 +360,11 @@ fn count(batch: &Value, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// A job whose requests were sent straight to the queue: no input file, no end, no files.
+fn is_direct_job(batch: &Value) -> bool {
+    at(batch, "/completion_window") == "none"
+}
+
 fn is_terminal(status: &str) -> bool {
     matches!(status, "completed" | "failed" | "expired" | "cancelled")
 }
@@ -570,6 +575,13 @@ async fn watch(client: &Client, id: &str, timeout: Duration) -> Result<(), Failu
         match client.batch(id).await {
             Ok(batch) => {
                 failures = 0;
+                if is_direct_job(&batch) {
+                    bar.abandon();
+                    return Err(format!(
+                        "{id} was sent straight to the queue and never ends; read its results with `batch results {id}` or `--custom-id`"
+                    )
+                    .into());
+                }
                 let status = text(at(&batch, "/status"));
                 let total = count(&batch, "total");
                 if total > 0 {
@@ -629,6 +641,17 @@ async fn results(
             .await;
     }
     let batch = client.batch(id).await?;
+    if is_direct_job(&batch) {
+        if errors {
+            eprintln!(
+                "{id} was sent straight to the queue: its records are not split into output and errors"
+            );
+        }
+        let url = client.url(&format!("batches/{id}/results"))?;
+        return client
+            .download(url, &format!("GET /v1/batches/{id}/results"))
+            .await;
+    }
     let (field, kind) = if errors {
         ("/error_file_id", "error")
     } else {
