@@ -200,11 +200,7 @@ ROUTERS_NOT_ON_LAMBDA = {
 
 # Operations (METHOD or ANY, API path) integrated with the router's function that the router
 # does not serve: requests reach the function and get its 404.
-API_WITHOUT_ROUTE = {
-    ("POST", "/v1/files"): "Files API, planned in issue 11 (batch jobs); until then the router answers 404",
-    ("POST", "/v1/batches"): "Batches API, planned in issue 11; until then the router answers 404",
-    ("GET", "/v1/batches/{id}"): "Batches API, planned in issue 11; until then the router answers 404",
-}
+API_WITHOUT_ROUTE: dict[tuple[str, str], str] = {}
 
 # Operations integrated with the router's function that do not require the key authorizer.
 PUBLIC_OPERATIONS = {

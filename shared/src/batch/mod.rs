@@ -5,6 +5,8 @@
 //! `store::BatchStore`, `files::FileBodies` and `queue::Queue`.
 
 pub mod batches_api;
+pub mod dynamo;
+pub mod embedded;
 pub mod files_api;
 pub mod input;
 pub mod messages;

@@ -129,6 +129,12 @@ pub async fn create_tables(client: &Client, config: &DynamoConfig) -> Result<(),
     Ok(())
 }
 
+/// Creates the batch table (`pk` and `sk`, on-demand, TTL on `expires_at`; see `batch::dynamo`)
+/// unless it exists, and waits until it is usable. For tests and local runs, like `create_tables`.
+pub async fn create_batch_table(client: &Client, table: &str) -> Result<(), StoreError> {
+    create_table(client, table, true).await
+}
+
 async fn create_table(client: &Client, table: &str, with_sort_key: bool) -> Result<(), StoreError> {
     let mut keys = vec![(PK, KeyType::Hash)];
     if with_sort_key {

@@ -6,7 +6,7 @@
 //! tests get a second one. Servers live as long as the process, and die with it even when the
 //! process is killed (see `WITH_LIFELINE`).
 //!
-//! Nothing here touches the process environment: tests run in parallel in one process, so each
+//! DynamoDB, SQS and S3 tests share the server. Nothing here touches the process environment: tests run in parallel in one process, so each
 //! client is configured explicitly with the endpoint and the test credentials.
 
 use std::net::{TcpListener, TcpStream};
@@ -15,7 +15,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region, SharedCredentialsProvider};
 
 /// How long a starting server may take to accept connections (it usually takes under a second).
 const READY_WITHIN: Duration = Duration::from_secs(30);
@@ -94,6 +94,19 @@ impl Moto {
     /// A DynamoDB client for this server.
     pub fn client(&self) -> Client {
         client_for(&self.endpoint)
+    }
+
+    /// An AWS config for this server, as a Lambda process loads one (for the library's own
+    /// `client` functions: `queue::sqs::client`, `files::s3::client`).
+    pub fn sdk_config(&self) -> aws_config::SdkConfig {
+        aws_config::SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(&self.endpoint)
+            .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+                "test", "test", None, None, "moto",
+            )))
+            .build()
     }
 }
 
