@@ -239,18 +239,22 @@ impl Client {
     async fn download(&self, url: Url, what: &str) -> Result<(), Failure> {
         let mut response = self.send(self.request(Method::GET, url), what).await?;
         let mut stdout = std::io::stdout().lock();
+        let written = |result: std::io::Result<()>| match result {
+            // The reader has what it wanted (`| head`): not a failure.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+            Err(e) => Err(format!("writing the results to standard output: {e}")),
+            Ok(()) => Ok(true),
+        };
         while let Some(chunk) = response
             .chunk()
             .await
             .map_err(|e| transport_error(what, e))?
         {
-            stdout
-                .write_all(&chunk)
-                .map_err(|e| format!("writing the results to standard output: {e}"))?;
+            if !written(stdout.write_all(&chunk))? {
+                return Ok(());
+            }
         }
-        stdout
-            .flush()
-            .map_err(|e| format!("writing the results to standard output: {e}"))?;
+        written(stdout.flush())?;
         Ok(())
     }
 
@@ -564,12 +568,19 @@ fn print_status(batch: &Value) {
 async fn watch(client: &Client, id: &str, timeout: Duration) -> Result<(), Failure> {
     let started = Instant::now();
     let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-    let style = ProgressStyle::with_template(
-        "{spinner} {msg} [{bar:30}] {pos}/{len} ({per_sec}, ETA {eta})",
-    )
-    .map_err(|e| format!("progress bar template: {e}"))?
-    .progress_chars("=> ");
+    let style =
+        ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} ({rate}, ETA {eta})")
+            .map_err(|e| format!("progress bar template: {e}"))?
+            .with_key(
+                "rate",
+                |state: &indicatif::ProgressState, out: &mut dyn std::fmt::Write| {
+                    let _ = write!(out, "{:.1}/s", state.per_sec());
+                },
+            )
+            .progress_chars("=> ");
     bar.set_style(style);
+    bar.set_message("waiting for the gateway");
+    bar.enable_steady_tick(Duration::from_millis(200));
     let mut failures = 0;
     let batch = loop {
         match client.batch(id).await {
