@@ -199,6 +199,14 @@ def main(results):
                      "-" if native is None else f"{native / 1e6:.2f} MB x86_64 binary, unzipped",
                      "", "<= 6 MB", verdict(None if size is None else size / 1e6, 6)))
 
+    b = get("batch")
+    if b:
+        share = b["items_per_s"] / b["ideal_per_s"]
+        rows.append((f"batch throughput: {b['items']} items, mock {b['latency_ms']} ms, worker concurrency "
+                     f"{b['concurrency']} (creation to completed)", f"{b['items_per_s']:.0f} items/s",
+                     f"ideal C/L {b['ideal_per_s']:.0f} items/s", f"{100 * share:.0f} % of ideal",
+                     ">= 90 % of C/L", verdict(-share, -0.9)))
+
     head = [
         f"Machine: {meta.get('nproc', '?')} cores, {meta.get('cpu', '?')}, {meta.get('mem', '?')}; "
         f"load average at start {meta.get('load_start', '?')}, at end {meta.get('load_end', '?')}.",

@@ -309,6 +309,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn batch_item_lines_count_the_outcome_and_the_queue_lag() {
+        let emf = Emf {
+            namespace: "AiGateway".into(),
+            function: "gw-batch".into(),
+        };
+        let line: serde_json::Value =
+            serde_json::from_str(&emf.batch_item_line("deferred", Some(1500))).unwrap();
+        assert_eq!(line["BatchItemsDeferred"], 1);
+        assert_eq!(line["BatchQueueLag"], 1500);
+        let metrics: Vec<&str> = line["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["Name"].as_str().unwrap())
+            .collect();
+        assert_eq!(metrics, ["BatchItemsDeferred", "BatchQueueLag"]);
+        let failed: serde_json::Value =
+            serde_json::from_str(&emf.batch_item_line("failed", None)).unwrap();
+        assert_eq!(failed["BatchItemsFailed"], 1);
+        assert!(failed.get("BatchQueueLag").is_none());
+    }
+
+    #[test]
     fn emf_lines_carry_the_metrics_the_dashboard_reads() {
         let emf = Emf {
             namespace: "AiGateway".into(),
