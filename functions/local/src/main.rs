@@ -198,12 +198,21 @@ async fn serve(
     let (backends, embedded) = open_backends(backend, &data_dir).await?;
     let first_run_key = bootstrap_keys(&backends).await?;
     let mut gateway = Gateway::new(&config, backends, &env)?;
-    if let Some(store) = &embedded {
-        gateway.batch = Some(BatchBackends::embedded(store, &data_dir, env)?);
-    }
+    gateway.batch = match &embedded {
+        Some(store) => Some(BatchBackends::embedded(store, &data_dir, env)?),
+        // The API only: on AWS the batch function works the queue off.
+        None => {
+            let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .load()
+                .await;
+            let dynamo = gateway::storage::dynamo::client(&sdk);
+            BatchBackends::aws(&sdk, &dynamo, env)?
+        }
+    };
     let gateway = Arc::new(gateway);
-    // The batch worker runs in process: it takes items from the queue while the API serves.
-    if let Some(batch) = gateway.batch.clone() {
+    // The batch worker runs in process over the embedded queue: it takes items from it while
+    // the API serves.
+    if let (Some(batch), Some(_)) = (gateway.batch.clone(), &embedded) {
         let keys = Arc::clone(gateway.auth.store());
         let runner = Arc::new(PipelineRunner(Arc::clone(&gateway)));
         tokio::spawn(Arc::new(Worker::new(batch, keys, runner)).run());

@@ -50,6 +50,9 @@ const EXPAND_BUDGET: Duration = Duration::from_secs(40);
 const EXPAND_CHUNK: u64 = 100;
 /// Attempts of a compare-and-swap on a batch that other writers are changing.
 const CAS_ATTEMPTS: usize = 16;
+/// Answers above this size may not fit the batch store; one the store refuses is replaced by an
+/// error record.
+const LARGE_RECORD_BYTES: usize = 64 * 1024;
 /// How often the local worker runs the sweep (the template schedules it on AWS).
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// A direct job has no completion window; its record is kept this long.
@@ -459,12 +462,42 @@ impl Worker {
                 return Ok(Disposition::Retry(reason));
             }
         };
-        self.observe(if result.ok { "completed" } else { "failed" }, lag_ms);
-        let recorded = self
-            .batch
-            .store
+        let store = &self.batch.store;
+        let mut outcome = if result.ok { "completed" } else { "failed" };
+        let recorded = match store
             .record_result_with_spend(&batch.tenant, &batch.id, &result, &spend)
-            .await?;
+            .await
+        {
+            Ok(recorded) => recorded,
+            // An answer the store cannot hold (a DynamoDB item takes 400 KB, compressed) would
+            // fail on every delivery and stall the batch: its error is recorded instead.
+            Err(error) if result.record.len() > LARGE_RECORD_BYTES => {
+                tracing::warn!(%error, bytes = result.record.len(), "batch answer too large to store");
+                outcome = "failed";
+                let too_large = ItemResult {
+                    ok: false,
+                    record: json!({
+                        "id": item_id(&batch.id, custom_id),
+                        "custom_id": custom_id,
+                        "response": null,
+                        "error": {
+                            "code": "response_too_large",
+                            "message": format!(
+                                "The answer ({} bytes) is too large for the batch store.",
+                                result.record.len()
+                            ),
+                        },
+                    })
+                    .to_string(),
+                    ..result
+                };
+                store
+                    .record_result_with_spend(&batch.tenant, &batch.id, &too_large, &spend)
+                    .await?
+            }
+            Err(error) => return Err(error),
+        };
+        self.observe(outcome, lag_ms);
         if recorded.is_none_or(|counts| !batch.direct && counts.done() >= batch.total) {
             self.finalize_if_done(&batch.tenant, &batch.id).await?;
         }
