@@ -147,7 +147,7 @@ EMPTY_MEANS_DEFAULT = {
 # ARN of that service (an existing resource passed in, such as ProviderSecretArn).
 RESOURCE_VARIABLES = [
     (re.compile(r"_TABLE$"), {"AWS::DynamoDB::Table"}, "DynamoDB table"),
-    (re.compile(r"_QUEUE(_URL)?$"), {"AWS::SQS::Queue"}, "SQS queue"),
+    (re.compile(r"_(QUEUE|DLQ)(_URL)?$"), {"AWS::SQS::Queue"}, "SQS queue"),
     (re.compile(r"_VECTOR_BUCKET$"), {"AWS::S3Vectors::VectorBucket"}, "S3 vector bucket"),
     (re.compile(r"_VECTOR_INDEX$"), {"AWS::S3Vectors::Index"}, "S3 Vectors index"),
     (re.compile(r"_BUCKET$"), {"AWS::S3::Bucket"}, "S3 bucket"),
@@ -170,6 +170,14 @@ NOT_EXECUTED = {
         "CacheStore::get": "Backends::aws_from_env builds a cache backend the authorizer never calls",
         "CacheStore::put": "Backends::aws_from_env builds a cache backend the authorizer never calls",
         "DynamoLimiter::*": "Backends::aws_from_env builds a limiter the authorizer never calls",
+    },
+    "chat": {
+        "SqsQueue::receive": "on Lambda the batch function's SQS event source mapping receives; the API only sends",
+        "SqsQueue::delete": "on Lambda the event source mapping deletes what the batch function reports done",
+    },
+    "batch": {
+        "SqsQueue::receive": "the SQS event source mapping receives for the function (its Poll statement)",
+        "SqsQueue::delete": "the event source mapping deletes every record missing from batchItemFailures",
     },
 }
 
