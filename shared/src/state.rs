@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::backends::Backends;
 use crate::background::Background;
+use crate::batch::BatchBackends;
 use crate::cache::ResponseCache;
 use crate::config::{CachePartition, Config, ConfigError, RoutingConfig};
 use crate::keys::Authenticator;
@@ -24,6 +25,7 @@ pub struct Gateway {
     pub started_at: u64,
     pub background: Background,
     pub edge: Arc<dyn EdgeKeys>,
+    pub batch: Option<BatchBackends>,
 }
 
 impl Gateway {
@@ -49,6 +51,7 @@ impl Gateway {
             started_at: crate::clock::now_secs(),
             background: Background::default(),
             edge: backends.edge,
+            batch: backends.batch,
         })
     }
 

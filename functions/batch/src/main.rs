@@ -1,15 +1,34 @@
-//! The `batch` Lambda. Its handler arrives with the batch issue; until then every invocation fails
-//! with a clear message instead of pretending to succeed.
+//! The `batch` Lambda: SQS records of the batch queue (expand a batch, run its items through the
+//! same pipeline as the chat path, write the output files) and the scheduled sweep. Built once
+//! per container, over one AWS config.
 
+use std::sync::Arc;
+
+use gateway::batch::worker::Worker;
+use gateway::lambda::setup::gateway_from_env;
+use gateway::pipeline::batch::PipelineRunner;
 use lambda_http::lambda_runtime::{self, Error, LambdaEvent, service_fn};
 use serde_json::Value;
-
-async fn handle(_event: LambdaEvent<Value>) -> Result<Value, Error> {
-    Err("the batch function is not implemented yet".into())
-}
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     gateway::telemetry::init_logging();
-    lambda_runtime::run(service_fn(handle)).await
+    let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await;
+    let gateway = gateway_from_env(&aws).await?;
+    let batch = gateway.batch.clone().ok_or(
+        "the batch function needs GATEWAY_BATCH_TABLE, GATEWAY_BUCKET and GATEWAY_BATCH_QUEUE_URL",
+    )?;
+    let keys = Arc::clone(gateway.auth.store());
+    let worker = Arc::new(Worker::new(batch, keys, Arc::new(PipelineRunner(gateway))));
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
+        let worker = Arc::clone(&worker);
+        async move {
+            gateway::lambda::batch::handle_event(&worker, event.payload)
+                .await
+                .map_err(Error::from)
+        }
+    }))
+    .await
 }

@@ -6,10 +6,13 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use gateway::backends::Backends;
+use gateway::batch::BatchBackends;
+use gateway::batch::worker::Worker;
 use gateway::clock::now_secs;
 use gateway::config::{Config, ServerConfig};
 use gateway::keys::edge::{ApiGatewayEdgeKeys, ensure_admin_key, provision, revoke};
 use gateway::keys::{ContextPolicy, NewKey};
+use gateway::pipeline::batch::PipelineRunner;
 use gateway::routing::Model;
 use gateway::state::Gateway;
 use gateway::storage::dynamo::DynamoConfig;
@@ -146,7 +149,9 @@ async fn open_backends(
     match backend {
         Backend::Embedded => {
             let store = EmbeddedStore::open(data_dir)?;
-            Ok((Backends::embedded(&store)?, Some(store)))
+            let mut backends = Backends::embedded(&store)?;
+            backends.batch = Some(BatchBackends::embedded(&store, data_dir, env)?);
+            Ok((backends, Some(store)))
         }
         Backend::Aws => {
             let mut backends = Backends::aws_from_env().await?;
@@ -184,6 +189,12 @@ async fn serve(
     let (backends, embedded) = open_backends(backend, &data_dir).await?;
     let first_run_key = bootstrap_keys(&backends).await?;
     let gateway = Arc::new(Gateway::new(&config, backends, &env)?);
+    // The batch worker runs in process: it takes items from the queue while the API serves.
+    if let Some(batch) = gateway.batch.clone() {
+        let keys = Arc::clone(gateway.auth.store());
+        let runner = Arc::new(PipelineRunner(Arc::clone(&gateway)));
+        tokio::spawn(Arc::new(Worker::new(batch, keys, runner)).run());
+    }
 
     let listen = listen
         .or_else(|| config.server.listen.clone())

@@ -3,6 +3,7 @@
 //! the batches (`batch::store`). Object keys are made by the gateway from its own ids, never from
 //! client input.
 
+pub mod folder;
 pub mod s3;
 
 use async_trait::async_trait;

@@ -12,12 +12,24 @@
 //! | POST | `/v1/embeddings` | `handlers::embeddings` -> `pipeline::embeddings` |
 //! | POST, GET | `/v1/admin/keys` | `admin::create_key`, `admin::list_keys` |
 //! | DELETE | `/v1/admin/keys/{id}` | `admin::revoke_key` |
+//! | POST, GET | `/v1/files` | `batch::create_file` (multipart), `batch::list_files` |
+//! | GET, DELETE | `/v1/files/{id}` | `batch::get_file`, `batch::delete_file` |
+//! | GET | `/v1/files/{id}/content` | `batch::file_content` |
+//! | POST | `/v1/uploads` | `batch::create_upload` |
+//! | POST | `/v1/uploads/{id}/parts` | `batch::add_upload_part` (multipart) |
+//! | POST | `/v1/uploads/{id}/complete` | `batch::complete_upload` |
+//! | POST | `/v1/uploads/{id}/cancel` | `batch::cancel_upload` |
+//! | POST, GET | `/v1/batches` | `batch::create_batch`, `batch::list_batches` |
+//! | GET | `/v1/batches/{id}` | `batch::get_batch` |
+//! | POST | `/v1/batches/{id}/cancel` | `batch::cancel_batch` |
+//! | GET | `/v1/batches/{id}/results` | `batch::batch_results` (JSONL; `?custom_id=`) |
 //!
 //! Layers, outermost first: `request_id` (every response carries `x-request-id`; a tracing span
 //! per request), the body limit (`server.max_body_bytes`), then on the keyed routes
 //! `cloudwatch_metrics` (EMF on Lambda) and `authenticate`.
 
 pub mod admin;
+pub mod batch;
 pub mod handlers;
 pub mod middleware;
 pub mod server;
@@ -45,6 +57,23 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/admin/keys", post(create_key).get(list_keys))
         .route("/v1/admin/keys/{id}", delete(revoke_key))
+        .route("/v1/files", post(batch::create_file).get(batch::list_files))
+        .route(
+            "/v1/files/{id}",
+            get(batch::get_file).delete(batch::delete_file),
+        )
+        .route("/v1/files/{id}/content", get(batch::file_content))
+        .route("/v1/uploads", post(batch::create_upload))
+        .route("/v1/uploads/{id}/parts", post(batch::add_upload_part))
+        .route("/v1/uploads/{id}/complete", post(batch::complete_upload))
+        .route("/v1/uploads/{id}/cancel", post(batch::cancel_upload))
+        .route(
+            "/v1/batches",
+            post(batch::create_batch).get(batch::list_batches),
+        )
+        .route("/v1/batches/{id}", get(batch::get_batch))
+        .route("/v1/batches/{id}/cancel", post(batch::cancel_batch))
+        .route("/v1/batches/{id}/results", get(batch::batch_results))
         .route("/metrics", get(admin_metrics))
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::clone(&gateway),

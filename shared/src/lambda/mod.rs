@@ -10,6 +10,8 @@
 //! goes through the streaming path (aws-lambda-rust-runtime issue 967).
 
 pub mod authorizer;
+pub mod batch;
+pub mod setup;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,6 +2,7 @@
 //! (the local server or a Lambda event): authorize, select, admit, cache, route, relay, settle.
 //! They return `http` responses, the type both fronts speak.
 
+pub mod batch;
 pub mod chat;
 pub mod embeddings;
 pub mod relay;

@@ -6,6 +6,7 @@
 //! `batchItemFailures` is deleted); `receive` and `delete` serve the local worker, the CLI and
 //! the tests.
 
+pub mod embedded;
 pub mod sqs;
 
 use async_trait::async_trait;

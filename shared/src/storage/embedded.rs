@@ -1,13 +1,15 @@
-//! The embedded store's plumbing: one SQLite file holding keys, monthly spend and the response
-//! cache, its schema, the reader connection and the writer thread that batches writes. The SQL of
-//! each concern is beside its trait (`keys::embedded`, `cache::embedded`, `limits::local`).
+//! The embedded store's plumbing: one SQLite file holding keys, monthly spend, the response
+//! cache, batch jobs (files, uploads, batches, results) and the batch queue, its schema, the reader connection and the writer thread that batches writes. The SQL of
+//! each concern is beside its trait (`keys::embedded`, `cache::embedded`, `limits::local`,
+//! `batch::embedded`, `queue::embedded`).
 //!
 //! SQLite (not a single-process store) because `gateway-local keys create` must work while the
 //! gateway runs: WAL mode lets the CLI and the server share the file. Reads are point lookups on
 //! the request path; writes that can wait (cache entries, spend) go to a writer thread that
 //! commits them in batches with `synchronous=NORMAL`, so no request waits for a disk flush.
 //! A crash of the process loses at most the batch being collected (up to `BATCH_WINDOW`); a power
-//! loss can also lose the WAL commits not yet synced by a checkpoint.
+//! loss can also lose the WAL commits not yet synced by a checkpoint. Batch records and queue
+//! messages do not go through the writer: they are committed before their call returns.
 //!
 //! The writer sleeps through its batch window instead of waiting on the queue, so queueing a write
 //! never wakes it (a wake-up per request was a system call and a context switch each). Cache
@@ -23,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rusqlite::{Connection, params};
+use tokio::sync::Notify;
 
 use crate::clock::{month_of, now_secs};
 use crate::error::StoreError;
@@ -149,6 +152,9 @@ pub struct EmbeddedStore {
     /// The writer thread, woken early by `flush`.
     writer_thread: thread::Thread,
     recent: Recent,
+    /// Signalled when this process enqueues a message, so a waiting `receive` of any queue on
+    /// this store wakes at once (messages from other processes are found by polling).
+    queue_signal: Notify,
 }
 
 fn backend(error: rusqlite::Error) -> StoreError {
@@ -176,7 +182,52 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
              key BLOB PRIMARY KEY,
              body BLOB NOT NULL,
              expires_at INTEGER NOT NULL
-         );",
+         );
+         CREATE TABLE IF NOT EXISTS files (
+             id TEXT PRIMARY KEY,
+             tenant TEXT NOT NULL,
+             doc TEXT NOT NULL
+         );
+         CREATE INDEX IF NOT EXISTS files_by_tenant ON files (tenant, id);
+         CREATE TABLE IF NOT EXISTS uploads (
+             id TEXT PRIMARY KEY,
+             tenant TEXT NOT NULL,
+             doc TEXT NOT NULL
+         );
+         CREATE TABLE IF NOT EXISTS upload_parts (
+             upload_id TEXT NOT NULL,
+             id TEXT NOT NULL,
+             doc TEXT NOT NULL,
+             PRIMARY KEY (upload_id, id)
+         );
+         CREATE TABLE IF NOT EXISTS batches (
+             id TEXT PRIMARY KEY,
+             tenant TEXT NOT NULL,
+             doc TEXT NOT NULL,
+             version INTEGER NOT NULL,
+             completed INTEGER NOT NULL DEFAULT 0,
+             failed INTEGER NOT NULL DEFAULT 0,
+             open INTEGER NOT NULL
+         );
+         CREATE INDEX IF NOT EXISTS batches_by_tenant ON batches (tenant, id);
+         CREATE INDEX IF NOT EXISTS open_batches ON batches (id) WHERE open = 1;
+         CREATE TABLE IF NOT EXISTS results (
+             batch_id TEXT NOT NULL,
+             custom_id TEXT NOT NULL,
+             line INTEGER NOT NULL,
+             ok INTEGER NOT NULL,
+             record TEXT NOT NULL,
+             PRIMARY KEY (batch_id, custom_id)
+         );
+         CREATE TABLE IF NOT EXISTS queue (
+             id INTEGER PRIMARY KEY,
+             body TEXT NOT NULL,
+             visible_at_ms INTEGER NOT NULL,
+             receives INTEGER NOT NULL DEFAULT 0,
+             dead INTEGER NOT NULL DEFAULT 0,
+             reason TEXT
+         );
+         CREATE INDEX IF NOT EXISTS queue_due ON queue (dead, visible_at_ms);",
     )
     .map_err(backend)?;
     Ok(conn)
@@ -202,6 +253,7 @@ impl EmbeddedStore {
             writer: tx,
             writer_thread: writer.thread().clone(),
             recent,
+            queue_signal: Notify::new(),
         }))
     }
 
@@ -228,6 +280,11 @@ impl EmbeddedStore {
         self.send(Write::Flush(done_tx));
         self.writer_thread.unpark();
         let _ = done_rx.recv_timeout(Duration::from_secs(10));
+    }
+
+    /// Wakes the receivers of the embedded queue waiting on this store.
+    pub(crate) fn queue_signal(&self) -> &Notify {
+        &self.queue_signal
     }
 
     /// Cache entries in memory: those waiting for the writer, and recently used ones.

@@ -44,6 +44,9 @@ pub struct Metrics {
     pub cost_usd: Family<Labels, Counter<f64, AtomicU64>>,
     /// Streams ended with an error after they started, by reason.
     pub broken_streams: Family<Labels, Counter>,
+    /// Batch items by outcome: `completed`, `failed`, `deferred` (rate-limited, re-sent
+    /// later), `retried` (left for redelivery).
+    pub batch_items: Family<Labels, Counter>,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -57,6 +60,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         tokens: Family::default(),
         cost_usd: Family::default(),
         broken_streams: Family::default(),
+        batch_items: Family::default(),
         registry: Registry::default(),
     };
     registry.register(
@@ -90,6 +94,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "broken_streams",
         "Streams cut after they started",
         metrics.broken_streams.clone(),
+    );
+    registry.register(
+        "batch_items",
+        "Batch items by outcome",
+        metrics.batch_items.clone(),
     );
     Metrics {
         registry,
@@ -259,6 +268,26 @@ impl Emf {
                 ("CostUsd", "None"),
             ],
         );
+        self.line(vec![directive], fields)
+    }
+
+    /// The EMF line for one batch item: its outcome (`BatchItemsCompleted`, `...Failed`,
+    /// `...Deferred`, `...Retried`) and how long its message waited in the queue.
+    pub fn batch_item_line(&self, outcome: &str, queue_lag_ms: Option<u64>) -> String {
+        let name = match outcome {
+            "completed" => "BatchItemsCompleted",
+            "failed" => "BatchItemsFailed",
+            "deferred" => "BatchItemsDeferred",
+            _ => "BatchItemsRetried",
+        };
+        let mut fields = serde_json::Map::new();
+        fields.insert(name.into(), 1.into());
+        let mut metrics = vec![(name, "Count")];
+        if let Some(lag) = queue_lag_ms {
+            fields.insert("BatchQueueLag".into(), lag.into());
+            metrics.push(("BatchQueueLag", "Milliseconds"));
+        }
+        let directive = self.directive(serde_json::json!([["FunctionName"]]), &metrics);
         self.line(vec![directive], fields)
     }
 

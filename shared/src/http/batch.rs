@@ -1,0 +1,275 @@
+//! The Files, Uploads and Batches routes: extract what the request carries and hand it to
+//! `batch::files_api` / `batch::batches_api`, scoped to the key's tenant.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Extension, Multipart, Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::handlers::{AuthorizedKey, body_error};
+use crate::batch::files_api::{self, CompleteUpload, NewUpload, not_configured};
+use crate::batch::{BatchBackends, batches_api};
+use crate::error::ApiError;
+use crate::pipeline::parse_json;
+use crate::state::Gateway;
+
+fn backends(gateway: &Gateway) -> Result<&BatchBackends, ApiError> {
+    gateway.batch.as_ref().ok_or_else(not_configured)
+}
+
+fn json(result: Result<Value, ApiError>) -> Response {
+    match result {
+        Ok(value) => (StatusCode::OK, axum::Json(value)).into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+fn multipart_error(error: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_request(format!("The multipart body cannot be read: {error}"))
+}
+
+/// The fields of a multipart form the Files and Uploads APIs read: one file-like field and
+/// plain text fields.
+#[derive(Default)]
+struct Form {
+    data: Option<(Option<String>, Bytes)>,
+    purpose: Option<String>,
+}
+
+async fn read_form(mut multipart: Multipart, file_field: &str) -> Result<Form, ApiError> {
+    let mut form = Form::default();
+    while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
+        let name = field.name().unwrap_or_default().to_owned();
+        if name == file_field {
+            let filename = field.file_name().map(str::to_owned);
+            let bytes = field.bytes().await.map_err(multipart_error)?;
+            form.data = Some((filename, bytes));
+        } else if name == "purpose" {
+            form.purpose = Some(field.text().await.map_err(multipart_error)?);
+        }
+    }
+    Ok(form)
+}
+
+pub(crate) async fn create_file(
+    State(gateway): State<Arc<Gateway>>,
+    Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Response {
+    json(
+        async {
+            let batch = backends(&gateway)?;
+            let multipart = multipart.map_err(|e| {
+                ApiError::bad_request(format!(
+                    "Send the file as multipart/form-data with fields `file` and `purpose`: {e}"
+                ))
+            })?;
+            let form = read_form(multipart, "file").await?;
+            let (filename, body) = form.data.ok_or_else(|| {
+                ApiError::bad_request("The form has no `file` field.").with_param("file")
+            })?;
+            let purpose = form.purpose.ok_or_else(|| {
+                ApiError::bad_request("The form has no `purpose` field.").with_param("purpose")
+            })?;
+            let filename = filename.unwrap_or_else(|| "upload.jsonl".to_owned());
+            files_api::create_file(batch, &key.tenant, &filename, &purpose, body).await
+        }
+        .await,
+    )
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ListQuery {
+    after: Option<String>,
+    limit: Option<usize>,
+    purpose: Option<String>,
+    custom_id: Option<String>,
+}
+
+pub(crate) async fn list_files(
+    State(gateway): State<Arc<Gateway>>,
+    Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
+    Query(query): Query<ListQuery>,
+) -> Response {
+    json(
+        async {
+            let batch = backends(&gateway)?;
+            files_api::list_files(
+                batch,
+                &key.tenant,
+                query.after.as_deref(),
+                query.limit,
+                query.purpose.as_deref(),
+            )
+            .await
+        }
+        .await,
+    )
+}
+
+pub(crate) async fn get_file(
+    State(gateway): State<Arc<Gateway>>,
+    Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
+    Path(id): Path<String>,
+) -> Response {
+    json(async { files_api::get_file(backends(&gateway)?, &key.tenant, &id).await }.await)
+}
+
+pub(crate) async fn delete_file(
+    State(gateway): State<Arc<Gateway>>,
+    Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
+    Path(id): Path<String>,
+) -> Response {
+    json(async { files_api::delete_file(backends(&gateway)?, &key.tenant, &id).await }.await)
+}
+
+pub(crate) async fn file_content(
+    State(gateway): State<Arc<Gateway>>,
+    Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
+    Path(id): Path<String>,
+) -> Response {
+    let result = async { files_api::file_content(backends(&gateway)?, &key.tenant, &id).await };
+    match result.await {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+pub(crate) async fn create_upload(
+    State(gateway): State<Arc<Gateway>>,
+    Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    json(
+        async {
+            let batch = backends(&gateway)?;
+            let new: NewUpload = parse_json(&body.map_err(body_error)?)?;
+            files_api::create_upload(batch, &key.tenant, new).await
+        }
+        .await,
+    )
+}
+
+pub(crate) async fn add_upload_part(
+    State(gateway): State<Arc<Gateway>>,
+    Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
+    Path(id): Path<String>,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Response {
+    json(
+        async {
+            let batch = backends(&gateway)?;
+            let multipart = multipart.map_err(|e| {
+                ApiError::bad_request(format!(
+                    "Send the part as multipart/form-data with the field `data`: {e}"
+                ))
+            })?;
+            let form = read_form(multipart, "data").await?;
+            let (_, data) = form.data.ok_or_else(|| {
+                ApiError::bad_request("The form has no `data` field.").with_param("data")
+            })?;
+            files_api::add_part(batch, &key.tenant, &id, data).await
+        }
+        .await,
+    )
+}
+
+pub(crate) async fn complete_upload(
+    State(gateway): State<Arc<Gateway>>,
+    Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    json(
+        async {
+            let batch = backends(&gateway)?;
+            let complete: CompleteUpload = parse_json(&body.map_err(body_error)?)?;
+            files_api::complete_upload(batch, &key.tenant, &id, complete).await
+        }
+        .await,
+    )
+}
+
+pub(crate) async fn cancel_upload(
+    State(gateway): State<Arc<Gateway>>,
+    Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
+    Path(id): Path<String>,
+) -> Response {
+    json(async { files_api::cancel_upload(backends(&gateway)?, &key.tenant, &id).await }.await)
+}
+
+pub(crate) async fn create_batch(
+    State(gateway): State<Arc<Gateway>>,
+    Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    json(
+        async {
+            let batch = backends(&gateway)?;
+            let new: batches_api::NewBatch = parse_json(&body.map_err(body_error)?)?;
+            batches_api::create_batch(batch, &key, new).await
+        }
+        .await,
+    )
+}
+
+pub(crate) async fn get_batch(
+    State(gateway): State<Arc<Gateway>>,
+    Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
+    Path(id): Path<String>,
+) -> Response {
+    json(async { batches_api::get_batch(backends(&gateway)?, &key.tenant, &id).await }.await)
+}
+
+pub(crate) async fn list_batches(
+    State(gateway): State<Arc<Gateway>>,
+    Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
+    Query(query): Query<ListQuery>,
+) -> Response {
+    json(
+        async {
+            batches_api::list_batches(
+                backends(&gateway)?,
+                &key.tenant,
+                query.after.as_deref(),
+                query.limit,
+            )
+            .await
+        }
+        .await,
+    )
+}
+
+pub(crate) async fn cancel_batch(
+    State(gateway): State<Arc<Gateway>>,
+    Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
+    Path(id): Path<String>,
+) -> Response {
+    json(async { batches_api::cancel_batch(backends(&gateway)?, &key.tenant, &id).await }.await)
+}
+
+pub(crate) async fn batch_results(
+    State(gateway): State<Arc<Gateway>>,
+    Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
+    Path(id): Path<String>,
+    Query(query): Query<ListQuery>,
+) -> Response {
+    let result = async {
+        batches_api::results(
+            backends(&gateway)?,
+            &key.tenant,
+            &id,
+            query.custom_id.as_deref(),
+        )
+        .await
+    };
+    match result.await {
+        Ok(text) => ([(header::CONTENT_TYPE, "application/jsonl")], text).into_response(),
+        Err(error) => error.into_response(),
+    }
+}

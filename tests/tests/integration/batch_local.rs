@@ -1,0 +1,405 @@
+//! Batch jobs on `gateway-local` over real sockets: the Files and Batches APIs, the in-process
+//! worker over the embedded queue, results exactly once, per-line errors for models outside the
+//! key's scope, whole-batch validation errors, tenant isolation, cancel, and a SIGKILL in the
+//! middle of a batch.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::common::local::{ADMIN_KEY, LocalServer, TempDir, cli};
+use crate::common::within;
+use serde_json::{Value, json};
+
+const CONFIG: &str = r#"
+[providers.mock]
+kind = "mock"
+
+[models.mock]
+deployments = [{ provider = "mock", model = "mock" }]
+price = { input_per_mtok = 1, output_per_mtok = 2 }
+
+[providers.slowmock]
+kind = "mock"
+latency_ms = 40
+
+[models.slow]
+deployments = [{ provider = "slowmock", model = "slow" }]
+price = { input_per_mtok = 1, output_per_mtok = 2 }
+
+[models.secret]
+deployments = [{ provider = "mock", model = "secret" }]
+"#;
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client")
+}
+
+fn line(custom_id: &str, model: &str, text: &str) -> String {
+    json!({
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": model, "messages": [{"role": "user", "content": text}]},
+    })
+    .to_string()
+}
+
+async fn upload(url: &str, key: &str, jsonl: String) -> Value {
+    let form = reqwest::multipart::Form::new()
+        .text("purpose", "batch")
+        .part(
+            "file",
+            reqwest::multipart::Part::text(jsonl).file_name("input.jsonl"),
+        );
+    let response = client()
+        .post(format!("{url}/v1/files"))
+        .bearer_auth(key)
+        .multipart(form)
+        .send()
+        .await
+        .expect("answered");
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+async fn call(method: reqwest::Method, url: &str, key: &str, body: Option<Value>) -> (u16, Value) {
+    let mut request = client().request(method, url).bearer_auth(key);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("answered");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn create_batch(url: &str, key: &str, file_id: &str) -> Value {
+    let (status, batch) = call(
+        reqwest::Method::POST,
+        &format!("{url}/v1/batches"),
+        key,
+        Some(
+            json!({"input_file_id": file_id, "endpoint": "/v1/chat/completions",
+                    "completion_window": "24h", "metadata": {"run": "test"}}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{batch}");
+    assert_eq!(batch["status"], "validating");
+    batch
+}
+
+/// Polls the batch until it reaches a terminal status.
+async fn finished(url: &str, key: &str, id: &str) -> Value {
+    loop {
+        let (status, batch) = call(
+            reqwest::Method::GET,
+            &format!("{url}/v1/batches/{id}"),
+            key,
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{batch}");
+        if ["completed", "failed", "expired", "cancelled"]
+            .contains(&batch["status"].as_str().unwrap_or_default())
+        {
+            return batch;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn content(url: &str, key: &str, file_id: &str) -> Vec<Value> {
+    let response = client()
+        .get(format!("{url}/v1/files/{file_id}/content"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status().as_u16(), 200);
+    let text = response.text().await.expect("text");
+    text.lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+fn by_custom_id(records: &[Value]) -> HashMap<String, Value> {
+    let mut map = HashMap::new();
+    for record in records {
+        let id = record["custom_id"].as_str().expect("custom_id").to_owned();
+        assert!(
+            map.insert(id.clone(), record.clone()).is_none(),
+            "{id} twice"
+        );
+    }
+    map
+}
+
+#[tokio::test]
+async fn a_batch_completes_with_one_result_per_line_and_errors_for_models_outside_the_keys_scope() {
+    within(60, async {
+        let dir = TempDir::new("batch-local");
+        let key = cli(
+            dir.path(),
+            &[
+                "keys",
+                "create",
+                "--name",
+                "batcher",
+                "--models",
+                "mock,slow",
+            ],
+        )
+        .trim()
+        .to_owned();
+        let server = LocalServer::start(dir.path(), CONFIG, &[]);
+        let url = &server.url;
+        let lines: Vec<String> = (0..120)
+            .map(|i| {
+                let model = if i % 40 == 7 { "secret" } else { "mock" };
+                line(&format!("req-{i}"), model, &format!("question {i}"))
+            })
+            .collect();
+        let file = upload(url, &key, lines.join("\n")).await;
+        assert_eq!(file["purpose"], "batch");
+        let batch = create_batch(url, &key, file["id"].as_str().unwrap()).await;
+        let id = batch["id"].as_str().unwrap();
+
+        let done = finished(url, &key, id).await;
+        assert_eq!(done["status"], "completed", "{done}");
+        assert_eq!(
+            done["request_counts"],
+            json!({"total": 120, "completed": 117, "failed": 3})
+        );
+        assert_eq!(done["metadata"]["run"], "test");
+        for stamp in ["in_progress_at", "finalizing_at", "completed_at"] {
+            assert!(done[stamp].as_u64().is_some(), "{stamp} in {done}");
+        }
+
+        let output = content(url, &key, done["output_file_id"].as_str().unwrap()).await;
+        let outputs = by_custom_id(&output);
+        assert_eq!(outputs.len(), 117);
+        // In input order.
+        let order: Vec<&str> = output
+            .iter()
+            .map(|r| r["custom_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(order.first(), Some(&"req-0"));
+        assert_eq!(order.last(), Some(&"req-119"));
+        let answer = &outputs["req-3"]["response"];
+        assert_eq!(answer["status_code"], 200);
+        assert!(
+            answer["body"]["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .contains("question 3"),
+            "{answer}"
+        );
+        let errors = content(url, &key, done["error_file_id"].as_str().unwrap()).await;
+        let errors = by_custom_id(&errors);
+        let mut failed: Vec<&String> = errors.keys().collect();
+        failed.sort();
+        assert_eq!(failed, ["req-47", "req-7", "req-87"]);
+        assert_eq!(errors["req-7"]["response"]["status_code"], 403);
+        assert_eq!(
+            errors["req-7"]["response"]["body"]["error"]["code"],
+            "model_not_allowed"
+        );
+
+        // The key's spend counts every answered line.
+        let listing = cli(dir.path(), &["keys", "list"]);
+        assert!(listing.contains("batcher"), "{listing}");
+
+        // Another tenant sees none of it.
+        let other = cli(
+            dir.path(),
+            &["keys", "create", "--name", "other", "--tenant", "acme"],
+        )
+        .trim()
+        .to_owned();
+        let (status, _) = call(
+            reqwest::Method::GET,
+            &format!("{url}/v1/batches/{id}"),
+            &other,
+            None,
+        )
+        .await;
+        assert_eq!(status, 404);
+        let (status, _) = call(
+            reqwest::Method::GET,
+            &format!("{url}/v1/files/{}", file["id"].as_str().unwrap()),
+            &other,
+            None,
+        )
+        .await;
+        assert_eq!(status, 404);
+        let (_, listed) = call(
+            reqwest::Method::GET,
+            &format!("{url}/v1/batches"),
+            &key,
+            None,
+        )
+        .await;
+        assert_eq!(listed["data"][0]["id"], id);
+        let (_, listed) = call(
+            reqwest::Method::GET,
+            &format!("{url}/v1/batches"),
+            &other,
+            None,
+        )
+        .await;
+        assert_eq!(listed["data"], json!([]));
+        let _ = ADMIN_KEY;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn validation_fails_the_whole_batch_with_openai_errors_data() {
+    within(30, async {
+        let dir = TempDir::new("batch-invalid");
+        let key = cli(dir.path(), &["keys", "create", "--name", "v"])
+            .trim()
+            .to_owned();
+        let server = LocalServer::start(dir.path(), CONFIG, &[]);
+        let url = &server.url;
+        let jsonl = [
+            line("a", "mock", "x"),
+            line("a", "mock", "y"),
+            line("b", "mock", "z").replace("/v1/chat/completions", "/v1/embeddings"),
+        ]
+        .join("\n");
+        let file = upload(url, &key, jsonl).await;
+        let batch = create_batch(url, &key, file["id"].as_str().unwrap()).await;
+        let done = finished(url, &key, batch["id"].as_str().unwrap()).await;
+        assert_eq!(done["status"], "failed", "{done}");
+        let errors = &done["errors"]["data"];
+        assert_eq!(errors[0]["code"], "duplicate_custom_id");
+        assert_eq!(errors[0]["line"], 2);
+        assert_eq!(errors[1]["code"], "mismatched_url");
+        assert_eq!(errors[1]["line"], 3);
+
+        // What is not JSONL is refused at upload.
+        let form = reqwest::multipart::Form::new()
+            .text("purpose", "batch")
+            .part(
+                "file",
+                reqwest::multipart::Part::text("not json\n").file_name("x.jsonl"),
+            );
+        let response = client()
+            .post(format!("{url}/v1/files"))
+            .bearer_auth(&key)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 400);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_gateway_killed_mid_batch_finishes_it_after_restart_with_every_result_once() {
+    within(90, async {
+        let dir = TempDir::new("batch-kill");
+        let key = cli(dir.path(), &["keys", "create", "--name", "k"])
+            .trim()
+            .to_owned();
+        // A short visibility timeout: the items in flight at the kill come back quickly.
+        let env = [
+            ("GATEWAY_BATCH_VISIBILITY_SECS", "2"),
+            ("GATEWAY_BATCH_CONCURRENCY", "4"),
+        ];
+        let server = LocalServer::start(dir.path(), CONFIG, &env);
+        let url = server.url.clone();
+        let lines: Vec<String> = (0..300)
+            .map(|i| line(&format!("k-{i}"), "slow", &format!("question {i}")))
+            .collect();
+        let file = upload(&url, &key, lines.join("\n")).await;
+        let batch = create_batch(&url, &key, file["id"].as_str().unwrap()).await;
+        let id = batch["id"].as_str().unwrap().to_owned();
+        // Kill it once some, not all, items are done.
+        loop {
+            let (_, now) = call(
+                reqwest::Method::GET,
+                &format!("{url}/v1/batches/{id}"),
+                &key,
+                None,
+            )
+            .await;
+            if now["request_counts"]["completed"].as_u64().unwrap_or(0) >= 40 {
+                assert!(now["request_counts"]["completed"].as_u64().unwrap() < 300);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        server.crash();
+
+        let server = LocalServer::start(dir.path(), CONFIG, &env);
+        let done = finished(&server.url, &key, &id).await;
+        assert_eq!(done["status"], "completed", "{done}");
+        assert_eq!(
+            done["request_counts"],
+            json!({"total": 300, "completed": 300, "failed": 0})
+        );
+        let output = content(&server.url, &key, done["output_file_id"].as_str().unwrap()).await;
+        let outputs = by_custom_id(&output);
+        assert_eq!(outputs.len(), 300);
+        assert!(done["error_file_id"].is_null());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn cancel_stops_the_items_not_yet_run_and_ends_cancelled() {
+    within(60, async {
+        let dir = TempDir::new("batch-cancel");
+        let key = cli(dir.path(), &["keys", "create", "--name", "c"])
+            .trim()
+            .to_owned();
+        let server = LocalServer::start(dir.path(), CONFIG, &[("GATEWAY_BATCH_CONCURRENCY", "1")]);
+        let url = &server.url;
+        let lines: Vec<String> = (0..200)
+            .map(|i| line(&format!("c-{i}"), "slow", "q"))
+            .collect();
+        let file = upload(url, &key, lines.join("\n")).await;
+        let batch = create_batch(url, &key, file["id"].as_str().unwrap()).await;
+        let id = batch["id"].as_str().unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (status, cancelling) = call(
+            reqwest::Method::POST,
+            &format!("{url}/v1/batches/{id}/cancel"),
+            &key,
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{cancelling}");
+        assert_eq!(cancelling["status"], "cancelling");
+        let done = finished(url, &key, id).await;
+        assert_eq!(done["status"], "cancelled", "{done}");
+        let counts = &done["request_counts"];
+        let completed = counts["completed"].as_u64().unwrap();
+        assert!(completed < 200, "{done}");
+        assert_eq!(completed + counts["failed"].as_u64().unwrap(), 200);
+        let errors = content(url, &key, done["error_file_id"].as_str().unwrap()).await;
+        assert!(
+            errors
+                .iter()
+                .all(|e| e["error"]["code"] == "batch_cancelled")
+        );
+        // A finished batch cannot be cancelled.
+        let (status, _) = call(
+            reqwest::Method::POST,
+            &format!("{url}/v1/batches/{id}/cancel"),
+            &key,
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "cancelling a cancelled batch returns it");
+    })
+    .await;
+}
