@@ -134,6 +134,11 @@ OPTIONAL_ON_LAMBDA = {
     "GATEWAY_KEY_CACHE_TTL_MS": "authorizer key cache TTL; the default (1000 ms) is the router's server.key_cache_ttl_ms",
     "OPENAI_API_KEY": "read by the built-in config only, to offer OpenAI models when set; "
     "provider credentials on Lambda belong in the provider secret, never in plain template parameters",
+    "GATEWAY_BATCH_CONCURRENCY": "items one batch invocation runs at once; the default (8) suits the default BatchSize",
+    "GATEWAY_BATCH_MAX_DEFERRALS": "times a rate-limited batch item is re-sent with a delay; the default (100) is ample",
+    "GATEWAY_BATCH_VISIBILITY_SECS": "gateway-local only: the embedded queue's visibility timeout (SQS has its own)",
+    "GATEWAY_BATCH_DLQ_URL": "the batch function dead-letters unprocessable messages; the chat function only enqueues",
+    "GATEWAY_BATCH_MAX_RECEIVES": "the batch function's last-receive rule; the chat function never processes items",
     "ANTHROPIC_API_KEY": "read by the built-in config only, to offer Anthropic models when set (see OPENAI_API_KEY)",
     "GATEWAY_BATCH_VISIBILITY_SECS": "gateway-local only: the embedded queue's visibility timeout (on AWS it is the "
     "queue's VisibilityTimeout, which the template derives from the batch function's timeout)",
@@ -179,7 +184,9 @@ NOT_EXECUTED = {
         "DynamoKeyStore::upsert": "the authorizer never writes keys (it does not apply GATEWAY_ADMIN_KEY)",
         "DynamoKeyStore::list": "the authorizer never lists keys",
         "DynamoKeyStore::revoke": "the authorizer never revokes keys",
-        "DynamoKeyStore::read_key_attr": "used by upsert and revoke only",
+        "DynamoKeyStore::read_key_attr": "used by upsert, revoke and get_by_id (the batch worker's) only",
+        "DynamoKeyStore::get_by_id": "the batch worker looks keys up by id; the authorizer by hash",
+        "BatchBackends::*": "Setup::load builds the batch backends for the chat and batch functions; the authorizer never does",
         "transact_put": "builds the parts of key writes (insert, upsert)",
         "transact_delete": "builds the parts of key writes (upsert)",
         "CacheStore::get": "Backends::aws_from_env builds a cache backend the authorizer never calls",
@@ -209,6 +216,21 @@ NOT_EXECUTED = {
         "transact_put": "builds the parts of key writes (insert, upsert)",
         "transact_delete": "builds the parts of key writes (upsert)",
         "ApiGatewayEdgeKeys::*": "built only when GATEWAY_USAGE_PLAN_IDS is set, which the template does not for the batch function",
+    },
+    "batch": {
+        "DynamoKeyStore::insert": "the batch worker only reads keys (KeyStore::get_by_id)",
+        "DynamoKeyStore::upsert": "the batch worker never writes keys",
+        "DynamoKeyStore::list": "the batch worker never lists keys",
+        "DynamoKeyStore::revoke": "the batch worker never revokes keys",
+        "transact_put": "builds the parts of key writes (insert, upsert)",
+        "transact_delete": "builds the parts of key writes (upsert)",
+        "SqsQueue::receive": "Lambda's event source mapping receives for the batch function; receive serves gateway-local's worker and tests",
+        "SqsQueue::delete": "Lambda's event source mapping deletes what the batch function handled",
+    },
+    "chat": {
+        "SqsQueue::receive": "Lambda's event source mapping receives for the batch function; receive serves gateway-local's worker and tests",
+        "SqsQueue::delete": "Lambda's event source mapping deletes what the batch function handled",
+        "SqsQueue::dead_letter": "only the batch worker dead-letters; the chat function enqueues batches",
     },
 }
 

@@ -25,6 +25,8 @@ pub struct Gateway {
     pub started_at: u64,
     pub background: Background,
     pub edge: Arc<dyn EdgeKeys>,
+    /// Batch jobs' store, file bodies and queue; `None` where they are not configured (the
+    /// batch routes then answer 404).
     pub batch: Option<BatchBackends>,
 }
 
@@ -51,7 +53,7 @@ impl Gateway {
             started_at: crate::clock::now_secs(),
             background: Background::default(),
             edge: backends.edge,
-            batch: backends.batch,
+            batch: None,
         })
     }
 

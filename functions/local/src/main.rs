@@ -149,9 +149,7 @@ async fn open_backends(
     match backend {
         Backend::Embedded => {
             let store = EmbeddedStore::open(data_dir)?;
-            let mut backends = Backends::embedded(&store)?;
-            backends.batch = Some(BatchBackends::embedded(&store, data_dir, env)?);
-            Ok((backends, Some(store)))
+            Ok((Backends::embedded(&store)?, Some(store)))
         }
         Backend::Aws => {
             let mut backends = Backends::aws_from_env().await?;
@@ -188,7 +186,11 @@ async fn serve(
     let config = load_config(config_path.as_ref())?;
     let (backends, embedded) = open_backends(backend, &data_dir).await?;
     let first_run_key = bootstrap_keys(&backends).await?;
-    let gateway = Arc::new(Gateway::new(&config, backends, &env)?);
+    let mut gateway = Gateway::new(&config, backends, &env)?;
+    if let Some(store) = &embedded {
+        gateway.batch = Some(BatchBackends::embedded(store, &data_dir, env)?);
+    }
+    let gateway = Arc::new(gateway);
     // The batch worker runs in process: it takes items from the queue while the API serves.
     if let Some(batch) = gateway.batch.clone() {
         let keys = Arc::clone(gateway.auth.store());

@@ -13,13 +13,23 @@ pub mod messages;
 pub mod store;
 pub mod worker;
 
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::Client;
 
 use rand::Rng;
 
 use crate::clock::now_millis;
 use crate::files::FileBodies;
+use crate::files::folder::FolderBodies;
+use crate::files::s3::S3Bodies;
 use crate::queue::Queue;
+use crate::queue::embedded::EmbeddedQueue;
+use crate::queue::sqs::SqsQueue;
+use crate::storage::embedded::EmbeddedStore;
+use dynamo::DynamoBatchStore;
 use store::BatchStore;
 
 /// OpenAI's caps on a batch input file.
@@ -93,6 +103,81 @@ pub struct BatchBackends {
     pub bodies: Arc<dyn FileBodies>,
     pub queue: Arc<dyn Queue>,
     pub settings: BatchSettings,
+}
+
+/// How long a locally received batch message stays hidden: longer than an item can run (a
+/// model's total timeout is 120 s by default), or it would run twice.
+const LOCAL_VISIBILITY_SECS: u64 = 300;
+
+impl BatchBackends {
+    /// Locally: metadata and the queue in the embedded store, file bodies under
+    /// `<dir>/objects`. Settings from `lookup` (`GATEWAY_BATCH_*`, and
+    /// `GATEWAY_BATCH_VISIBILITY_SECS` for the queue's visibility timeout).
+    pub fn embedded(
+        store: &Arc<EmbeddedStore>,
+        dir: &Path,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, String> {
+        let visibility = match lookup("GATEWAY_BATCH_VISIBILITY_SECS").filter(|v| !v.is_empty()) {
+            None => LOCAL_VISIBILITY_SECS,
+            Some(value) => value
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|secs| (1..=43_200).contains(secs))
+                .ok_or_else(|| {
+                    format!("GATEWAY_BATCH_VISIBILITY_SECS is `{value}`; expected 1 to 43200")
+                })?,
+        };
+        let settings = BatchSettings::from_lookup(lookup)?;
+        Ok(Self {
+            store: store.clone(),
+            bodies: Arc::new(FolderBodies::new(dir.join("objects"))),
+            queue: Arc::new(EmbeddedQueue::new(
+                Arc::clone(store),
+                Duration::from_secs(visibility),
+                settings.max_receives,
+            )),
+            settings,
+        })
+    }
+
+    /// On AWS, when the stack names the batch table, the bucket and the queue
+    /// (`GATEWAY_BATCH_TABLE`, `GATEWAY_BUCKET`, `GATEWAY_BATCH_QUEUE_URL`; the dead-letter queue
+    /// by `GATEWAY_BATCH_DLQ_URL`); `None` when none is set.
+    pub fn aws(
+        sdk_config: &aws_config::SdkConfig,
+        dynamo: &Client,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<Self>, String> {
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let (table, bucket, queue_url) = match (
+            get("GATEWAY_BATCH_TABLE"),
+            get("GATEWAY_BUCKET"),
+            get("GATEWAY_BATCH_QUEUE_URL"),
+        ) {
+            (None, None, None) => return Ok(None),
+            (Some(table), Some(bucket), Some(queue)) => (table, bucket, queue),
+            _ => {
+                return Err(
+                    "batch jobs need all of GATEWAY_BATCH_TABLE, GATEWAY_BUCKET and \
+                     GATEWAY_BATCH_QUEUE_URL"
+                        .into(),
+                );
+            }
+        };
+        let settings = BatchSettings::from_lookup(&lookup)?;
+        Ok(Some(Self {
+            store: Arc::new(DynamoBatchStore::new(dynamo.clone(), table)),
+            bodies: Arc::new(S3Bodies::new(crate::files::s3::client(sdk_config), bucket)),
+            queue: Arc::new(SqsQueue::new(
+                crate::queue::sqs::client(sdk_config),
+                queue_url,
+                get("GATEWAY_BATCH_DLQ_URL"),
+            )),
+            settings,
+        }))
+    }
 }
 
 /// A new id: `prefix`, then the creation time in milliseconds (12 hex digits, so ids sort by

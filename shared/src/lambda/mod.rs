@@ -11,6 +11,7 @@
 
 pub mod authorizer;
 pub mod batch;
+pub mod key_setup;
 pub mod setup;
 
 use std::sync::Arc;

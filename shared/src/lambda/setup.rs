@@ -1,6 +1,6 @@
 //! What the `chat` and `batch` functions build the same way, once per container: provider
-//! credentials from the secret, the config, the AWS backends (with the batch backends when the
-//! stack configures them) and the admin key.
+//! credentials from the secret, the config, the AWS backends with the batch backends the stack
+//! names. Key management (`key_setup`) is the chat function's alone.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,43 +8,51 @@ use std::sync::Arc;
 use lambda_http::Error;
 
 use crate::backends::Backends;
-use crate::clock::now_secs;
+use crate::batch::BatchBackends;
 use crate::config::Config;
-use crate::keys::edge::{ApiGatewayEdgeKeys, ensure_admin_key, parse_usage_plan_ids};
 use crate::state::Gateway;
 
 pub fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-/// The gateway over the AWS backends, configured from the environment the template sets.
-pub async fn gateway_from_env(aws: &aws_config::SdkConfig) -> Result<Arc<Gateway>, Error> {
-    let secret = match env("GATEWAY_PROVIDER_SECRET_ARN") {
-        Some(arn) => crate::config::secrets::provider_credentials(aws, &arn).await?,
-        None => HashMap::new(),
-    };
-    // Credentials from the provider secret, then the environment.
-    let lookup = move |name: &str| secret.get(name).cloned().or_else(|| env(name));
-    let config = match env("GATEWAY_CONFIG") {
-        Some(path) => Config::from_toml(&std::fs::read_to_string(&path)?)?,
-        None => Config::built_in(&lookup),
-    };
-    let mut backends = Backends::aws(aws)?;
-    // Keys created through the admin API get an API Gateway key in their tier's usage plan.
-    if let Some(plans) = env("GATEWAY_USAGE_PLAN_IDS") {
-        backends.edge = Arc::new(ApiGatewayEdgeKeys::from_sdk_config(
-            aws,
-            parse_usage_plan_ids(&plans)?,
-        ));
+/// The parts a function's gateway is built from.
+pub struct Setup {
+    pub config: Config,
+    pub backends: Backends,
+    pub batch: Option<BatchBackends>,
+    /// Provider credentials from the secret (the environment is consulted after them).
+    credentials: HashMap<String, String>,
+}
+
+impl Setup {
+    /// Reads the secret and the config, and builds the AWS backends (with the batch backends
+    /// when `GATEWAY_BATCH_TABLE`, `GATEWAY_BUCKET` and `GATEWAY_BATCH_QUEUE_URL` are set).
+    pub async fn load(aws: &aws_config::SdkConfig) -> Result<Self, Error> {
+        let credentials = match env("GATEWAY_PROVIDER_SECRET_ARN") {
+            Some(arn) => crate::config::secrets::provider_credentials(aws, &arn).await?,
+            None => HashMap::new(),
+        };
+        let lookup = |name: &str| credentials.get(name).cloned().or_else(|| env(name));
+        let config = match env("GATEWAY_CONFIG") {
+            Some(path) => Config::from_toml(&std::fs::read_to_string(&path)?)?,
+            None => Config::built_in(lookup),
+        };
+        let backends = Backends::aws(aws)?;
+        let batch = BatchBackends::aws(aws, &crate::storage::dynamo::client(aws), env)?;
+        Ok(Self {
+            config,
+            backends,
+            batch,
+            credentials,
+        })
     }
-    if let Some(admin) = env("GATEWAY_ADMIN_KEY") {
-        ensure_admin_key(
-            backends.keys.as_ref(),
-            backends.edge.as_ref(),
-            &admin,
-            now_secs(),
-        )
-        .await?;
+
+    pub fn gateway(self) -> Result<Arc<Gateway>, Error> {
+        let credentials = self.credentials;
+        let lookup = move |name: &str| credentials.get(name).cloned().or_else(|| env(name));
+        let mut gateway = Gateway::new(&self.config, self.backends, &lookup)?;
+        gateway.batch = self.batch;
+        Ok(Arc::new(gateway))
     }
-    Ok(Arc::new(Gateway::new(&config, backends, &lookup)?))
 }
