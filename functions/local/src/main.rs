@@ -1,5 +1,7 @@
 //! `gateway-local`: every route in one process with embedded storage, plus the key CLI.
 
+mod batch_cli;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -70,6 +72,14 @@ enum Command {
     /// Create the DynamoDB tables for `--backend aws` where they do not exist (for local
     /// emulators and debugging; on AWS the SAM template owns them)
     CreateTables,
+    /// Submit and follow batch jobs on a running gateway, local or on AWS (an HTTP client of
+    /// its Files, Uploads and Batches APIs)
+    Batch {
+        #[command(flatten)]
+        connection: batch_cli::Connection,
+        #[command(subcommand)]
+        action: batch_cli::BatchAction,
+    },
 }
 
 #[derive(Subcommand)]
@@ -123,6 +133,7 @@ async fn main() {
         }
         Some(Command::Keys { action }) => keys(action, cli.backend, &cli.data_dir).await,
         Some(Command::CreateTables) => create_tables().await,
+        Some(Command::Batch { connection, action }) => batch_cli::run(connection, action).await,
     };
     if let Err(error) = result {
         eprintln!("gateway-local: {error}");

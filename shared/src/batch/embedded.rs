@@ -16,6 +16,8 @@ use crate::batch::store::{
     BatchRecord, BatchStore, Counts, FileRecord, ItemResult, UploadPart, UploadRecord,
 };
 use crate::error::StoreError;
+use crate::limits::from_nano_usd;
+use crate::limits::local::Spend;
 use crate::storage::embedded::EmbeddedStore;
 
 /// Prefixes a backend failure with what the store was doing.
@@ -275,6 +277,17 @@ impl BatchStore for EmbeddedStore {
         batch_id: &str,
         result: &ItemResult,
     ) -> Result<Option<Counts>, StoreError> {
+        self.record_result_with_spend(tenant, batch_id, result, &[])
+            .await
+    }
+
+    async fn record_result_with_spend(
+        &self,
+        tenant: &str,
+        batch_id: &str,
+        result: &ItemResult,
+        spend: &[Spend],
+    ) -> Result<Option<Counts>, StoreError> {
         self.with_conn(|conn| {
             let tx = write_transaction(conn)?;
             let inserted = tx
@@ -321,6 +334,17 @@ impl BatchStore for EmbeddedStore {
                     result.custom_id
                 ))));
             };
+            for item in spend {
+                tx.prepare_cached(
+                    "INSERT INTO spend (key_id, month, usd) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (key_id, month) DO UPDATE SET usd = usd + excluded.usd",
+                )?
+                .execute(params![
+                    item.key_id,
+                    item.month,
+                    from_nano_usd(item.nano_usd)
+                ])?;
+            }
             tx.commit()?;
             Ok(Ok(Some(counts)))
         })

@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
+use crate::limits::local::Spend;
 
 /// A file's metadata. Its body is the concatenation of `objects` (one for a file posted whole,
 /// one per part for a file assembled by the Uploads API) in `files::FileBodies`.
@@ -229,6 +230,20 @@ pub trait BatchStore: Send + Sync {
         batch_id: &str,
         result: &ItemResult,
     ) -> Result<Option<Counts>, StoreError>;
+    /// `record_result`, and the item's `spend` committed with it where the store keeps spend
+    /// (the embedded store); spend of an item recorded before is dropped, never billed twice.
+    /// Stores whose spend lives elsewhere (DynamoDB: the limits table, written at settlement)
+    /// ignore `spend`.
+    async fn record_result_with_spend(
+        &self,
+        tenant: &str,
+        batch_id: &str,
+        result: &ItemResult,
+        spend: &[Spend],
+    ) -> Result<Option<Counts>, StoreError> {
+        let _ = spend;
+        self.record_result(tenant, batch_id, result).await
+    }
     async fn get_result(
         &self,
         batch_id: &str,

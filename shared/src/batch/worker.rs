@@ -20,6 +20,7 @@
 //!   and moves the batch to `completed` (or `cancelled`, `expired`). The scheduled sweep
 //!   finalizes what a crash left, and marks batches past their completion window expired.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,7 @@ use crate::clock::{now_millis, now_secs};
 use crate::error::{ApiError, ErrorKind, StoreError};
 use crate::files::output_key;
 use crate::keys::{KeyRecord, KeyStore};
+use crate::limits::local::ITEM_SPEND;
 use crate::queue::{MAX_DELAY_SECS, Received};
 use crate::telemetry::{EMF, Emf, METRICS, Metrics};
 
@@ -432,9 +434,16 @@ impl Worker {
             self.finalize_if_done(&batch.tenant, &batch.id).await?;
             return Ok(Disposition::Done);
         }
-        let outcome = self
-            .run_item(&batch, line, custom_id, request, deferrals, receive_count)
-            .await?;
+        // The item's spend, where the store keeps it, is committed with its result.
+        let (outcome, spend) = ITEM_SPEND
+            .scope(RefCell::new(Vec::new()), async {
+                let outcome = self
+                    .run_item(&batch, line, custom_id, request, deferrals, receive_count)
+                    .await;
+                (outcome, ITEM_SPEND.with(|spend| spend.take()))
+            })
+            .await;
+        let outcome = outcome?;
         let result = match outcome {
             Outcome::Record(result) => result,
             Outcome::Defer { delay_secs } => {
@@ -454,7 +463,7 @@ impl Worker {
         let recorded = self
             .batch
             .store
-            .record_result(&batch.tenant, &batch.id, &result)
+            .record_result_with_spend(&batch.tenant, &batch.id, &result, &spend)
             .await?;
         if recorded.is_none_or(|counts| !batch.direct && counts.done() >= batch.total) {
             self.finalize_if_done(&batch.tenant, &batch.id).await?;

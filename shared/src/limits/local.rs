@@ -1,6 +1,7 @@
 //! Limits counted in process, exact under concurrency within one process; spend is persisted in
 //! the embedded store and reloaded at start-up.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -14,6 +15,35 @@ use crate::limits::{
 use crate::storage::embedded::{EmbeddedStore, Write};
 
 /// Where an in-process limiter persists spend; the embedded store implements it.
+/// Spend of one key in one month, in nano-dollars.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spend {
+    pub key_id: String,
+    pub month: u32,
+    pub nano_usd: i64,
+}
+
+tokio::task_local! {
+    /// Set by the batch worker around one item: spend a `SpendSink` would record in the
+    /// background is collected here instead, to be committed in the same transaction as the
+    /// item's result (`BatchStore::record_result_with_spend`), so a killed process never keeps
+    /// one without the other.
+    pub static ITEM_SPEND: RefCell<Vec<Spend>>;
+}
+
+/// Records spend in the item's collection when the batch worker set one; false otherwise.
+pub fn collect_item_spend(key_id: &str, month: u32, nano_usd: i64) -> bool {
+    ITEM_SPEND
+        .try_with(|spend| {
+            spend.borrow_mut().push(Spend {
+                key_id: key_id.to_owned(),
+                month,
+                nano_usd,
+            });
+        })
+        .is_ok()
+}
+
 pub trait SpendSink: Send + Sync {
     /// Records spend without waiting for it to reach disk.
     fn record(&self, key_id: &str, month: u32, nano_usd: i64);
@@ -157,6 +187,9 @@ impl Limiter for LocalLimiter {
 /// Spend goes to the embedded store's `spend` table, in USD as its column always held it.
 impl SpendSink for EmbeddedStore {
     fn record(&self, key_id: &str, month: u32, nano_usd: i64) {
+        if collect_item_spend(key_id, month, nano_usd) {
+            return;
+        }
         self.send(Write::Spend {
             key_id: key_id.to_owned(),
             month,

@@ -373,7 +373,7 @@ async fn batch_store_records_each_result_once_under_concurrent_duplicate_deliver
     assert_eq!(store.get_result("no-such-batch", "x").await.unwrap(), None);
 }
 
-async fn bucket(moto: &Moto, name: &str) -> S3Bodies {
+pub(crate) async fn bucket(moto: &Moto, name: &str) -> S3Bodies {
     let client = gateway::files::s3::client(&moto.sdk_config());
     client.create_bucket().bucket(name).send().await.unwrap();
     S3Bodies::new(client, name.to_owned())

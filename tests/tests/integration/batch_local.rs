@@ -350,6 +350,36 @@ async fn a_gateway_killed_mid_batch_finishes_it_after_restart_with_every_result_
         let outputs = by_custom_id(&output);
         assert_eq!(outputs.len(), 300);
         assert!(done["error_file_id"].is_null());
+
+        // Each item's spend was committed with its result: billed once, none lost to the kill.
+        let response = client()
+            .post(format!("{}/v1/chat/completions", server.url))
+            .bearer_auth(&key)
+            .json(
+                &json!({"model": "slow", "messages": [{"role": "user", "content": "question 7"}]}),
+            )
+            .send()
+            .await
+            .unwrap();
+        let cost: f64 = response.headers()["x-gateway-cost-usd"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(cost > 0.0);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let listing = cli(dir.path(), &["keys", "list"]);
+        let spent: f64 = listing
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some("k"))
+            .and_then(|l| l.split_whitespace().nth(6))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no spend for k in {listing}"));
+        let expected = 301.0 * cost;
+        assert!(
+            (spent - expected).abs() < expected * 1e-3,
+            "spent {spent}, expected {expected} (301 requests of {cost})"
+        );
     })
     .await;
 }
