@@ -7,8 +7,8 @@ For every Lambda function of the template (an `AWS::Serverless::Function` whose
 1. every environment variable the function's code reads is set for it by the template (Globals
    plus the function's own `Environment`), unless the Lambda runtime sets it itself
    (`LAMBDA_RUNTIME`), it is AWS SDK configuration whose default is right on Lambda
-   (`SDK_SETTINGS`), or it is listed in `OPTIONAL_ON_LAMBDA` (or, for one binary, `OPTIONAL_FOR`)
-   with a reason; reads in code listed in `NOT_EXECUTED` (below) do not count;
+   (`SDK_SETTINGS`), or it is listed in `OPTIONAL_ON_LAMBDA` with a reason; reads in code listed
+   in `NOT_EXECUTED` (below) do not count;
 2. every variable that names a table, queue, bucket, secret or usage plan (`RESOURCE_VARIABLES`)
    is set to a `Ref`/`GetAtt` of a resource of the right type that exists in the template;
 3. the function's role allows every AWS action its code calls, on the resource the call targets;
@@ -137,23 +137,7 @@ OPTIONAL_ON_LAMBDA = {
     "GATEWAY_BATCH_CONCURRENCY": "items one batch invocation runs at once; the default (8) suits the default BatchSize",
     "GATEWAY_BATCH_MAX_DEFERRALS": "times a rate-limited batch item is re-sent with a delay; the default (100) is ample",
     "GATEWAY_BATCH_VISIBILITY_SECS": "gateway-local only: the embedded queue's visibility timeout (SQS has its own)",
-    "GATEWAY_BATCH_DLQ_URL": "the batch function dead-letters unprocessable messages; the chat function only enqueues",
-    "GATEWAY_BATCH_MAX_RECEIVES": "the batch function's last-receive rule; the chat function never processes items",
     "ANTHROPIC_API_KEY": "read by the built-in config only, to offer Anthropic models when set (see OPENAI_API_KEY)",
-    "GATEWAY_BATCH_VISIBILITY_SECS": "gateway-local only: the embedded queue's visibility timeout (on AWS it is the "
-    "queue's VisibilityTimeout, which the template derives from the batch function's timeout)",
-    "GATEWAY_BATCH_CONCURRENCY": "items a worker runs at once; the default (8) is right for an invocation of at most "
-    "BatchSize (<= 10) records, and MaximumConcurrency bounds the invocations",
-    "GATEWAY_BATCH_MAX_DEFERRALS": "how often a throttled item is re-sent with a delay before it fails; the default "
-    "(100) outlasts any provider's rate-limit window",
-}
-
-# Like OPTIONAL_ON_LAMBDA, for one binary only (the variable stays required for the others).
-OPTIONAL_FOR = {
-    "batch": {
-        "GATEWAY_USAGE_PLAN_IDS": "read by the setup the batch function shares with chat: unset = no API Gateway key "
-        "mirroring, and the batch function creates no keys (the chat function, which serves the admin API, sets it)",
-    },
 }
 
 # Variables the template may set to "" because the code treats empty as unset.
@@ -192,30 +176,6 @@ NOT_EXECUTED = {
         "CacheStore::get": "Backends::aws_from_env builds a cache backend the authorizer never calls",
         "CacheStore::put": "Backends::aws_from_env builds a cache backend the authorizer never calls",
         "DynamoLimiter::*": "Backends::aws_from_env builds a limiter the authorizer never calls",
-        "BatchBackends::*": "built only when the stack sets GATEWAY_BATCH_TABLE, GATEWAY_BUCKET and "
-        "GATEWAY_BATCH_QUEUE_URL, which the template does not for the authorizer",
-        "BatchSettings::*": "read by BatchBackends only (see BatchBackends::*)",
-        "DynamoBatchStore::*": "no batch backends in the authorizer (see BatchBackends::*)",
-        "SqsQueue::*": "no batch backends in the authorizer (see BatchBackends::*)",
-        "S3Bodies::*": "no batch backends in the authorizer (see BatchBackends::*)",
-    },
-    "chat": {
-        "SqsQueue::receive": "on Lambda the batch function's SQS event source mapping receives; the API only sends",
-        "SqsQueue::delete": "on Lambda the event source mapping deletes what the batch function reports done",
-    },
-    "batch": {
-        "SqsQueue::receive": "the SQS event source mapping receives for the function (its Poll statement)",
-        "SqsQueue::delete": "the event source mapping deletes every record missing from batchItemFailures",
-        # lambda::setup is shared with chat; the batch function serves no admin API and the template sets
-        # neither GATEWAY_ADMIN_KEY nor GATEWAY_USAGE_PLAN_IDS for it, so it reads keys (get_by_hash,
-        # get_by_id for direct messages) and never writes them.
-        "DynamoKeyStore::insert": "the batch function never creates keys (no admin API)",
-        "DynamoKeyStore::upsert": "only for GATEWAY_ADMIN_KEY, which the template does not set for the batch function",
-        "DynamoKeyStore::list": "the batch function never lists keys (no admin API)",
-        "DynamoKeyStore::revoke": "the batch function never revokes keys (no admin API)",
-        "transact_put": "builds the parts of key writes (insert, upsert)",
-        "transact_delete": "builds the parts of key writes (upsert)",
-        "ApiGatewayEdgeKeys::*": "built only when GATEWAY_USAGE_PLAN_IDS is set, which the template does not for the batch function",
     },
     "batch": {
         "DynamoKeyStore::insert": "the batch worker only reads keys (KeyStore::get_by_id)",
@@ -1408,8 +1368,6 @@ def check_function(fn: Function, template: Template, crate: SharedCrate, root: P
             report.info("optional", f"{name}: {reason}")
         elif name in OPTIONAL_ON_LAMBDA:
             report.info("optional", f"{name}: {OPTIONAL_ON_LAMBDA[name]}")
-        elif name in OPTIONAL_FOR.get(fn.binary, {}):
-            report.info("optional", f"{name}: {OPTIONAL_FOR[fn.binary][name]}")
         else:
             report.drift(f"{name} is read by the code ({where}) but not set for {fn.lid} by the template")
     unread = sorted(set(env) - set(reads))
