@@ -7,7 +7,8 @@ For every Lambda function of the template (an `AWS::Serverless::Function` whose
 1. every environment variable the function's code reads is set for it by the template (Globals
    plus the function's own `Environment`), unless the Lambda runtime sets it itself
    (`LAMBDA_RUNTIME`), it is AWS SDK configuration whose default is right on Lambda
-   (`SDK_SETTINGS`), or it is listed in `OPTIONAL_ON_LAMBDA` with a reason;
+   (`SDK_SETTINGS`), or it is listed in `OPTIONAL_ON_LAMBDA` with a reason; reads in code listed
+   in `NOT_EXECUTED` (below) do not count;
 2. every variable that names a table, queue, bucket, secret or usage plan (`RESOURCE_VARIABLES`)
    is set to a `Ref`/`GetAtt` of a resource of the right type that exists in the template;
 3. the function's role allows every AWS action its code calls, on the resource the call targets;
@@ -136,8 +137,6 @@ OPTIONAL_ON_LAMBDA = {
     "GATEWAY_BATCH_CONCURRENCY": "items one batch invocation runs at once; the default (8) suits the default BatchSize",
     "GATEWAY_BATCH_MAX_DEFERRALS": "times a rate-limited batch item is re-sent with a delay; the default (100) is ample",
     "GATEWAY_BATCH_VISIBILITY_SECS": "gateway-local only: the embedded queue's visibility timeout (SQS has its own)",
-    "GATEWAY_BATCH_DLQ_URL": "the batch function dead-letters unprocessable messages; the chat function only enqueues",
-    "GATEWAY_BATCH_MAX_RECEIVES": "the batch function's last-receive rule; the chat function never processes items",
     "ANTHROPIC_API_KEY": "read by the built-in config only, to offer Anthropic models when set (see OPENAI_API_KEY)",
 }
 
@@ -152,7 +151,7 @@ EMPTY_MEANS_DEFAULT = {
 # ARN of that service (an existing resource passed in, such as ProviderSecretArn).
 RESOURCE_VARIABLES = [
     (re.compile(r"_TABLE$"), {"AWS::DynamoDB::Table"}, "DynamoDB table"),
-    (re.compile(r"_QUEUE(_URL)?$"), {"AWS::SQS::Queue"}, "SQS queue"),
+    (re.compile(r"_(QUEUE|DLQ)(_URL)?$"), {"AWS::SQS::Queue"}, "SQS queue"),
     (re.compile(r"_VECTOR_BUCKET$"), {"AWS::S3Vectors::VectorBucket"}, "S3 vector bucket"),
     (re.compile(r"_VECTOR_INDEX$"), {"AWS::S3Vectors::Index"}, "S3 Vectors index"),
     (re.compile(r"_BUCKET$"), {"AWS::S3::Bucket"}, "S3 bucket"),
@@ -660,6 +659,7 @@ def reachable_items(own: list[Source], shared: list[Source]) -> list[Source]:
 class EnvRead:
     name: str
     where: str
+    contexts: list = field(default_factory=list)  # as AwsCall.contexts: NOT_EXECUTED applies
 
 
 @dataclass
@@ -690,10 +690,10 @@ def env_reads(sources: list[Source]) -> list[EnvRead]:
     for s in sources:
         for regex in (CALL_ENV, CLAP_ENV, LITERAL_ENV):
             for m in regex.finditer(s.code):
-                reads.append(EnvRead(m.group(1), s.where(m.start())))
+                reads.append(EnvRead(m.group(1), s.where(m.start()), context_names(s, m.start())))
         for m in CALL_CONST.finditer(s.code):
             if m.group(1) in consts:
-                reads.append(EnvRead(consts[m.group(1)], s.where(m.start())))
+                reads.append(EnvRead(consts[m.group(1)], s.where(m.start()), context_names(s, m.start())))
         for m in DEFAULT_ENV_FILTER.finditer(s.code):
             reads.append(EnvRead("RUST_LOG", s.where(m.start())))
     return reads
@@ -847,8 +847,24 @@ class TableResolver:
             return set(self.literal_fields.get(m.group(1), set()))
         m = re.fullmatch(r"[a-z_]\w*", expr)
         if m and depth < 4:
-            return self.parameter(source, offset, expr, depth)
+            return self.parameter(source, offset, expr, depth) or self.binding(source, offset, expr)
         return set()
+
+    def binding(self, source: Source, offset: int, name: str) -> set:
+        """The table variable of a local `let` that binds `name` (alone or in a tuple pattern) from
+        an expression naming exactly one `GATEWAY_..._TABLE`: `let (table, bucket) = match
+        (get("GATEWAY_BATCH_TABLE"), get("GATEWAY_BUCKET")) {...}`."""
+        fn, _ = enclosing(source, offset)
+        if fn is None:
+            return set()
+        body = source.code[fn.start:fn.end]
+        found = set()
+        for m in re.finditer(r"\blet\s+(?:mut\s+)?(\([^)]*\)|\w+)[^=]*=([^;{]*)", body):
+            if re.search(rf"(?<!\w){re.escape(name)}(?!\w)", m.group(1)):
+                tables = set(re.findall(r"\"(GATEWAY_[A-Z0-9_]*_TABLE)\"", m.group(2)))
+                if len(tables) == 1:
+                    found |= tables
+        return found
 
     def parameter(self, source: Source, offset: int, name: str, depth: int) -> set:
         fn, _ = enclosing(source, offset)
@@ -1321,6 +1337,10 @@ def check_function(fn: Function, template: Template, crate: SharedCrate, root: P
     env = (props.get("Environment") or {}).get("Variables", {}) or {}
     reads: dict[str, list] = {}
     for r in env_reads(sources):
+        skip = not_executed(fn.binary, r.contexts, used)
+        if skip:
+            report.info("skipped", f"{r.name} ({r.where}): {skip}")
+            continue
         reads.setdefault(r.name, [])
         if r.where not in reads[r.name]:
             reads[r.name].append(r.where)

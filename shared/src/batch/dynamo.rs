@@ -210,8 +210,13 @@ pub struct DynamoBatchStore {
 }
 
 impl DynamoBatchStore {
-    pub fn new(client: Client, table: String) -> Self {
-        Self { client, table }
+    pub fn new(client: Client, table_name: String) -> Self {
+        // Not field shorthand: infra/contract.py follows `table: <parameter>` to the call site
+        // to learn which table the calls act on.
+        Self {
+            client,
+            table: table_name,
+        }
     }
 
     async fn put(&self, what: &str, item: Item) -> Result<(), StoreError> {
