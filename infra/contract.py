@@ -169,8 +169,6 @@ NOT_EXECUTED = {
         "DynamoKeyStore::list": "the authorizer never lists keys",
         "DynamoKeyStore::revoke": "the authorizer never revokes keys",
         "DynamoKeyStore::read_key_attr": "used by upsert, revoke and get_by_id (the batch worker's) only",
-        "DynamoKeyStore::get_by_id": "the batch worker looks keys up by id; the authorizer by hash",
-        "BatchBackends::*": "Setup::load builds the batch backends for the chat and batch functions; the authorizer never does",
         "transact_put": "builds the parts of key writes (insert, upsert)",
         "transact_delete": "builds the parts of key writes (upsert)",
         "CacheStore::get": "Backends::aws_from_env builds a cache backend the authorizer never calls",
