@@ -66,6 +66,10 @@ deployments = [{{ provider = "upstream", model = "fault:status=429;times=4;retry
 
 [models.broken]
 deployments = [{{ provider = "upstream", model = "fault:status=500" }}]
+
+[models.embed]
+kind = "embedding"
+deployments = [{{ provider = "mock", model = "mock-embed" }}]
 "#
     )
 }
@@ -787,6 +791,41 @@ async fn a_direct_request_is_answered_by_job_and_custom_id_and_an_unknown_key_is
         assert_eq!(dead.len(), 1, "{dead:?}");
         assert_eq!(dead[0].0, unknown);
         assert!(dead[0].1.contains("key_id"), "{dead:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_answer_too_large_for_the_batch_table_is_recorded_as_its_error() {
+    within(90, async {
+        let setup = setup("too-large", BatchSettings::default(), 30, None).await;
+        // Four choices, each echoing 190 KB of words that do not repeat: about 760 KB of
+        // answer that deflates poorly, over what a DynamoDB item holds.
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut words = Vec::new();
+        let mut length = 0;
+        while length < 190_000 {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let word = format!("{:x}", seed >> 16);
+            length += word.len() + 1;
+            words.push(word);
+        }
+        let request = json!({"type": "request", "version": 1, "key_id": setup.key.id,
+            "job_id": "huge", "custom_id": "big", "url": "/v1/chat/completions",
+            "body": {"model": "mock", "n": 4,
+                     "messages": [{"role": "user", "content": words.join(" ")}]}})
+        .to_string();
+        setup.batch.queue.send(&[request], 0).await.unwrap();
+        let seen = drain(&setup, Delivery::Once, Duration::from_secs(60)).await;
+        assert_eq!(seen.failures, 0, "{seen:?}");
+        let text = batches_api::results(&setup.batch, &setup.key.tenant, "huge", Some("big"))
+            .await
+            .unwrap();
+        let record: Value = serde_json::from_str(text.trim()).unwrap();
+        let head: String = text.chars().take(300).collect();
+        assert_eq!(record["error"]["code"], "response_too_large", "{head}");
+        let job = get_batch(&setup, "huge").await;
+        assert_eq!(counts(&job), (1, 0, 1));
     })
     .await;
 }
