@@ -18,9 +18,11 @@
 //! - finalizing: the item whose result completes the count writes the output and error files
 //!   (input order, deterministic ids and keys, so a second finalizer writes the same bytes)
 //!   and moves the batch to `completed` (or `cancelled`, `expired`). The scheduled sweep
-//!   finalizes what a crash left, and marks batches past their completion window expired.
+//!   finalizes what a crash left, marks batches past their completion window expired, and
+//!   closes expired or cancelling batches whose items never came back.
 
 use std::cell::RefCell;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -53,6 +55,9 @@ const CAS_ATTEMPTS: usize = 16;
 /// Answers above this size may not fit the batch store; one the store refuses is replaced by an
 /// error record.
 const LARGE_RECORD_BYTES: usize = 64 * 1024;
+/// How long after a batch expired or began cancelling the sweep waits for its items before it
+/// records the missing ones: longer than the longest deferral (15 minutes).
+const STALLED_GRACE_SECS: u64 = 20 * 60;
 /// How often the local worker runs the sweep (the template schedules it on AWS).
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// A direct job has no completion window; its record is kept this long.
@@ -585,23 +590,15 @@ impl Worker {
             })
         };
         let batch_error = |code: &str, message: &str| {
-            record(
-                false,
-                Value::Null,
-                json!({"code": code, "message": message}),
-            )
+            Outcome::Record(batch_error_result(
+                &batch.id, custom_id, line, code, message,
+            ))
         };
         if batch.status == BatchStatus::Cancelling {
-            return Ok(batch_error(
-                "batch_cancelled",
-                "The batch was cancelled before this request ran.",
-            ));
+            return Ok(batch_error("batch_cancelled", CANCELLED_MESSAGE));
         }
         if batch.expired_at.is_some() || now_secs() >= batch.expires_at {
-            return Ok(batch_error(
-                "batch_expired",
-                "The batch's completion window ended before this request ran.",
-            ));
+            return Ok(batch_error("batch_expired", EXPIRED_MESSAGE));
         }
         let key = self
             .keys
@@ -756,9 +753,82 @@ impl Worker {
                 })
                 .await?;
             }
+            self.close_stalled(&batch, now).await?;
             self.finalize_if_done(&batch.tenant, &batch.id).await?;
         }
         Ok(touched)
+    }
+
+    /// A batch expired or cancelling for longer than `STALLED_GRACE_SECS` whose items have not
+    /// all come back (one SQS dead-lettered after repeated Lambda timeouts runs no code): its
+    /// lines without a result are recorded as expired or cancelled, so it still ends.
+    async fn close_stalled(&self, batch: &BatchRecord, now: u64) -> Result<(), StoreError> {
+        let (since, code, message) = match (batch.expired_at, batch.cancelling_at) {
+            (Some(at), _) => (at, "batch_expired", EXPIRED_MESSAGE),
+            (None, Some(at)) => (at, "batch_cancelled", CANCELLED_MESSAGE),
+            (None, None) => return Ok(()),
+        };
+        if now < since.saturating_add(STALLED_GRACE_SECS)
+            || batch.total == 0
+            || batch.status.is_terminal()
+            || batch.status == BatchStatus::Finalizing
+        {
+            return Ok(());
+        }
+        let file_id = batch.input_file_id.clone().unwrap_or_default();
+        let Some(file) = self.batch.store.get_file(&batch.tenant, &file_id).await? else {
+            return Ok(());
+        };
+        let input = read_body(&self.batch, &file)
+            .await
+            .map_err(|e| StoreError::Backend(e.message))?;
+        let done: HashSet<String> = self
+            .batch
+            .store
+            .results(&batch.id)
+            .await?
+            .into_iter()
+            .map(|r| r.custom_id)
+            .collect();
+        for (line, text) in (0u64..).zip(request_lines(&input)) {
+            let Ok(request) = serde_json::from_slice::<RequestLine>(text) else {
+                continue;
+            };
+            let Some(custom_id) = request.custom_id.filter(|id| !done.contains(id)) else {
+                continue;
+            };
+            let result = batch_error_result(&batch.id, &custom_id, line, code, message);
+            self.batch
+                .store
+                .record_result(&batch.tenant, &batch.id, &result)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+const EXPIRED_MESSAGE: &str = "The batch's completion window ended before this request ran.";
+const CANCELLED_MESSAGE: &str = "The batch was cancelled before this request ran.";
+
+/// The record of an item the batch's state ended before it ran (cancelled, expired).
+fn batch_error_result(
+    batch_id: &str,
+    custom_id: &str,
+    line: u64,
+    code: &str,
+    message: &str,
+) -> ItemResult {
+    ItemResult {
+        custom_id: custom_id.to_owned(),
+        line,
+        ok: false,
+        record: json!({
+            "id": item_id(batch_id, custom_id),
+            "custom_id": custom_id,
+            "response": null,
+            "error": {"code": code, "message": message},
+        })
+        .to_string(),
     }
 }
 

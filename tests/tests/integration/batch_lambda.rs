@@ -829,3 +829,52 @@ async fn an_answer_too_large_for_the_batch_table_is_recorded_as_its_error() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_sweep_closes_an_expired_batch_whose_items_were_lost() {
+    within(120, async {
+        let setup = setup("stalled", BatchSettings::default(), 30, None).await;
+        let id = create_batch(&setup, &mock_lines(3)).await;
+        let mut seen = Drained::default();
+        let expand = receive_some(&setup).await;
+        deliver(&setup, expand, Delivery::Once, &mut seen).await;
+        // The items never run: as if SQS had dead-lettered them after repeated Lambda timeouts
+        // (its redrive runs no code).
+        let mut lost = 0;
+        while lost < 3 {
+            for message in receive_some(&setup).await {
+                setup.batch.queue.delete(&message.handle).await.unwrap();
+                lost += 1;
+            }
+        }
+
+        // The window ended longer ago than the sweep's grace for items still in flight.
+        use gateway::batch::store::BatchStore;
+        let (mut record, _) = setup
+            .store
+            .get_batch(&setup.key.tenant, &id)
+            .await
+            .unwrap()
+            .unwrap();
+        let long_ago = now_secs() - 3600;
+        record.expires_at = long_ago;
+        record.expired_at = Some(long_ago);
+        record.version += 1;
+        assert!(setup.store.update_batch(&record).await.unwrap());
+
+        handle_event(&setup.worker, fixture("example-eventbridge-schedule.json"))
+            .await
+            .unwrap();
+        let batch = get_batch(&setup, &id).await;
+        assert_eq!(batch["status"], "expired", "{batch}");
+        assert_eq!(counts(&batch), (3, 0, 3), "{batch}");
+        let errors = file_records(&setup, &batch["error_file_id"]).await;
+        assert!(
+            errors
+                .values()
+                .all(|r| r["error"]["code"] == "batch_expired"),
+            "{errors:?}"
+        );
+    })
+    .await;
+}
