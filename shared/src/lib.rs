@@ -1,8 +1,9 @@
 //! The gateway library: everything that is not an entrypoint.
 //!
 //! Dependencies point one way: `lambda` -> `http` -> `pipeline` -> `state` -> {`routing`,
-//! `limits`, `keys`, `cache`} -> {`providers`, `storage`} -> {`api`, `config`, `telemetry`,
-//! `error`, `clock`}.
+//! `limits`, `keys`, `cache`, `batch`} -> {`providers`, `storage`, `queue`, `files`} -> {`api`,
+//! `config`, `telemetry`, `error`, `clock`}. The batch worker reaches the pipeline only through
+//! its `ItemRunner` trait, which `pipeline::batch` implements.
 
 pub mod api;
 pub mod backends;
