@@ -4,6 +4,7 @@
 pub mod dynamo;
 pub mod embedded;
 pub mod key;
+pub mod near_miss;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

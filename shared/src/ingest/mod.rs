@@ -1,0 +1,3 @@
+//! Turning documents into searchable chunks.
+
+pub mod chunking;
