@@ -201,12 +201,11 @@ async fn serve(
     let (backends, embedded) = open_backends(backend, &data_dir).await?;
     let first_run_key = bootstrap_keys(&backends).await?;
     let mut gateway = Gateway::new(&config, backends, &env)?;
-    let vectors: Arc<dyn VectorStore>;
-    (gateway.batch, vectors) = match &embedded {
-        Some(store) => (
-            Some(BatchBackends::embedded(store, &data_dir, env)?),
-            Arc::new(EmbeddedVectors::new(Arc::clone(store))),
-        ),
+    let vectors: Arc<dyn VectorStore> = match &embedded {
+        Some(store) => {
+            gateway.batch = Some(BatchBackends::embedded(store, &data_dir, env)?);
+            Arc::new(EmbeddedVectors::new(Arc::clone(store)))
+        }
         // The API only: on AWS the batch function works the queue off. Vectors go to the
         // stack's S3 Vectors index when it is named, else to the embedded store in --data-dir.
         None => {
@@ -214,11 +213,11 @@ async fn serve(
                 .load()
                 .await;
             let dynamo = gateway::storage::dynamo::client(&sdk);
-            let vectors: Arc<dyn VectorStore> = match S3VectorStore::from_lookup(&sdk, env)? {
+            gateway.batch = BatchBackends::aws(&sdk, &dynamo, env)?;
+            match S3VectorStore::from_lookup(&sdk, env)? {
                 Some(store) => Arc::new(store),
                 None => Arc::new(EmbeddedVectors::new(EmbeddedStore::open(&data_dir)?)),
-            };
-            (BatchBackends::aws(&sdk, &dynamo, env)?, vectors)
+            }
         }
     };
     gateway.vectors = Some(vectors);
