@@ -279,6 +279,10 @@ pub enum StoreError {
     Conflict(String),
     #[error("storage backend failed: {0}")]
     Backend(String),
+    /// The caller's data cannot be stored as given (the message says why, in the client's
+    /// terms): a 400, not a storage failure.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl From<StoreError> for ApiError {
@@ -287,6 +291,7 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict(what) => {
                 Self::new(ErrorKind::Conflict, format!("{what} already exists"))
             }
+            StoreError::Invalid(message) => Self::bad_request(message),
             StoreError::Backend(_) => {
                 Self::unavailable("The gateway's storage is unavailable; try again shortly.")
                     .with_cause(error)
@@ -309,6 +314,19 @@ mod tests {
         assert_eq!(body["error"]["type"], "rate_limit_error");
         assert_eq!(body["error"]["message"], "slow down");
         assert!(body["error"]["param"].is_null());
+    }
+
+    #[test]
+    fn data_a_store_refuses_is_a_400_naming_why() {
+        let error = ApiError::from(StoreError::Invalid(
+            "the collection's vectors have 3 dimensions; this vector has 2".to_owned(),
+        ));
+        assert_eq!(error.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(error.error_type(), ErrorType::InvalidRequest);
+        assert_eq!(
+            error.message,
+            "the collection's vectors have 3 dimensions; this vector has 2"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ use crate::keys::Authenticator;
 use crate::keys::edge::EdgeKeys;
 use crate::limits::Limiter;
 use crate::routing::Registry;
+use crate::vectors::VectorStore;
 
 pub struct Gateway {
     pub models: Registry,
@@ -28,6 +29,8 @@ pub struct Gateway {
     /// Batch jobs' store, file bodies and queue; `None` where they are not configured (the
     /// batch routes then answer 404).
     pub batch: Option<BatchBackends>,
+    /// Collections' vectors; `None` where no vector store is configured.
+    pub vectors: Option<Arc<dyn VectorStore>>,
 }
 
 impl Gateway {
@@ -54,6 +57,7 @@ impl Gateway {
             background: Background::default(),
             edge: backends.edge,
             batch: None,
+            vectors: None,
         })
     }
 

@@ -19,6 +19,9 @@ use gateway::routing::Model;
 use gateway::state::Gateway;
 use gateway::storage::dynamo::DynamoConfig;
 use gateway::storage::embedded::EmbeddedStore;
+use gateway::vectors::VectorStore;
+use gateway::vectors::embedded::EmbeddedVectors;
+use gateway::vectors::s3::S3VectorStore;
 
 #[derive(Parser)]
 #[command(
@@ -198,17 +201,26 @@ async fn serve(
     let (backends, embedded) = open_backends(backend, &data_dir).await?;
     let first_run_key = bootstrap_keys(&backends).await?;
     let mut gateway = Gateway::new(&config, backends, &env)?;
-    gateway.batch = match &embedded {
-        Some(store) => Some(BatchBackends::embedded(store, &data_dir, env)?),
-        // The API only: on AWS the batch function works the queue off.
+    let vectors: Arc<dyn VectorStore> = match &embedded {
+        Some(store) => {
+            gateway.batch = Some(BatchBackends::embedded(store, &data_dir, env)?);
+            Arc::new(EmbeddedVectors::new(Arc::clone(store)))
+        }
+        // The API only: on AWS the batch function works the queue off. Vectors go to the
+        // stack's S3 Vectors index when it is named, else to the embedded store in --data-dir.
         None => {
             let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
                 .load()
                 .await;
             let dynamo = gateway::storage::dynamo::client(&sdk);
-            BatchBackends::aws(&sdk, &dynamo, env)?
+            gateway.batch = BatchBackends::aws(&sdk, &dynamo, env)?;
+            match S3VectorStore::from_lookup(&sdk, env)? {
+                Some(store) => Arc::new(store),
+                None => Arc::new(EmbeddedVectors::new(EmbeddedStore::open(&data_dir)?)),
+            }
         }
     };
+    gateway.vectors = Some(vectors);
     let gateway = Arc::new(gateway);
     // The batch worker runs in process over the embedded queue: it takes items from it while
     // the API serves.
