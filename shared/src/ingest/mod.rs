@@ -1,0 +1,3 @@
+//! Ingest: what turns documents into searchable vectors (chunking, the embedding cache, ingestion).
+
+pub mod embedding_cache;
