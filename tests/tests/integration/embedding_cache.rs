@@ -182,7 +182,11 @@ async fn embed_texts_reports_hits_calls_and_spend_of_the_misses_only() {
         assert_eq!(second.prompt_tokens, 4);
         // 3 upstream tokens at $1000/M; the cached "three" costs nothing.
         let spent = gw.spent(&record.id).await - spent_after_first;
-        assert!((second.cost_usd - 0.003).abs() < 1e-12, "{}", second.cost_usd);
+        assert!(
+            (second.cost_usd - 0.003).abs() < 1e-12,
+            "{}",
+            second.cost_usd
+        );
         assert!((spent - 0.003).abs() < 1e-12, "spend {spent}");
     })
     .await;
