@@ -84,16 +84,15 @@ fn protocol(message: String) -> ProviderError {
 
 /// A Titan request body, or why the request cannot be one.
 pub(super) fn titan_body(text: &str, dimensions: Option<u32>) -> Result<Value, ProviderError> {
-    let mut body = json!({"inputText": text, "normalize": true});
-    if let Some(size) = dimensions {
-        if !TITAN_DIMENSIONS.contains(&size) {
-            return Err(bad_request(format!(
-                "Titan Text Embeddings supports `dimensions` 256, 512 or 1024, not {size}"
-            )));
+    match dimensions {
+        None => Ok(json!({"inputText": text, "normalize": true})),
+        Some(size) if TITAN_DIMENSIONS.contains(&size) => {
+            Ok(json!({"inputText": text, "dimensions": size, "normalize": true}))
         }
-        body["dimensions"] = json!(size);
+        Some(size) => Err(bad_request(format!(
+            "Titan Text Embeddings supports `dimensions` 256, 512 or 1024, not {size}"
+        ))),
     }
-    Ok(body)
 }
 
 /// A Cohere request body, or why the request cannot be one.
