@@ -26,11 +26,12 @@ pub enum ProviderKind {
 }
 
 impl ProviderKind {
-    /// Whether the provider serves `/v1/embeddings` (Anthropic and Bedrock's Converse do not).
+    /// Whether the provider serves `/v1/embeddings` (Anthropic does not; Bedrock does through
+    /// InvokeModel for Titan and Cohere models).
     pub fn has_embeddings(self) -> bool {
         matches!(
             self,
-            ProviderKind::Openai | ProviderKind::Azure | ProviderKind::Mock
+            ProviderKind::Openai | ProviderKind::Azure | ProviderKind::Bedrock | ProviderKind::Mock
         )
     }
 }
@@ -246,7 +247,8 @@ pub struct DeploymentConfig {
     /// The model name the provider knows (for Azure, the deployment name).
     pub model: String,
     /// The upstream model version; part of the cache key, so a new version never serves
-    /// answers cached from the old one.
+    /// answers cached from the old one. For an embedding model, the first deployment's version
+    /// is part of the embedding cache key: change it when the upstream model's vectors change.
     #[serde(default)]
     pub version: Option<String>,
     #[serde(default = "default_weight")]

@@ -1,3 +1,4 @@
-//! Turning documents into searchable chunks.
+//! Ingest: what turns documents into searchable vectors (chunking, the embedding cache, ingestion).
 
 pub mod chunking;
+pub mod embedding_cache;
