@@ -15,6 +15,7 @@ pub mod config;
 pub mod error;
 pub mod files;
 pub mod http;
+pub mod ingest;
 pub mod keys;
 pub mod lambda;
 pub mod limits;

@@ -166,6 +166,11 @@ impl ResponseCache {
         }
     }
 
+    /// The store under the cache, for other key domains (the embedding cache).
+    pub fn store(&self) -> &Arc<dyn CacheStore> {
+        &self.store
+    }
+
     fn leader(&self, key: CacheKey) -> Leader {
         let (sender, _) = watch::channel(None);
         Leader {

@@ -1,4 +1,4 @@
-//! What the `chat` and `batch` functions build the same way, once per container: provider
+//! What the `chat`, `batch` and `ingest` functions build the same way, once per container: provider
 //! credentials from the secret, the config, the AWS backends with the batch backends the stack
 //! names. Key management (`key_setup`) is the chat function's alone.
 
@@ -10,6 +10,7 @@ use lambda_http::Error;
 use crate::backends::Backends;
 use crate::batch::BatchBackends;
 use crate::config::Config;
+use crate::ingest::backends::IngestBackends;
 use crate::state::Gateway;
 
 pub fn env(name: &str) -> Option<String> {
@@ -21,13 +22,15 @@ pub struct Setup {
     pub config: Config,
     pub backends: Backends,
     pub batch: Option<BatchBackends>,
+    pub ingest: Option<IngestBackends>,
     /// Provider credentials from the secret (the environment is consulted after them).
     credentials: HashMap<String, String>,
 }
 
 impl Setup {
     /// Reads the secret and the config, and builds the AWS backends (with the batch backends
-    /// when `GATEWAY_BATCH_TABLE`, `GATEWAY_BUCKET` and `GATEWAY_BATCH_QUEUE_URL` are set).
+    /// when `GATEWAY_BATCH_TABLE`, `GATEWAY_BUCKET` and `GATEWAY_BATCH_QUEUE_URL` are set, the
+    /// collections when `GATEWAY_COLLECTIONS_TABLE` is).
     pub async fn load(aws: &aws_config::SdkConfig) -> Result<Self, Error> {
         let credentials = match env("GATEWAY_PROVIDER_SECRET_ARN") {
             Some(arn) => crate::config::secrets::provider_credentials(aws, &arn).await?,
@@ -39,11 +42,14 @@ impl Setup {
             None => Config::built_in(lookup),
         };
         let backends = Backends::aws(aws)?;
-        let batch = BatchBackends::aws(aws, &crate::storage::dynamo::client(aws), env)?;
+        let dynamo = crate::storage::dynamo::client(aws);
+        let batch = BatchBackends::aws(aws, &dynamo, env)?;
+        let ingest = IngestBackends::aws(aws, &dynamo, env)?;
         Ok(Self {
             config,
             backends,
             batch,
+            ingest,
             credentials,
         })
     }
@@ -53,6 +59,7 @@ impl Setup {
         let lookup = move |name: &str| credentials.get(name).cloned().or_else(|| env(name));
         let mut gateway = Gateway::new(&self.config, self.backends, &lookup)?;
         gateway.batch = self.batch;
+        gateway.ingest = self.ingest;
         Ok(Arc::new(gateway))
     }
 }
