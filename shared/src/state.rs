@@ -14,6 +14,7 @@ use crate::keys::Authenticator;
 use crate::keys::edge::EdgeKeys;
 use crate::limits::Limiter;
 use crate::routing::Registry;
+use crate::vectors::VectorStore;
 
 pub struct Gateway {
     pub models: Registry,
@@ -32,6 +33,8 @@ pub struct Gateway {
     /// Collections' records and queued ingests; `None` where they are not configured (the
     /// collections routes then answer 404).
     pub ingest: Option<IngestBackends>,
+    /// Collections' vectors; `None` where no vector store is configured.
+    pub vectors: Option<Arc<dyn VectorStore>>,
 }
 
 impl Gateway {
@@ -59,6 +62,7 @@ impl Gateway {
             edge: backends.edge,
             batch: None,
             ingest: None,
+            vectors: None,
         })
     }
 

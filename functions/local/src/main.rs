@@ -21,6 +21,9 @@ use gateway::routing::Model;
 use gateway::state::Gateway;
 use gateway::storage::dynamo::DynamoConfig;
 use gateway::storage::embedded::EmbeddedStore;
+use gateway::vectors::VectorStore;
+use gateway::vectors::embedded::EmbeddedVectors;
+use gateway::vectors::s3::S3VectorStore;
 
 #[derive(Parser)]
 #[command(
@@ -204,15 +207,24 @@ async fn serve(
     let (backends, embedded) = open_backends(backend, &data_dir).await?;
     let first_run_key = bootstrap_keys(&backends).await?;
     let mut gateway = Gateway::new(&config, backends, &env)?;
-    gateway.batch = match &embedded {
-        Some(store) => Some(BatchBackends::embedded(store, &data_dir, env)?),
-        // The API only: on AWS the batch function works the queue off.
+    let vectors: Arc<dyn VectorStore>;
+    (gateway.batch, vectors) = match &embedded {
+        Some(store) => (
+            Some(BatchBackends::embedded(store, &data_dir, env)?),
+            Arc::new(EmbeddedVectors::new(Arc::clone(store))),
+        ),
+        // The API only: on AWS the batch function works the queue off. Vectors go to the
+        // stack's S3 Vectors index when it is named, else to the embedded store in --data-dir.
         None => {
             let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
                 .load()
                 .await;
             let dynamo = gateway::storage::dynamo::client(&sdk);
-            BatchBackends::aws(&sdk, &dynamo, env)?
+            let vectors: Arc<dyn VectorStore> = match S3VectorStore::from_lookup(&sdk, env)? {
+                Some(store) => Arc::new(store),
+                None => Arc::new(EmbeddedVectors::new(EmbeddedStore::open(&data_dir)?)),
+            };
+            (BatchBackends::aws(&sdk, &dynamo, env)?, vectors)
         }
     };
     gateway.ingest = match &embedded {
@@ -225,6 +237,7 @@ async fn serve(
             IngestBackends::aws(&sdk, &dynamo, env)?
         }
     };
+    gateway.vectors = Some(vectors);
     let gateway = Arc::new(gateway);
     // Queued ingests run in process over the embedded queue, as the ingest function does on AWS.
     if embedded.is_some() {
