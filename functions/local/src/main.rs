@@ -211,7 +211,7 @@ async fn serve(
     (gateway.batch, vectors) = match &embedded {
         Some(store) => (
             Some(BatchBackends::embedded(store, &data_dir, env)?),
-            Arc::new(EmbeddedVectors::new(Arc::clone(store))),
+            Arc::new(EmbeddedVectors::new(Arc::clone(store))) as Arc<dyn VectorStore>,
         ),
         // The API only: on AWS the batch function works the queue off. Vectors go to the
         // stack's S3 Vectors index when it is named, else to the embedded store in --data-dir.
