@@ -10,6 +10,7 @@ use crate::batch::BatchBackends;
 use crate::cache::ResponseCache;
 use crate::config::{CachePartition, Config, ConfigError, RoutingConfig};
 use crate::ingest::backends::IngestBackends;
+use crate::ingest::embedding_cache::EmbeddingCache;
 use crate::keys::Authenticator;
 use crate::keys::edge::EdgeKeys;
 use crate::limits::Limiter;
@@ -22,6 +23,8 @@ pub struct Gateway {
     pub limiter: Arc<dyn Limiter>,
     pub cache: ResponseCache,
     pub cache_partition: CachePartition,
+    /// Embeddings by tenant, model and text, in the response cache's store.
+    pub embedding_cache: EmbeddingCache,
     pub routing: RoutingConfig,
     pub max_body_bytes: usize,
     pub started_at: u64,
@@ -53,6 +56,10 @@ impl Gateway {
                 Duration::from_millis(config.server.key_cache_ttl_ms),
             ),
             limiter: backends.limiter,
+            embedding_cache: EmbeddingCache::new(
+                Arc::clone(&backends.cache),
+                config.cache.embedding_ttl_s,
+            ),
             cache: ResponseCache::new(backends.cache),
             cache_partition: config.cache.partition,
             routing: config.routing,

@@ -8,4 +8,5 @@ pub mod backends;
 pub mod chunking;
 pub mod dynamo;
 pub mod embedded;
+pub mod embedding_cache;
 pub mod store;
