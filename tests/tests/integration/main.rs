@@ -17,6 +17,7 @@ mod connections;
 mod crash_recovery;
 mod dynamo;
 mod hardening;
+mod ingest_api;
 mod keys_and_limits;
 mod lambda_chat;
 mod lambda_watch;
