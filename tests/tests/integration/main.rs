@@ -18,6 +18,7 @@ mod crash_recovery;
 mod dynamo;
 mod hardening;
 mod ingest_api;
+mod ingest_cli;
 mod ingest_lambda;
 mod keys_and_limits;
 mod lambda_chat;
