@@ -9,6 +9,7 @@ use crate::background::Background;
 use crate::batch::BatchBackends;
 use crate::cache::ResponseCache;
 use crate::config::{CachePartition, Config, ConfigError, RoutingConfig};
+use crate::ingest::backends::IngestBackends;
 use crate::ingest::embedding_cache::EmbeddingCache;
 use crate::keys::Authenticator;
 use crate::keys::edge::EdgeKeys;
@@ -32,6 +33,9 @@ pub struct Gateway {
     /// Batch jobs' store, file bodies and queue; `None` where they are not configured (the
     /// batch routes then answer 404).
     pub batch: Option<BatchBackends>,
+    /// Collections' records and queued ingests; `None` where they are not configured (the
+    /// collections routes then answer 404).
+    pub ingest: Option<IngestBackends>,
     /// Collections' vectors; `None` where no vector store is configured.
     pub vectors: Option<Arc<dyn VectorStore>>,
 }
@@ -64,6 +68,7 @@ impl Gateway {
             background: Background::default(),
             edge: backends.edge,
             batch: None,
+            ingest: None,
             vectors: None,
         })
     }

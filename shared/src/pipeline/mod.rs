@@ -5,7 +5,9 @@
 pub mod batch;
 pub mod chat;
 pub mod embeddings;
+pub mod ingest;
 pub mod relay;
+pub mod retrieve;
 pub mod settlement;
 pub mod sse;
 

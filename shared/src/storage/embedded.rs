@@ -1,5 +1,5 @@
 //! The embedded store's plumbing: one SQLite file holding keys, monthly spend, the response
-//! cache, batch jobs (files, uploads, batches, results), the batch queue and vectors, its schema, the reader connection and the writer thread that batches writes. The SQL of
+//! cache, batch jobs (files, uploads, batches, results), the queues (batch, ingest) and vectors, its schema, the reader connection and the writer thread that batches writes. The SQL of
 //! each concern is beside its trait (`keys::embedded`, `cache::embedded`, `limits::local`,
 //! `batch::embedded`, `queue::embedded`, `vectors::embedded`).
 //!
@@ -246,7 +246,32 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
          );",
     )
     .map_err(backend)?;
+    add_queue_names(&conn)?;
     Ok(conn)
+}
+
+/// The queue table hosts several queues (batch, ingest), told apart by `name` (`''` is the batch
+/// queue, so rows of a file written before the column existed stay in it).
+fn add_queue_names(conn: &Connection) -> Result<(), StoreError> {
+    let has_names: bool = conn
+        .query_row(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info('queue') WHERE name = 'name'",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(backend)?;
+    if !has_names
+        && let Err(error) =
+            conn.execute_batch("ALTER TABLE queue ADD COLUMN name TEXT NOT NULL DEFAULT ''")
+        // Another connection opening the file may have added it meanwhile.
+        && !error.to_string().contains("duplicate column")
+    {
+        return Err(backend(error));
+    }
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS queue_due_by_name ON queue (name, dead, visible_at_ms)",
+    )
+    .map_err(backend)
 }
 
 impl EmbeddedStore {
