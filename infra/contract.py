@@ -196,8 +196,7 @@ NOT_EXECUTED = {
 
 # Why the REST API lists every route explicitly instead of one `/{proxy+}` catch-all behind the
 # authorizer: integrations differ per route (chat and embeddings stream with an integration
-# timeout of up to 15 minutes instead of 29 s, /v1/ingest goes buffered to another function,
-# /health needs no key), and per-route method settings (throttling, caching) need a resource
+# timeout of up to 15 minutes instead of 29 s, /health needs no key), and per-route method settings (throttling, caching) need a resource
 # of their own; an unknown path is also answered by API Gateway (MISSING_AUTHENTICATION_TOKEN,
 # mapped to 404) without invoking the authorizer or a Lambda. The price is that a route added
 # to the router must be added to the API too, or it is a 404 on AWS that no local test sees:
