@@ -5,6 +5,7 @@
 pub mod batch;
 pub mod chat;
 pub mod embeddings;
+pub mod rag;
 pub mod relay;
 pub mod settlement;
 pub mod sse;
