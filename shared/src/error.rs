@@ -279,6 +279,10 @@ pub enum StoreError {
     Conflict(String),
     #[error("storage backend failed: {0}")]
     Backend(String),
+    /// The caller's data cannot be stored as given (the message says why, in the client's
+    /// terms): a 400, not a storage failure.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl From<StoreError> for ApiError {
@@ -287,6 +291,7 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict(what) => {
                 Self::new(ErrorKind::Conflict, format!("{what} already exists"))
             }
+            StoreError::Invalid(message) => Self::bad_request(message),
             StoreError::Backend(_) => {
                 Self::unavailable("The gateway's storage is unavailable; try again shortly.")
                     .with_cause(error)

@@ -1,7 +1,7 @@
 //! The gateway library: everything that is not an entrypoint.
 //!
 //! Dependencies point one way: `lambda` -> `http` -> `pipeline` -> `state` -> {`routing`,
-//! `limits`, `keys`, `cache`, `batch`} -> {`providers`, `storage`, `queue`, `files`} -> {`api`,
+//! `limits`, `keys`, `cache`, `batch`} -> {`providers`, `storage`, `queue`, `files`, `vectors`} -> {`api`,
 //! `config`, `telemetry`, `error`, `clock`}. The batch worker reaches the pipeline only through
 //! its `ItemRunner` trait, which `pipeline::batch` implements.
 
@@ -15,6 +15,7 @@ pub mod config;
 pub mod error;
 pub mod files;
 pub mod http;
+pub mod ingest;
 pub mod keys;
 pub mod lambda;
 pub mod limits;
@@ -26,3 +27,4 @@ pub mod routing;
 pub mod state;
 pub mod storage;
 pub mod telemetry;
+pub mod vectors;

@@ -9,10 +9,13 @@ use crate::background::Background;
 use crate::batch::BatchBackends;
 use crate::cache::ResponseCache;
 use crate::config::{CachePartition, Config, ConfigError, RoutingConfig};
+use crate::ingest::backends::IngestBackends;
+use crate::ingest::embedding_cache::EmbeddingCache;
 use crate::keys::Authenticator;
 use crate::keys::edge::EdgeKeys;
 use crate::limits::Limiter;
 use crate::routing::Registry;
+use crate::vectors::VectorStore;
 
 pub struct Gateway {
     pub models: Registry,
@@ -20,6 +23,8 @@ pub struct Gateway {
     pub limiter: Arc<dyn Limiter>,
     pub cache: ResponseCache,
     pub cache_partition: CachePartition,
+    /// Embeddings by tenant, model and text, in the response cache's store.
+    pub embedding_cache: EmbeddingCache,
     pub routing: RoutingConfig,
     pub max_body_bytes: usize,
     pub started_at: u64,
@@ -28,6 +33,11 @@ pub struct Gateway {
     /// Batch jobs' store, file bodies and queue; `None` where they are not configured (the
     /// batch routes then answer 404).
     pub batch: Option<BatchBackends>,
+    /// Collections' records and queued ingests; `None` where they are not configured (the
+    /// collections routes then answer 404).
+    pub ingest: Option<IngestBackends>,
+    /// Collections' vectors; `None` where no vector store is configured.
+    pub vectors: Option<Arc<dyn VectorStore>>,
 }
 
 impl Gateway {
@@ -46,6 +56,10 @@ impl Gateway {
                 Duration::from_millis(config.server.key_cache_ttl_ms),
             ),
             limiter: backends.limiter,
+            embedding_cache: EmbeddingCache::new(
+                Arc::clone(&backends.cache),
+                config.cache.embedding_ttl_s,
+            ),
             cache: ResponseCache::new(backends.cache),
             cache_partition: config.cache.partition,
             routing: config.routing,
@@ -54,6 +68,8 @@ impl Gateway {
             background: Background::default(),
             edge: backends.edge,
             batch: None,
+            ingest: None,
+            vectors: None,
         })
     }
 

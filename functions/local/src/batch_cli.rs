@@ -155,14 +155,14 @@ pub async fn run(connection: Connection, action: BatchAction) -> Result<(), Fail
 }
 
 /// The gateway's API: its base URL, the key, and one HTTP client with its timeouts.
-struct Client {
+pub(crate) struct Client {
     base: Url,
     key: String,
     http: reqwest::Client,
 }
 
 impl Client {
-    fn new(connection: Connection) -> Result<Self, Failure> {
+    pub(crate) fn new(connection: Connection) -> Result<Self, Failure> {
         let key = connection
             .key
             .or_else(|| std::env::var("GATEWAY_API_KEY").ok())
@@ -210,7 +210,7 @@ impl Client {
     }
 
     /// A JSON call (`body` as JSON, if any) and its JSON answer.
-    async fn json(
+    pub(crate) async fn json(
         &self,
         method: Method,
         path: &str,
@@ -287,8 +287,8 @@ fn transport_error(what: &str, error: reqwest::Error) -> String {
 /// The gateway answered with an error: its status and OpenAI error body
 /// (`{"error": {"message", "type", "code"}}`) as one line.
 #[derive(Debug)]
-struct ApiFailure {
-    status: StatusCode,
+pub(crate) struct ApiFailure {
+    pub(crate) status: StatusCode,
     message: String,
 }
 
@@ -345,7 +345,7 @@ fn parse_json(body: &[u8], what: &str) -> Result<Value, Failure> {
 }
 
 /// The value at a JSON pointer (`Null` when absent).
-fn at<'a>(value: &'a Value, pointer: &str) -> &'a Value {
+pub(crate) fn at<'a>(value: &'a Value, pointer: &str) -> &'a Value {
     value.pointer(pointer).unwrap_or(&Value::Null)
 }
 

@@ -1,6 +1,7 @@
 //! `gateway-local`: every route in one process with embedded storage, plus the key CLI.
 
 mod batch_cli;
+mod ingest_cli;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use gateway::batch::BatchBackends;
 use gateway::batch::worker::Worker;
 use gateway::clock::now_secs;
 use gateway::config::{Config, ServerConfig};
+use gateway::ingest::backends::IngestBackends;
 use gateway::keys::edge::{ApiGatewayEdgeKeys, ensure_admin_key, provision, revoke};
 use gateway::keys::{ContextPolicy, NewKey};
 use gateway::pipeline::batch::PipelineRunner;
@@ -19,6 +21,9 @@ use gateway::routing::Model;
 use gateway::state::Gateway;
 use gateway::storage::dynamo::DynamoConfig;
 use gateway::storage::embedded::EmbeddedStore;
+use gateway::vectors::VectorStore;
+use gateway::vectors::embedded::EmbeddedVectors;
+use gateway::vectors::s3::S3VectorStore;
 
 #[derive(Parser)]
 #[command(
@@ -80,6 +85,9 @@ enum Command {
         #[command(subcommand)]
         action: batch_cli::BatchAction,
     },
+    /// Ingest the .txt and .md files under a directory into a collection of a running gateway,
+    /// local or on AWS (an HTTP client of its collections API)
+    Ingest(ingest_cli::IngestArgs),
 }
 
 #[derive(Subcommand)]
@@ -134,6 +142,7 @@ async fn main() {
         Some(Command::Keys { action }) => keys(action, cli.backend, &cli.data_dir).await,
         Some(Command::CreateTables) => create_tables().await,
         Some(Command::Batch { connection, action }) => batch_cli::run(connection, action).await,
+        Some(Command::Ingest(args)) => ingest_cli::run(args).await,
     };
     if let Err(error) = result {
         eprintln!("gateway-local: {error}");
@@ -198,18 +207,42 @@ async fn serve(
     let (backends, embedded) = open_backends(backend, &data_dir).await?;
     let first_run_key = bootstrap_keys(&backends).await?;
     let mut gateway = Gateway::new(&config, backends, &env)?;
-    gateway.batch = match &embedded {
-        Some(store) => Some(BatchBackends::embedded(store, &data_dir, env)?),
-        // The API only: on AWS the batch function works the queue off.
+    let vectors: Arc<dyn VectorStore>;
+    (gateway.batch, vectors) = match &embedded {
+        Some(store) => (
+            Some(BatchBackends::embedded(store, &data_dir, env)?),
+            Arc::new(EmbeddedVectors::new(Arc::clone(store))) as Arc<dyn VectorStore>,
+        ),
+        // The API only: on AWS the batch function works the queue off. Vectors go to the
+        // stack's S3 Vectors index when it is named, else to the embedded store in --data-dir.
         None => {
             let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
                 .load()
                 .await;
             let dynamo = gateway::storage::dynamo::client(&sdk);
-            BatchBackends::aws(&sdk, &dynamo, env)?
+            let vectors: Arc<dyn VectorStore> = match S3VectorStore::from_lookup(&sdk, env)? {
+                Some(store) => Arc::new(store),
+                None => Arc::new(EmbeddedVectors::new(EmbeddedStore::open(&data_dir)?)),
+            };
+            (BatchBackends::aws(&sdk, &dynamo, env)?, vectors)
         }
     };
+    gateway.ingest = match &embedded {
+        Some(store) => Some(IngestBackends::embedded(store, &data_dir, env)?),
+        None => {
+            let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .load()
+                .await;
+            let dynamo = gateway::storage::dynamo::client(&sdk);
+            IngestBackends::aws(&sdk, &dynamo, env)?
+        }
+    };
+    gateway.vectors = Some(vectors);
     let gateway = Arc::new(gateway);
+    // Queued ingests run in process over the embedded queue, as the ingest function does on AWS.
+    if embedded.is_some() {
+        tokio::spawn(gateway::pipeline::ingest::run_worker(Arc::clone(&gateway)));
+    }
     // The batch worker runs in process over the embedded queue: it takes items from it while
     // the API serves.
     if let (Some(batch), Some(_)) = (gateway.batch.clone(), &embedded) {

@@ -10,6 +10,9 @@ use crate::clock::now_secs;
 use crate::error::StoreError;
 use crate::storage::embedded::{EmbeddedStore, Write};
 
+/// Keys per `IN (..)` query: well under SQLite's limit on bound parameters.
+const MAX_KEYS_PER_QUERY: usize = 500;
+
 #[async_trait]
 impl CacheStore for EmbeddedStore {
     async fn get(&self, key: &[u8; 32]) -> Result<Option<Bytes>, StoreError> {
@@ -40,6 +43,69 @@ impl CacheStore for EmbeddedStore {
             }
             body
         }))
+    }
+
+    /// Keys not in memory are read with one query per [`MAX_KEYS_PER_QUERY`] keys.
+    async fn get_many(
+        &self,
+        keys: &[[u8; 32]],
+        _deadline: tokio::time::Instant,
+    ) -> Result<Vec<Option<Bytes>>, StoreError> {
+        let now = now_secs();
+        let mut bodies: Vec<Option<Bytes>> = match self.recent().lock() {
+            Ok(recent) => keys.iter().map(|key| recent.get(key, now)).collect(),
+            Err(_) => vec![None; keys.len()],
+        };
+        let unread: Vec<usize> = (0..keys.len())
+            .filter(|&i| bodies.get(i).is_some_and(Option::is_none))
+            .collect();
+        for positions in unread.chunks(MAX_KEYS_PER_QUERY) {
+            let wanted: Vec<&[u8]> = positions
+                .iter()
+                .filter_map(|&i| keys.get(i).map(|key| &key[..]))
+                .collect();
+            let found = self.with_conn(|conn| {
+                let placeholders = vec!["?"; wanted.len()].join(",");
+                let mut statement = conn.prepare_cached(&format!(
+                    "SELECT key, body, expires_at FROM cache \
+                     WHERE expires_at > ? AND key IN ({placeholders})"
+                ))?;
+                let parameters = std::iter::once(rusqlite::types::Value::Integer(
+                    i64::try_from(now).unwrap_or(i64::MAX),
+                ))
+                .chain(
+                    wanted
+                        .iter()
+                        .map(|key| rusqlite::types::Value::Blob(key.to_vec())),
+                );
+                statement
+                    .query_map(rusqlite::params_from_iter(parameters), |row| {
+                        Ok((
+                            row.get::<_, Vec<u8>>(0)?,
+                            Bytes::from(row.get::<_, Vec<u8>>(1)?),
+                            row.get::<_, u64>(2)?,
+                        ))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()
+            })?;
+            let mut recent = self.recent().lock().ok();
+            for (key, body, expires_at) in found {
+                let Ok(key) = <[u8; 32]>::try_from(key.as_slice()) else {
+                    continue;
+                };
+                if let Some(recent) = recent.as_mut() {
+                    recent.insert(key, body.clone(), expires_at, true);
+                }
+                for &i in positions {
+                    if keys.get(i) == Some(&key)
+                        && let Some(slot) = bodies.get_mut(i)
+                    {
+                        *slot = Some(body.clone());
+                    }
+                }
+            }
+        }
+        Ok(bodies)
     }
 
     async fn put(&self, key: &[u8; 32], body: Bytes, ttl_s: u64) -> Result<(), StoreError> {

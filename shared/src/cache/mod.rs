@@ -23,6 +23,24 @@ pub trait CacheStore: Send + Sync {
     async fn get(&self, key: &[u8; 32]) -> Result<Option<Bytes>, StoreError>;
     /// Stores a body for `ttl_s` seconds. Implementations may write in the background.
     async fn put(&self, key: &[u8; 32], body: Bytes, ttl_s: u64) -> Result<(), StoreError>;
+
+    /// The bodies of many keys, in the order of `keys`; stops reading at `deadline` (the keys
+    /// not read by then are misses). The default reads one key at a time.
+    async fn get_many(
+        &self,
+        keys: &[[u8; 32]],
+        deadline: tokio::time::Instant,
+    ) -> Result<Vec<Option<Bytes>>, StoreError> {
+        let mut bodies = Vec::with_capacity(keys.len());
+        for key in keys {
+            let body = match tokio::time::timeout_at(deadline, self.get(key)).await {
+                Ok(body) => body?,
+                Err(_) => None,
+            };
+            bodies.push(body);
+        }
+        Ok(bodies)
+    }
 }
 
 /// Whether a request may use the cache, from its headers and sampling parameters.
@@ -164,6 +182,11 @@ impl ResponseCache {
             }
             // The leader gave up without an answer: try again, possibly leading this time.
         }
+    }
+
+    /// The store under the cache, for other key domains (the embedding cache).
+    pub fn store(&self) -> &Arc<dyn CacheStore> {
+        &self.store
     }
 
     fn leader(&self, key: CacheKey) -> Leader {

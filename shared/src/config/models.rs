@@ -269,7 +269,8 @@ pub struct DeploymentConfig {
     /// The model name the provider knows (for Azure, the deployment name).
     pub model: String,
     /// The upstream model version; part of the cache key, so a new version never serves
-    /// answers cached from the old one.
+    /// answers cached from the old one. For an embedding model, the first deployment's version
+    /// is part of the embedding cache key: change it when the upstream model's vectors change.
     #[serde(default)]
     pub version: Option<String>,
     #[serde(default = "default_weight")]

@@ -21,6 +21,9 @@ pub struct CacheConfig {
     /// TTL for models that do not set their own; 0 turns the response cache off.
     #[serde(default = "default_cache_ttl_s")]
     pub default_ttl_s: u64,
+    /// How long an embedding stays in the embedding cache; 0 turns that cache off.
+    #[serde(default = "default_embedding_ttl_s")]
+    pub embedding_ttl_s: u64,
 }
 
 impl Default for CacheConfig {
@@ -28,12 +31,18 @@ impl Default for CacheConfig {
         Self {
             partition: CachePartition::Tenant,
             default_ttl_s: default_cache_ttl_s(),
+            embedding_ttl_s: default_embedding_ttl_s(),
         }
     }
 }
 
 fn default_cache_ttl_s() -> u64 {
     3600
+}
+
+/// 30 days: an embedding never changes while the model and its `version` stay the same.
+fn default_embedding_ttl_s() -> u64 {
+    30 * 24 * 3600
 }
 
 /// Retries, backoff and circuit breaking, for every model.

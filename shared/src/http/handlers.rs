@@ -108,12 +108,13 @@ pub(crate) async fn embeddings(
     State(gateway): State<Arc<Gateway>>,
     Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
     deadline: Option<Extension<RequestDeadline>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let deadline = deadline.map(|Extension(RequestDeadline(at))| at);
     answer(async {
         let body = body.map_err(body_error)?;
-        pipeline::embeddings::embed(&gateway, &key, &body, deadline).await
+        pipeline::embeddings::embed(&gateway, &key, &headers, &body, deadline).await
     })
     .await
 }

@@ -23,6 +23,12 @@
 //! | GET | `/v1/batches/{id}` | `batch::get_batch` |
 //! | POST | `/v1/batches/{id}/cancel` | `batch::cancel_batch` |
 //! | GET | `/v1/batches/{id}/results` | `batch::batch_results` (JSONL; `?custom_id=`) |
+//! | POST, GET | `/v1/collections` | `collections::create_collection`, `collections::list_collections` |
+//! | GET, DELETE | `/v1/collections/{c}` | `collections::get_collection`, `collections::delete_collection` (its vectors too) |
+//! | POST | `/v1/collections/{c}/documents` | `collections::add_documents` -> `pipeline::ingest` (202 + job when queued) |
+//! | GET, DELETE | `/v1/collections/{c}/documents/{*id}` | `collections::get_document`, `collections::delete_document` |
+//! | POST | `/v1/collections/{c}/query` | `collections::query` -> `pipeline::retrieve` |
+//! | GET | `/v1/collections/{c}/jobs/{id}` | `collections::get_job` |
 //!
 //! Layers, outermost first: `request_id` (every response carries `x-request-id`; a tracing span
 //! per request), the body limit (`server.max_body_bytes`), then on the keyed routes
@@ -30,6 +36,7 @@
 
 pub mod admin;
 pub mod batch;
+pub mod collections;
 pub mod handlers;
 pub mod middleware;
 pub mod server;
@@ -74,6 +81,27 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/batches/{id}", get(batch::get_batch))
         .route("/v1/batches/{id}/cancel", post(batch::cancel_batch))
         .route("/v1/batches/{id}/results", get(batch::batch_results))
+        .route(
+            "/v1/collections",
+            post(collections::create_collection).get(collections::list_collections),
+        )
+        .route(
+            "/v1/collections/{name}",
+            get(collections::get_collection).delete(collections::delete_collection),
+        )
+        .route(
+            "/v1/collections/{name}/documents",
+            post(collections::add_documents),
+        )
+        .route(
+            "/v1/collections/{name}/documents/{*id}",
+            get(collections::get_document).delete(collections::delete_document),
+        )
+        .route("/v1/collections/{name}/query", post(collections::query))
+        .route(
+            "/v1/collections/{name}/jobs/{id}",
+            get(collections::get_job),
+        )
         .route("/metrics", get(admin_metrics))
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::clone(&gateway),

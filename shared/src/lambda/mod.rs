@@ -11,6 +11,7 @@
 
 pub mod authorizer;
 pub mod batch;
+pub mod ingest;
 pub mod key_setup;
 pub mod setup;
 

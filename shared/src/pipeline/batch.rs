@@ -34,7 +34,9 @@ impl ItemRunner for PipelineRunner {
             "/v1/chat/completions" => {
                 super::chat::chat(&self.0, key, &HeaderMap::new(), &bytes, None).await?
             }
-            "/v1/embeddings" => super::embeddings::embed(&self.0, key, &bytes, None).await?,
+            "/v1/embeddings" => {
+                super::embeddings::embed(&self.0, key, &HeaderMap::new(), &bytes, None).await?
+            }
             other => {
                 return Err(ApiError::bad_request(format!(
                     "Endpoint `{other}` is not supported for batches."

@@ -128,4 +128,14 @@ impl Provider {
     ) -> Result<EmbeddingResponse, ProviderError> {
         dispatch!(self, provider => provider.embed(request).await)
     }
+
+    /// The most inputs one embeddings call to `upstream_model` may carry.
+    pub fn max_embedding_inputs(&self, upstream_model: &str) -> usize {
+        match self {
+            Provider::Bedrock(_) => bedrock::max_embedding_inputs(upstream_model),
+            Provider::OpenAi(_) | Provider::Anthropic(_) | Provider::Mock(_) => {
+                crate::api::MAX_EMBEDDING_INPUTS
+            }
+        }
+    }
 }

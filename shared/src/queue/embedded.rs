@@ -1,5 +1,5 @@
-//! The local batch queue: the `queue` table of the embedded SQLite file (schema in
-//! `storage::embedded`), with SQS's semantics under a redrive policy.
+//! The local queues (batch, ingest): the `queue` table of the embedded SQLite file (schema in
+//! `storage::embedded`), one queue per `name`, with SQS's semantics under a redrive policy.
 //!
 //! A message is a row with the time it becomes visible and how often it was received. `receive`
 //! takes visible rows in one write transaction, hiding them for the visibility timeout and
@@ -35,6 +35,8 @@ const DEAD_LETTERS_SHOWN: i64 = 10_000;
 
 pub struct EmbeddedQueue {
     store: Arc<EmbeddedStore>,
+    /// Which queue of the table (`''`: the batch queue).
+    name: String,
     visibility_ms: i64,
     max_receives: u32,
     poll_every: Duration,
@@ -57,8 +59,19 @@ impl EmbeddedQueue {
     /// A queue on `store`'s file: a received message stays hidden for `visibility`, and one
     /// received `max_receives` times (at least 1) goes to the dead letters instead of again.
     pub fn new(store: Arc<EmbeddedStore>, visibility: Duration, max_receives: u32) -> Self {
+        Self::named(store, "", visibility, max_receives)
+    }
+
+    /// `new` for the queue `name` of the table (the batch queue is `""`).
+    pub fn named(
+        store: Arc<EmbeddedStore>,
+        name: &str,
+        visibility: Duration,
+        max_receives: u32,
+    ) -> Self {
         Self {
             store,
+            name: name.to_owned(),
             // At least a millisecond, so a message taken is not visible again in the same
             // transaction.
             visibility_ms: i64::try_from(visibility.as_millis())
@@ -74,10 +87,10 @@ impl EmbeddedQueue {
         self.store
             .with_conn(|conn| {
                 let mut stmt = conn.prepare_cached(
-                    "SELECT body, COALESCE(reason, '') FROM queue WHERE dead = 1
+                    "SELECT body, COALESCE(reason, '') FROM queue WHERE dead = 1 AND name = ?2
                      ORDER BY id LIMIT ?1",
                 )?;
-                let rows = stmt.query_map(params![DEAD_LETTERS_SHOWN], |row| {
+                let rows = stmt.query_map(params![DEAD_LETTERS_SHOWN, self.name], |row| {
                     Ok((row.get(0)?, row.get(1)?))
                 })?;
                 rows.collect()
@@ -91,8 +104,9 @@ impl EmbeddedQueue {
             .store
             .with_conn(|conn| {
                 conn.query_row(
-                    "SELECT COALESCE(SUM(dead = 0), 0), COALESCE(SUM(dead = 1), 0) FROM queue",
-                    [],
+                    "SELECT COALESCE(SUM(dead = 0), 0), COALESCE(SUM(dead = 1), 0) FROM queue
+                     WHERE name = ?1",
+                    params![self.name],
                     |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)),
                 )
             })
@@ -108,6 +122,7 @@ impl EmbeddedQueue {
         let now = now_ms();
         let hidden_until = now.saturating_add(self.visibility_ms);
         let max_receives = self.max_receives;
+        let name = self.name.as_str();
         self.store
             .with_conn(|conn| {
                 // The write lock from the start: the rows read are the rows updated, whatever
@@ -117,7 +132,7 @@ impl EmbeddedQueue {
                 {
                     let mut due = tx.prepare_cached(
                         "SELECT id, body, receives FROM queue
-                         WHERE dead = 0 AND visible_at_ms <= ?1
+                         WHERE name = ?3 AND dead = 0 AND visible_at_ms <= ?1
                          ORDER BY visible_at_ms, id LIMIT ?2",
                     )?;
                     let mut hide = tx.prepare_cached(
@@ -130,7 +145,7 @@ impl EmbeddedQueue {
                         let want = max.saturating_sub(taken.len());
                         let rows = due
                             .query_map(
-                                params![now, i64::try_from(want).unwrap_or(i64::MAX)],
+                                params![now, i64::try_from(want).unwrap_or(i64::MAX), name],
                                 |row| {
                                     Ok((
                                         row.get::<_, i64>(0)?,
@@ -188,11 +203,11 @@ impl Queue for EmbeddedQueue {
                 let tx = Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
                 {
                     let mut insert = tx.prepare_cached(
-                        "INSERT INTO queue (body, visible_at_ms, receives, dead)
-                         VALUES (?1, ?2, 0, 0)",
+                        "INSERT INTO queue (body, visible_at_ms, receives, dead, name)
+                         VALUES (?1, ?2, 0, 0, ?3)",
                     )?;
                     for body in bodies {
-                        insert.execute(params![body, visible_at])?;
+                        insert.execute(params![body, visible_at, self.name])?;
                     }
                 }
                 tx.commit()
@@ -206,10 +221,10 @@ impl Queue for EmbeddedQueue {
         self.store
             .with_conn(|conn| {
                 conn.prepare_cached(
-                    "INSERT INTO queue (body, visible_at_ms, receives, dead, reason)
-                     VALUES (?1, ?2, 0, 1, ?3)",
+                    "INSERT INTO queue (body, visible_at_ms, receives, dead, reason, name)
+                     VALUES (?1, ?2, 0, 1, ?3, ?4)",
                 )?
-                .execute(params![body, now_ms(), reason])
+                .execute(params![body, now_ms(), reason, self.name])
             })
             .map_err(failed("dead-lettering a message of"))?;
         Ok(())

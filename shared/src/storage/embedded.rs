@@ -1,7 +1,7 @@
 //! The embedded store's plumbing: one SQLite file holding keys, monthly spend, the response
-//! cache, batch jobs (files, uploads, batches, results) and the batch queue, its schema, the reader connection and the writer thread that batches writes. The SQL of
+//! cache, batch jobs (files, uploads, batches, results), the queues (batch, ingest) and vectors, its schema, the reader connection and the writer thread that batches writes. The SQL of
 //! each concern is beside its trait (`keys::embedded`, `cache::embedded`, `limits::local`,
-//! `batch::embedded`, `queue::embedded`).
+//! `batch::embedded`, `queue::embedded`, `vectors::embedded`).
 //!
 //! SQLite (not a single-process store) because `gateway-local keys create` must work while the
 //! gateway runs: WAL mode lets the CLI and the server share the file. Reads are point lookups on
@@ -227,10 +227,51 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
              dead INTEGER NOT NULL DEFAULT 0,
              reason TEXT
          );
-         CREATE INDEX IF NOT EXISTS queue_due ON queue (dead, visible_at_ms);",
+         CREATE INDEX IF NOT EXISTS queue_due ON queue (dead, visible_at_ms);
+         CREATE TABLE IF NOT EXISTS vector_namespaces (
+             id INTEGER PRIMARY KEY,
+             tenant TEXT NOT NULL,
+             collection TEXT NOT NULL,
+             dimensions INTEGER NOT NULL,
+             version INTEGER NOT NULL,
+             UNIQUE (tenant, collection)
+         );
+         CREATE TABLE IF NOT EXISTS vectors (
+             ns INTEGER NOT NULL,
+             key TEXT NOT NULL,
+             vector BLOB NOT NULL,
+             text TEXT NOT NULL,
+             metadata TEXT NOT NULL,
+             PRIMARY KEY (ns, key)
+         );",
     )
     .map_err(backend)?;
+    add_queue_names(&conn)?;
     Ok(conn)
+}
+
+/// The queue table hosts several queues (batch, ingest), told apart by `name` (`''` is the batch
+/// queue, so rows of a file written before the column existed stay in it).
+fn add_queue_names(conn: &Connection) -> Result<(), StoreError> {
+    let has_names: bool = conn
+        .query_row(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info('queue') WHERE name = 'name'",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(backend)?;
+    if !has_names
+        && let Err(error) =
+            conn.execute_batch("ALTER TABLE queue ADD COLUMN name TEXT NOT NULL DEFAULT ''")
+        // Another connection opening the file may have added it meanwhile.
+        && !error.to_string().contains("duplicate column")
+    {
+        return Err(backend(error));
+    }
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS queue_due_by_name ON queue (name, dead, visible_at_ms)",
+    )
+    .map_err(backend)
 }
 
 impl EmbeddedStore {

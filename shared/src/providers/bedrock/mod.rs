@@ -4,6 +4,7 @@
 //! with IAM credentials from the standard AWS chain (environment, profile, web identity, ECS or
 //! instance role); there is no API key.
 
+mod embeddings;
 mod errors;
 mod request;
 mod response;
@@ -24,6 +25,7 @@ use tokio::sync::OnceCell;
 use super::{ChatProvider, ChunkStream, ProviderError, ProviderErrorKind};
 use crate::api::{ChatCompletion, ChatRequest, EmbeddingRequest, EmbeddingResponse};
 use crate::config::{ProviderConfig, Timeouts};
+pub use embeddings::max_embedding_inputs;
 use errors::call_error;
 use request::to_converse_parts;
 use response::from_converse_response;

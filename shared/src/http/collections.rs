@@ -1,0 +1,165 @@
+//! The collections routes: extract what the request carries and hand it to `pipeline::ingest`
+//! and `pipeline::retrieve`, scoped to the key's tenant.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Extension, Path, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::handlers::{AuthorizedKey, body_error};
+use crate::error::ApiError;
+use crate::ingest::api::{AddDocuments, CreateCollection, DEFAULT_TOP_K, QueryRequest};
+use crate::pipeline::ingest::{self, REQUEST_TIME, deadline_within};
+use crate::pipeline::retrieve::retrieve;
+use crate::pipeline::{RequestDeadline, X_GATEWAY_CACHE, parse_json};
+use crate::state::Gateway;
+use crate::vectors::MetadataFilter;
+
+fn json(result: Result<Value, ApiError>) -> Response {
+    match result {
+        Ok(value) => (StatusCode::OK, axum::Json(value)).into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+fn deadline(front: Option<Extension<RequestDeadline>>) -> tokio::time::Instant {
+    deadline_within(REQUEST_TIME, front.map(|Extension(RequestDeadline(at))| at))
+}
+
+pub(crate) async fn create_collection(
+    State(gateway): State<Arc<Gateway>>,
+    Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    json(
+        async {
+            let body = body.map_err(body_error)?;
+            let request: CreateCollection = parse_json(&body)?;
+            ingest::create_collection(&gateway, &key, request).await
+        }
+        .await,
+    )
+}
+
+pub(crate) async fn list_collections(
+    State(gateway): State<Arc<Gateway>>,
+    Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
+) -> Response {
+    json(ingest::list_collections(&gateway, &key).await)
+}
+
+pub(crate) async fn get_collection(
+    State(gateway): State<Arc<Gateway>>,
+    Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
+    Path(name): Path<String>,
+) -> Response {
+    json(ingest::get_collection(&gateway, &key, &name).await)
+}
+
+pub(crate) async fn delete_collection(
+    State(gateway): State<Arc<Gateway>>,
+    Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
+    Path(name): Path<String>,
+) -> Response {
+    json(ingest::delete_collection(&gateway, &key, &name).await)
+}
+
+pub(crate) async fn add_documents(
+    State(gateway): State<Arc<Gateway>>,
+    Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
+    front: Option<Extension<RequestDeadline>>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        let body = body.map_err(body_error)?;
+        let request: AddDocuments = parse_json(&body)?;
+        ingest::add_documents(&gateway, &key, &name, request, deadline(front)).await
+    }
+    .await;
+    match result {
+        Ok((status, value)) => (status, axum::Json(value)).into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+pub(crate) async fn get_document(
+    State(gateway): State<Arc<Gateway>>,
+    Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
+    Path((name, id)): Path<(String, String)>,
+) -> Response {
+    json(ingest::get_document(&gateway, &key, &name, &id).await)
+}
+
+pub(crate) async fn delete_document(
+    State(gateway): State<Arc<Gateway>>,
+    Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
+    Path((name, id)): Path<(String, String)>,
+) -> Response {
+    json(ingest::delete_document(&gateway, &key, &name, &id).await)
+}
+
+pub(crate) async fn get_job(
+    State(gateway): State<Arc<Gateway>>,
+    Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
+    Path((name, id)): Path<(String, String)>,
+) -> Response {
+    json(ingest::get_job(&gateway, &key, &name, &id).await)
+}
+
+/// `POST /v1/collections/{c}/query`; `x-gateway-cache` says whether the retrieval cache
+/// answered.
+pub(crate) async fn query(
+    State(gateway): State<Arc<Gateway>>,
+    Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
+    front: Option<Extension<RequestDeadline>>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        let body = body.map_err(body_error)?;
+        let request: QueryRequest = parse_json(&body)?;
+        let filter = request
+            .filter
+            .as_ref()
+            .filter(|f| !f.is_null())
+            .map(|f| {
+                MetadataFilter::parse(f).map_err(|e| {
+                    ApiError::bad_request(format!("`filter`: {e}")).with_param("filter")
+                })
+            })
+            .transpose()?;
+        retrieve(
+            &gateway,
+            &key,
+            &name,
+            &request.query,
+            request.top_k.unwrap_or(DEFAULT_TOP_K),
+            filter.as_ref(),
+            deadline(front),
+        )
+        .await
+    }
+    .await;
+    match result {
+        Ok(retrieval) => {
+            let body = json!({
+                "object": "list",
+                "collection": retrieval.collection,
+                "collection_version": retrieval.collection_version,
+                "data": retrieval.chunks,
+            });
+            let mut response = (StatusCode::OK, axum::Json(body)).into_response();
+            response.headers_mut().insert(
+                X_GATEWAY_CACHE.clone(),
+                HeaderValue::from_static(if retrieval.cached { "HIT" } else { "MISS" }),
+            );
+            response
+        }
+        Err(error) => error.into_response(),
+    }
+}
