@@ -35,6 +35,9 @@ const LOAD_ATTEMPTS: usize = 3;
 /// Values summed side by side in a dot product: independent accumulators the compiler keeps in
 /// vector registers.
 const LANES: usize = 16;
+/// Namespaces of at least this many values (250,000: 1 MB) are scanned on several threads.
+const PARALLEL_SCAN_VALUES: usize = 250_000;
+const MAX_SCAN_THREADS: usize = 4;
 
 /// Vectors in the embedded store's SQLite file.
 #[derive(Clone)]
@@ -192,14 +195,60 @@ impl Loaded {
     }
 
     /// The best `top_k` rows for a unit-length query, best first; rows the filter rejects are
-    /// not scored.
+    /// not scored. A large namespace is scanned in parts on scoped threads (the scan reads every
+    /// vector, so one core's memory bandwidth bounds it), their bests then merged.
     fn search(&self, query: &[f32], top_k: usize, filter: Option<&MetadataFilter>) -> Vec<Scored> {
-        if top_k == 0 {
+        if top_k == 0 || self.keys.is_empty() {
             return Vec::new();
         }
+        let parts = if self.vectors.len() < PARALLEL_SCAN_VALUES {
+            1
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_SCAN_THREADS))
+        };
+        let rows_per_part = self.keys.len().div_ceil(parts);
+        let mut best = if parts == 1 {
+            self.scan(0..self.keys.len(), query, top_k, filter)
+        } else {
+            std::thread::scope(|scope| {
+                let scans: Vec<_> = (0..parts)
+                    .map(|part| {
+                        let start = part * rows_per_part;
+                        let rows = start..(start + rows_per_part).min(self.keys.len());
+                        scope.spawn(move || self.scan(rows, query, top_k, filter))
+                    })
+                    .collect();
+                scans
+                    .into_iter()
+                    .filter_map(|scan| scan.join().ok())
+                    .flatten()
+                    .collect()
+            })
+        };
+        best.sort_unstable_by(|a, b| b.cmp(a));
+        best.truncate(top_k);
+        best
+    }
+
+    /// The best `top_k` of some rows, in no order: a bounded min-heap whose root is the worst
+    /// kept.
+    fn scan(
+        &self,
+        rows: std::ops::Range<usize>,
+        query: &[f32],
+        top_k: usize,
+        filter: Option<&MetadataFilter>,
+    ) -> Vec<Scored> {
+        let dims = self.head.dimensions.max(1);
+        let (Some(vectors), Some(metadata)) = (
+            self.vectors.get(rows.start * dims..rows.end * dims),
+            self.metadata.get(rows.clone()),
+        ) else {
+            return Vec::new();
+        };
         let mut best: BinaryHeap<Reverse<Scored>> = BinaryHeap::with_capacity(top_k + 1);
-        let rows = self.vectors.chunks_exact(self.head.dimensions.max(1));
-        for (row, (vector, metadata)) in rows.zip(&self.metadata).enumerate() {
+        let rows = vectors.chunks_exact(dims).zip(metadata).zip(rows);
+        for ((vector, metadata), row) in rows {
             if filter.is_some_and(|filter| !filter.matches(metadata)) {
                 continue;
             }
@@ -215,9 +264,7 @@ impl Loaded {
                 *worst = Reverse(scored);
             }
         }
-        let mut ranked: Vec<Scored> = best.into_iter().map(|Reverse(s)| s).collect();
-        ranked.sort_unstable_by(|a, b| b.cmp(a));
-        ranked
+        best.into_iter().map(|Reverse(scored)| scored).collect()
     }
 }
 

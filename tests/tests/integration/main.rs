@@ -24,3 +24,4 @@ mod metrics_and_logs;
 mod providers;
 mod resilience;
 mod response_cache;
+mod vectors_aws;

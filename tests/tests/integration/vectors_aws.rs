@@ -1,0 +1,153 @@
+//! The S3 Vectors store against moto server: what PutVectors and DeleteVectors leave in the
+//! index (prefixed keys, the namespace and text metadata, batches beyond the API's 500), and how
+//! the index's refusals come back. moto does not implement QueryVectors: the query's request and
+//! its answer are checked with canned responses in `shared/src/vectors/s3.rs`.
+
+use std::collections::BTreeMap;
+
+use aws_sdk_s3vectors::types::{DataType, DistanceMetric};
+use gateway::error::StoreError;
+use gateway::vectors::s3::S3VectorStore;
+use gateway::vectors::{Namespace, VectorRecord, VectorStore};
+use serde_json::{Value, json};
+
+use crate::common::moto::Moto;
+
+/// A vector bucket named `bucket` with an index `docs` of 3 dimensions (cosine), and the raw
+/// client to inspect it.
+async fn index(moto: &Moto, bucket: &str) -> aws_sdk_s3vectors::Client {
+    let client = gateway::vectors::s3::client(&moto.sdk_config());
+    client
+        .create_vector_bucket()
+        .vector_bucket_name(bucket)
+        .send()
+        .await
+        .unwrap();
+    client
+        .create_index()
+        .vector_bucket_name(bucket)
+        .index_name("docs")
+        .data_type(DataType::Float32)
+        .dimension(3)
+        .distance_metric(DistanceMetric::Cosine)
+        .send()
+        .await
+        .unwrap();
+    client
+}
+
+/// Every vector in the index: key -> metadata.
+async fn stored(client: &aws_sdk_s3vectors::Client, bucket: &str) -> BTreeMap<String, Value> {
+    let listed = client
+        .list_vectors()
+        .vector_bucket_name(bucket)
+        .index_name("docs")
+        .return_metadata(true)
+        .send()
+        .await
+        .unwrap();
+    listed
+        .vectors()
+        .iter()
+        .map(|v| {
+            let metadata = v.metadata().map(document_json).unwrap_or(Value::Null);
+            (v.key().to_owned(), metadata)
+        })
+        .collect()
+}
+
+fn document_json(document: &aws_smithy_types::Document) -> Value {
+    use aws_smithy_types::{Document, Number};
+    match document {
+        Document::Object(entries) => entries
+            .iter()
+            .map(|(k, v)| (k.clone(), document_json(v)))
+            .collect::<serde_json::Map<_, _>>()
+            .into(),
+        Document::Array(items) => items.iter().map(document_json).collect(),
+        Document::String(s) => json!(s),
+        Document::Bool(b) => json!(b),
+        Document::Number(Number::PosInt(n)) => json!(n),
+        Document::Number(Number::NegInt(n)) => json!(n),
+        Document::Number(Number::Float(n)) => json!(n),
+        Document::Null => Value::Null,
+    }
+}
+
+fn ns(tenant: &str) -> Namespace {
+    Namespace {
+        tenant: tenant.into(),
+        collection: "handbook".into(),
+    }
+}
+
+fn record(i: usize) -> VectorRecord {
+    VectorRecord {
+        key: format!("doc-{i}"),
+        vector: vec![1.0, i as f32, 2.0],
+        text: format!("chunk {i}"),
+        metadata: json!({"page": i, "tags": ["a", "b"]}).as_object().unwrap().clone(),
+    }
+}
+
+#[tokio::test]
+async fn puts_and_deletes_land_in_the_index_under_the_namespace() {
+    let moto = Moto::shared();
+    let client = index(&moto, "vectors-put-delete").await;
+    let store = S3VectorStore::new(
+        client.clone(),
+        "vectors-put-delete".into(),
+        "docs".into(),
+        3,
+    );
+    let (acme, other) = (ns("acme"), ns("other"));
+    store.put(&acme, (0..1201).map(record).collect()).await.unwrap();
+    store.put(&other, vec![record(0), record(1)]).await.unwrap();
+
+    let vectors = stored(&client, "vectors-put-delete").await;
+    assert_eq!(vectors.len(), 1203, "three PutVectors calls for 1,201 vectors, one for 2");
+    let acme_key = format!("{}:doc-7", acme.digest());
+    assert_eq!(
+        vectors[&acme_key],
+        json!({"page": 7, "tags": ["a", "b"], "ns": acme.digest(), "text": "chunk 7"})
+    );
+    assert_eq!(vectors[&format!("{}:doc-0", other.digest())]["ns"], other.digest());
+
+    // Upsert by key, then deletes in batches; the other tenant's same keys stay.
+    store
+        .put(&acme, vec![VectorRecord { text: "rewritten".into(), ..record(7) }])
+        .await
+        .unwrap();
+    assert_eq!(stored(&client, "vectors-put-delete").await[&acme_key]["text"], "rewritten");
+    let keys: Vec<String> = (0..1001).map(|i| format!("doc-{i}")).collect();
+    store.delete(&acme, &keys).await.unwrap();
+    let left = stored(&client, "vectors-put-delete").await;
+    assert_eq!(left.len(), 202);
+    assert!(left.contains_key(&format!("{}:doc-0", other.digest())));
+    assert!(left.contains_key(&format!("{}:doc-1200", acme.digest())));
+    assert!(!left.contains_key(&acme_key));
+}
+
+#[tokio::test]
+async fn the_index_s_refusals_are_client_errors_and_failures_name_no_endpoint() {
+    let moto = Moto::shared();
+    let client = index(&moto, "vectors-refusals").await;
+    // A store told the wrong dimension: the index itself refuses the vectors.
+    let wrong = S3VectorStore::new(client.clone(), "vectors-refusals".into(), "docs".into(), 4);
+    let error = wrong
+        .put(&ns("acme"), vec![VectorRecord { vector: vec![1.0; 4], ..record(1) }])
+        .await
+        .unwrap_err();
+    let StoreError::Invalid(message) = error else {
+        panic!("expected a refusal, got {error:?}")
+    };
+    assert!(message.contains("vector must have length 3"), "{message}");
+
+    let missing = S3VectorStore::new(client, "vectors-refusals".into(), "no-such-index".into(), 3);
+    let error = missing.put(&ns("acme"), vec![record(1)]).await.unwrap_err();
+    let StoreError::Backend(message) = error else {
+        panic!("expected a storage failure, got {error:?}")
+    };
+    assert!(message.starts_with("S3 Vectors PutVectors failed: NotFoundException"), "{message}");
+    assert!(!message.contains("127.0.0.1") && !message.contains("http"), "{message}");
+}
