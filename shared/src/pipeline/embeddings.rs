@@ -166,7 +166,7 @@ fn inputs_per_call(gateway: &Gateway, model: &ServedModel) -> usize {
 }
 
 /// Shares `total` tokens among texts in proportion to their length (every text weighs at least
-/// 1); the shares add up to `total` exactly.
+/// 1), rounding each running sum to the nearest token: the shares add up to `total` exactly.
 fn share_tokens(total: u64, texts: &[&str]) -> Vec<u32> {
     let weights: Vec<u128> = texts
         .iter()
@@ -179,7 +179,7 @@ fn share_tokens(total: u64, texts: &[&str]) -> Vec<u32> {
         .iter()
         .map(|w| {
             cumulative += w;
-            let upto = u128::from(total) * cumulative / sum;
+            let upto = (u128::from(total) * cumulative + sum / 2) / sum;
             let share = upto - before;
             before = upto;
             u32::try_from(share).unwrap_or(u32::MAX)

@@ -16,6 +16,7 @@ mod chat_api;
 mod connections;
 mod crash_recovery;
 mod dynamo;
+mod embedding_cache;
 mod hardening;
 mod keys_and_limits;
 mod lambda_chat;
