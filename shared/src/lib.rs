@@ -14,6 +14,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod files;
+pub mod guard;
 pub mod http;
 pub mod ingest;
 pub mod keys;

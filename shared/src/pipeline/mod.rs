@@ -9,6 +9,7 @@ pub mod ingest;
 pub mod rag;
 pub mod relay;
 pub mod retrieve;
+pub mod semantic;
 pub mod settlement;
 pub mod sse;
 

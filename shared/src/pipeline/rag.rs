@@ -5,6 +5,7 @@
 //! parse the usage chunk).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderName, header};
@@ -13,10 +14,127 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::retrieve::retrieve;
 use super::set_header;
 use super::sse::{SSE_DONE, sse_data};
+use crate::api::ChatRequest;
 use crate::error::ApiError;
-use crate::rag::{Source, sources_header};
+use crate::keys::KeyRecord;
+use crate::rag::{
+    Passage, RagSpec, Source, build_context, insert_before_last_user, sources_header,
+};
+use crate::state::Gateway;
+use crate::telemetry::{METRICS, Metrics};
+use crate::vectors::MetadataFilter;
+
+/// Longest a RAG request waits for its retrieval (embedding the question and the vector query).
+const RETRIEVAL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a RAG request carries past retrieval: what its cache key must hold and what its answer
+/// reports.
+pub(crate) struct Augmented {
+    /// `rag::cache_context`: collection, version and chunk ids.
+    pub(crate) cache_context: Value,
+    pub(crate) sources: Vec<Source>,
+}
+
+/// The retrieval a request asks for: its `rag` field (taken out of the request: providers must
+/// not see it), else the binding of the model it names.
+pub(crate) fn spec(
+    gateway: &Gateway,
+    request: &mut ChatRequest,
+) -> Result<Option<RagSpec>, ApiError> {
+    match request.extra.remove("rag") {
+        Some(Value::Null) | None => {
+            Ok(gateway
+                .rag_bindings
+                .get(&request.model)
+                .map(|binding| RagSpec {
+                    collection: binding.collection.clone(),
+                    top_k: binding.top_k as usize,
+                    filter: None,
+                }))
+        }
+        Some(field) => RagSpec::from_request(&field).map(Some),
+    }
+}
+
+/// Retrieves for the last user message, drops chunks the guard flags (logged and counted), and
+/// puts the kept ones in one context message right before that message.
+pub(crate) async fn augment(
+    gateway: &Gateway,
+    key: &KeyRecord,
+    request: &mut ChatRequest,
+    spec: RagSpec,
+    invocation_deadline: Option<tokio::time::Instant>,
+) -> Result<Augmented, ApiError> {
+    let filter = spec
+        .filter
+        .as_ref()
+        .map(MetadataFilter::parse)
+        .transpose()
+        .map_err(|e| {
+            ApiError::bad_request(format!("`rag.filter` is not valid: {e}"))
+                .with_param("rag.filter")
+        })?;
+    let question = request.last_user_text();
+    if question.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            "A `rag` request needs a last user message with text to retrieve for.",
+        )
+        .with_param("messages"));
+    }
+    let timeout = tokio::time::Instant::now() + RETRIEVAL_TIMEOUT;
+    let deadline = invocation_deadline.map_or(timeout, |at| at.min(timeout));
+    let retrieval = retrieve(
+        gateway,
+        key,
+        &spec.collection,
+        &question,
+        spec.top_k,
+        filter.as_ref(),
+        deadline,
+    )
+    .await?;
+    let passages: Vec<Passage<'_>> = retrieval
+        .chunks
+        .iter()
+        .map(|chunk| Passage {
+            document_id: &chunk.document_id,
+            chunk_id: &chunk.chunk_id,
+            score: chunk.score,
+            text: &chunk.text,
+        })
+        .collect();
+    let context = build_context(&retrieval.collection, &passages, |text| {
+        crate::guard::scan_untrusted(text)
+            .first()
+            .map(|finding| finding.rule)
+    });
+    for source in context.dropped() {
+        let rule = source.dropped.unwrap_or_default();
+        tracing::warn!(
+            collection = %retrieval.collection,
+            document_id = %source.document_id,
+            chunk_id = %source.chunk_id,
+            rule,
+            "retrieved chunk dropped from the prompt: it carries instructions"
+        );
+        Metrics::count(&METRICS.rag_dropped_chunks, &[("rule", rule)]);
+    }
+    let cache_context = crate::rag::cache_context(
+        &retrieval.collection,
+        retrieval.collection_version,
+        &context.sources,
+    );
+    if let Some(message) = context.message {
+        insert_before_last_user(&mut request.messages, message);
+    }
+    Ok(Augmented {
+        cache_context,
+        sources: context.sources,
+    })
+}
 
 pub(crate) static X_GATEWAY_SOURCES: HeaderName = HeaderName::from_static("x-gateway-sources");
 
