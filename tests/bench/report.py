@@ -207,6 +207,17 @@ def main(results):
                      f"ideal C/L {b['ideal_per_s']:.0f} items/s", f"{100 * share:.0f} % of ideal",
                      ">= 90 % of C/L", verdict(-share, -0.9)))
 
+    r = get("rag")
+    if r:
+        q, c = r["retrieval"], r["semantic_cache"]
+        rows.append((f"RAG retrieval: {r['documents']} documents, {q['questions']} questions, top_k 4 "
+                     "(built-in mock embedder: word overlap)", f"recall@4 {q['recall_at_4']:.2f}",
+                     f"MRR {q['mrr']:.2f}", "", "-", ""))
+        rows.append((f"semantic cache: labelled pairs, threshold {r['threshold']} (mock embedder)",
+                     f"{c['hits']}/{c['should_hit']} paraphrases hit",
+                     f"{c['false_hits']}/{c['must_not_hit']} near misses hit", "",
+                     "0 false hits", verdict(c["false_hits"], 0)))
+
     head = [
         f"Machine: {meta.get('nproc', '?')} cores, {meta.get('cpu', '?')}, {meta.get('mem', '?')}; "
         f"load average at start {meta.get('load_start', '?')}, at end {meta.get('load_end', '?')}.",
