@@ -311,6 +311,15 @@ async fn a_model_bound_to_a_collection_answers_from_it_and_bad_rag_requests_are_
         .await;
         assert_eq!(embedding.status, 400);
         assert_eq!(embedding.json()["error"]["param"], "rag");
+        let on_embeddings = setup
+            .post(
+                &key,
+                "/v1/embeddings",
+                &json!({"model": "mock-embed", "input": "hi", "rag": {"collection": "handbook"}}),
+            )
+            .await;
+        assert_eq!(on_embeddings.status, 400, "{}", on_embeddings.body);
+        assert_eq!(on_embeddings.json()["error"]["param"], "rag");
         let other_tenant = key_of_other_tenant(&setup).await;
         let hidden = setup
             .post(&other_tenant, "/v1/chat/completions", &rag_chat("refunds?", false))
