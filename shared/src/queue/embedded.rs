@@ -398,6 +398,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn named_queues_on_one_file_never_see_each_others_messages() {
+        let dir = test_dir("queue-named");
+        let store = EmbeddedStore::open(&dir).unwrap();
+        let batch = EmbeddedQueue::new(store.clone(), Duration::from_secs(30), 5);
+        let ingest = EmbeddedQueue::named(store, "ingest", Duration::from_secs(30), 5);
+        batch.send(&bodies(&["batch-item"]), 0).await.unwrap();
+        ingest.send(&bodies(&["ingest-job"]), 0).await.unwrap();
+        ingest.dead_letter("bad-job", "malformed").await.unwrap();
+        assert_eq!(batch.depth().unwrap(), (1, 0));
+        assert_eq!(ingest.depth().unwrap(), (1, 1));
+        let taken = ingest.receive(10, 0).await.unwrap();
+        assert_eq!(
+            taken.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(),
+            ["ingest-job"]
+        );
+        let taken = batch.receive(10, 0).await.unwrap();
+        assert_eq!(
+            taken.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(),
+            ["batch-item"]
+        );
+        assert!(batch.dead_letters().unwrap().is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
     async fn messages_survive_reopening_the_store() {
         let dir = test_dir("queue-durable");
         {

@@ -172,6 +172,16 @@ impl TestGateway {
         config_toml: &str,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Self {
+        Self::start_with(config_toml, shutdown, |_, _, _| {}).await
+    }
+
+    /// `start_until`, with `configure` setting what `Gateway::new` leaves unset (batch,
+    /// collections, vectors) over the test's store and folder before the router takes it.
+    pub async fn start_with(
+        config_toml: &str,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+        configure: impl FnOnce(&mut Gateway, &Arc<EmbeddedStore>, &std::path::Path),
+    ) -> Self {
         let config = Config::from_toml(config_toml).expect("valid test config");
         let dir = std::env::temp_dir().join(format!(
             "gateway-it-{}-{}",
@@ -188,6 +198,8 @@ impl TestGateway {
             &lookup,
         )
         .expect("gateway builds");
+        let mut gateway = gateway;
+        configure(&mut gateway, &store, &dir);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
