@@ -317,6 +317,19 @@ mod tests {
     }
 
     #[test]
+    fn data_a_store_refuses_is_a_400_naming_why() {
+        let error = ApiError::from(StoreError::Invalid(
+            "the collection's vectors have 3 dimensions; this vector has 2".to_owned(),
+        ));
+        assert_eq!(error.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(error.error_type(), ErrorType::InvalidRequest);
+        assert_eq!(
+            error.message,
+            "the collection's vectors have 3 dimensions; this vector has 2"
+        );
+    }
+
+    #[test]
     fn a_store_failure_is_a_503_whose_cause_stays_out_of_the_body() {
         let error = ApiError::from(StoreError::Backend(
             "dynamodb.us-east-1.amazonaws.com: connection reset".to_owned(),

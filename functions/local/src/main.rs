@@ -207,34 +207,26 @@ async fn serve(
     let (backends, embedded) = open_backends(backend, &data_dir).await?;
     let first_run_key = bootstrap_keys(&backends).await?;
     let mut gateway = Gateway::new(&config, backends, &env)?;
-    let vectors: Arc<dyn VectorStore>;
-    (gateway.batch, vectors) = match &embedded {
-        Some(store) => (
-            Some(BatchBackends::embedded(store, &data_dir, env)?),
-            Arc::new(EmbeddedVectors::new(Arc::clone(store))) as Arc<dyn VectorStore>,
-        ),
-        // The API only: on AWS the batch function works the queue off. Vectors go to the
-        // stack's S3 Vectors index when it is named, else to the embedded store in --data-dir.
+    let vectors: Arc<dyn VectorStore> = match &embedded {
+        Some(store) => {
+            gateway.batch = Some(BatchBackends::embedded(store, &data_dir, env)?);
+            gateway.ingest = Some(IngestBackends::embedded(store, &data_dir, env)?);
+            Arc::new(EmbeddedVectors::new(Arc::clone(store)))
+        }
+        // The API only: on AWS the batch and ingest functions work their queues off. Vectors go
+        // to the stack's S3 Vectors index when it is named, else to the embedded store in
+        // --data-dir.
         None => {
             let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
                 .load()
                 .await;
             let dynamo = gateway::storage::dynamo::client(&sdk);
-            let vectors: Arc<dyn VectorStore> = match S3VectorStore::from_lookup(&sdk, env)? {
+            gateway.batch = BatchBackends::aws(&sdk, &dynamo, env)?;
+            gateway.ingest = IngestBackends::aws(&sdk, &dynamo, env)?;
+            match S3VectorStore::from_lookup(&sdk, env)? {
                 Some(store) => Arc::new(store),
                 None => Arc::new(EmbeddedVectors::new(EmbeddedStore::open(&data_dir)?)),
-            };
-            (BatchBackends::aws(&sdk, &dynamo, env)?, vectors)
-        }
-    };
-    gateway.ingest = match &embedded {
-        Some(store) => Some(IngestBackends::embedded(store, &data_dir, env)?),
-        None => {
-            let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-                .load()
-                .await;
-            let dynamo = gateway::storage::dynamo::client(&sdk);
-            IngestBackends::aws(&sdk, &dynamo, env)?
+            }
         }
     };
     gateway.vectors = Some(vectors);

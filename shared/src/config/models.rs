@@ -32,11 +32,12 @@ pub enum ProviderKind {
 }
 
 impl ProviderKind {
-    /// Whether the provider serves `/v1/embeddings` (Anthropic and Bedrock's Converse do not).
+    /// Whether the provider serves `/v1/embeddings` (Anthropic does not; Bedrock does through
+    /// InvokeModel for Titan and Cohere models).
     pub fn has_embeddings(self) -> bool {
         matches!(
             self,
-            ProviderKind::Openai | ProviderKind::Azure | ProviderKind::Mock
+            ProviderKind::Openai | ProviderKind::Azure | ProviderKind::Bedrock | ProviderKind::Mock
         )
     }
 }

@@ -110,7 +110,7 @@ impl Config {
                         field(&format!("deployments[{i}].provider")),
                         format!(
                             "provider `{}` has no embeddings API; an embedding model needs an \
-                             OpenAI-compatible, Azure or mock provider",
+                             OpenAI-compatible, Azure, Bedrock or mock provider",
                             d.provider
                         ),
                     ));

@@ -24,10 +24,17 @@ pub const MAX_MAX_TOKENS: u32 = 8191;
 /// A heading path costing more than this share of a chunk is left out: the chunk's own text
 /// matters more.
 const MAX_PREFIX_SHARE: u32 = 4;
-/// Bytes one token may span at most, for the window in which an overlong piece is cut: a cl100k
-/// token is rarely more than a few dozen bytes, so a window this wide always holds a full budget.
+/// Bytes one token spans at most, in practice, for the window in which an overlong piece is cut:
+/// a cl100k token is rarely more than a few dozen bytes. A window holding fewer tokens than the
+/// budget only makes a piece shorter.
 const MAX_BYTES_PER_TOKEN: usize = 64;
 const HEADING_SEPARATOR: &str = " > ";
+/// BPE merging is quadratic in the length of one pre-tokenised piece, and a run of letters
+/// without spaces is one piece: a pasted blob or a long run of one letter would take seconds,
+/// or hours, to count. Longer runs are counted in slices of this many characters, which cannot
+/// merge across a cut and so count as many tokens as the whole run, or a few more: budgets hold.
+/// A multiple of 3, the tokenizer's digit group, so that digit runs count exactly.
+const LONG_RUN_CHARS: usize = 240;
 
 /// The tokenizer of OpenAI's current embedding models, built once per process (parsing its
 /// 100k-entry table takes a while).
@@ -93,13 +100,62 @@ pub struct Chunk {
     pub tokens: u32,
 }
 
-/// cl100k tokens in `text`, special-token markers counted as plain text.
+/// cl100k tokens in `text`, special-token markers counted as plain text. Exact, except that a
+/// run of more than `LONG_RUN_CHARS` non-space characters is counted in slices (see there).
 pub fn count_tokens(text: &str) -> usize {
-    match CL100K.as_ref() {
-        Some(bpe) => bpe.encode_ordinary(text).len(),
+    let Some(bpe) = CL100K.as_ref() else {
         // Every token spans at least one byte: an upper bound keeps budgets held.
-        None => text.len(),
+        return text.len();
+    };
+    let mut total = 0;
+    let mut counted_to = 0;
+    for run in long_runs(text) {
+        total += bpe
+            .encode_ordinary(text.get(counted_to..run.start).unwrap_or_default())
+            .len();
+        let run_text = text.get(run.clone()).unwrap_or_default();
+        let mut slice_start = 0;
+        for (index, (offset, _)) in run_text.char_indices().enumerate() {
+            if index > 0 && index % LONG_RUN_CHARS == 0 {
+                total += bpe
+                    .encode_ordinary(run_text.get(slice_start..offset).unwrap_or_default())
+                    .len();
+                slice_start = offset;
+            }
+        }
+        total += bpe
+            .encode_ordinary(run_text.get(slice_start..).unwrap_or_default())
+            .len();
+        counted_to = run.end;
     }
+    total
+        + bpe
+            .encode_ordinary(text.get(counted_to..).unwrap_or_default())
+            .len()
+}
+
+/// Byte ranges of the runs of non-whitespace characters longer than `LONG_RUN_CHARS`.
+fn long_runs(text: &str) -> Vec<Range<usize>> {
+    let mut runs = Vec::new();
+    let mut run_start = None;
+    let mut run_chars = 0;
+    for (offset, c) in text
+        .char_indices()
+        .chain(std::iter::once((text.len(), ' ')))
+    {
+        if c.is_whitespace() {
+            if let Some(start) = run_start.take()
+                && run_chars > LONG_RUN_CHARS
+            {
+                runs.push(start..offset);
+            }
+            run_chars = 0;
+        } else {
+            run_start.get_or_insert(offset);
+            run_chars += 1;
+        }
+    }
+    runs
 }
 
 /// Splits `text` into chunks of at most `settings.max_tokens` tokens (settings outside their
@@ -116,6 +172,8 @@ struct Unit {
     /// Byte range in the document, without surrounding whitespace.
     span: Range<usize>,
     tokens: u32,
+    /// Tokens of the whitespace before it, at least 1: what joining it to the unit before costs.
+    gap_tokens: u32,
     starts_paragraph: bool,
     /// A markdown heading line: it never ends a chunk.
     is_heading: bool,
@@ -136,6 +194,7 @@ fn split_units(text: &str, max_tokens: u32) -> Vec<Unit> {
     let mut units = Vec::new();
     let mut headings: Vec<(usize, String)> = Vec::new();
     let mut section = 0;
+    let mut previous_end = 0;
     for paragraph in split_paragraphs(text) {
         section += usize::from(paragraph.heading.is_some());
         let prefix = match &paragraph.heading {
@@ -167,8 +226,11 @@ fn split_units(text: &str, max_tokens: u32) -> Vec<Unit> {
                 continue;
             };
             for piece in split_to_budget(text, span, budget) {
+                let gap = slice(text, &(previous_end..piece.start));
+                previous_end = piece.end;
                 units.push(Unit {
                     tokens: count_u32(slice(text, &piece)),
+                    gap_tokens: count_u32(gap).max(1),
                     span: piece,
                     starts_paragraph: first,
                     is_heading: paragraph.heading.is_some(),
@@ -274,7 +336,9 @@ fn split_to_budget(text: &str, span: Range<usize>, budget: u32) -> Vec<Range<usi
     let mut rest = span;
     while !rest.is_empty() {
         let remaining = slice(text, &rest);
-        if count_u32(remaining) <= budget {
+        // Longer than any budget's worth of tokens: no need to count it all to know.
+        let surely_over = remaining.len() > window_bytes(budget);
+        if !surely_over && count_u32(remaining) <= budget {
             pieces.push(rest);
             break;
         }
@@ -293,9 +357,7 @@ fn split_to_budget(text: &str, span: Range<usize>, budget: u32) -> Vec<Range<usi
 /// The byte length of the longest prefix of `text` (over budget) that fits `budget`, ending at
 /// a word boundary, else at a character boundary; at least one character.
 fn longest_fitting_prefix(text: &str, budget: u32) -> usize {
-    let window = (budget as usize)
-        .saturating_mul(MAX_BYTES_PER_TOKEN)
-        .min(text.len());
+    let window = window_bytes(budget).min(text.len());
     let fits = |end: usize| count_u32(text.get(..end).unwrap_or_default().trim_end()) <= budget;
     let word_ends: Vec<usize> = text
         .split_word_bound_indices()
@@ -313,6 +375,10 @@ fn longest_fitting_prefix(text: &str, budget: u32) -> usize {
     last_fitting(&char_ends, fits)
         .or_else(|| char_ends.first().copied())
         .unwrap_or(text.len())
+}
+
+fn window_bytes(budget: u32) -> usize {
+    (budget as usize).saturating_mul(MAX_BYTES_PER_TOKEN)
 }
 
 /// The last of the ascending `ends` that `fits` (which holds for a prefix of them), by
@@ -337,7 +403,7 @@ fn pack_units(text: &str, units: &[Unit], settings: &ChunkSettings) -> Vec<Chunk
         let mut end = start;
         let mut estimate = 0u32;
         while let Some(unit) = units.get(end) {
-            let cost = unit.tokens + u32::from(end > start);
+            let cost = unit.tokens + if end > start { unit.gap_tokens } else { 0 };
             if end > must_reach && estimate + cost > budget {
                 break;
             }
@@ -384,7 +450,7 @@ fn paragraph_break(
         if unit.starts_paragraph && index > must_reach && index > start && used >= budget / 2 {
             best = Some(index);
         }
-        used += unit.tokens + 1;
+        used += unit.tokens + unit.gap_tokens;
     }
     best
 }
@@ -406,7 +472,16 @@ fn fit_chunk(
             return (chunk, tokens);
         }
         if *end > must_reach + 1 && *end > *start + 1 {
-            *end -= 1;
+            // Drop about as many tokens as are over, at least one unit: one unit at a time
+            // would count the chunk again for every unit when joins cost much more than guessed.
+            let mut excess = tokens - settings.max_tokens;
+            while excess > 0 && *end > must_reach + 1 && *end > *start + 1 {
+                *end -= 1;
+                let dropped = units
+                    .get(*end)
+                    .map_or(1, |unit| unit.tokens + unit.gap_tokens);
+                excess = excess.saturating_sub(dropped);
+            }
         } else if *start < must_reach {
             *start += 1;
         } else {
@@ -449,10 +524,11 @@ fn overlap_start(units: &[Unit], start: usize, end: usize, settings: &ChunkSetti
         let Some(unit) = units.get(next - 1) else {
             break;
         };
-        if unit.section != section || overlap + unit.tokens > settings.overlap_tokens {
+        let cost = unit.tokens + unit.gap_tokens;
+        if unit.section != section || overlap + cost > settings.overlap_tokens {
             break;
         }
-        overlap += unit.tokens;
+        overlap += cost;
         next -= 1;
     }
     // The overlap and the next new unit must fit one chunk together.
@@ -462,7 +538,7 @@ fn overlap_start(units: &[Unit], start: usize, end: usize, settings: &ChunkSetti
             .get(next..=end)
             .unwrap_or_default()
             .iter()
-            .map(|unit| unit.tokens + 1)
+            .map(|unit| unit.tokens + unit.gap_tokens)
             .sum();
         if needed <= budget {
             break;
@@ -532,11 +608,23 @@ mod tests {
         )
     }
 
+    /// Short sentences joined by runs of exotic spaces: each join costs several tokens, more
+    /// than the packer's estimate, so only the real count keeps the budget.
+    fn whitespace_heavy_document() -> String {
+        (0..300)
+            .map(|i| format!("Item {i} ok."))
+            .collect::<Vec<_>>()
+            .join(" \u{3000}\u{2003}\u{3000} \u{2003}\u{3000}\t")
+    }
+
     #[test]
     fn every_chunk_holds_the_token_budget_counted_by_the_real_tokenizer() {
-        let document = mixed_document();
-        for (max_tokens, overlap) in [(16, 7), (40, 10), (100, 30), (400, 60), (1000, 0)] {
-            let chunks = chunk_text(&document, &settings(max_tokens, overlap));
+        let cases = [(16, 7), (40, 10), (100, 30), (400, 60), (1000, 0)];
+        for (document, (max_tokens, overlap)) in [mixed_document(), whitespace_heavy_document()]
+            .iter()
+            .flat_map(|document| cases.map(|case| (document, case)))
+        {
+            let chunks = chunk_text(document, &settings(max_tokens, overlap));
             assert!(
                 chunks.len() > 1,
                 "max {max_tokens}: {} chunks",
@@ -609,11 +697,12 @@ mod tests {
 
     #[test]
     fn chunks_end_at_paragraph_boundaries_when_they_can() {
-        // Paragraphs of about 70 tokens, chunks of up to 250: a greedy packer would cut the
-        // fourth paragraph; breaking on paragraphs ends every chunk with a paragraph's end.
+        // Paragraphs of about 80 tokens, chunks of up to 300: a greedy packer would take three
+        // sentences of the fourth paragraph; breaking on paragraphs ends every chunk with a
+        // paragraph's end.
         let paragraphs: Vec<String> = (0..12).map(|p| paragraph(p * 5, 5)).collect();
         let document = paragraphs.join("\n\n");
-        let chunks = chunk_text(&document, &settings(250, 0));
+        let chunks = chunk_text(&document, &settings(300, 0));
         assert!(chunks.len() >= 4);
         for chunk in &chunks {
             assert!(
@@ -682,8 +771,16 @@ mod tests {
 
     #[test]
     fn an_overlong_sentence_is_cut_between_words_and_an_overlong_word_between_characters() {
-        let words: Vec<String> = (0..600).map(|i| format!("token{i}")).collect();
-        let chunks = chunk_text(&words.join(" "), &settings(50, 0));
+        let long_words = [
+            "internationalization",
+            "counterproductive",
+            "misunderstanding",
+            "electroencephalograph",
+        ];
+        let words: Vec<String> = (0..600)
+            .map(|i| long_words[i % long_words.len()].to_string())
+            .collect();
+        let chunks = chunk_text(&words.join(" "), &settings(47, 0));
         let rejoined: Vec<&str> = chunks
             .iter()
             .flat_map(|chunk| chunk.text.split_whitespace())
@@ -761,6 +858,24 @@ mod tests {
         eprintln!("{words} words -> {} chunks in {elapsed:?}", chunks.len());
         assert!(chunks.len() > 100);
         assert!(elapsed < std::time::Duration::from_secs(60), "{elapsed:?}");
+    }
+
+    #[test]
+    fn counts_are_the_tokenizer_s_and_long_runs_count_fast_and_never_low() {
+        let bpe = tiktoken_rs::cl100k_base().unwrap();
+        let prose = mixed_document().replace(&"é".repeat(3000), "");
+        assert_eq!(count_tokens(&prose), bpe.encode_ordinary(&prose).len());
+        for run in ["é".repeat(2000), "ab9_".repeat(600), "7".repeat(1200)] {
+            let text = format!("Before the run {run} and after it.");
+            assert!(count_tokens(&text) >= bpe.encode_ordinary(&text).len());
+            assert!(count_tokens(&text) <= bpe.encode_ordinary(&text).len() * 11 / 10 + 10);
+        }
+        let started = std::time::Instant::now();
+        let huge = "a".repeat(1_000_000);
+        assert!(count_tokens(&huge) > 1000);
+        let elapsed = started.elapsed();
+        eprintln!("a million-letter word counted in {elapsed:?}");
+        assert!(elapsed < std::time::Duration::from_secs(20), "{elapsed:?}");
     }
 
     #[test]

@@ -180,12 +180,14 @@ async fn embed_texts_reports_hits_calls_and_spend_of_the_misses_only() {
         assert_eq!(second.upstream_calls, 1);
         assert_eq!(second.vectors[0], first.vectors[1]);
         assert_eq!(second.prompt_tokens, 4);
+        // 3 upstream tokens at $1000/M; the cached "three" costs nothing.
         let spent = gw.spent(&record.id).await - spent_after_first;
         assert!(
-            (spent - second.cost_usd).abs() < 1e-12 && second.cost_usd > 0.0,
-            "spend {spent} must be the 3 upstream tokens only ({})",
+            (second.cost_usd - 0.003).abs() < 1e-12,
+            "{}",
             second.cost_usd
         );
+        assert!((spent - 0.003).abs() < 1e-12, "spend {spent}");
     })
     .await;
 }

@@ -86,7 +86,10 @@ fn record(i: usize) -> VectorRecord {
         key: format!("doc-{i}"),
         vector: vec![1.0, i as f32, 2.0],
         text: format!("chunk {i}"),
-        metadata: json!({"page": i, "tags": ["a", "b"]}).as_object().unwrap().clone(),
+        metadata: json!({"page": i, "tags": ["a", "b"]})
+            .as_object()
+            .unwrap()
+            .clone(),
     }
 }
 
@@ -101,24 +104,43 @@ async fn puts_and_deletes_land_in_the_index_under_the_namespace() {
         3,
     );
     let (acme, other) = (ns("acme"), ns("other"));
-    store.put(&acme, (0..1201).map(record).collect()).await.unwrap();
+    store
+        .put(&acme, (0..1201).map(record).collect())
+        .await
+        .unwrap();
     store.put(&other, vec![record(0), record(1)]).await.unwrap();
 
     let vectors = stored(&client, "vectors-put-delete").await;
-    assert_eq!(vectors.len(), 1203, "three PutVectors calls for 1,201 vectors, one for 2");
+    assert_eq!(
+        vectors.len(),
+        1203,
+        "three PutVectors calls for 1,201 vectors, one for 2"
+    );
     let acme_key = format!("{}:doc-7", acme.digest());
     assert_eq!(
         vectors[&acme_key],
         json!({"page": 7, "tags": ["a", "b"], "ns": acme.digest(), "text": "chunk 7"})
     );
-    assert_eq!(vectors[&format!("{}:doc-0", other.digest())]["ns"], other.digest());
+    assert_eq!(
+        vectors[&format!("{}:doc-0", other.digest())]["ns"],
+        other.digest()
+    );
 
     // Upsert by key, then deletes in batches; the other tenant's same keys stay.
     store
-        .put(&acme, vec![VectorRecord { text: "rewritten".into(), ..record(7) }])
+        .put(
+            &acme,
+            vec![VectorRecord {
+                text: "rewritten".into(),
+                ..record(7)
+            }],
+        )
         .await
         .unwrap();
-    assert_eq!(stored(&client, "vectors-put-delete").await[&acme_key]["text"], "rewritten");
+    assert_eq!(
+        stored(&client, "vectors-put-delete").await[&acme_key]["text"],
+        "rewritten"
+    );
     let keys: Vec<String> = (0..1001).map(|i| format!("doc-{i}")).collect();
     store.delete(&acme, &keys).await.unwrap();
     let left = stored(&client, "vectors-put-delete").await;
@@ -135,7 +157,13 @@ async fn the_index_s_refusals_are_client_errors_and_failures_name_no_endpoint() 
     // A store told the wrong dimension: the index itself refuses the vectors.
     let wrong = S3VectorStore::new(client.clone(), "vectors-refusals".into(), "docs".into(), 4);
     let error = wrong
-        .put(&ns("acme"), vec![VectorRecord { vector: vec![1.0; 4], ..record(1) }])
+        .put(
+            &ns("acme"),
+            vec![VectorRecord {
+                vector: vec![1.0; 4],
+                ..record(1)
+            }],
+        )
         .await
         .unwrap_err();
     let StoreError::Invalid(message) = error else {
@@ -148,6 +176,12 @@ async fn the_index_s_refusals_are_client_errors_and_failures_name_no_endpoint() 
     let StoreError::Backend(message) = error else {
         panic!("expected a storage failure, got {error:?}")
     };
-    assert!(message.starts_with("S3 Vectors PutVectors failed: NotFoundException"), "{message}");
-    assert!(!message.contains("127.0.0.1") && !message.contains("http"), "{message}");
+    assert!(
+        message.starts_with("S3 Vectors PutVectors failed: NotFoundException"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("127.0.0.1") && !message.contains("http"),
+        "{message}"
+    );
 }

@@ -6,11 +6,12 @@ use aws_sdk_bedrockruntime::config::http::HttpResponse;
 use aws_sdk_bedrockruntime::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_bedrockruntime::operation::converse::ConverseError;
 use aws_sdk_bedrockruntime::operation::converse_stream::ConverseStreamError;
+use aws_sdk_bedrockruntime::operation::invoke_model::InvokeModelError;
 use aws_sdk_bedrockruntime::types::error::ConverseStreamOutputError;
 
 use crate::providers::{ProviderError, ProviderErrorKind};
 
-/// A failed Converse or ConverseStream call, with the status and `Retry-After` of its HTTP
+/// A failed Converse, ConverseStream or InvokeModel call, with the status and `Retry-After` of its HTTP
 /// response when there was one.
 pub(super) fn call_error<E>(error: SdkError<E, HttpResponse>) -> ProviderError
 where
@@ -44,6 +45,7 @@ pub(super) trait Exception: ProvideErrorMetadata {
 /// HTTP errors name their exception in `x-amzn-errortype`, which the SDK reads as the code.
 impl Exception for ConverseError {}
 impl Exception for ConverseStreamError {}
+impl Exception for InvokeModelError {}
 
 /// Exceptions inside an event stream carry their name only in a frame header, which the SDK
 /// turns into the variant, not into the code.

@@ -1,4 +1,5 @@
-//! Amazon Bedrock through the Converse and ConverseStream APIs of `aws-sdk-bedrockruntime`,
+//! Amazon Bedrock through the Converse and ConverseStream APIs of `aws-sdk-bedrockruntime` (and
+//! InvokeModel for embeddings, in `embeddings.rs`),
 //! translated to and from OpenAI's chat shapes: system prompts, content parts and images, tools
 //! and tool results, stop reasons, usage, and the streaming event sequence. Requests are signed
 //! with IAM credentials from the standard AWS chain (environment, profile, web identity, ECS or
@@ -147,11 +148,9 @@ impl ChatProvider for BedrockProvider {
         ))
     }
 
-    async fn embed(&self, _request: &EmbeddingRequest) -> Result<EmbeddingResponse, ProviderError> {
-        Err(ProviderError::new(
-            ProviderErrorKind::BadRequest,
-            "Bedrock's Converse API has no embeddings; configure an embedding model on another provider",
-        ))
+    /// Titan Text Embeddings and Cohere Embed through InvokeModel (Converse has no embeddings).
+    async fn embed(&self, request: &EmbeddingRequest) -> Result<EmbeddingResponse, ProviderError> {
+        self.embed_invoke(request).await
     }
 }
 

@@ -50,7 +50,11 @@ fn bedrock_config_needs_no_base_url_or_api_key() {
 
 const MODEL: &str = "anthropic.claude-3-haiku-20240307-v1:0";
 
-fn replay(status: u16, headers: &[(&str, &str)], body: impl Into<SdkBody>) -> StaticReplayClient {
+pub(super) fn replay(
+    status: u16,
+    headers: &[(&str, &str)],
+    body: impl Into<SdkBody>,
+) -> StaticReplayClient {
     let mut response = http::Response::builder().status(status);
     for (name, value) in headers {
         response = response.header(*name, *value);
@@ -64,7 +68,7 @@ fn replay(status: u16, headers: &[(&str, &str)], body: impl Into<SdkBody>) -> St
     )])
 }
 
-fn provider_over(
+pub(super) fn provider_over(
     http: impl aws_sdk_bedrockruntime::config::HttpClient + 'static,
 ) -> BedrockProvider {
     let config = client_config(
@@ -313,7 +317,7 @@ async fn an_exception_inside_the_stream_ends_it_with_a_classified_error() {
     assert!(error.message.contains("Too many tokens per minute"));
 }
 
-fn error_response(status: u16, code: &str, message: &str) -> StaticReplayClient {
+pub(super) fn error_response(status: u16, code: &str, message: &str) -> StaticReplayClient {
     replay(
         status,
         &[
