@@ -23,6 +23,7 @@ pub mod limits;
 pub mod pipeline;
 pub mod providers;
 pub mod queue;
+pub mod rag;
 pub mod routing;
 pub mod state;
 pub mod storage;

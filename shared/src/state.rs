@@ -1,6 +1,7 @@
 //! The gateway's state, built once per process (or Lambda container) from the config and the
 //! backends: the model registry, the authenticator, the limiter and the response cache.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,7 +9,9 @@ use crate::backends::Backends;
 use crate::background::Background;
 use crate::batch::BatchBackends;
 use crate::cache::ResponseCache;
-use crate::config::{CachePartition, Config, ConfigError, RoutingConfig};
+use crate::config::{
+    CachePartition, Config, ConfigError, RagBinding, RoutingConfig, SemanticCacheConfig,
+};
 use crate::ingest::backends::IngestBackends;
 use crate::ingest::embedding_cache::EmbeddingCache;
 use crate::keys::Authenticator;
@@ -38,6 +41,10 @@ pub struct Gateway {
     pub ingest: Option<IngestBackends>,
     /// Collections' vectors; `None` where no vector store is configured.
     pub vectors: Option<Arc<dyn VectorStore>>,
+    /// Chat model names bound to a collection (`[models.NAME] rag`).
+    pub rag_bindings: BTreeMap<String, RagBinding>,
+    /// Served chat models with a semantic cache (`[models.NAME.cache] semantic`).
+    pub semantic_caches: BTreeMap<String, SemanticCacheConfig>,
 }
 
 impl Gateway {
@@ -70,6 +77,16 @@ impl Gateway {
             batch: None,
             ingest: None,
             vectors: None,
+            rag_bindings: config
+                .models
+                .iter()
+                .filter_map(|(name, m)| Some((name.clone(), m.rag.clone()?)))
+                .collect(),
+            semantic_caches: config
+                .models
+                .iter()
+                .filter_map(|(name, m)| Some((name.clone(), m.cache.as_ref()?.semantic.clone()?)))
+                .collect(),
         })
     }
 

@@ -213,6 +213,16 @@ def main(results):
                      f"(p50, {v['queries']} queries)", f"{v['p50_ms']:.1f} ms (p95 {v['p95_ms']:.1f} ms)",
                      f"with a filter keeping 1 in 10: {v['filtered_p50_ms']:.1f} ms", "",
                      "< 20 ms", verdict(v["p50_ms"], 20)))
+    r = get("rag")
+    if r:
+        q, c = r["retrieval"], r["semantic_cache"]
+        rows.append((f"RAG retrieval: {r['documents']} documents, {q['questions']} questions, top_k 4 "
+                     "(built-in mock embedder: word overlap)", f"recall@4 {q['recall_at_4']:.2f}",
+                     f"MRR {q['mrr']:.2f}", "", "-", ""))
+        rows.append((f"semantic cache: labelled pairs, threshold {r['threshold']} (mock embedder)",
+                     f"{c['hits']}/{c['should_hit']} paraphrases hit",
+                     f"{c['false_hits']}/{c['must_not_hit']} near misses hit", "",
+                     "0 false hits", verdict(c["false_hits"], 0)))
 
     head = [
         f"Machine: {meta.get('nproc', '?')} cores, {meta.get('cpu', '?')}, {meta.get('mem', '?')}; "

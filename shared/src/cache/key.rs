@@ -33,6 +33,10 @@ struct CanonicalRequest<'a> {
     parallel_tool_calls: Option<bool>,
     response_format: Option<&'a serde_json::Value>,
     extra: &'a JsonObject,
+    /// A RAG answer's retrieval: collection, its version and the chunk ids. Absent otherwise,
+    /// so the keys of other requests are unchanged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retrieval: Option<&'a Value>,
 }
 
 /// Hashes a request for the cache. `partition` is the tenant, or `None` for a global cache.
@@ -43,7 +47,35 @@ pub fn cache_key(
     model_version: Option<&str>,
     request: &ChatRequest,
 ) -> CacheKey {
-    let text = canonical_text(partition, provider, upstream_model, model_version, request);
+    cache_key_with_retrieval(
+        partition,
+        provider,
+        upstream_model,
+        model_version,
+        request,
+        None,
+    )
+}
+
+/// The key of a request whose prompt holds retrieved chunks: `retrieval` (see
+/// `rag::cache_context`) names the collection version and chunks, so a write to the collection
+/// never serves an answer built from its old content.
+pub fn cache_key_with_retrieval(
+    partition: Option<&str>,
+    provider: &str,
+    upstream_model: &str,
+    model_version: Option<&str>,
+    request: &ChatRequest,
+    retrieval: Option<&Value>,
+) -> CacheKey {
+    let text = canonical_text(
+        partition,
+        provider,
+        upstream_model,
+        model_version,
+        request,
+        retrieval,
+    );
     Sha256::digest(&text).into()
 }
 
@@ -54,6 +86,7 @@ fn canonical_text(
     upstream_model: &str,
     model_version: Option<&str>,
     request: &ChatRequest,
+    retrieval: Option<&Value>,
 ) -> Vec<u8> {
     let canonical = CanonicalRequest {
         partition,
@@ -77,6 +110,7 @@ fn canonical_text(
         parallel_tool_calls: request.parallel_tool_calls,
         response_format: request.response_format.as_ref(),
         extra: &request.extra,
+        retrieval,
     };
     // Through a JSON value, then written canonically: objects with sorted keys at every depth and
     // numbers by value, so neither the order of a client's fields nor serde_json's map order
@@ -180,12 +214,26 @@ mod tests {
     }
 
     #[test]
+    fn a_retrieval_changes_the_key_and_its_absence_does_not() {
+        let base = request(json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}));
+        let plain = cache_key(Some("t"), "p", "m", None, &base);
+        let key = |retrieval: Option<&Value>| {
+            cache_key_with_retrieval(Some("t"), "p", "m", None, &base, retrieval)
+        };
+        assert_eq!(key(None), plain);
+        let v1 = json!({"collection": "c", "collection_version": 1, "chunks": ["d#0"]});
+        let v2 = json!({"collection": "c", "collection_version": 2, "chunks": ["d#0"]});
+        assert_ne!(key(Some(&v1)), plain);
+        assert_ne!(key(Some(&v1)), key(Some(&v2)));
+    }
+
+    #[test]
     fn the_canonical_text_is_pinned_byte_for_byte() {
         let request = request(json!({
             "model": "m", "temperature": 0.0, "zeta": {"b": 1.0, "a": [2.5, -0.0, "é\""]},
             "messages": [{"role": "user", "content": "hi", "name": "n"}], "alpha": null
         }));
-        let text = canonical_text(Some("t"), "p", "m-up", Some("v1"), &request);
+        let text = canonical_text(Some("t"), "p", "m-up", Some("v1"), &request, None);
         assert_eq!(
             String::from_utf8(text).unwrap(),
             r#"{"extra":{"alpha":null,"zeta":{"a":[2.5,0,"é\""],"b":1}},"frequency_penalty":null,"logit_bias":null,"logprobs":null,"max_tokens":null,"messages":[{"content":"hi","name":"n","role":"user"}],"model_version":"v1","n":null,"parallel_tool_calls":null,"partition":"t","presence_penalty":null,"provider":"p","response_format":null,"seed":null,"stop":null,"temperature":0,"tool_choice":null,"tools":null,"top_logprobs":null,"top_p":null,"upstream_model":"m-up"}"#

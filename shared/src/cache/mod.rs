@@ -5,11 +5,13 @@ pub mod dynamo;
 pub mod embedded;
 pub mod key;
 pub mod near_miss;
+pub mod semantic;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use http::HeaderMap;
 use http::header::{CACHE_CONTROL, HeaderName};
 use tokio::sync::watch;
@@ -114,15 +116,33 @@ pub struct Leader {
     sender: watch::Sender<Option<Bytes>>,
     inflight: Arc<Inflight>,
     store: Arc<dyn CacheStore>,
+    /// Runs once the answer is stored (the semantic cache remembers the question then).
+    after_store: Option<BoxFuture<'static, ()>>,
 }
 
 impl Leader {
+    /// The cache key the answer will be stored under.
+    pub fn key(&self) -> &CacheKey {
+        &self.key
+    }
+
+    /// Work to do once the answer is stored, and only then.
+    pub fn after_store(&mut self, work: BoxFuture<'static, ()>) {
+        self.after_store = Some(work);
+    }
+
     /// Stores a complete answer and hands it to every waiting identical request.
-    pub async fn complete(self, body: Bytes, ttl_s: u64) {
-        if let Err(error) = self.store.put(&self.key, body.clone(), ttl_s).await {
-            crate::telemetry::cache_store_failed(&error);
-        }
+    pub async fn complete(mut self, body: Bytes, ttl_s: u64) {
+        let stored = self.store.put(&self.key, body.clone(), ttl_s).await;
         let _ = self.sender.send(Some(body));
+        match stored {
+            Ok(()) => {
+                if let Some(work) = self.after_store.take() {
+                    work.await;
+                }
+            }
+            Err(error) => crate::telemetry::cache_store_failed(&error),
+        }
     }
 }
 
@@ -166,6 +186,7 @@ impl ResponseCache {
                             sender,
                             inflight: Arc::clone(&self.inflight),
                             store: Arc::clone(&self.store),
+                            after_store: None,
                         });
                     }
                 }
@@ -197,6 +218,7 @@ impl ResponseCache {
             sender,
             inflight: Arc::clone(&self.inflight),
             store: Arc::clone(&self.store),
+            after_store: None,
         }
     }
 }

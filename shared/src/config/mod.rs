@@ -17,9 +17,10 @@ use std::fmt;
 use serde::Deserialize;
 
 pub use models::{
-    Capabilities, DEFAULT_MAX_DIMENSIONS, DeploymentConfig, EscalationRules,
-    MAX_EMBEDDING_DIMENSIONS, ModelCacheConfig, ModelConfig, ModelKind, Price, ProviderConfig,
-    ProviderKind, RouteConfig, RouteStrategy, Timeouts,
+    Capabilities, DEFAULT_MAX_DIMENSIONS, DEFAULT_RAG_TOP_K, DeploymentConfig, EscalationRules,
+    MAX_EMBEDDING_DIMENSIONS, MAX_RAG_TOP_K, ModelCacheConfig, ModelConfig, ModelKind, Price,
+    ProviderConfig, ProviderKind, RagBinding, RouteConfig, RouteStrategy, SemanticCacheConfig,
+    Timeouts,
 };
 pub use routing::{BreakerConfig, CacheConfig, CachePartition, RoutingConfig};
 pub use server::ServerConfig;
@@ -78,7 +79,10 @@ impl Config {
 
     /// The cache TTL of a model, in seconds; 0 means its answers are never cached.
     pub fn cache_ttl_s(&self, model: &ModelConfig) -> u64 {
-        model.cache.map_or(self.cache.default_ttl_s, |c| c.ttl_s)
+        model
+            .cache
+            .as_ref()
+            .map_or(self.cache.default_ttl_s, |c| c.ttl_s)
     }
 }
 
@@ -248,5 +252,66 @@ mod tests {
         assert_eq!(Config::from_toml("").unwrap().server.metrics_listen, None);
         let err = Config::from_toml("[server]\nmetrics_listen = \"localhost\"\n").unwrap_err();
         assert_eq!(err.field, "server.metrics_listen");
+    }
+
+    #[test]
+    fn rag_bindings_and_semantic_caches_are_checked_by_field() {
+        let base = r#"
+            [providers.mock]
+            kind = "mock"
+            [models.embed]
+            kind = "embedding"
+            deployments = [{ provider = "mock", model = "e" }]
+            [models.chat]
+            deployments = [{ provider = "mock", model = "c" }]
+        "#;
+        let with = |extra: &str| format!("{base}\n{extra}\n");
+        let bound = Config::from_toml(&with(
+            "[models.docs]\ndeployments = [{ provider = \"mock\", model = \"c\" }]\nrag = { collection = \"handbook\" }\n[models.docs.cache]\nttl_s = 60\nsemantic = { threshold = 0.9, embedding_model = \"embed\" }",
+        ))
+        .unwrap();
+        let docs = &bound.models["docs"];
+        assert_eq!(
+            docs.rag,
+            Some(RagBinding {
+                collection: "handbook".into(),
+                top_k: DEFAULT_RAG_TOP_K
+            })
+        );
+        assert_eq!(
+            docs.cache.as_ref().and_then(|c| c.semantic.clone()),
+            Some(SemanticCacheConfig {
+                threshold: 0.9,
+                embedding_model: "embed".into()
+            })
+        );
+        for (extra, field) in [
+            (
+                "[models.e2]\nkind = \"embedding\"\ndeployments = [{ provider = \"mock\", model = \"e\" }]\nrag = { collection = \"c\" }",
+                "models.e2.rag",
+            ),
+            (
+                "[models.d]\ndeployments = [{ provider = \"mock\", model = \"c\" }]\nrag = { collection = \"c\", top_k = 21 }",
+                "models.d.rag.top_k",
+            ),
+            (
+                "[models.d]\ndeployments = [{ provider = \"mock\", model = \"c\" }]\nrag = { collection = \" \" }",
+                "models.d.rag.collection",
+            ),
+            (
+                "[models.d]\ndeployments = [{ provider = \"mock\", model = \"c\" }]\ncache = { ttl_s = 1, semantic = { threshold = 1.5, embedding_model = \"embed\" } }",
+                "models.d.cache.semantic.threshold",
+            ),
+            (
+                "[models.d]\ndeployments = [{ provider = \"mock\", model = \"c\" }]\ncache = { ttl_s = 1, semantic = { threshold = 0.9, embedding_model = \"chat\" } }",
+                "models.d.cache.semantic.embedding_model",
+            ),
+            (
+                "[models.d]\ndeployments = [{ provider = \"mock\", model = \"c\" }]\ncache = { ttl_s = 1, semantic = { threshold = 0.9, embedding_model = \"nope\" } }",
+                "models.d.cache.semantic.embedding_model",
+            ),
+        ] {
+            assert_eq!(rejected_at(&with(extra)), field, "{extra}");
+        }
     }
 }

@@ -7,6 +7,12 @@ use serde::Deserialize;
 /// make the gateway allocate per input).
 pub const MAX_EMBEDDING_DIMENSIONS: u32 = 16_384;
 
+/// The most chunks one RAG chat request may place in the prompt (`rag.top_k`).
+pub const MAX_RAG_TOP_K: u32 = 20;
+
+/// `rag.top_k` when neither the request nor the model binding sets one.
+pub const DEFAULT_RAG_TOP_K: u32 = 4;
+
 /// `max_dimensions` of an embedding model that declares none: text-embedding-3-large's size, the
 /// largest of OpenAI's models.
 pub const DEFAULT_MAX_DIMENSIONS: u32 = 3_072;
@@ -143,6 +149,23 @@ pub struct ModelConfig {
     pub cache: Option<ModelCacheConfig>,
     #[serde(default)]
     pub fallbacks: Vec<String>,
+    /// Binds the model name to a collection: every chat request naming it is answered from
+    /// that collection (of the caller's tenant), as if it carried this `rag` field.
+    #[serde(default)]
+    pub rag: Option<RagBinding>,
+}
+
+/// A collection a chat model name answers from.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RagBinding {
+    pub collection: String,
+    #[serde(default = "default_rag_top_k")]
+    pub top_k: u32,
+}
+
+fn default_rag_top_k() -> u32 {
+    DEFAULT_RAG_TOP_K
 }
 
 /// What a model can take; requests needing more are not sent to it by a routing alias.
@@ -275,8 +298,21 @@ impl Price {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelCacheConfig {
     pub ttl_s: u64,
+    /// Opt-in: answer a question close enough to a cached one from the cache.
+    #[serde(default)]
+    pub semantic: Option<SemanticCacheConfig>,
+}
+
+/// The semantic cache of a chat model: the last user message is embedded with `embedding_model`
+/// and a cached answer whose question scores at least `threshold` (cosine) is served, unless the
+/// two questions differ in a negation, number, date or name.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SemanticCacheConfig {
+    pub threshold: f32,
+    pub embedding_model: String,
 }

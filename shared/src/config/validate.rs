@@ -1,8 +1,8 @@
 //! Checks a parsed config beyond what its types say; every error names its field.
 
 use super::{
-    Config, ConfigError, MAX_EMBEDDING_DIMENSIONS, ModelConfig, ModelKind, ProviderKind,
-    RouteConfig,
+    Config, ConfigError, MAX_EMBEDDING_DIMENSIONS, MAX_RAG_TOP_K, ModelConfig, ModelKind,
+    ProviderKind, RouteConfig,
 };
 
 impl Config {
@@ -190,8 +190,64 @@ impl Config {
                     Some(_) => {}
                 }
             }
+            self.validate_rag_and_semantic_cache(name, model)?;
         }
         Ok(())
+    }
+
+    fn validate_rag_and_semantic_cache(
+        &self,
+        name: &str,
+        model: &ModelConfig,
+    ) -> Result<(), ConfigError> {
+        let field = |f: &str| format!("models.{name}.{f}");
+        if let Some(rag) = &model.rag {
+            if model.kind == ModelKind::Embedding {
+                return Err(ConfigError::new(
+                    field("rag"),
+                    "only applies to chat models; an embedding model cannot answer from a \
+                     collection",
+                ));
+            }
+            if rag.collection.trim().is_empty() {
+                return Err(ConfigError::new(
+                    field("rag.collection"),
+                    "must name a collection",
+                ));
+            }
+            if rag.top_k == 0 || rag.top_k > MAX_RAG_TOP_K {
+                return Err(ConfigError::new(
+                    field("rag.top_k"),
+                    format!("must be between 1 and {MAX_RAG_TOP_K}"),
+                ));
+            }
+        }
+        let Some(semantic) = model.cache.as_ref().and_then(|c| c.semantic.as_ref()) else {
+            return Ok(());
+        };
+        if model.kind == ModelKind::Embedding {
+            return Err(ConfigError::new(
+                field("cache.semantic"),
+                "only applies to chat models",
+            ));
+        }
+        if !(semantic.threshold > 0.0 && semantic.threshold <= 1.0) {
+            return Err(ConfigError::new(
+                field("cache.semantic.threshold"),
+                "must be a cosine similarity in (0, 1]",
+            ));
+        }
+        match self.models.get(&semantic.embedding_model) {
+            Some(target) if target.kind == ModelKind::Embedding => Ok(()),
+            Some(_) => Err(ConfigError::new(
+                field("cache.semantic.embedding_model"),
+                format!("`{}` is not an embedding model", semantic.embedding_model),
+            )),
+            None => Err(ConfigError::new(
+                field("cache.semantic.embedding_model"),
+                format!("unknown model `{}`", semantic.embedding_model),
+            )),
+        }
     }
 
     fn validate_route(

@@ -7,8 +7,11 @@ use std::time::{Duration, Instant};
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use serde_json::Value;
 
+use super::rag;
 use super::relay::StreamRelay;
+use super::semantic::{self, SEMANTIC_HIT, Semantic};
 use super::settlement::{Settlement, finish_in_background};
 use super::sse::{SSE_DONE, sse_data, sse_response};
 use super::{
@@ -16,14 +19,15 @@ use super::{
     gateway_headers, json_response, parse_json, set_header, to_json_bytes,
 };
 use crate::api::{ChatCompletion, ChatRequest, CompletionAssembler, StreamOptions, Usage};
-use crate::cache::key::cache_key;
+use crate::cache::key::cache_key_with_retrieval;
+use crate::cache::semantic::SemanticScope;
 use crate::cache::{CacheMode, Lookup};
 use crate::clock::now_secs;
 use crate::config::ModelKind;
 use crate::error::{ApiError, ErrorKind};
 use crate::keys::KeyRecord;
 use crate::limits::Estimate;
-use crate::routing::{self, Outcome, ServedModel};
+use crate::routing::{self, Model, Outcome, ServedModel};
 use crate::state::Gateway;
 use crate::telemetry::{METRICS, Metrics};
 
@@ -34,10 +38,60 @@ pub(crate) async fn chat(
     body: &[u8],
     invocation_deadline: Option<tokio::time::Instant>,
 ) -> Result<Response, ApiError> {
-    let now = now_secs();
     let mut request: ChatRequest = parse_json(body)?;
+    let rag = rag::spec(gateway, &mut request)?;
     request.validate()?;
+    if rag.is_some()
+        && gateway
+            .models
+            .model(&request.model)
+            .is_ok_and(|m| m.kind() == ModelKind::Embedding)
+    {
+        return Err(ApiError::bad_request(format!(
+            "`rag` needs a chat model; `{}` is an embedding model.",
+            request.model
+        ))
+        .with_param("rag"));
+    }
     let requested = authorize_model(gateway, key, &request.model, ModelKind::Chat)?;
+    let Some(spec) = rag else {
+        return answer(
+            gateway,
+            key,
+            headers,
+            request,
+            requested,
+            None,
+            invocation_deadline,
+        )
+        .await;
+    };
+    let augmented = rag::augment(gateway, key, &mut request, spec, invocation_deadline).await?;
+    let response = answer(
+        gateway,
+        key,
+        headers,
+        request,
+        requested,
+        Some(&augmented.cache_context),
+        invocation_deadline,
+    )
+    .await?;
+    rag::attach_sources(response, augmented.sources).await
+}
+
+/// Answers a checked request: select, admit, cache (exact, then semantic), call, relay.
+/// `retrieval` is what a RAG request's cache key must hold.
+async fn answer(
+    gateway: &Gateway,
+    key: &KeyRecord,
+    headers: &HeaderMap,
+    mut request: ChatRequest,
+    requested: &Model,
+    retrieval: Option<&Value>,
+    invocation_deadline: Option<tokio::time::Instant>,
+) -> Result<Response, ApiError> {
+    let now = now_secs();
     let selection = routing::select(&gateway.models, requested, key, &mut request)?;
     let route = selection.model;
     check_output_cap(&request, route)?;
@@ -70,27 +124,55 @@ pub(crate) async fn chat(
     let include_usage = request.include_usage();
     let mut leader = None;
     if mode == CacheMode::Use {
-        let key = cache_key(
-            gateway.cache_partition(&key.tenant),
+        let partition = gateway.cache_partition(&key.tenant);
+        let exact_key = cache_key_with_retrieval(
+            partition,
             &primary.provider_name,
             &primary.model,
             primary.version.as_deref(),
             &request,
+            retrieval,
         );
-        match gateway.cache.lookup(key, deadline).await {
-            Lookup::Hit(body) => {
-                Metrics::count(
-                    &METRICS.cache,
-                    &[("result", CACHE_HIT), ("model", &route.name)],
-                );
-                // A hit costs nothing upstream: only the request itself counts against RPM.
-                settlement.finish(Usage::default(), route.price, &route.name);
-                let mut response = cached_response(body, stream, include_usage)?;
-                gateway_headers(&mut response, CACHE_HIT, route, primary, &selection);
-                set_header(&mut response, &X_GATEWAY_COST, "0");
-                return Ok(response);
+        let serve_cached = |body: Bytes, how: &'static str, settlement: Settlement| {
+            Metrics::count(&METRICS.cache, &[("result", how), ("model", &route.name)]);
+            // A hit costs nothing upstream: only the request itself counts against RPM.
+            settlement.finish(Usage::default(), route.price, &route.name);
+            let mut response = cached_response(body, stream, include_usage)?;
+            gateway_headers(&mut response, how, route, primary, &selection);
+            set_header(&mut response, &X_GATEWAY_COST, "0");
+            Ok::<Response, ApiError>(response)
+        };
+        match gateway.cache.lookup(exact_key, deadline).await {
+            Lookup::Hit(body) => return serve_cached(body, CACHE_HIT, settlement),
+            Lookup::Miss(mut guard) => {
+                let semantic = gateway.semantic_caches.get(&route.name).and_then(|config| {
+                    let scope = SemanticScope::of(
+                        partition,
+                        &primary.provider_name,
+                        &primary.model,
+                        primary.version.as_deref(),
+                        &request,
+                        retrieval,
+                    )?;
+                    Some((config, scope))
+                });
+                if let Some((config, scope)) = semantic {
+                    match semantic::lookup(gateway, key, config, scope, &route.name, deadline).await
+                    {
+                        Semantic::Hit(body) => {
+                            // Identical requests waiting on this one look again on their own.
+                            drop(guard);
+                            return serve_cached(body, SEMANTIC_HIT, settlement);
+                        }
+                        Semantic::Miss(Some(remember)) => {
+                            let exact_key = *guard.key();
+                            guard.after_store(remember.under(exact_key));
+                        }
+                        Semantic::Miss(None) => {}
+                    }
+                }
+                leader = Some(guard);
             }
-            Lookup::Miss(guard) => leader = Some(guard),
             Lookup::DeadlinePassed => {
                 return Err(ApiError::new(
                     ErrorKind::Timeout,

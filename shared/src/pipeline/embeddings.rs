@@ -482,6 +482,12 @@ pub(crate) async fn embed(
 ) -> Result<Response, ApiError> {
     let request: EmbeddingRequest = parse_json(body)?;
     request.validate()?;
+    if request.extra.contains_key("rag") {
+        return Err(ApiError::bad_request(
+            "`rag` applies to chat completions; an embedding model cannot answer from a collection.",
+        )
+        .with_param("rag"));
+    }
     let format = request.encoding_format.unwrap_or(EncodingFormat::Float);
     let texts = request.input.texts();
     let read = CacheRead::from_headers(headers);

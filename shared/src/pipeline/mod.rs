@@ -6,8 +6,10 @@ pub mod batch;
 pub mod chat;
 pub mod embeddings;
 pub mod ingest;
+pub mod rag;
 pub mod relay;
 pub mod retrieve;
+pub mod semantic;
 pub mod settlement;
 pub mod sse;
 

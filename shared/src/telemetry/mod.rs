@@ -47,6 +47,8 @@ pub struct Metrics {
     /// Batch items by outcome: `completed`, `failed`, `deferred` (rate-limited, re-sent
     /// later), `retried` (left for redelivery).
     pub batch_items: Family<Labels, Counter>,
+    /// Retrieved chunks kept out of a RAG prompt, by the guard rule they tripped.
+    pub rag_dropped_chunks: Family<Labels, Counter>,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -61,6 +63,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         cost_usd: Family::default(),
         broken_streams: Family::default(),
         batch_items: Family::default(),
+        rag_dropped_chunks: Family::default(),
         registry: Registry::default(),
     };
     registry.register(
@@ -99,6 +102,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "batch_items",
         "Batch items by outcome",
         metrics.batch_items.clone(),
+    );
+    registry.register(
+        "rag_dropped_chunks",
+        "Retrieved chunks dropped from RAG prompts, by guard rule",
+        metrics.rag_dropped_chunks.clone(),
     );
     Metrics {
         registry,

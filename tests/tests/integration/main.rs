@@ -26,6 +26,7 @@ mod lambda_chat;
 mod lambda_watch;
 mod metrics_and_logs;
 mod providers;
+mod rag_chat;
 mod resilience;
 mod response_cache;
 mod vectors_aws;
