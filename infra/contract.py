@@ -138,6 +138,11 @@ OPTIONAL_ON_LAMBDA = {
     "GATEWAY_BATCH_MAX_DEFERRALS": "times a rate-limited batch item is re-sent with a delay; the default (100) is ample",
     "GATEWAY_BATCH_VISIBILITY_SECS": "gateway-local only: the embedded queue's visibility timeout (SQS has its own)",
     "ANTHROPIC_API_KEY": "read by the built-in config only, to offer Anthropic models when set (see OPENAI_API_KEY)",
+    "GATEWAY_RETRIEVAL_CACHE_TTL_S": "retrieval result cache TTL; the default (300 s) suits, and a write to a collection invalidates it anyway",
+    "GATEWAY_INGEST_QUEUE_OVER_CHUNKS": "inline ingest limit before a job is queued; the default (256 chunks) fits API Gateway's 29 s",
+    "GATEWAY_INGEST_QUEUE_OVER_BYTES": "inline ingest limit before a job is queued; the default (1 MiB) fits API Gateway's 29 s",
+    "GATEWAY_INGEST_PREFIX": "the upload prefix: only the ingest function acts on uploads, and the template sets it there "
+    "(from IngestUploadPrefix); the chat and batch functions never read an upload",
 }
 
 # Variables the template may set to "" because the code treats empty as unset.
@@ -174,6 +179,24 @@ NOT_EXECUTED = {
         "CacheStore::get": "Backends::aws_from_env builds a cache backend the authorizer never calls",
         "CacheStore::put": "Backends::aws_from_env builds a cache backend the authorizer never calls",
         "DynamoLimiter::*": "Backends::aws_from_env builds a limiter the authorizer never calls",
+        "DynamoCacheStore::batch_get": "Backends::aws_from_env builds a cache backend the authorizer never calls (CacheStore::get_many)",
+    },
+    "ingest": {
+        "DynamoKeyStore::insert": "the ingest function only reads keys (a collection owner's, for billing uploads)",
+        "DynamoKeyStore::upsert": "the ingest function never writes keys",
+        "DynamoKeyStore::list": "the ingest function never lists keys",
+        "DynamoKeyStore::revoke": "the ingest function never revokes keys",
+        "transact_put": "builds the parts of key writes (insert, upsert)",
+        "transact_delete": "builds the parts of key writes (upsert)",
+        "BatchBackends::aws": "Setup::load(.., BatchPart::Left): the ingest function builds no batch backends",
+        "BatchSettings::from_lookup": "read by BatchBackends::aws only, which the ingest function never calls",
+        "DynamoBatchStore::*": "no batch backends in the ingest function (BatchPart::Left)",
+        "SqsQueue::send": "only the chat function enqueues ingest jobs; the ingest function consumes them",
+        "SqsQueue::dead_letter": "ingest jobs reach the dead-letter queue through SQS's redrive, never sent by code",
+        "SqsQueue::receive": "Lambda's event source mapping receives for the ingest function; receive serves gateway-local's worker and tests",
+        "SqsQueue::delete": "Lambda's event source mapping deletes what the ingest function handled",
+        "S3Bodies::put": "the ingest function reads uploads and queued jobs' documents; only the chat function writes job documents",
+        "BedrockProvider::chat_stream": "the ingest function only embeds (InvokeModel); it never streams a chat answer",
     },
     "batch": {
         "DynamoKeyStore::insert": "the batch worker only reads keys (KeyStore::get_by_id)",

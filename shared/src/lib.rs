@@ -1,9 +1,12 @@
 //! The gateway library: everything that is not an entrypoint.
 //!
 //! Dependencies point one way: `lambda` -> `http` -> `pipeline` -> `state` -> {`routing`,
-//! `limits`, `keys`, `cache`, `batch`} -> {`providers`, `storage`, `queue`, `files`, `vectors`} -> {`api`,
-//! `config`, `telemetry`, `error`, `clock`}. The batch worker reaches the pipeline only through
-//! its `ItemRunner` trait, which `pipeline::batch` implements.
+//! `limits`, `keys`, `cache`, `batch`, `ingest`, `rag`, `guard`} -> {`providers`, `storage`,
+//! `queue`, `files`, `vectors`} -> {`api`, `config`, `telemetry`, `error`, `clock`}. The batch
+//! worker reaches the pipeline only through its `ItemRunner` trait, which `pipeline::batch`
+//! implements; what needs the whole `Gateway` (embedding through the router, ingest, retrieval,
+//! RAG chat, the semantic cache) lives in `pipeline`, over the gateway-free parts in `ingest`,
+//! `rag`, `cache` and `vectors`.
 
 pub mod api;
 pub mod backends;

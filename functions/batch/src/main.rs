@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use gateway::batch::worker::Worker;
-use gateway::lambda::setup::Setup;
+use gateway::lambda::setup::{BatchPart, Setup};
 use gateway::pipeline::batch::PipelineRunner;
 use lambda_http::lambda_runtime::{self, Error, LambdaEvent, service_fn};
 use serde_json::Value;
@@ -16,7 +16,7 @@ async fn main() -> Result<(), Error> {
     let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .load()
         .await;
-    let gateway = Setup::load(&aws).await?.gateway()?;
+    let gateway = Setup::load(&aws, BatchPart::Included).await?.gateway()?;
     let batch = gateway.batch.clone().ok_or(
         "the batch function needs GATEWAY_BATCH_TABLE, GATEWAY_BUCKET and GATEWAY_BATCH_QUEUE_URL",
     )?;

@@ -3,7 +3,7 @@
 //! container, before the first invocation, over one AWS config.
 
 use gateway::lambda::ResponseMode;
-use gateway::lambda::setup::{Setup, env};
+use gateway::lambda::setup::{BatchPart, Setup, env};
 use lambda_http::Error;
 
 #[tokio::main]
@@ -13,7 +13,7 @@ async fn main() -> Result<(), Error> {
     let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .load()
         .await;
-    let mut setup = Setup::load(&aws).await?;
+    let mut setup = Setup::load(&aws, BatchPart::Included).await?;
     gateway::lambda::key_setup::manage_keys(&mut setup, &aws).await?;
     let gateway = setup.gateway()?;
     gateway::lambda::serve(gateway, mode).await

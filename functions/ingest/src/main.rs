@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gateway::lambda::ingest::{IngestHandler, handle_event};
-use gateway::lambda::setup::Setup;
+use gateway::lambda::setup::{BatchPart, Setup};
 use lambda_http::lambda_runtime::{self, Error, LambdaEvent, service_fn};
 use serde_json::Value;
 
@@ -19,7 +19,7 @@ async fn main() -> Result<(), Error> {
     let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .load()
         .await;
-    let gateway = Setup::load(&aws).await?.gateway()?;
+    let gateway = Setup::load(&aws, BatchPart::Left).await?.gateway()?;
     if gateway.ingest.is_none() {
         return Err("the ingest function needs GATEWAY_COLLECTIONS_TABLE".into());
     }

@@ -135,8 +135,10 @@ impl IngestBackends {
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<Option<Self>, String> {
         let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-        let Some(table) = get("GATEWAY_COLLECTIONS_TABLE") else {
-            return Ok(None);
+        // A `let` over the literal: infra/contract.py follows it to learn the table.
+        let table = match get("GATEWAY_COLLECTIONS_TABLE") {
+            Some(table) => table,
+            None => return Ok(None),
         };
         let queued = match (get("GATEWAY_BUCKET"), get("GATEWAY_INGEST_QUEUE_URL")) {
             (Some(bucket), Some(queue_url)) => Some(QueuedIngest {
@@ -150,7 +152,7 @@ impl IngestBackends {
             _ => None,
         };
         Ok(Some(Self {
-            store: Arc::new(DynamoCollectionStore::new(dynamo.clone(), table)),
+            store: Arc::new(DynamoCollectionStore::over_table(dynamo.clone(), table)),
             queued,
             settings: IngestSettings::from_lookup(&lookup)?,
         }))

@@ -1,7 +1,7 @@
 //! What the `chat`, `batch` and `ingest` functions build the same way, once per container:
-//! provider credentials from the secret, the config, the AWS backends with the batch backends,
-//! the collections and the vector store the stack names. Key management (`key_setup`) is the
-//! chat function's alone.
+//! provider credentials from the secret, the config, the AWS backends with the batch backends (not
+//! for the ingest function), the collections and the vector store the stack names. Key management
+//! (`key_setup`) is the chat function's alone.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,6 +20,14 @@ pub fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
+/// Whether a function serves batch jobs: the router and the batch worker do, the ingest function
+/// does not (it never reads the batch table or queue).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchPart {
+    Included,
+    Left,
+}
+
 /// The parts a function's gateway is built from.
 pub struct Setup {
     pub config: Config,
@@ -36,7 +44,7 @@ impl Setup {
     /// when `GATEWAY_BATCH_TABLE`, `GATEWAY_BUCKET` and `GATEWAY_BATCH_QUEUE_URL` are set, the
     /// collections when `GATEWAY_COLLECTIONS_TABLE` is, and the S3 Vectors store when
     /// `GATEWAY_VECTOR_BUCKET`, `GATEWAY_VECTOR_INDEX` and `GATEWAY_VECTOR_DIMENSION` are).
-    pub async fn load(aws: &aws_config::SdkConfig) -> Result<Self, Error> {
+    pub async fn load(aws: &aws_config::SdkConfig, batch_part: BatchPart) -> Result<Self, Error> {
         let credentials = match env("GATEWAY_PROVIDER_SECRET_ARN") {
             Some(arn) => crate::config::secrets::provider_credentials(aws, &arn).await?,
             None => HashMap::new(),
@@ -48,7 +56,10 @@ impl Setup {
         };
         let backends = Backends::aws(aws)?;
         let dynamo = crate::storage::dynamo::client(aws);
-        let batch = BatchBackends::aws(aws, &dynamo, env)?;
+        let batch = match batch_part {
+            BatchPart::Included => BatchBackends::aws(aws, &dynamo, env)?,
+            BatchPart::Left => None,
+        };
         let ingest = IngestBackends::aws(aws, &dynamo, env)?;
         let vectors = S3VectorStore::from_lookup(aws, env)?
             .map(|store| Arc::new(store) as Arc<dyn VectorStore>);
