@@ -6,11 +6,8 @@
 //! recorded, so a process killed at any moment loses no result it acknowledged.
 
 use async_trait::async_trait;
-use rusqlite::{
-    Connection, OptionalExtension, Transaction, TransactionBehavior, params, types::Type,
-};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 use crate::batch::store::{
     BatchRecord, BatchStore, Counts, FileRecord, ItemResult, UploadPart, UploadRecord,
@@ -18,33 +15,13 @@ use crate::batch::store::{
 use crate::error::StoreError;
 use crate::limits::from_nano_usd;
 use crate::limits::local::Spend;
-use crate::storage::embedded::EmbeddedStore;
+use crate::storage::embedded::{
+    EmbeddedStore, decode_record as decode, encode_record, failed, from_sql_int, to_sql_int,
+};
 
 /// Prefixes a backend failure with what the store was doing.
-fn failed(what: impl std::fmt::Display) -> impl FnOnce(StoreError) -> StoreError {
-    move |error| match error {
-        StoreError::Backend(message) => StoreError::Backend(format!("{what}: {message}")),
-        other => other,
-    }
-}
-
 fn encode(doc: &impl Serialize) -> Result<String, StoreError> {
-    serde_json::to_string(doc)
-        .map_err(|e| StoreError::Backend(format!("encoding a batch record: {e}")))
-}
-
-fn decode<T: DeserializeOwned>(text: &str) -> rusqlite::Result<T> {
-    serde_json::from_str(text)
-        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, Type::Text, Box::new(e)))
-}
-
-/// SQLite's integers are signed; counts and limits beyond `i64::MAX` do not occur.
-fn to_sql_int(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-fn from_sql_int(value: i64) -> u64 {
-    u64::try_from(value).unwrap_or(0)
+    encode_record(doc, "a batch record")
 }
 
 /// A write transaction that takes the database's write lock at once, so it never fails half-way

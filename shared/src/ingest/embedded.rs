@@ -7,13 +7,14 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params, types::Type};
+use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 use crate::error::StoreError;
 use crate::ingest::store::{CollectionRecord, CollectionStore, DocumentRecord, IngestJob};
-use crate::storage::embedded::EmbeddedStore;
+use crate::storage::embedded::{
+    EmbeddedStore, decode_record as decode, encode_record, failed, from_sql_int, to_sql_int,
+};
 
 const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS collections (
@@ -54,29 +55,8 @@ impl EmbeddedCollections {
     }
 }
 
-fn failed(what: impl std::fmt::Display) -> impl FnOnce(StoreError) -> StoreError {
-    move |error| match error {
-        StoreError::Backend(message) => StoreError::Backend(format!("{what}: {message}")),
-        other => other,
-    }
-}
-
 fn encode(doc: &impl Serialize) -> Result<String, StoreError> {
-    serde_json::to_string(doc)
-        .map_err(|e| StoreError::Backend(format!("encoding a collection record: {e}")))
-}
-
-fn decode<T: DeserializeOwned>(text: &str) -> rusqlite::Result<T> {
-    serde_json::from_str(text)
-        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, Type::Text, Box::new(e)))
-}
-
-fn to_sql_int(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-fn from_sql_int(value: i64) -> u64 {
-    u64::try_from(value).unwrap_or(0)
+    encode_record(doc, "a collection record")
 }
 
 fn collection_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<CollectionRecord> {

@@ -448,6 +448,34 @@ fn purge_expired(conn: &Connection) {
     }
 }
 
+/// Adds what was being done to a backend error's message.
+pub(crate) fn failed(what: impl std::fmt::Display) -> impl FnOnce(StoreError) -> StoreError {
+    move |error| match error {
+        StoreError::Backend(message) => StoreError::Backend(format!("{what}: {message}")),
+        other => other,
+    }
+}
+
+/// A record as the JSON text the concern tables keep; `kind` names it in the error.
+pub(crate) fn encode_record(doc: &impl serde::Serialize, kind: &str) -> Result<String, StoreError> {
+    serde_json::to_string(doc).map_err(|e| StoreError::Backend(format!("encoding {kind}: {e}")))
+}
+
+pub(crate) fn decode_record<T: serde::de::DeserializeOwned>(text: &str) -> rusqlite::Result<T> {
+    serde_json::from_str(text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+/// SQLite's integers are signed; counts and limits beyond `i64::MAX` do not occur.
+pub(crate) fn to_sql_int(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn from_sql_int(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
 /// A fresh data directory for a test.
 #[cfg(test)]
 pub(crate) fn test_dir(name: &str) -> std::path::PathBuf {
