@@ -10,12 +10,13 @@ use crate::background::Background;
 use crate::batch::BatchBackends;
 use crate::cache::ResponseCache;
 use crate::config::{
-    CachePartition, Config, ConfigError, RagBinding, RoutingConfig, SemanticCacheConfig,
+    CachePartition, Config, ConfigError, EffectiveGuard, GuardSettings, RagBinding, RoutingConfig,
+    SemanticCacheConfig,
 };
 use crate::ingest::backends::IngestBackends;
 use crate::ingest::embedding_cache::EmbeddingCache;
-use crate::keys::Authenticator;
 use crate::keys::edge::EdgeKeys;
+use crate::keys::{Authenticator, KeyRecord};
 use crate::limits::Limiter;
 use crate::routing::Registry;
 use crate::vectors::VectorStore;
@@ -45,6 +46,10 @@ pub struct Gateway {
     pub rag_bindings: BTreeMap<String, RagBinding>,
     /// Served chat models with a semantic cache (`[models.NAME.cache] semantic`).
     pub semantic_caches: BTreeMap<String, SemanticCacheConfig>,
+    /// The gateway-wide guard settings (`[guard]`).
+    pub guard: GuardSettings,
+    /// Model names with guard settings of their own (`[models.NAME.guard]`).
+    pub model_guards: BTreeMap<String, GuardSettings>,
 }
 
 impl Gateway {
@@ -87,7 +92,18 @@ impl Gateway {
                 .iter()
                 .filter_map(|(name, m)| Some((name.clone(), m.cache.as_ref()?.semantic.clone()?)))
                 .collect(),
+            guard: config.guard.clone(),
+            model_guards: config
+                .models
+                .iter()
+                .filter_map(|(name, m)| Some((name.clone(), m.guard.clone()?)))
+                .collect(),
         })
+    }
+
+    /// The guard policy a request by `key` for the public model `model` runs under.
+    pub fn guard_for<'a>(&'a self, key: &'a KeyRecord, model: &str) -> EffectiveGuard<'a> {
+        EffectiveGuard::resolve(&self.guard, self.model_guards.get(model), &key.guard)
     }
 
     /// The cache partition of a tenant: its own, unless the cache is configured global.

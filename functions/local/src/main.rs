@@ -400,6 +400,7 @@ async fn keys(action: KeysAction, backend: Backend, data_dir: &Path) -> Result<(
                         ContextPolicy::Reject
                     },
                     tier,
+                    ..NewKey::default()
                 },
             )
             .await?;

@@ -5,6 +5,7 @@
 //! a provider names the environment variable that holds its credential.
 
 mod built_in;
+pub mod guard;
 mod models;
 mod routing;
 pub mod secrets;
@@ -16,6 +17,7 @@ use std::fmt;
 
 use serde::Deserialize;
 
+pub use guard::{EffectiveGuard, GuardSettings, InjectionPolicy, PiiPolicy};
 pub use models::{
     Capabilities, DEFAULT_MAX_DIMENSIONS, DEFAULT_RAG_TOP_K, DeploymentConfig, EscalationRules,
     MAX_EMBEDDING_DIMENSIONS, MAX_RAG_TOP_K, ModelCacheConfig, ModelConfig, ModelKind, Price,
@@ -30,6 +32,9 @@ pub use server::ServerConfig;
 pub struct Config {
     #[serde(default)]
     pub server: ServerConfig,
+    /// Gateway-wide injection and PII policy and system prompt (`[guard]`).
+    #[serde(default)]
+    pub guard: GuardSettings,
     #[serde(default)]
     pub cache: CacheConfig,
     #[serde(default)]

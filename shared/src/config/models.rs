@@ -3,6 +3,8 @@
 
 use serde::Deserialize;
 
+use super::guard::GuardSettings;
+
 /// The largest `max_dimensions` a model may declare (and so the largest vector a request can
 /// make the gateway allocate per input).
 pub const MAX_EMBEDDING_DIMENSIONS: u32 = 16_384;
@@ -153,6 +155,9 @@ pub struct ModelConfig {
     /// that collection (of the caller's tenant), as if it carried this `rag` field.
     #[serde(default)]
     pub rag: Option<RagBinding>,
+    /// Injection and PII policy and an operator system prompt for this model name.
+    #[serde(default)]
+    pub guard: Option<GuardSettings>,
 }
 
 /// A collection a chat model name answers from.

@@ -4,6 +4,8 @@
 
 pub mod injection;
 
+pub use crate::config::{EffectiveGuard, GuardSettings, InjectionPolicy, PiiPolicy};
+
 use serde::Serialize;
 
 /// One rule that matched, and the text it matched on (normalised, shortened).

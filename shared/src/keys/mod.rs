@@ -14,6 +14,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::config::GuardSettings;
 use crate::error::ApiError;
 use crate::error::StoreError;
 
@@ -58,6 +59,9 @@ pub struct KeyRecord {
     /// The id of that API Gateway API key, which deleting it needs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage_key_id: Option<String>,
+    /// Injection and PII policy and a system prompt for this key (see `config::guard`).
+    #[serde(default, skip_serializing_if = "GuardSettings::is_empty")]
+    pub guard: GuardSettings,
 }
 
 /// What to do with a conversation longer than the model's context window when no larger-context
@@ -105,6 +109,8 @@ pub struct NewKey {
     /// Usage plan tier: `free`, `standard` (the default) or `partner`.
     #[serde(default)]
     pub tier: Option<String>,
+    #[serde(default)]
+    pub guard: GuardSettings,
 }
 
 /// A key with no scope, limits, budget or expiry, in the default tenant: fill in `id`, `name`
@@ -127,6 +133,7 @@ impl Default for KeyRecord {
             tier: None,
             usage_key: None,
             usage_key_id: None,
+            guard: GuardSettings::default(),
         }
     }
 }
@@ -189,6 +196,7 @@ pub fn generate_key(new: NewKey, now_secs: u64) -> Result<(String, String, KeyRe
         created_at: now_secs,
         context_policy: new.context_policy,
         tier: new.tier,
+        guard: new.guard,
         ..KeyRecord::default()
     };
     Ok((hash_secret(&secret), secret, record))
