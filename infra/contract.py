@@ -246,6 +246,7 @@ API_WITHOUT_ROUTE: dict[tuple[str, str], str] = {}
 # Operations integrated with the router's function that do not require the key authorizer.
 PUBLIC_OPERATIONS = {
     ("GET", "/health"): "liveness probe for uptime checks; answers {\"status\":\"ok\"} and needs no key, as in the router",
+    ("GET", "/openapi.json"): "the API's OpenAPI document, generated from the router's types; public like the OpenAI spec itself, and needs no key, as in the router",
 }
 
 # --------------------------------------------------------------------------- AWS operations
