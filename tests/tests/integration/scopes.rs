@@ -339,3 +339,116 @@ fn bearer(key: &str) -> reqwest::header::HeaderMap {
     headers.insert("authorization", format!("Bearer {key}").parse().unwrap());
     headers
 }
+
+/// The DynamoDB key store's rotation and the DynamoDB audit log, on moto.
+#[tokio::test]
+async fn dynamo_rotation_and_audit_on_moto() {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    };
+    use gateway::keys::KeyStore;
+    use gateway::keys::audit::{AuditAction, AuditEntry, AuditLog, DynamoAuditLog};
+    use gateway::keys::dynamo::DynamoKeyStore;
+    use gateway::keys::{generate_key, rotate_key};
+    use gateway::storage::dynamo::{DynamoConfig, FailurePolicy, create_tables};
+    within(120, async {
+        let moto = crate::common::moto::Moto::shared();
+        let client = moto.client();
+        let config = DynamoConfig {
+            keys_table: "scopes-keys".into(),
+            limits_table: "scopes-limits".into(),
+            cache_table: "scopes-cache".into(),
+            limits_failure_policy: FailurePolicy::Closed,
+        };
+        create_tables(&client, &config).await.unwrap();
+        let store = DynamoKeyStore::new(client.clone(), &config);
+        let (old_hash, _, record) = generate_key(
+            NewKey {
+                name: "app".into(),
+                ..NewKey::default()
+            },
+            now_secs(),
+        )
+        .unwrap();
+        store.insert(&old_hash, &record).await.unwrap();
+        let (secret, rotated) = rotate_key(&store, &record.id, 60, now_secs())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(rotated.id, record.id);
+        let current = store
+            .get_by_hash(&gateway::keys::hash_secret(&secret))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(current.superseded_until, None);
+        let old = store.get_by_hash(&old_hash).await.unwrap().unwrap();
+        assert_eq!(old.id, record.id);
+        assert!(old.superseded_until.unwrap() >= now_secs() + 59);
+        let listed: Vec<String> = store
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(listed, [record.id.clone()]);
+        assert_eq!(
+            store.get_by_id(&record.id).await.unwrap().unwrap().prefix,
+            rotated.prefix
+        );
+        assert!(store.revoke(&record.id).await.unwrap());
+        assert!(
+            store
+                .get_by_hash(&old_hash)
+                .await
+                .unwrap()
+                .unwrap()
+                .disabled
+        );
+
+        let table = "scopes-audit";
+        let mut request = client
+            .create_table()
+            .table_name(table)
+            .billing_mode(BillingMode::PayPerRequest);
+        for (name, key_type) in [("month", KeyType::Hash), ("entry", KeyType::Range)] {
+            request = request
+                .attribute_definitions(
+                    AttributeDefinition::builder()
+                        .attribute_name(name)
+                        .attribute_type(ScalarAttributeType::S)
+                        .build()
+                        .unwrap(),
+                )
+                .key_schema(
+                    KeySchemaElement::builder()
+                        .attribute_name(name)
+                        .key_type(key_type)
+                        .build()
+                        .unwrap(),
+                );
+        }
+        let _ = request.send().await;
+        let audit = DynamoAuditLog::new(client.clone(), table);
+        for (i, action) in [AuditAction::Create, AuditAction::Rotate]
+            .into_iter()
+            .enumerate()
+        {
+            let entry = AuditEntry {
+                at: gateway::clock::now_millis() + i as u64,
+                actor_key_id: "admin".into(),
+                actor_tenant: "default".into(),
+                action,
+                target_key_id: record.id.clone(),
+                changes: vec![],
+                request_id: None,
+            };
+            audit.append(&entry).await.unwrap();
+        }
+        let entries = audit.newest(10, now_secs()).await.unwrap();
+        let actions: Vec<AuditAction> = entries.iter().map(|e| e.action).collect();
+        assert_eq!(actions, [AuditAction::Rotate, AuditAction::Create]);
+    })
+    .await;
+}
