@@ -392,7 +392,7 @@ async fn dynamo_rotation_and_audit_on_moto() {
             .into_iter()
             .map(|r| r.id)
             .collect();
-        assert_eq!(listed, [record.id.clone()]);
+        assert_eq!(listed, std::slice::from_ref(&record.id));
         assert_eq!(
             store.get_by_id(&record.id).await.unwrap().unwrap().prefix,
             rotated.prefix
