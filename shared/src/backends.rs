@@ -10,6 +10,7 @@ use crate::cache::CacheStore;
 use crate::cache::dynamo::DynamoCacheStore;
 use crate::error::StoreError;
 use crate::keys::KeyStore;
+use crate::keys::audit::{AUDIT_TABLE_ENV, AuditLog, DynamoAuditLog, LogOnlyAudit};
 use crate::keys::dynamo::DynamoKeyStore;
 use crate::keys::edge::{EdgeKeys, NoEdgeKeys};
 use crate::limits::Limiter;
@@ -25,6 +26,8 @@ pub struct Backends {
     pub cache: Arc<dyn CacheStore>,
     /// API Gateway keys for usage plans on AWS; nothing locally.
     pub edge: Arc<dyn EdgeKeys>,
+    /// Where key administration is recorded (besides the `audit` log line).
+    pub audit: Arc<dyn AuditLog>,
 }
 
 impl Backends {
@@ -38,6 +41,7 @@ impl Backends {
             limiter: Arc::new(LocalLimiter::new(Some(sink), spent)),
             cache: store.clone(),
             edge: Arc::new(NoEdgeKeys),
+            audit: store.clone(),
         })
     }
 
@@ -52,19 +56,29 @@ impl Backends {
     /// environment.
     pub fn aws(sdk_config: &aws_config::SdkConfig) -> Result<Self, String> {
         let config = DynamoConfig::from_env()?;
-        Ok(Self::dynamo(
-            &crate::storage::dynamo::client(sdk_config),
-            &config,
-        ))
+        let client = crate::storage::dynamo::client(sdk_config);
+        let mut backends = Self::dynamo(&client, &config);
+        match std::env::var(AUDIT_TABLE_ENV)
+            .ok()
+            .filter(|t| !t.trim().is_empty())
+        {
+            Some(table) => backends.audit = Arc::new(DynamoAuditLog::new(client, table)),
+            None => tracing::warn!(
+                "{AUDIT_TABLE_ENV} is not set: key administration is audited in the logs only"
+            ),
+        }
+        Ok(backends)
     }
 
-    /// The DynamoDB backends over an existing client.
+    /// The DynamoDB backends over an existing client; the audit trail goes to the logs only
+    /// (set `audit` to a [`DynamoAuditLog`] to keep it in a table).
     pub fn dynamo(client: &Client, config: &DynamoConfig) -> Self {
         Self {
             keys: Arc::new(DynamoKeyStore::new(client.clone(), config)),
             limiter: Arc::new(DynamoLimiter::new(client.clone(), config)),
             cache: Arc::new(DynamoCacheStore::new(client.clone(), config)),
             edge: Arc::new(NoEdgeKeys),
+            audit: Arc::new(LogOnlyAudit),
         }
     }
 }

@@ -48,6 +48,12 @@ pub fn month_of(now_secs: u64) -> u32 {
     year as u32 * 100 + month
 }
 
+/// Epoch seconds at the start of the YYYYMM `month`.
+pub fn month_start_secs(month: u32) -> u64 {
+    let days = days_from_civil(i64::from(month / 100), month % 100);
+    u64::try_from(days).unwrap_or(0) * 86_400
+}
+
 pub fn secs_until_next_month(now_secs: u64) -> u64 {
     let (year, month) = civil_from_days((now_secs / 86_400) as i64);
     let (next_year, next_month) = if month == 12 {

@@ -34,6 +34,7 @@ pub struct Gateway {
     pub started_at: u64,
     pub background: Background,
     pub edge: Arc<dyn EdgeKeys>,
+    pub audit: Arc<dyn crate::keys::audit::AuditLog>,
     /// Batch jobs' store, file bodies and queue; `None` where they are not configured (the
     /// batch routes then answer 404).
     pub batch: Option<BatchBackends>,
@@ -79,6 +80,7 @@ impl Gateway {
             started_at: crate::clock::now_secs(),
             background: Background::default(),
             edge: backends.edge,
+            audit: backends.audit,
             batch: None,
             ingest: None,
             vectors: None,

@@ -11,11 +11,16 @@ use clap::{Parser, Subcommand};
 use gateway::backends::Backends;
 use gateway::batch::BatchBackends;
 use gateway::batch::worker::Worker;
-use gateway::clock::now_secs;
+use gateway::clock::{now_millis, now_secs};
 use gateway::config::{Config, ServerConfig};
 use gateway::ingest::backends::IngestBackends;
-use gateway::keys::edge::{ApiGatewayEdgeKeys, ensure_admin_key, provision, revoke};
-use gateway::keys::{ContextPolicy, NewKey};
+use gateway::keys::audit::{AuditAction, AuditEntry};
+use gateway::keys::edge::{
+    ApiGatewayEdgeKeys, ProvisionError, ensure_admin_key, provision, revoke,
+};
+use gateway::keys::{
+    ContextPolicy, DEFAULT_ROTATION_GRACE_SECS, KeyChange, NewKey, Role, Scope, rotate_key,
+};
 use gateway::pipeline::batch::PipelineRunner;
 use gateway::routing::Model;
 use gateway::state::Gateway;
@@ -108,11 +113,21 @@ enum KeysAction {
         #[arg(long)]
         budget_usd: Option<f64>,
         /// The key stops working after this many days
-        #[arg(long)]
+        #[arg(long, conflicts_with = "expires_at")]
         expires_in_days: Option<u64>,
-        /// May manage keys through /v1/admin
+        /// The key stops working at this time (epoch seconds)
+        #[arg(long)]
+        expires_at: Option<u64>,
+        /// Shorthand for --role admin
         #[arg(long)]
         admin: bool,
+        /// A preset of scopes: admin, user (the default) or read_only
+        #[arg(long)]
+        role: Option<Role>,
+        /// Scopes, comma-separated (overrides the role's): chat, embeddings, batches,
+        /// batches_read, collections, collections_read, usage, admin, metrics
+        #[arg(long, value_delimiter = ',')]
+        scopes: Vec<Scope>,
         /// Drop the oldest turns of conversations too long for the model (instead of a 400)
         #[arg(long)]
         trim_context: bool,
@@ -120,10 +135,71 @@ enum KeysAction {
         #[arg(long)]
         tier: Option<String>,
     },
-    /// List keys (never their secrets)
+    /// List keys (never their secrets; their visible prefix)
     List,
     /// Revoke a key by id
     Revoke { id: String },
+    /// Give a key a new secret (printed once); the old one works for the grace period
+    Rotate {
+        id: String,
+        /// How long the old secret keeps working, in seconds (at most 30 days)
+        #[arg(long, default_value_t = DEFAULT_ROTATION_GRACE_SECS)]
+        grace_seconds: u64,
+    },
+    /// Change a key: each option given replaces the key's value
+    Update {
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// Models the key may use, comma-separated
+        #[arg(long, value_delimiter = ',')]
+        models: Option<Vec<String>>,
+        #[arg(long, value_delimiter = ',')]
+        scopes: Option<Vec<Scope>>,
+        #[arg(long)]
+        role: Option<Role>,
+        #[arg(long)]
+        rpm: Option<u64>,
+        #[arg(long)]
+        tpm: Option<u64>,
+        #[arg(long)]
+        budget_usd: Option<f64>,
+        #[arg(long, conflicts_with = "expires_in_days")]
+        expires_at: Option<u64>,
+        #[arg(long)]
+        expires_in_days: Option<u64>,
+    },
+    /// Show the newest key administration entries (this month and last)
+    Audit {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+}
+
+/// The CLI as the actor of its audit entries: `cli`, with the OS user when known.
+fn cli_actor() -> AuditEntry {
+    let user = env("USER")
+        .or_else(|| env("USERNAME"))
+        .filter(|u| !u.is_empty());
+    AuditEntry {
+        at: now_millis(),
+        actor_key_id: user.map_or_else(|| "cli".to_owned(), |user| format!("cli:{user}")),
+        actor_tenant: "cli".to_owned(),
+        action: AuditAction::Create,
+        target_key_id: String::new(),
+        changes: Vec::new(),
+        request_id: None,
+    }
+}
+
+async fn audit(backends: &Backends, action: AuditAction, target: &str, changes: Vec<&str>) {
+    let entry = AuditEntry {
+        action,
+        target_key_id: target.to_owned(),
+        changes: changes.into_iter().map(str::to_owned).collect(),
+        ..cli_actor()
+    };
+    gateway::keys::audit::record(backends.audit.as_ref(), entry).await;
 }
 
 type Failure = Box<dyn std::error::Error>;
@@ -377,33 +453,36 @@ async fn keys(action: KeysAction, backend: Backend, data_dir: &Path) -> Result<(
             tpm,
             budget_usd,
             expires_in_days,
+            expires_at,
             admin,
+            role,
+            scopes,
             trim_context,
             tier,
         } => {
-            let now = now_secs();
-            let (secret, record) = provision(
-                store.as_ref(),
-                backends.edge.as_ref(),
-                NewKey {
-                    name,
-                    tenant,
-                    models,
-                    rpm,
-                    tpm,
-                    budget_usd,
-                    expires_at: expires_in_days.map(|days| now + days * 86_400),
-                    admin,
-                    context_policy: if trim_context {
-                        ContextPolicy::Trim
-                    } else {
-                        ContextPolicy::Reject
-                    },
-                    tier,
-                    ..NewKey::default()
+            let new = NewKey {
+                name,
+                tenant,
+                models,
+                rpm,
+                tpm,
+                budget_usd,
+                expires_at,
+                expires_in_days,
+                admin,
+                role,
+                scopes,
+                context_policy: if trim_context {
+                    ContextPolicy::Trim
+                } else {
+                    ContextPolicy::Reject
                 },
-            )
-            .await?;
+                tier,
+                ..NewKey::default()
+            };
+            let fields = new.fields();
+            let (secret, record) = provision(store.as_ref(), backends.edge.as_ref(), new).await?;
+            audit(&backends, AuditAction::Create, &record.id, fields).await;
             eprintln!(
                 "created key {} ({}); it is shown only once:",
                 record.id, record.name
@@ -412,8 +491,8 @@ async fn keys(action: KeysAction, backend: Backend, data_dir: &Path) -> Result<(
         }
         KeysAction::List => {
             println!(
-                "{:<22} {:<20} {:<12} {:<8} {:<8} {:<12} {:<12} STATUS",
-                "ID", "NAME", "TENANT", "RPM", "TPM", "BUDGET_USD", "SPENT_USD"
+                "{:<22} {:<12} {:<20} {:<12} {:<8} {:<8} {:<12} {:<12} STATUS",
+                "ID", "PREFIX", "NAME", "TENANT", "RPM", "TPM", "BUDGET_USD", "SPENT_USD"
             );
             for record in store.list().await? {
                 let spent = backends
@@ -429,16 +508,18 @@ async fn keys(action: KeysAction, backend: Backend, data_dir: &Path) -> Result<(
                 } else {
                     "active"
                 };
+                let scopes: Vec<&str> = record.scopes().iter().map(|s| s.as_str()).collect();
                 println!(
-                    "{:<22} {:<20} {:<12} {:<8} {:<8} {:<12} {:<12.6} {status}{}{}",
+                    "{:<22} {:<12} {:<20} {:<12} {:<8} {:<8} {:<12} {:<12.6} {status} scopes={}{}",
                     record.id,
+                    record.prefix.as_deref().unwrap_or("-"),
                     record.name,
                     record.tenant,
                     record.rpm.map_or_else(dash, |v| v.to_string()),
                     record.tpm.map_or_else(dash, |v| v.to_string()),
                     record.budget_usd.map_or_else(dash, |v| v.to_string()),
                     spent,
-                    if record.admin { " admin" } else { "" },
+                    scopes.join(","),
                     if record.models.is_empty() {
                         String::new()
                     } else {
@@ -448,10 +529,88 @@ async fn keys(action: KeysAction, backend: Backend, data_dir: &Path) -> Result<(
             }
         }
         KeysAction::Revoke { id } => {
-            if !revoke(store.as_ref(), backends.edge.as_ref(), &id).await? {
+            let revoked = revoke(store.as_ref(), backends.edge.as_ref(), &id).await;
+            if matches!(revoked, Ok(true) | Err(ProvisionError::EdgeCleanup { .. })) {
+                audit(&backends, AuditAction::Revoke, &id, vec!["disabled"]).await;
+            }
+            if !revoked? {
                 return Err(format!("no key with id `{id}`").into());
             }
             println!("revoked {id}");
+        }
+        KeysAction::Rotate { id, grace_seconds } => {
+            match store.get_by_id(&id).await? {
+                None => return Err(format!("no key with id `{id}`").into()),
+                Some(record) if record.disabled => {
+                    return Err(format!("key `{id}` is revoked; create a new key").into());
+                }
+                Some(_) => {}
+            }
+            let now = now_secs();
+            let Some((secret, _)) = rotate_key(store.as_ref(), &id, grace_seconds, now)
+                .await
+                .map_err(|e| e.message)?
+            else {
+                return Err(format!("no key with id `{id}`").into());
+            };
+            audit(
+                &backends,
+                AuditAction::Rotate,
+                &id,
+                vec!["secret", "prefix"],
+            )
+            .await;
+            eprintln!(
+                "rotated {id}; the old secret works until {} (epoch s). The new one is shown only once:",
+                now.saturating_add(grace_seconds)
+            );
+            println!("{secret}");
+        }
+        KeysAction::Update {
+            id,
+            name,
+            models,
+            scopes,
+            role,
+            rpm,
+            tpm,
+            budget_usd,
+            expires_at,
+            expires_in_days,
+        } => {
+            let change = KeyChange {
+                name,
+                models,
+                scopes,
+                role,
+                rpm,
+                tpm,
+                budget_usd,
+                expires_at,
+                expires_in_days,
+                guard: None,
+            }
+            .validate(now_secs())
+            .map_err(|e| e.message)?;
+            let fields = change.fields();
+            if fields.is_empty() {
+                return Err("nothing to change: give at least one option".into());
+            }
+            if store
+                .update(&id, &|record| change.apply(record))
+                .await?
+                .is_none()
+            {
+                return Err(format!("no key with id `{id}`").into());
+            }
+            audit(&backends, AuditAction::Update, &id, fields.clone()).await;
+            println!("updated {id}: {}", fields.join(", "));
+        }
+        KeysAction::Audit { limit } => {
+            let limit = limit.clamp(1, gateway::keys::audit::MAX_AUDIT_LIMIT);
+            for entry in backends.audit.newest(limit, now_secs()).await? {
+                println!("{}", serde_json::to_string(&entry)?);
+            }
         }
     }
     if let Some(store) = embedded {

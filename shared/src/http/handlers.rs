@@ -19,17 +19,8 @@ pub(crate) async fn health() -> impl IntoResponse {
     axum::Json(serde_json::json!({"status": "ok"}))
 }
 
-/// The metrics name every model, provider and deployment, and tell traffic and spend: for
-/// operators only.
-pub(crate) async fn admin_metrics(
-    Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
-) -> Response {
-    match super::admin::require_admin(&key) {
-        Ok(()) => metrics().await.into_response(),
-        Err(error) => error.into_response(),
-    }
-}
-
+/// The metrics name every model, provider and deployment, and tell traffic and spend: on the
+/// main listener only keys with the `metrics` scope see them.
 pub(crate) async fn metrics() -> impl IntoResponse {
     (
         [(

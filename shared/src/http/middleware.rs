@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -12,6 +12,7 @@ use futures_util::StreamExt;
 use tracing::Instrument;
 
 use super::handlers::AuthorizedKey;
+use super::scopes;
 use crate::clock::now_secs;
 use crate::error::{ApiError, ErrorKind};
 use crate::pipeline::{UpstreamTime, X_GATEWAY_CACHE, X_GATEWAY_MODEL, X_REQUEST_ID};
@@ -19,23 +20,35 @@ use crate::state::Gateway;
 use crate::telemetry::{EMF, Emf, RequestFacts};
 
 /// Resolves the bearer key of every route but `/health`, unless a front (the API Gateway
-/// authorizer) already did.
+/// authorizer) already did, then checks that the key holds the scope of the matched route (the
+/// one place scopes are enforced: `scopes::ROUTE_SCOPES`).
 pub(crate) async fn authenticate(
     State(gateway): State<Arc<Gateway>>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    if request.extensions().get::<AuthorizedKey>().is_none() {
-        match gateway
+    let key = match request.extensions().get::<AuthorizedKey>() {
+        Some(AuthorizedKey(key)) => Arc::clone(key),
+        None => match gateway
             .auth
             .authenticate(request.headers(), now_secs())
             .await
         {
             Ok(key) => {
-                request.extensions_mut().insert(AuthorizedKey(key));
+                request
+                    .extensions_mut()
+                    .insert(AuthorizedKey(Arc::clone(&key)));
+                key
             }
             Err(error) => return unread_body_closes(&request, error.into_response()),
-        }
+        },
+    };
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(MatchedPath::as_str);
+    if let Err(error) = scopes::authorize(&key, request.method(), route) {
+        return unread_body_closes(&request, error.into_response());
     }
     next.run(request).await
 }
@@ -112,6 +125,10 @@ pub(crate) async fn cloudwatch_metrics(request: Request, next: Next) -> Response
     )
 }
 
+/// The request's `x-request-id`, for handlers that record it (the audit log).
+#[derive(Debug, Clone)]
+pub(crate) struct RequestId(pub(crate) HeaderValue);
+
 /// Every response carries `x-request-id`: the caller's, or a new one.
 pub(crate) async fn request_id(request: Request, next: Next) -> Response {
     let id = request
@@ -123,6 +140,8 @@ pub(crate) async fn request_id(request: Request, next: Next) -> Response {
     // Log lines written while the request is handled carry its id, so the `x-request-id` of an
     // error finds the details its body leaves out (a provider's failure, say).
     let span = tracing::info_span!("request", request_id = %String::from_utf8_lossy(id.as_bytes()));
+    let mut request = request;
+    request.extensions_mut().insert(RequestId(id.clone()));
     let mut response = next.run(request).instrument(span).await;
     response.headers_mut().insert(X_REQUEST_ID.clone(), id);
     response

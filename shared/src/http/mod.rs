@@ -6,12 +6,14 @@
 //! | method | path | handler |
 //! |---|---|---|
 //! | GET | `/health` | `handlers::health` (no key) |
-//! | GET | `/metrics` | `handlers::admin_metrics` (admin key; `metrics_router` serves it keyless on its own listener) |
+//! | GET | `/metrics` | `handlers::metrics` (`metrics` scope; `metrics_router` serves it keyless on its own listener) |
 //! | GET | `/v1/models` | `handlers::list_models` |
 //! | POST | `/v1/chat/completions` | `handlers::chat_completions` -> `pipeline::chat` |
 //! | POST | `/v1/embeddings` | `handlers::embeddings` -> `pipeline::embeddings` |
 //! | POST, GET | `/v1/admin/keys` | `admin::create_key`, `admin::list_keys` |
-//! | DELETE | `/v1/admin/keys/{id}` | `admin::revoke_key` |
+//! | PATCH, DELETE | `/v1/admin/keys/{id}` | `admin::update_key`, `admin::revoke_key` |
+//! | POST | `/v1/admin/keys/{id}/rotate` | `admin::rotate_key` (`{"grace_seconds": N}`) |
+//! | GET | `/v1/admin/audit` | `admin::list_audit` (`?limit=N`) |
 //! | POST, GET | `/v1/files` | `batch::create_file` (multipart), `batch::list_files` |
 //! | GET, DELETE | `/v1/files/{id}` | `batch::get_file`, `batch::delete_file` |
 //! | GET | `/v1/files/{id}/content` | `batch::file_content` |
@@ -32,23 +34,25 @@
 //!
 //! Layers, outermost first: `request_id` (every response carries `x-request-id`; a tracing span
 //! per request), the body limit (`server.max_body_bytes`), then on the keyed routes
-//! `cloudwatch_metrics` (EMF on Lambda) and `authenticate`.
+//! `cloudwatch_metrics` (EMF on Lambda) and `authenticate` (the key, then the scope the matched
+//! route needs, from the table in `scopes`).
 
 pub mod admin;
 pub mod batch;
 pub mod collections;
 pub mod handlers;
 pub mod middleware;
+pub mod scopes;
 pub mod server;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, post};
+use axum::routing::{get, post};
 
-use admin::{create_key, list_keys, revoke_key};
-use handlers::{admin_metrics, chat_completions, embeddings, health, list_models, metrics};
+use admin::{create_key, list_audit, list_keys, revoke_key, rotate_key, update_key};
+use handlers::{chat_completions, embeddings, health, list_models, metrics};
 use middleware::{authenticate, cloudwatch_metrics, declared_length, request_id};
 
 use crate::error::{ApiError, ErrorKind};
@@ -63,7 +67,12 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/admin/keys", post(create_key).get(list_keys))
-        .route("/v1/admin/keys/{id}", delete(revoke_key))
+        .route(
+            "/v1/admin/keys/{id}",
+            axum::routing::patch(update_key).delete(revoke_key),
+        )
+        .route("/v1/admin/keys/{id}/rotate", post(rotate_key))
+        .route("/v1/admin/audit", get(list_audit))
         .route("/v1/files", post(batch::create_file).get(batch::list_files))
         .route(
             "/v1/files/{id}",
@@ -102,7 +111,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
             "/v1/collections/{name}/jobs/{id}",
             get(collections::get_job),
         )
-        .route("/metrics", get(admin_metrics))
+        .route("/metrics", get(metrics))
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::clone(&gateway),
             authenticate,

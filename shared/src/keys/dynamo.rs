@@ -4,6 +4,10 @@
 //! - `pk = "id#<key id>"`: `hash` (S), the hash of the key item with that id. Written in the same
 //!   transaction as the key item, so ids are unique and revoking by id needs no scan.
 //!
+//! - `pk = "key#<hash of a rotated-out secret>"`: `id` (S), `valid_until` (N, epoch seconds until
+//!   which the old secret works), `expires_at` (N, the table's TTL: a day after `valid_until`).
+//!   No `record`: reading it reads the key's current record, so revocations and changes apply.
+//!
 //! Key items carry no `expires_at`: an expired key stays readable so clients are told it expired
 //! rather than that it is unknown.
 
@@ -14,15 +18,19 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem};
 
 use crate::error::StoreError;
-use crate::keys::{KeyRecord, KeyStore};
+use crate::keys::{KeyEdit, KeyRecord, KeyStore};
 use crate::storage::dynamo::{
-    DynamoConfig, PK, Rejection, WriteError, backend, raced, rejection, retry_on_conflict, s,
-    sdk_message, string_attr,
+    DynamoConfig, EXPIRES_AT, PK, Rejection, WriteError, backend, n, number_attr, raced, rejection,
+    retry_on_conflict, s, sdk_message, string_attr,
 };
 
 const ID: &str = "id";
 const RECORD: &str = "record";
 const HASH: &str = "hash";
+const VALID_UNTIL: &str = "valid_until";
+/// How long a rotated-out secret's item outlives its grace before the table's TTL removes it
+/// (meanwhile it is answered "rotated" rather than "unknown").
+const SUPERSEDED_ITEM_TTL_SECS: u64 = 86_400;
 
 fn key_pk(hash: &str) -> String {
     format!("key#{hash}")
@@ -137,6 +145,39 @@ impl DynamoKeyStore {
             .map_err(|e| WriteError::Backend(sdk_message("GetItem on the keys table", &e)))?;
         Ok(output.item().and_then(|item| string_attr(item, attribute)))
     }
+
+    /// The current hash, record and record JSON of the key `id`, read strongly consistent for a
+    /// conditional write on that JSON.
+    async fn read_current(
+        &self,
+        id: &str,
+    ) -> Result<Option<(String, KeyRecord, String)>, WriteError> {
+        let Some(hash) = self.read_key_attr(id_pk(id), HASH).await? else {
+            return Ok(None);
+        };
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PK, s(key_pk(&hash)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| WriteError::Backend(sdk_message("GetItem on the keys table", &e)))?;
+        let Some(item) = output.item() else {
+            return Ok(None);
+        };
+        let Some(json) = string_attr(item, RECORD) else {
+            return Ok(None);
+        };
+        let record = decode_record(item).map_err(|e| WriteError::Backend(e.to_string()))?;
+        Ok((record.id == id).then_some((hash, record, json)))
+    }
+}
+
+fn encode(record: &KeyRecord) -> Result<String, WriteError> {
+    serde_json::to_string(record)
+        .map_err(|e| WriteError::Backend(format!("cannot encode key record: {e}")))
 }
 
 fn key_item(hash: &str, record: &KeyRecord) -> Result<HashMap<String, AttributeValue>, StoreError> {
@@ -176,24 +217,30 @@ impl KeyStore for DynamoKeyStore {
             .send()
             .await
             .map_err(|e| backend("GetItem on the keys table", &e))?;
-        output.item().map(decode_record).transpose()
+        let Some(item) = output.item() else {
+            return Ok(None);
+        };
+        if let Some(valid_until) = number_attr::<u64>(item, VALID_UNTIL) {
+            let Some(id) = string_attr(item, ID) else {
+                return Ok(None);
+            };
+            let current = KeyStore::get_by_id(self, &id).await?;
+            return Ok(current.map(|record| KeyRecord {
+                superseded_until: Some(valid_until),
+                ..record
+            }));
+        }
+        decode_record(item).map(Some)
     }
 
     async fn get_by_id(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
-        let hash = self
-            .read_key_attr(id_pk(id), HASH)
+        self.read_current(id)
             .await
+            .map(|current| current.map(|(_, record, _)| record))
             .map_err(|e| match e {
                 WriteError::Backend(message) => StoreError::Backend(message),
                 WriteError::Conflict => StoreError::Backend("key read raced a writer".into()),
-            })?;
-        match hash {
-            Some(hash) => Ok(self
-                .get_by_hash(&hash)
-                .await?
-                .filter(|record| record.id == id)),
-            None => Ok(None),
-        }
+            })
     }
 
     async fn insert(&self, hash: &str, record: &KeyRecord) -> Result<(), StoreError> {
@@ -322,37 +369,25 @@ impl KeyStore for DynamoKeyStore {
         let mut records = Vec::new();
         while let Some(item) = items.next().await {
             let item = item.map_err(|e| backend("Scan on the keys table", &e))?;
-            records.push(decode_record(&item)?);
+            // Rotated-out secrets have no record of their own.
+            if item.contains_key(RECORD) {
+                records.push(decode_record(&item)?);
+            }
         }
         records.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(records)
     }
 
-    async fn revoke(&self, id: &str) -> Result<bool, StoreError> {
-        retry_on_conflict("revoking a key", || async move {
-            let Some(hash) = self.read_key_attr(id_pk(id), HASH).await? else {
-                return Ok(false);
+    async fn update(
+        &self,
+        id: &str,
+        change: &KeyEdit<'_>,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        retry_on_conflict("changing a key", || async move {
+            let Some((hash, mut record, old_json)) = self.read_current(id).await? else {
+                return Ok(None);
             };
-            let output = self
-                .client
-                .get_item()
-                .table_name(&self.table)
-                .key(PK, s(key_pk(&hash)))
-                .consistent_read(true)
-                .send()
-                .await
-                .map_err(|e| WriteError::Backend(sdk_message("GetItem on the keys table", &e)))?;
-            let Some(item) = output.item() else {
-                return Ok(false);
-            };
-            let mut record = decode_record(item).map_err(|e| WriteError::Backend(e.to_string()))?;
-            if record.id != id {
-                return Ok(false);
-            }
-            let old_json = string_attr(item, RECORD).unwrap_or_default();
-            record.disabled = true;
-            let new_json = serde_json::to_string(&record)
-                .map_err(|e| WriteError::Backend(format!("cannot encode key record: {e}")))?;
+            change(&mut record);
             // Conditional on the record read, so a concurrent change is not overwritten.
             let result = self
                 .client
@@ -362,11 +397,61 @@ impl KeyStore for DynamoKeyStore {
                 .update_expression("SET #record = :new")
                 .condition_expression("#record = :old")
                 .expression_attribute_names("#record", RECORD)
-                .expression_attribute_values(":new", s(new_json))
+                .expression_attribute_values(":new", s(encode(&record)?))
                 .expression_attribute_values(":old", s(old_json))
                 .send()
                 .await;
-            raced("UpdateItem on the keys table", result).map(|_| true)
+            raced("UpdateItem on the keys table", result).map(|_| Some(record))
+        })
+        .await
+        .map_err(StoreError::Backend)
+    }
+
+    /// One transaction: the new key item, the id item pointed at it, and the old key item
+    /// replaced by a superseded item (conditional on the record read, so a concurrent change or
+    /// rotation makes this one retry on the new state).
+    async fn rotate(
+        &self,
+        id: &str,
+        new_hash: &str,
+        prefix: Option<&str>,
+        old_valid_until: u64,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        retry_on_conflict("rotating a key", || async move {
+            let Some((old_hash, mut record, old_json)) = self.read_current(id).await? else {
+                return Ok(None);
+            };
+            record.prefix = prefix.map(str::to_owned);
+            let new_item =
+                key_item(new_hash, &record).map_err(|e| WriteError::Backend(e.to_string()))?;
+            let superseded = HashMap::from([
+                (PK.to_owned(), s(key_pk(&old_hash))),
+                (ID.to_owned(), s(id)),
+                (VALID_UNTIL.to_owned(), n(old_valid_until)),
+                (
+                    EXPIRES_AT.to_owned(),
+                    n(old_valid_until.saturating_add(SUPERSEDED_ITEM_TTL_SECS)),
+                ),
+            ]);
+            let transaction = self
+                .client
+                .transact_write_items()
+                .transact_items(transact_put(&self.table, new_item, Condition::absent())?)
+                .transact_items(transact_put(
+                    &self.table,
+                    id_item(id, new_hash),
+                    Condition::holds(HASH, &old_hash),
+                )?)
+                .transact_items(transact_put(
+                    &self.table,
+                    superseded,
+                    Condition::holds(RECORD, &old_json),
+                )?);
+            raced(
+                "TransactWriteItems on the keys table",
+                transaction.send().await,
+            )
+            .map(|_| Some(record))
         })
         .await
         .map_err(StoreError::Backend)

@@ -4,8 +4,8 @@ use async_trait::async_trait;
 use rusqlite::{OptionalExtension, params};
 
 use crate::error::StoreError;
-use crate::keys::{KeyRecord, KeyStore};
-use crate::storage::embedded::EmbeddedStore;
+use crate::keys::{KeyEdit, KeyRecord, KeyStore};
+use crate::storage::embedded::{EmbeddedStore, from_sql_int, to_sql_int};
 
 fn decode_record(text: &str) -> rusqlite::Result<KeyRecord> {
     serde_json::from_str(text).map_err(|e| {
@@ -21,11 +21,27 @@ fn encode_record(record: &KeyRecord) -> Result<String, StoreError> {
 impl KeyStore for EmbeddedStore {
     async fn get_by_hash(&self, hash: &str) -> Result<Option<KeyRecord>, StoreError> {
         self.with_conn(|conn| {
-            conn.prepare_cached("SELECT record FROM keys WHERE hash = ?1")?
+            let current = conn
+                .prepare_cached("SELECT record FROM keys WHERE hash = ?1")?
                 .query_row(params![hash], |row| {
                     decode_record(&row.get::<_, String>(0)?)
                 })
-                .optional()
+                .optional()?;
+            if current.is_some() {
+                return Ok(current);
+            }
+            // A rotated-out secret reads its key's current record, so a revocation or change
+            // made since applies to it too.
+            conn.prepare_cached(
+                "SELECT k.record, s.valid_until FROM superseded_keys s \
+                 JOIN keys k ON k.id = s.id WHERE s.hash = ?1",
+            )?
+            .query_row(params![hash], |row| {
+                let mut record = decode_record(&row.get::<_, String>(0)?)?;
+                record.superseded_until = Some(from_sql_int(row.get(1)?));
+                Ok(record)
+            })
+            .optional()
         })
     }
 
@@ -77,29 +93,69 @@ impl KeyStore for EmbeddedStore {
         })
     }
 
-    async fn revoke(&self, id: &str) -> Result<bool, StoreError> {
+    async fn update(
+        &self,
+        id: &str,
+        change: &KeyEdit<'_>,
+    ) -> Result<Option<KeyRecord>, StoreError> {
         self.with_conn(|conn| {
-            let found = conn
+            let transaction = conn.unchecked_transaction()?;
+            let Some(mut record) = read_by_id(&transaction, id)? else {
+                return Ok(None);
+            };
+            change(&mut record);
+            transaction.execute(
+                "UPDATE keys SET record = ?1 WHERE id = ?2",
+                params![to_text(&record)?, id],
+            )?;
+            transaction.commit()?;
+            Ok(Some(record))
+        })
+    }
+
+    async fn rotate(
+        &self,
+        id: &str,
+        new_hash: &str,
+        prefix: Option<&str>,
+        old_valid_until: u64,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        self.with_conn(|conn| {
+            let transaction = conn.unchecked_transaction()?;
+            let found = transaction
                 .query_row(
                     "SELECT hash, record FROM keys WHERE id = ?1",
                     params![id],
                     |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)),
                 )
                 .optional()?;
-            let Some((hash, text)) = found else {
-                return Ok(false);
+            let Some((old_hash, text)) = found else {
+                return Ok(None);
             };
-            let mut record = decode_record(&text)?;
-            record.disabled = true;
-            let text = serde_json::to_string(&record)
-                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-            conn.execute(
-                "UPDATE keys SET record = ?1 WHERE hash = ?2",
-                params![text, hash],
+            let mut record: KeyRecord = decode_record(&text)?;
+            record.prefix = prefix.map(str::to_owned);
+            transaction.execute(
+                "UPDATE keys SET hash = ?1, record = ?2 WHERE id = ?3",
+                params![new_hash, to_text(&record)?, id],
             )?;
-            Ok(true)
+            transaction.execute(
+                "INSERT OR REPLACE INTO superseded_keys (hash, id, valid_until) VALUES (?1, ?2, ?3)",
+                params![old_hash, id, to_sql_int(old_valid_until)],
+            )?;
+            transaction.commit()?;
+            Ok(Some(record))
         })
     }
+}
+
+fn read_by_id(conn: &rusqlite::Connection, id: &str) -> rusqlite::Result<Option<KeyRecord>> {
+    conn.prepare_cached("SELECT record FROM keys WHERE id = ?1")?
+        .query_row(params![id], |row| decode_record(&row.get::<_, String>(0)?))
+        .optional()
+}
+
+fn to_text(record: &KeyRecord) -> rusqlite::Result<String> {
+    serde_json::to_string(record).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
 }
 
 #[cfg(test)]
@@ -135,6 +191,55 @@ mod tests {
         assert!(!other.revoke("key_missing").await.unwrap());
         assert!(store.get_by_hash(&hash).await.unwrap().unwrap().disabled);
         assert_eq!(store.list().await.unwrap().len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_rotated_key_keeps_its_id_and_its_old_secret_reads_with_a_deadline() {
+        let dir = test_dir("keys-rotate");
+        let store = EmbeddedStore::open(&dir).unwrap();
+        let (old_hash, _, record) = generate_key(
+            NewKey {
+                name: "a".into(),
+                ..NewKey::default()
+            },
+            1,
+        )
+        .unwrap();
+        store.insert(&old_hash, &record).await.unwrap();
+        let rotated = store
+            .rotate(&record.id, "newhash", Some("gw-12345678"), 500)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(rotated.id, record.id);
+        assert_eq!(rotated.prefix.as_deref(), Some("gw-12345678"));
+        let current = store.get_by_hash("newhash").await.unwrap().unwrap();
+        assert_eq!(current.superseded_until, None);
+        let old = store.get_by_hash(&old_hash).await.unwrap().unwrap();
+        assert_eq!(
+            (old.id.as_str(), old.superseded_until),
+            (record.id.as_str(), Some(500))
+        );
+        assert_eq!(store.list().await.unwrap(), std::slice::from_ref(&rotated));
+        assert_eq!(store.get_by_id(&record.id).await.unwrap(), Some(rotated));
+        // Revoking the key revokes the old secret too.
+        assert!(store.revoke(&record.id).await.unwrap());
+        assert!(
+            store
+                .get_by_hash(&old_hash)
+                .await
+                .unwrap()
+                .unwrap()
+                .disabled
+        );
+        assert!(
+            store
+                .rotate("key_missing", "h", None, 1)
+                .await
+                .unwrap()
+                .is_none()
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

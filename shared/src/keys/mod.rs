@@ -1,9 +1,11 @@
 //! API keys: bearer secrets stored only as SHA-256 hashes, each with its tenant, model scope,
 //! limits, budget and expiry.
 
+pub mod audit;
 pub mod dynamo;
 pub mod edge;
 pub mod embedded;
+pub mod scope;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -17,8 +19,15 @@ use sha2::{Digest, Sha256};
 use crate::config::GuardSettings;
 use crate::error::ApiError;
 use crate::error::StoreError;
+pub use scope::{Role, Scope};
 
 const KEY_PREFIX: &str = "gw-";
+/// Characters of the secret after `gw-` shown in listings to tell keys apart.
+const VISIBLE_SECRET_CHARS: usize = 8;
+/// How long a rotated-out secret keeps working unless the rotation says otherwise.
+pub const DEFAULT_ROTATION_GRACE_SECS: u64 = 86_400;
+/// The longest grace a rotation may give the old secret.
+pub const MAX_ROTATION_GRACE_SECS: u64 = 30 * 86_400;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeyRecord {
@@ -40,8 +49,23 @@ pub struct KeyRecord {
     pub expires_at: Option<u64>,
     #[serde(default)]
     pub disabled: bool,
+    /// Legacy: records written before roles had only this flag (true = every scope). New records
+    /// set it to whether the key holds the `admin` scope, for readers that know only the flag.
     #[serde(default)]
     pub admin: bool,
+    /// The routes the key may call; empty means the role's preset (see [`KeyRecord::scopes`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<Scope>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    /// The start of the secret (`gw-` and 8 characters), to tell keys apart in listings; never
+    /// enough to use the key. `None` for keys made before prefixes, or from a foreign secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Set only on the record read through a secret that a rotation replaced: that secret works
+    /// until this epoch second. Never stored on the current record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded_until: Option<u64>,
     #[serde(default)]
     pub created_at: u64,
     #[serde(default)]
@@ -102,8 +126,16 @@ pub struct NewKey {
     pub budget_usd: Option<f64>,
     #[serde(default)]
     pub expires_at: Option<u64>,
+    /// Alternative to `expires_at`: the key stops working this many days after creation.
+    #[serde(default)]
+    pub expires_in_days: Option<u64>,
+    /// Legacy shorthand for `role: "admin"`.
     #[serde(default)]
     pub admin: bool,
+    #[serde(default)]
+    pub scopes: Vec<Scope>,
+    #[serde(default)]
+    pub role: Option<Role>,
     #[serde(default)]
     pub context_policy: ContextPolicy,
     /// Usage plan tier: `free`, `standard` (the default) or `partner`.
@@ -111,6 +143,31 @@ pub struct NewKey {
     pub tier: Option<String>,
     #[serde(default)]
     pub guard: GuardSettings,
+}
+
+impl NewKey {
+    /// The names of the fields this request sets (for the audit log; never values).
+    pub fn fields(&self) -> Vec<&'static str> {
+        [
+            ("name", true),
+            ("tenant", self.tenant.is_some()),
+            ("models", !self.models.is_empty()),
+            ("rpm", self.rpm.is_some()),
+            ("tpm", self.tpm.is_some()),
+            ("budget_usd", self.budget_usd.is_some()),
+            (
+                "expires_at",
+                self.expires_at.is_some() || self.expires_in_days.is_some(),
+            ),
+            ("role", self.role.is_some() || self.admin),
+            ("scopes", !self.scopes.is_empty()),
+            ("tier", self.tier.is_some()),
+            ("guard", !self.guard.is_empty()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect()
+    }
 }
 
 /// A key with no scope, limits, budget or expiry, in the default tenant: fill in `id`, `name`
@@ -128,6 +185,10 @@ impl Default for KeyRecord {
             expires_at: None,
             disabled: false,
             admin: false,
+            scopes: Vec::new(),
+            role: None,
+            prefix: None,
+            superseded_until: None,
             created_at: 0,
             context_policy: ContextPolicy::default(),
             tier: None,
@@ -151,6 +212,163 @@ impl KeyRecord {
     pub fn tier(&self) -> &str {
         self.tier.as_deref().unwrap_or(DEFAULT_TIER)
     }
+
+    /// The scopes this key holds (explicit, else its role's, else the legacy flag's preset).
+    pub fn scopes(&self) -> Vec<Scope> {
+        scope::effective_scopes(&self.scopes, self.role, self.admin)
+    }
+
+    pub fn has_scope(&self, scope: Scope) -> bool {
+        scope::grants(&self.scopes(), scope)
+    }
+
+    /// Whether this record was read through a rotated-out secret whose grace has ended.
+    pub fn is_superseded(&self, now_secs: u64) -> bool {
+        self.superseded_until.is_some_and(|until| until <= now_secs)
+    }
+
+    /// Sets role and scopes, keeping the legacy `admin` flag in step for readers of only that.
+    fn set_access(&mut self, role: Option<Role>, scopes: Vec<Scope>) {
+        self.role = role;
+        self.scopes = scopes;
+        self.admin = self.has_scope(Scope::Admin);
+    }
+}
+
+/// The visible start of a generated secret: `gw-` and the next 8 characters.
+pub fn secret_prefix(secret: &str) -> Option<String> {
+    secret
+        .strip_prefix(KEY_PREFIX)
+        .and_then(|rest| rest.get(..VISIBLE_SECRET_CHARS))
+        .map(|visible| format!("{KEY_PREFIX}{visible}"))
+}
+
+fn new_secret() -> String {
+    let mut secret_bytes = [0u8; 24];
+    rand::rng().fill_bytes(&mut secret_bytes);
+    format!("{KEY_PREFIX}{}", hex::encode(secret_bytes))
+}
+
+fn validate_budget(budget_usd: Option<f64>) -> Result<(), ApiError> {
+    if budget_usd.is_some_and(|b| !b.is_finite() || b < 0.0) {
+        return Err(
+            ApiError::bad_request("`budget_usd` must be a non-negative number")
+                .with_param("budget_usd"),
+        );
+    }
+    Ok(())
+}
+
+/// `expires_at`, or `expires_in_days` from `now_secs`; not both.
+fn expiry(
+    expires_at: Option<u64>,
+    expires_in_days: Option<u64>,
+    now_secs: u64,
+) -> Result<Option<u64>, ApiError> {
+    match (expires_at, expires_in_days) {
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            "give `expires_at` or `expires_in_days`, not both",
+        )
+        .with_param("expires_in_days")),
+        (Some(at), None) => Ok(Some(at)),
+        (None, Some(days)) => days
+            .checked_mul(86_400)
+            .and_then(|secs| now_secs.checked_add(secs))
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::bad_request("`expires_in_days` is too large")
+                    .with_param("expires_in_days")
+            }),
+        (None, None) => Ok(None),
+    }
+}
+
+/// A change to an existing key (`PATCH /v1/admin/keys/{id}`, `keys update`): each field given
+/// replaces the key's, validated as at creation.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyChange {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
+    #[serde(default)]
+    pub scopes: Option<Vec<Scope>>,
+    #[serde(default)]
+    pub role: Option<Role>,
+    #[serde(default)]
+    pub rpm: Option<u64>,
+    #[serde(default)]
+    pub tpm: Option<u64>,
+    #[serde(default)]
+    pub budget_usd: Option<f64>,
+    #[serde(default)]
+    pub expires_at: Option<u64>,
+    #[serde(default)]
+    pub expires_in_days: Option<u64>,
+    #[serde(default)]
+    pub guard: Option<GuardSettings>,
+}
+
+impl KeyChange {
+    /// Checks the change and resolves `expires_in_days` against `now_secs`.
+    pub fn validate(mut self, now_secs: u64) -> Result<Self, ApiError> {
+        if self.name.as_deref().is_some_and(|n| n.trim().is_empty()) {
+            return Err(ApiError::bad_request("a key needs a `name`").with_param("name"));
+        }
+        validate_budget(self.budget_usd)?;
+        self.expires_at = expiry(self.expires_at, self.expires_in_days.take(), now_secs)?;
+        Ok(self)
+    }
+
+    /// The names of the fields this change sets (for the audit log; never values).
+    pub fn fields(&self) -> Vec<&'static str> {
+        [
+            ("name", self.name.is_some()),
+            ("models", self.models.is_some()),
+            ("scopes", self.scopes.is_some()),
+            ("role", self.role.is_some()),
+            ("rpm", self.rpm.is_some()),
+            ("tpm", self.tpm.is_some()),
+            ("budget_usd", self.budget_usd.is_some()),
+            ("expires_at", self.expires_at.is_some()),
+            ("guard", self.guard.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect()
+    }
+
+    /// Applies the (validated) change to `record`.
+    pub fn apply(&self, record: &mut KeyRecord) {
+        if let Some(name) = &self.name {
+            record.name.clone_from(name);
+        }
+        if let Some(models) = &self.models {
+            record.models.clone_from(models);
+        }
+        // A new role without scopes replaces explicit scopes too, which would otherwise win.
+        match (&self.scopes, self.role) {
+            (Some(scopes), role) => record.set_access(role.or(record.role), scopes.clone()),
+            (None, Some(role)) => record.set_access(Some(role), Vec::new()),
+            (None, None) => {}
+        }
+        if self.rpm.is_some() {
+            record.rpm = self.rpm;
+        }
+        if self.tpm.is_some() {
+            record.tpm = self.tpm;
+        }
+        if self.budget_usd.is_some() {
+            record.budget_usd = self.budget_usd;
+        }
+        if self.expires_at.is_some() {
+            record.expires_at = self.expires_at;
+        }
+        if let Some(guard) = &self.guard {
+            record.guard = guard.clone();
+        }
+    }
 }
 
 pub fn hash_secret(secret: &str) -> String {
@@ -162,12 +380,7 @@ pub fn generate_key(new: NewKey, now_secs: u64) -> Result<(String, String, KeyRe
     if new.name.trim().is_empty() {
         return Err(ApiError::bad_request("a key needs a `name`").with_param("name"));
     }
-    if new.budget_usd.is_some_and(|b| !b.is_finite() || b < 0.0) {
-        return Err(
-            ApiError::bad_request("`budget_usd` must be a non-negative number")
-                .with_param("budget_usd"),
-        );
-    }
+    validate_budget(new.budget_usd)?;
     if new
         .tier
         .as_deref()
@@ -178,12 +391,11 @@ pub fn generate_key(new: NewKey, now_secs: u64) -> Result<(String, String, KeyRe
                 .with_param("tier"),
         );
     }
-    let mut secret_bytes = [0u8; 24];
-    rand::rng().fill_bytes(&mut secret_bytes);
+    let expires_at = expiry(new.expires_at, new.expires_in_days, now_secs)?;
     let mut id_bytes = [0u8; 8];
     rand::rng().fill_bytes(&mut id_bytes);
-    let secret = format!("{KEY_PREFIX}{}", hex::encode(secret_bytes));
-    let record = KeyRecord {
+    let secret = new_secret();
+    let mut record = KeyRecord {
         id: format!("key_{}", hex::encode(id_bytes)),
         name: new.name,
         tenant: new.tenant.unwrap_or_else(default_tenant),
@@ -191,15 +403,43 @@ pub fn generate_key(new: NewKey, now_secs: u64) -> Result<(String, String, KeyRe
         rpm: new.rpm,
         tpm: new.tpm,
         budget_usd: new.budget_usd,
-        expires_at: new.expires_at,
-        admin: new.admin,
+        expires_at,
+        prefix: secret_prefix(&secret),
         created_at: now_secs,
         context_policy: new.context_policy,
         tier: new.tier,
         guard: new.guard,
         ..KeyRecord::default()
     };
+    let role = new.role.or(new.admin.then_some(Role::Admin));
+    record.set_access(role, new.scopes);
     Ok((hash_secret(&secret), secret, record))
+}
+
+/// A new secret for the key `id`: the old one keeps working until `now + grace_secs`. Returns the
+/// new secret (shown once) and the key's record; `None` if no key has that id.
+pub async fn rotate_key(
+    store: &dyn KeyStore,
+    id: &str,
+    grace_secs: u64,
+    now_secs: u64,
+) -> Result<Option<(String, KeyRecord)>, ApiError> {
+    if grace_secs > MAX_ROTATION_GRACE_SECS {
+        return Err(ApiError::bad_request(format!(
+            "`grace_seconds` must be at most {MAX_ROTATION_GRACE_SECS} (30 days)"
+        ))
+        .with_param("grace_seconds"));
+    }
+    let secret = new_secret();
+    let rotated = store
+        .rotate(
+            id,
+            &hash_secret(&secret),
+            secret_prefix(&secret).as_deref(),
+            now_secs.saturating_add(grace_secs),
+        )
+        .await?;
+    Ok(rotated.map(|record| (secret, record)))
 }
 
 /// Makes `secret` an admin key (id `admin`), replacing any earlier admin key set this way: this is
@@ -213,6 +453,8 @@ pub async fn ensure_admin_key(
         id: "admin".to_owned(),
         name: "admin (GATEWAY_ADMIN_KEY)".to_owned(),
         admin: true,
+        role: Some(Role::Admin),
+        prefix: secret_prefix(secret),
         created_at: now_secs,
         ..KeyRecord::default()
     };
@@ -305,6 +547,9 @@ impl Authenticator {
         if record.is_expired(now_secs) {
             return Err(ApiError::unauthorized("This API key has expired."));
         }
+        if record.is_superseded(now_secs) {
+            return Err(ApiError::unauthorized("This API key has been rotated."));
+        }
         Ok(record)
     }
 }
@@ -338,6 +583,9 @@ impl Authenticator {
     }
 }
 
+/// A change made to a key record in place.
+pub type KeyEdit<'a> = dyn Fn(&mut KeyRecord) + Send + Sync + 'a;
+
 /// API keys, addressed by the SHA-256 of the secret: the secret itself is never stored.
 #[async_trait::async_trait]
 pub trait KeyStore: Send + Sync {
@@ -350,7 +598,27 @@ pub trait KeyStore: Send + Sync {
     async fn upsert(&self, hash: &str, record: &KeyRecord) -> Result<(), StoreError>;
     async fn list(&self) -> Result<Vec<KeyRecord>, StoreError>;
     /// Marks a key revoked; false if no key has that id.
-    async fn revoke(&self, id: &str) -> Result<bool, StoreError>;
+    async fn revoke(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .update(id, &|record| record.disabled = true)
+            .await?
+            .is_some())
+    }
+    /// Changes the key with this id in place (its current record and so every secret of it);
+    /// returns the changed record, `None` if no key has that id.
+    async fn update(&self, id: &str, change: &KeyEdit<'_>)
+    -> Result<Option<KeyRecord>, StoreError>;
+    /// Gives the key `id` the secret hashing to `new_hash` (with the visible `prefix`); the
+    /// current secret keeps working until `old_valid_until` (epoch seconds), and reading it then
+    /// returns the current record with `superseded_until` set. `get_by_id` and `list` return only
+    /// the current record. `None` if no key has that id.
+    async fn rotate(
+        &self,
+        id: &str,
+        new_hash: &str,
+        prefix: Option<&str>,
+        old_valid_until: u64,
+    ) -> Result<Option<KeyRecord>, StoreError>;
 }
 
 #[cfg(test)]

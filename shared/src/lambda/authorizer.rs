@@ -6,11 +6,14 @@
 //! - a valid key: `principalId` = key id; policy `Allow execute-api:Invoke` on
 //!   `arn:<partition>:execute-api:<region>:<account>:<api id>/<stage>/*/*`, derived from the
 //!   `methodArn`, because API Gateway caches the decision per `Authorization` header and reuses it
-//!   on every route; `context` = `key_id`, `tenant`, `admin` (bool), `tier` and `key` (the whole
-//!   `KeyRecord` as a JSON string: context values can only be strings, numbers and booleans);
+//!   on every route; `context` = `key_id`, `tenant`, `admin` (bool: holds the `admin` scope),
+//!   `scopes` (the effective scopes, comma-separated, for logs), `tier` and `key` (the whole
+//!   `KeyRecord` as a JSON string, with its role and scopes, which the router enforces: context
+//!   values can only be strings, numbers and booleans);
 //!   `usageIdentifierKey` = `KeyRecord::usage_key` (absent for a key without one: API Gateway then
 //!   refuses the key on routes that require an API key).
-//! - a missing, malformed, unknown, revoked or expired key: the error `Unauthorized`, which is the
+//! - a missing, malformed, unknown, revoked or expired key, or a rotated-out secret past its
+//!   grace: the error `Unauthorized`, which is the
 //!   exact message that makes API Gateway answer 401.
 //! - a key store failure or a malformed event: any other error (API Gateway answers 500) and an
 //!   error log. Never Allow.
@@ -35,7 +38,7 @@ use serde_json::json;
 
 use crate::error::ErrorKind;
 use crate::keys::KeyStore;
-use crate::keys::{Authenticator, KeyRecord};
+use crate::keys::{Authenticator, KeyRecord, Scope};
 
 /// How long the authorizer trusts a key record it read, in milliseconds.
 pub const KEY_CACHE_TTL_ENV: &str = "GATEWAY_KEY_CACHE_TTL_MS";
@@ -153,6 +156,7 @@ fn allow(
              through the CLI (--backend aws) or the admin API on AWS"
         );
     }
+    let scopes: Vec<&str> = record.scopes().iter().map(|scope| scope.as_str()).collect();
     let mut statement = IamPolicyStatement::default();
     statement.action = vec!["execute-api:Invoke".to_owned()];
     statement.effect = IamPolicyEffect::Allow;
@@ -166,7 +170,8 @@ fn allow(
     response.context = json!({
         "key_id": record.id,
         "tenant": record.tenant,
-        "admin": record.admin,
+        "admin": record.has_scope(Scope::Admin),
+        "scopes": scopes.join(","),
         "tier": record.tier(),
         "key": key_json,
     });

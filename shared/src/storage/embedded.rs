@@ -172,6 +172,16 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
              id TEXT NOT NULL UNIQUE,
              record TEXT NOT NULL
          );
+         CREATE TABLE IF NOT EXISTS superseded_keys (
+             hash TEXT PRIMARY KEY,
+             id TEXT NOT NULL,
+             valid_until INTEGER NOT NULL
+         );
+         CREATE TABLE IF NOT EXISTS audit (
+             at INTEGER NOT NULL,
+             entry TEXT NOT NULL
+         );
+         CREATE INDEX IF NOT EXISTS audit_at ON audit (at);
          CREATE TABLE IF NOT EXISTS spend (
              key_id TEXT NOT NULL,
              month INTEGER NOT NULL,

@@ -141,6 +141,22 @@ impl KeyStore for DownStore {
     async fn revoke(&self, _: &str) -> Result<bool, StoreError> {
         Err(StoreError::Backend("UpdateItem timed out".into()))
     }
+    async fn update(
+        &self,
+        _: &str,
+        _: &gateway::keys::KeyEdit<'_>,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        Err(StoreError::Backend("UpdateItem timed out".into()))
+    }
+    async fn rotate(
+        &self,
+        _: &str,
+        _: &str,
+        _: Option<&str>,
+        _: u64,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        Err(StoreError::Backend("TransactWriteItems timed out".into()))
+    }
 }
 
 fn new_key(name: &str) -> NewKey {

@@ -29,4 +29,5 @@ mod providers;
 mod rag_chat;
 mod resilience;
 mod response_cache;
+mod scopes;
 mod vectors_aws;
