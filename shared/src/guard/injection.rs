@@ -17,12 +17,14 @@ pub const CHAT_TEMPLATE_TOKEN: &str = "chat_template_token";
 pub const EXFILTRATION_LINK: &str = "exfiltration_link";
 pub const INVISIBLE_UNICODE: &str = "invisible_unicode";
 pub const ENCODED_PAYLOAD: &str = "encoded_payload";
+pub const DELIMITER_INJECTION: &str = "delimiter_injection";
 
 /// Every rule, in the order findings are reported.
-pub const RULES: [&str; 6] = [
+pub const RULES: [&str; 7] = [
     INSTRUCTION_OVERRIDE,
     ROLE_MARKER,
     CHAT_TEMPLATE_TOKEN,
+    DELIMITER_INJECTION,
     EXFILTRATION_LINK,
     INVISIBLE_UNICODE,
     ENCODED_PAYLOAD,
@@ -47,33 +49,54 @@ struct PatternRule {
     patterns: &'static [&'static str],
 }
 
+// Word boundaries are ASCII (`(?-u:\b)`): a Unicode one makes the regex engine give up its
+// fast DFA on any non-ASCII text; every pattern's edge letters are ASCII anyway.
 const PATTERN_RULES: &[PatternRule] = &[
     PatternRule {
         name: INSTRUCTION_OVERRIDE,
         per_line: false,
         patterns: &[
-            r"\b(?:ignore|disregard|forget) (?:all |any |the |your |my |of |these |those |every |everything |each )*(?:previous|prior|above|earlier|preceding|foregoing|former|original|initial|system)(?: \w+)? (?:instructions?|prompts?|directions?|directives?|rules|guidelines|guidance|commands?|programming)\b",
-            r"\b(?:override|bypass) (?:all |any |the |your |my )*(?:previous |prior |above |earlier |original |initial |system |safety )*(?:instructions|prompts?|system prompt|guardrails)\b",
-            r"\b(?:ignore|disregard) (?:all of |everything )?(?:the |what(?:'s| is) )?(?:above|previous|prior)(?: text| content| input)?,? and (?:instead )?(?:say|print|respond|reply|output|write|tell|translate|repeat)\b",
-            r"\b(?:do not|don't|never) (?:follow|obey|listen to) (?:the |your |any )?(?:previous|prior|above|earlier|original|system|initial) (?:instructions?|prompts?|rules|guidelines)\b",
-            r"\bforget (?:about )?everything\b",
-            r"\byou are now (?:a |an |the |my |in |no longer )?(?:new |different |unrestricted |unfiltered |jailbroken |evil |free |uncensored )?(?:ai|assistant|bot|chatbot|model|llm|dan|persona|character|developer mode|god mode|bound|restricted|limited|under|free from|without)\b",
-            r"\b(?:new|updated|revised|real|actual|true) (?:system )?instructions? ?:",
-            r"\bsystem prompt ?:",
-            r"\b(?:reveal|print|show|output|repeat|leak|disclose|tell me) (?:me )?(?:your|the) (?:full |entire |original |hidden )?(?:system prompt|initial prompt|instructions|hidden instructions)\b",
-            r"\bfrom now on,? (?:you|the assistant|the ai) (?:will|must|shall|should) (?:only )?(?:respond|answer|reply|act|behave|ignore|obey|pretend|say)\b",
-            r"\bif you are an? (?:ai|llm|language model|assistant|chatbot|ai assistant)\b",
-            r"\b(?:ai|llm|assistant|chatbot|language model)s? (?:reading|processing|summari[sz]ing) this\b",
-            r"\bignore[sz]? (?:toutes )?(?:les )?instructions (?:précédentes|ci-dessus|antérieures)",
-            r"\boublie[sz]? (?:toutes )?(?:les |tes |vos )?instructions\b",
-            r"\bignora(?:r)? (?:todas )?(?:las )?instrucciones (?:anteriores|previas)",
-            r"\bolvida (?:todas )?(?:las |tus )?instrucciones\b",
-            r"\bignorier(?:e|en)? (?:sie )?(?:alle )?(?:vorherigen|bisherigen|obigen|vorigen) (?:anweisungen|instruktionen|befehle)",
-            r"\bvergiss (?:alle )?(?:vorherigen |bisherigen )?(?:anweisungen|instruktionen)\b",
-            r"\bignora (?:tutte )?(?:le )?istruzioni (?:precedenti|sopra)",
-            r"\bignore (?:todas )?(?:as )?instruções (?:anteriores|acima)",
+            r"(?-u:\b)(?:ignore|disregard|forget) (?:all |any |the |your |my |of |these |those |every |everything |each )*(?:previous|prior|above|earlier|preceding|foregoing|former|original|initial|system)(?: \w+)? (?:instructions?|prompts?|directions?|directives?|rules|guidelines|guidance|commands?|programming)(?-u:\b)",
+            // A verb of dismissal, then "your", "previous", "system"... before the rules: "ignore
+            // the instructions in the README" passes, "drop all your previous rules" does not.
+            r"(?-u:\b)(?:ignore|disregard|forget|discard|drop|set aside|abandon|stop following) (?:all |any |of |the |these |those |every |each )*(?:your|previous|prior|above|earlier|preceding|original|initial|system|safety|old) (?:\w+ )?(?:instructions?|prompts?|directions?|directives?|rules|guidelines|guidance|programming|polic(?:y|ies)|filters|restrictions)(?-u:\b)",
+            r"(?-u:\b)(?:ignore|disregard|forget|discard|set aside) (?:all |any |of |the )*(?:instructions?|rules|guidelines|directives) (?:you were given|you've been given|you have been given|you received|given to you)(?-u:\b)",
+            r"(?-u:\b)(?:ignore|disregard|forget|set aside|never ?mind) (?:about )?(?:what|everything|anything|all) (?:you(?:'ve| have)? (?:were |was |been )?(?:told|instructed|given|taught)|the (?:system|developer|operator) (?:told|said|instructed))",
+            r"(?-u:\b)(?:ignore|forget|disregard|abandon) (?:the |this |your )?(?:user'?s |original |current |summary |summari[sz]ation |translation )?(?:task|request|question)s? (?:and|instead)(?-u:\b)",
+            r"(?-u:\b)(?:override|bypass|circumvent|disable) (?:all |any |the |your |my |of )*(?:previous |prior |above |earlier |original |initial |system |safety |content |ethical )*(?:instructions|prompts?|system prompt|guardrails|guidelines|rules|filters|restrictions)(?-u:\b)",
+            r"(?-u:\b)your (?:previous |prior |earlier |original |old |initial )?(?:instructions|guidelines|rules|directives|system prompt) (?:have been|has been|are|were|is) (?:now )?(?:updated|changed|void|deprecated|revoked|cancell?ed|replaced|overridden|suspended|lifted|no longer)",
+            r"(?-u:\b)(?:your|the) (?:new|real|actual|true) (?:task|goal|instructions?|objective|purpose|job) (?:is|are)(?-u:\b)",
+            r"(?-u:\b)new (?:rule|task|goal|objective|instructions?)(?: for (?:the )?(?:assistant|ai|model|summari[sz]er|agent|llm|bot))? ?:",
+            r"(?-u:\b)(?:note to|attention|hey|message (?:to|for)|instructions? (?:to|for)) (?:the |all |any )?(?:ai|assistant|model|llm|chatbot|agent|language model|summari[sz]er)s?(?: reading this| processing this)? ?[,:]",
+            r"(?-u:\b)(?:ai|llm) (?:agent|assistant|model)s? ?:",
+            r"(?-u:\b)system (?:message|override|notice|update|alert|instructions?) ?:",
+            r"(?-u:\b)(?:priority|admin|developer|operator|emergency) override(?-u:\b)",
+            r"(?-u:\b)(?:instructions?|update|message|notice) from (?:the )?(?:operator|developers?|administrator|openai|anthropic)(?-u:\b)|(?-u:\b)from your developers?(?-u:\b)",
+            r"(?-u:\b)(?:you have|with|without) (?:no|any) (?:restrictions|limits|filters|content polic(?:y|ies)|ethical guidelines|safety (?:rules|guidelines|filters))(?-u:\b)",
+            r"(?-u:\b)(?:uncensored|unfiltered|unrestricted|jailbroken) (?:ai|model|assistant|mode|version|llm|chatbot)(?-u:\b)",
+            r"(?-u:\b)(?:words|lines|text|contents?) of your (?:system |initial |original )?(?:prompt|instructions|context window)(?-u:\b)",
+            r"(?-u:\b)(?:ignore|disregard) (?:all of |everything )?(?:the |what(?:'s| is) )?(?:above|previous|prior)(?: text| content| input)?,? and (?:instead )?(?:say|print|respond|reply|output|write|tell|translate|repeat)(?-u:\b)",
+            r"(?-u:\b)(?:do not|don't|never) (?:follow|obey|listen to) (?:the |your |any )?(?:previous|prior|above|earlier|original|system|initial) (?:instructions?|prompts?|rules|guidelines)(?-u:\b)",
+            r"(?-u:\b)forget (?:about )?everything(?-u:\b)",
+            r"(?-u:\b)you are now (?:a |an |the |my |in |no longer )?(?:new |different |unrestricted |unfiltered |jailbroken |evil |free |uncensored )?(?:ai|assistant|bot|chatbot|model|llm|dan|persona|character|developer mode|god mode|mode|bound|restricted|limited|under|free from|without)(?-u:\b)",
+            r"(?-u:\b)(?:new|updated|revised|real|actual|true) (?:system )?instructions? ?:",
+            r"(?-u:\b)system prompt ?:",
+            // "Repeat the instructions for the router" passes: "the" needs a prompt.
+            r"(?-u:\b)(?:reveal|print|show|output|repeat|leak|disclose|tell me) (?:me )?(?:your (?:full |entire |original |hidden |initial )?(?:system prompt|prompt|initial prompt|instructions|hidden instructions)|the (?:full |entire |original |hidden )?(?:system prompt|initial prompt|hidden instructions|hidden prompt))(?-u:\b)",
+            r"(?-u:\b)from now on,? (?:you|the assistant|the ai) (?:will|must|shall|should) (?:only )?(?:respond|answer|reply|act|behave|ignore|obey|pretend|say)(?-u:\b)",
+            r"(?-u:\b)if you are an? (?:ai|llm|language model|assistant|chatbot|ai assistant)(?-u:\b)",
+            r"(?-u:\b)(?:ai|llm|assistant|chatbot|language model)s? (?:reading|processing|summari[sz]ing) this(?-u:\b)",
+            r"(?-u:\b)ignore[sz]? (?:toutes )?(?:les )?(?:instructions|consignes|règles) (?:précédentes|ci-dessus|antérieures)",
+            r"(?-u:\b)ne (?:tiens|tenez) pas compte (?:des|de tes|de vos) (?:instructions|consignes|règles)",
+            r"(?-u:\b)oublie[sz]? (?:toutes )?(?:les |tes |vos )?instructions(?-u:\b)",
+            r"(?-u:\b)ignora(?:r)? (?:todas )?(?:las )?instrucciones (?:anteriores|previas)",
+            r"(?-u:\b)olvida (?:todas )?(?:las |tus )?instrucciones(?-u:\b)",
+            r"(?-u:\b)ignorier(?:e|en)? (?:sie )?(?:alle |die )?(?:vorherigen|bisherigen|obigen|vorigen) (?:anweisungen|instruktionen|befehle)",
+            r"(?-u:\b)vergiss (?:alle |deine |die )?(?:vorherigen |bisherigen )?(?:anweisungen|instruktionen|regeln)(?-u:\b)",
+            r"(?-u:\b)(?:ignora|dimentica) (?:tutte )?(?:le )?istruzioni (?:precedenti|sopra)",
+            r"(?-u:\b)(?:ignore|esqueça|esqueca) (?:todas )?(?:as )?instruções (?:anteriores|acima)",
             r"(?:忽略|无视|忽视)(?:之前|以上|先前|上面|前面|所有)的?(?:所有)?(?:指令|指示|说明|提示)",
-            r"(?:以前|前|上記|これまで)の(?:すべての)?(?:指示|命令|指令)を(?:すべて)?無視",
+            r"(?:以前|前|上記|これまで)の(?:すべての)?(?:指示|命令|指令)[をは](?:すべて)?無視",
         ],
     },
     PatternRule {
@@ -82,11 +105,29 @@ const PATTERN_RULES: &[PatternRule] = &[
         patterns: &[
             // A speaker label only counts when what follows speaks to or as the model
             // ("System: Linux" in a spec sheet passes).
-            r"(?m)^[ \t>]*(?:system|assistant|developer|human|user|ai)[ \t]*:[ \t]*(?:$|.*\b(?:you|your|ignore|must|always|never|respond|reply|answer|follow|do not|don't|sure|here is|here's|i will|i'll|from now on|instructions?)\b)",
+            // A speaker label only counts when what follows speaks to the model (system), as
+            // the model (assistant) or about its instructions (user); an empty label counts when
+            // the next line is not an indented YAML block.
+            r"(?m)^[ \t>]*(?:system|developer)[ \t]*:[ \t]*(?:\n[^ \t\n-]|.*(?-u:\b)(?:you|your|ignore|must|always|never|respond|reply|answer|follow|do not|don't|from now on|instructions?|reveal|disclose|comply|allowed|the user)(?-u:\b))",
+            r"(?m)^[ \t>]*(?:assistant|ai)[ \t]*:[ \t]*(?:\n[^ \t\n-]|.*(?-u:\b)(?:sure|here is|here's|i will|i'll|okay|understood|of course|certainly|ignore|instructions?|as requested)(?-u:\b))",
+            r"(?m)^[ \t>]*(?:human|user)[ \t]*:[ \t]*.*(?-u:\b)(?:ignore|instructions?|from now on|system prompt|you must)(?-u:\b)",
+            r"(?m)^[ \t>]*\[(?:system|assistant|developer)\]\(#",
             r"(?m)^[ \t]*#{1,6}[ \t]*(?:system|instructions?|response|assistant)(?: prompt)?[ \t]*:",
             // A bare "### System" heading is common in documentation: only followed by words
             // aimed at the model is it a turn marker.
-            r"(?m)^[ \t]*###[ \t]*(?:system|instructions?|assistant)[ \t]*\n[ \t\n]*(?:you|your|ignore|always|never|do not|don't|from now on|respond|reply|answer|act as|pretend)\b",
+            r"(?m)^[ \t]*###[ \t]*(?:system|instructions?|assistant)[ \t]*\n[ \t\n]*(?:you|your|ignore|always|never|do not|don't|from now on|respond|reply|answer|act as|pretend)(?-u:\b)",
+        ],
+    },
+    PatternRule {
+        name: DELIMITER_INJECTION,
+        per_line: true,
+        patterns: &[
+            // A closing tag (or CDATA end) right before an opening tag that claims authority.
+            r"(?:</[a-z_:-]{1,30}>|\]\]>)[ \t\n]*(?:</?[a-z_:-]{1,30}>[ \t\n]*){0,4}<(?:system|instructions?|command|prompt|admin|developer|assistant)(?-u:\b)",
+            // A fake end marker alone on its line, then words aimed at the model within a few lines.
+            r"(?m)end of (?:the )?(?:retrieved |user |search |tool )?(?:document|context|file|email|transcript|input|data|page|text|article|passage|results|conversation|message|output)(?-u:\b)[^a-z\n]{0,20}\n(?:[^\n]*\n){0,3}?[^\n]{0,120}(?-u:\b)(?:assistant|ai|model|agent|summari[sz]er|llm|instructions?|task|ignore|forget|override)(?-u:\b)",
+            r"(?-u:\b)(?:now that|since) the (?:document|text|email|input|context|data|article) (?:is over|has ended|ended|is done|is finished)",
+            r"<!--[ \t]*(?:note to |instructions? (?:to|for) )?(?:the )?(?:ai|assistant|llm|model|agent|chatbot)s?(?-u:\b)",
         ],
     },
     PatternRule {
@@ -107,26 +148,43 @@ const PATTERN_RULES: &[PatternRule] = &[
 struct CompiledRule {
     name: &'static str,
     per_line: bool,
-    patterns: Vec<Regex>,
+    /// The rule's patterns as one alternation: one pass over the text per rule.
+    regex: Option<Regex>,
+}
+
+fn compile(rule: &PatternRule) -> Vec<&'static str> {
+    rule.patterns
+        .iter()
+        .copied()
+        .filter(|pattern| match Regex::new(pattern) {
+            Ok(_) => true,
+            Err(error) => {
+                tracing::error!(rule = rule.name, %error, "injection pattern left out");
+                false
+            }
+        })
+        .collect()
 }
 
 static COMPILED: LazyLock<Vec<CompiledRule>> = LazyLock::new(|| {
     PATTERN_RULES
         .iter()
-        .map(|rule| CompiledRule {
-            name: rule.name,
-            per_line: rule.per_line,
-            patterns: rule
-                .patterns
+        .map(|rule| {
+            let alternation = compile(rule)
                 .iter()
-                .filter_map(|pattern| match Regex::new(pattern) {
-                    Ok(regex) => Some(regex),
-                    Err(error) => {
-                        tracing::error!(rule = rule.name, %error, "injection pattern left out");
-                        None
-                    }
-                })
-                .collect(),
+                .map(|pattern| format!("(?:{pattern})"))
+                .collect::<Vec<_>>()
+                .join("|");
+            CompiledRule {
+                name: rule.name,
+                per_line: rule.per_line,
+                regex: regex::RegexBuilder::new(&alternation)
+                    .size_limit(64 * 1024 * 1024)
+                    .dfa_size_limit(16 * 1024 * 1024)
+                    .build()
+                    .map_err(|error| tracing::error!(rule = rule.name, %error, "injection rule left out"))
+                    .ok(),
+            }
         })
         .collect()
 });
@@ -198,9 +256,9 @@ fn scan_text_rules(visible: &str, findings: &mut Vec<Finding>) {
     for rule in COMPILED.iter() {
         let haystack = if rule.per_line { &lines } else { &prose };
         let found = rule
-            .patterns
-            .iter()
-            .find_map(|regex| regex.find(haystack))
+            .regex
+            .as_ref()
+            .and_then(|regex| regex.find(haystack))
             .map(|found| (found.start(), found.end()))
             .or_else(|| {
                 (rule.name == CHAT_TEMPLATE_TOKEN)
@@ -315,6 +373,12 @@ fn query_carries_data(url: &str, is_image: bool) -> bool {
     let Some((_, query)) = url.split_once('?') else {
         return false;
     };
+    if query.split('&').any(|pair| {
+        pair.split_once('=')
+            .is_some_and(|(_, value)| is_placeholder(value))
+    }) {
+        return true;
+    }
     let query = query.to_lowercase();
     if ["{", "}", "%7b", "%7d", "<", "%3c", "[", "%5b", "$", "..."]
         .iter()
@@ -327,6 +391,16 @@ fn query_carries_data(url: &str, is_image: bool) -> bool {
         value.chars().count() >= LONG_QUERY_VALUE_CHARS
             || (is_image && !value.is_empty() && DATA_PARAMETERS.contains(&name))
     })
+}
+
+/// A value the model is told to replace: `PASSWORD_FROM_CONTEXT`, `USER_DATA`.
+fn is_placeholder(value: &str) -> bool {
+    value.len() >= 6
+        && value.contains('_')
+        && value
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        && value.starts_with(|c: char| c.is_ascii_uppercase())
 }
 
 /// Tag characters (an invisible copy of ASCII), bidi overrides, zero-width characters inside a
@@ -406,7 +480,40 @@ fn encoded_payload(visible: &str) -> Option<Finding> {
             });
         }
     }
-    None
+    rot13_payload(visible)
+}
+
+/// Words of the other rules that, rot13-encoded, make decoding the whole text worth it.
+const ROT13_CUES: &[&str] = &[
+    "ignore",
+    "instruction",
+    "system",
+    "prompt",
+    "disregard",
+    "forget",
+];
+
+/// Text that, rot13-decoded (the first [`MAX_DECODED_BYTES`] of it), trips a text rule.
+fn rot13_payload(visible: &str) -> Option<Finding> {
+    let decoded: String = visible
+        .chars()
+        .take(MAX_DECODED_BYTES)
+        .map(|c| match c {
+            'a'..='m' | 'A'..='M' => char::from(c as u8 + 13),
+            'n'..='z' | 'N'..='Z' => char::from(c as u8 - 13),
+            other => other,
+        })
+        .collect();
+    let lower = decoded.to_lowercase();
+    if !ROT13_CUES.iter().any(|cue| lower.contains(cue)) {
+        return None;
+    }
+    let mut inner = Vec::new();
+    scan_text_rules(&decoded, &mut inner);
+    inner.first().map(|first| Finding {
+        rule: ENCODED_PAYLOAD,
+        excerpt: format!("rot13 decodes to {}: {}", first.rule, first.excerpt),
+    })
 }
 
 /// Hex, or one of the base64 alphabets, decoding to UTF-8 text.
@@ -585,12 +692,8 @@ mod tests {
     #[test]
     fn every_pattern_compiles() {
         for (rule, compiled) in PATTERN_RULES.iter().zip(COMPILED.iter()) {
-            assert_eq!(
-                rule.patterns.len(),
-                compiled.patterns.len(),
-                "{}",
-                rule.name
-            );
+            assert_eq!(rule.patterns.len(), compile(rule).len(), "{}", rule.name);
+            assert!(compiled.regex.is_some(), "{}", rule.name);
         }
         assert!(MARKDOWN_LINK.is_some() && ENCODED_BLOB.is_some());
         for rule in PATTERN_RULES {
@@ -655,5 +758,57 @@ mod tests {
         let elapsed = started.elapsed();
         eprintln!("{} KiB scanned in {elapsed:?}", text.len() / 1024);
         assert!(elapsed < std::time::Duration::from_secs(10));
+    }
+}
+
+/// The thresholds on the labelled set (tests/data/injection), both splits: the held-out split
+/// was written before the rules and is not used to tune them. `tests/bench/guard` prints the
+/// full table.
+#[cfg(test)]
+mod labelled_set {
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    struct Example {
+        text: String,
+        label: String,
+        split: String,
+    }
+
+    #[test]
+    fn precision_and_recall_hold_on_both_splits() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/data/injection/set.jsonl"
+        );
+        let set = std::fs::read_to_string(path).unwrap();
+        let examples: Vec<Example> = set
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        assert!(examples.len() >= 300);
+        for split in ["dev", "heldout"] {
+            let (mut true_positives, mut false_positives, mut false_negatives) = (0, 0, 0);
+            for example in examples.iter().filter(|example| example.split == split) {
+                let flagged = !super::scan(&example.text).is_empty();
+                match (example.label == "injection", flagged) {
+                    (true, true) => true_positives += 1,
+                    (false, true) => {
+                        false_positives += 1;
+                        eprintln!("FP {split}: {:?}", example.text);
+                    }
+                    (true, false) => {
+                        false_negatives += 1;
+                        eprintln!("FN {split}: {:?}", example.text);
+                    }
+                    (false, false) => {}
+                }
+            }
+            let precision = f64::from(true_positives) / f64::from(true_positives + false_positives);
+            let recall = f64::from(true_positives) / f64::from(true_positives + false_negatives);
+            eprintln!("{split}: precision {precision:.3}, recall {recall:.3}");
+            assert!(precision >= 0.95, "{split}: precision {precision:.3}");
+            assert!(recall >= 0.8, "{split}: recall {recall:.3}");
+        }
     }
 }

@@ -9,6 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::Value;
 
+use super::guard::screen_chat;
 use super::rag;
 use super::relay::StreamRelay;
 use super::semantic::{self, SEMANTIC_HIT, Semantic};
@@ -54,8 +55,10 @@ pub(crate) async fn chat(
         .with_param("rag"));
     }
     let requested = authorize_model(gateway, key, &request.model, ModelKind::Chat)?;
+    // Before the cache lookup: a request the guard blocks is never answered from the cache.
+    let mut screening = screen_chat(gateway, key, &mut request)?;
     let Some(spec) = rag else {
-        return answer(
+        let mut response = answer(
             gateway,
             key,
             headers,
@@ -64,9 +67,19 @@ pub(crate) async fn chat(
             None,
             invocation_deadline,
         )
-        .await;
+        .await?;
+        screening.mark(&mut response);
+        return Ok(response);
     };
-    let augmented = rag::augment(gateway, key, &mut request, spec, invocation_deadline).await?;
+    let augmented = rag::augment(
+        gateway,
+        key,
+        &mut request,
+        spec,
+        &mut screening,
+        invocation_deadline,
+    )
+    .await?;
     let response = answer(
         gateway,
         key,
@@ -77,7 +90,9 @@ pub(crate) async fn chat(
         invocation_deadline,
     )
     .await?;
-    rag::attach_sources(response, augmented.sources).await
+    let mut response = rag::attach_sources(response, augmented.sources).await?;
+    screening.mark(&mut response);
+    Ok(response)
 }
 
 /// Answers a checked request: select, admit, cache (exact, then semantic), call, relay.

@@ -5,6 +5,7 @@
 pub mod batch;
 pub mod chat;
 pub mod embeddings;
+pub mod guard;
 pub mod ingest;
 pub mod rag;
 pub mod relay;
@@ -40,6 +41,8 @@ pub(crate) static X_GATEWAY_MODEL: HeaderName = HeaderName::from_static("x-gatew
 pub(crate) static X_GATEWAY_COST: HeaderName = HeaderName::from_static("x-gateway-cost-usd");
 pub(crate) static X_GATEWAY_ROUTE: HeaderName = HeaderName::from_static("x-gateway-route");
 pub(crate) static X_GATEWAY_CONTEXT: HeaderName = HeaderName::from_static("x-gateway-context");
+/// The prompt-injection rules a request tripped under the `flag` policy.
+pub(crate) static X_GATEWAY_GUARD: HeaderName = HeaderName::from_static("x-gateway-guard");
 
 /// How long the provider took (to its answer, or to a stream's first token); the rest of the
 /// time to the response headers is the gateway's own overhead.

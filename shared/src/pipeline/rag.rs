@@ -14,11 +14,13 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::guard::Screening;
 use super::retrieve::retrieve;
 use super::set_header;
 use super::sse::{SSE_DONE, sse_data};
 use crate::api::ChatRequest;
 use crate::error::ApiError;
+use crate::guard::InjectionPolicy;
 use crate::keys::KeyRecord;
 use crate::rag::{
     Passage, RagSpec, Source, build_context, insert_before_last_user, sources_header,
@@ -59,13 +61,15 @@ pub(crate) fn spec(
     }
 }
 
-/// Retrieves for the last user message, drops chunks the guard flags (logged and counted), and
-/// puts the kept ones in one context message right before that message.
+/// Retrieves for the last user message, drops chunks the guard flags (logged, counted and noted
+/// in `screening` for the answer's header) unless the injection policy is `off`, and puts the
+/// kept ones in one context message right before that message.
 pub(crate) async fn augment(
     gateway: &Gateway,
     key: &KeyRecord,
     request: &mut ChatRequest,
     spec: RagSpec,
+    screening: &mut Screening,
     invocation_deadline: Option<tokio::time::Instant>,
 ) -> Result<Augmented, ApiError> {
     let filter = spec
@@ -106,7 +110,11 @@ pub(crate) async fn augment(
             text: &chunk.text,
         })
         .collect();
+    let scan = screening.injection != InjectionPolicy::Off;
     let context = build_context(&retrieval.collection, &passages, |text| {
+        if !scan {
+            return None;
+        }
         crate::guard::scan_untrusted(text)
             .first()
             .map(|finding| finding.rule)
@@ -121,6 +129,11 @@ pub(crate) async fn augment(
             "retrieved chunk dropped from the prompt: it carries instructions"
         );
         Metrics::count(&METRICS.rag_dropped_chunks, &[("rule", rule)]);
+        Metrics::count(
+            &METRICS.guard_findings,
+            &[("source", "retrieved"), ("rule", rule), ("action", "drop")],
+        );
+        screening.note(rule);
     }
     let cache_context = crate::rag::cache_context(
         &retrieval.collection,

@@ -49,6 +49,8 @@ pub struct Metrics {
     pub batch_items: Family<Labels, Counter>,
     /// Retrieved chunks kept out of a RAG prompt, by the guard rule they tripped.
     pub rag_dropped_chunks: Family<Labels, Counter>,
+    /// Prompt-injection findings in requests, by source (user, tool, retrieved), rule and action.
+    pub guard_findings: Family<Labels, Counter>,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -64,6 +66,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         broken_streams: Family::default(),
         batch_items: Family::default(),
         rag_dropped_chunks: Family::default(),
+        guard_findings: Family::default(),
         registry: Registry::default(),
     };
     registry.register(
@@ -107,6 +110,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "rag_dropped_chunks",
         "Retrieved chunks dropped from RAG prompts, by guard rule",
         metrics.rag_dropped_chunks.clone(),
+    );
+    registry.register(
+        "guard_findings",
+        "Prompt-injection findings, by source, rule and action",
+        metrics.guard_findings.clone(),
     );
     Metrics {
         registry,

@@ -192,6 +192,10 @@ async fn a_rag_answer_has_sources_and_the_upstream_sees_the_context_before_the_q
         assert_eq!(dropped.len(), 1, "{sources:?}");
         assert_eq!(dropped[0]["document_id"], "poisoned");
         assert!(!header.contains("poisoned"));
+        assert_eq!(
+            answer.header("x-gateway-guard"),
+            Some("instruction_override")
+        );
 
         let messages = setup.last_upstream_messages().await;
         assert_eq!(messages.len(), 3, "{messages:?}");
