@@ -9,6 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::Value;
 
+use super::pii;
 use super::rag;
 use super::relay::StreamRelay;
 use super::semantic::{self, SEMANTIC_HIT, Semantic};
@@ -54,8 +55,10 @@ pub(crate) async fn chat(
         .with_param("rag"));
     }
     let requested = authorize_model(gateway, key, &request.model, ModelKind::Chat)?;
+    let pii = pii::screen(gateway, key, &mut request)?;
+    let headers = &*pii.cache_headers(headers);
     let Some(spec) = rag else {
-        return answer(
+        let response = answer(
             gateway,
             key,
             headers,
@@ -64,7 +67,8 @@ pub(crate) async fn chat(
             None,
             invocation_deadline,
         )
-        .await;
+        .await?;
+        return pii.finish(response).await;
     };
     let augmented = rag::augment(gateway, key, &mut request, spec, invocation_deadline).await?;
     let response = answer(
@@ -77,6 +81,7 @@ pub(crate) async fn chat(
         invocation_deadline,
     )
     .await?;
+    let response = pii.finish(response).await?;
     rag::attach_sources(response, augmented.sources).await
 }
 

@@ -6,6 +6,7 @@ pub mod batch;
 pub mod chat;
 pub mod embeddings;
 pub mod ingest;
+pub(crate) mod pii;
 pub mod rag;
 pub mod relay;
 pub mod retrieve;
