@@ -17,6 +17,7 @@ mod connections;
 mod crash_recovery;
 mod dynamo;
 mod embedding_cache;
+mod guard_pii;
 mod hardening;
 mod ingest_api;
 mod ingest_cli;
