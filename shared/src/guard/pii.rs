@@ -488,7 +488,7 @@ pub(crate) fn luhn_ok(digits: &[u32]) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// Issuer prefixes (IIN ranges) and lengths of the card networks in common use.
