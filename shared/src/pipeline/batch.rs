@@ -43,8 +43,15 @@ impl ItemRunner for PipelineRunner {
                 )));
             }
         };
-        axum::body::to_bytes(response.into_body(), MAX_ANSWER_BYTES)
+        let answer = axum::body::to_bytes(response.into_body(), MAX_ANSWER_BYTES)
             .await
-            .map_err(|e| ApiError::internal(format!("cannot read a batch item's answer: {e}")))
+            .map_err(|e| ApiError::internal(format!("cannot read a batch item's answer: {e}")))?;
+        let model = body
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        Ok(super::pii::redact_stored_answer(
+            &self.0, key, model, answer,
+        ))
     }
 }

@@ -10,6 +10,7 @@ use axum::response::Response;
 use serde_json::Value;
 
 use super::guard::screen_chat;
+use super::pii;
 use super::rag;
 use super::relay::StreamRelay;
 use super::semantic::{self, SEMANTIC_HIT, Semantic};
@@ -56,7 +57,10 @@ pub(crate) async fn chat(
     }
     let requested = authorize_model(gateway, key, &request.model, ModelKind::Chat)?;
     // Before the cache lookup: a request the guard blocks is never answered from the cache.
+    // Injection rules read the client's own text; PII is redacted after, in what is sent.
     let mut screening = screen_chat(gateway, key, &mut request)?;
+    let pii = pii::screen(gateway, key, &mut request)?;
+    let headers = &*pii.cache_headers(headers);
     let Some(spec) = rag else {
         let mut response = answer(
             gateway,
@@ -69,7 +73,7 @@ pub(crate) async fn chat(
         )
         .await?;
         screening.mark(&mut response);
-        return Ok(response);
+        return pii.finish(response).await;
     };
     let augmented = rag::augment(
         gateway,
@@ -90,6 +94,7 @@ pub(crate) async fn chat(
         invocation_deadline,
     )
     .await?;
+    let response = pii.finish(response).await?;
     let mut response = rag::attach_sources(response, augmented.sources).await?;
     screening.mark(&mut response);
     Ok(response)

@@ -7,6 +7,7 @@ pub mod chat;
 pub mod embeddings;
 pub mod guard;
 pub mod ingest;
+pub(crate) mod pii;
 pub mod rag;
 pub mod relay;
 pub mod retrieve;

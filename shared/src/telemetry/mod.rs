@@ -14,8 +14,19 @@ use crate::error::StoreError;
 
 /// Installs the JSON log subscriber; safe to call more than once (later calls do nothing).
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let spec = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
+    let mut filter = tracing_subscriber::EnvFilter::try_new(&spec)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // The AWS SDK, hyper and reqwest log request and response bodies (prompts, answers, keys)
+    // at debug and trace: RUST_LOG=trace for the gateway must not turn that on. A directive
+    // naming one of them explicitly is the operator's choice and is kept.
+    for target in CAPPED_LOG_TARGETS {
+        if !spec.contains(target)
+            && let Ok(directive) = format!("{target}=info").parse()
+        {
+            filter = filter.add_directive(directive);
+        }
+    }
     let _ = tracing_subscriber::fmt()
         .json()
         .with_env_filter(filter)
@@ -25,6 +36,19 @@ pub fn init_logging() {
         .with_span_list(false)
         .try_init();
 }
+
+/// Targets held at `info` whatever RUST_LOG asks for the gateway (prefixes: `aws_sdk_` covers
+/// every SDK crate).
+const CAPPED_LOG_TARGETS: [&str; 8] = [
+    "aws_smithy",
+    "aws_sdk_",
+    "aws_config",
+    "aws_runtime",
+    "hyper",
+    "reqwest",
+    "h2",
+    "rustls",
+];
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -51,6 +75,8 @@ pub struct Metrics {
     pub rag_dropped_chunks: Family<Labels, Counter>,
     /// Prompt-injection findings in requests, by source (user, tool, retrieved), rule and action.
     pub guard_findings: Family<Labels, Counter>,
+    /// Personal data found in chat requests, by kind and the policy's action.
+    pub pii_findings: Family<Labels, Counter>,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -67,6 +93,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         batch_items: Family::default(),
         rag_dropped_chunks: Family::default(),
         guard_findings: Family::default(),
+        pii_findings: Family::default(),
         registry: Registry::default(),
     };
     registry.register(
@@ -115,6 +142,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "guard_findings",
         "Prompt-injection findings, by source, rule and action",
         metrics.guard_findings.clone(),
+    );
+    registry.register(
+        "pii_findings",
+        "Personal data found in chat requests, by kind and action",
+        metrics.pii_findings.clone(),
     );
     Metrics {
         registry,

@@ -18,6 +18,7 @@ mod crash_recovery;
 mod dynamo;
 mod embedding_cache;
 mod guard_injection;
+mod guard_pii;
 mod hardening;
 mod ingest_api;
 mod ingest_cli;
