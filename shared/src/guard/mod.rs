@@ -3,6 +3,7 @@
 //! which rules block, flag or pass. Rules are named so that policies and logs can refer to them.
 
 pub mod injection;
+pub mod schema;
 
 pub use crate::config::{EffectiveGuard, GuardSettings, InjectionPolicy, PiiPolicy};
 

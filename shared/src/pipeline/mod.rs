@@ -12,6 +12,7 @@ pub mod retrieve;
 pub mod semantic;
 pub mod settlement;
 pub mod sse;
+pub mod validate;
 
 use std::time::Duration;
 

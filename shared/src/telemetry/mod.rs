@@ -49,6 +49,9 @@ pub struct Metrics {
     pub batch_items: Family<Labels, Counter>,
     /// Retrieved chunks kept out of a RAG prompt, by the guard rule they tripped.
     pub rag_dropped_chunks: Family<Labels, Counter>,
+    /// Answers checked against a `response_format` JSON schema, by model and result: `valid`,
+    /// `retried_valid` (valid when asked again), `invalid`.
+    pub output_validation: Family<Labels, Counter>,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -64,6 +67,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         broken_streams: Family::default(),
         batch_items: Family::default(),
         rag_dropped_chunks: Family::default(),
+        output_validation: Family::default(),
         registry: Registry::default(),
     };
     registry.register(
@@ -107,6 +111,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "rag_dropped_chunks",
         "Retrieved chunks dropped from RAG prompts, by guard rule",
         metrics.rag_dropped_chunks.clone(),
+    );
+    registry.register(
+        "output_validation",
+        "Answers checked against a response_format JSON schema, by result",
+        metrics.output_validation.clone(),
     );
     Metrics {
         registry,
