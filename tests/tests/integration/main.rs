@@ -22,6 +22,7 @@ mod ingest_api;
 mod ingest_cli;
 mod ingest_lambda;
 mod keys_and_limits;
+mod output_validation;
 mod lambda_chat;
 mod lambda_watch;
 mod metrics_and_logs;
