@@ -147,7 +147,9 @@ mod tests {
             "file:///etc/passwd",
         ] {
             let started = Instant::now();
-            let error = OutputSchema::compile(&json!({"$ref": target})).err().unwrap();
+            let error = OutputSchema::compile(&json!({"$ref": target}))
+                .err()
+                .unwrap();
             assert!(started.elapsed() < Duration::from_secs(1));
             assert!(!error.is_empty());
         }

@@ -11,8 +11,8 @@ use bytes::BytesMut;
 use futures_util::{FutureExt, StreamExt};
 
 use super::settlement::{Settlement, finish_in_background};
-use super::validate;
 use super::sse::{SSE_DONE, sse_data, sse_error, sse_relay_frame};
+use super::validate;
 use crate::api::{ChatChunk, CompletionAssembler, MalformedChunk, Usage};
 use crate::background::Background;
 use crate::cache::Leader;

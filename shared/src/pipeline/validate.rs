@@ -16,7 +16,7 @@ use crate::guard::schema::{OutputSchema, Violation};
 use crate::keys::KeyRecord;
 use crate::routing::{self, Deployment, Outcome, ServedModel};
 use crate::state::Gateway;
-use crate::telemetry::{METRICS, Metrics};
+use crate::telemetry::{EMF, Emf, METRICS, Metrics};
 
 /// `code` of an answer that failed its schema.
 pub(crate) const OUTPUT_VALIDATION_FAILED: &str = "output_validation_failed";
@@ -80,6 +80,9 @@ pub(crate) fn check(schema: &OutputSchema, completion: &ChatCompletion) -> Resul
 
 /// Counts one checked answer: `valid`, `retried_valid` or `invalid`.
 pub(crate) fn count(model: &str, result: &'static str) {
+    if let Some(emf) = EMF.as_ref() {
+        Emf::write(&emf.output_validation_line(model, result));
+    }
     Metrics::count(
         &METRICS.output_validation,
         &[("model", model), ("result", result)],
@@ -88,7 +91,11 @@ pub(crate) fn count(model: &str, result: &'static str) {
 
 /// The error a client gets instead of an answer that did not match.
 pub(crate) fn failure(violation: &Violation, retried: bool) -> ApiError {
-    let again = if retried { ", also when asked again" } else { "" };
+    let again = if retried {
+        ", also when asked again"
+    } else {
+        ""
+    };
     ApiError::new(
         ErrorKind::BadGateway,
         format!(
@@ -172,7 +179,9 @@ pub(crate) async fn ensure_valid<'g>(
     )
     .await?;
     let Outcome::Complete(mut completion) = answer.outcome else {
-        return Err(ApiError::internal("a call without streaming answered with a stream"));
+        return Err(ApiError::internal(
+            "a call without streaming answered with a stream",
+        ));
     };
     let second = completion
         .usage
@@ -218,8 +227,16 @@ mod tests {
 
     #[test]
     fn only_a_json_schema_format_asks_for_validation() {
-        assert!(requested_schema(&request(json!({"type": "json_object"}))).unwrap().is_none());
-        assert!(requested_schema(&request(json!({"type": "text"}))).unwrap().is_none());
+        assert!(
+            requested_schema(&request(json!({"type": "json_object"})))
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            requested_schema(&request(json!({"type": "text"})))
+                .unwrap()
+                .is_none()
+        );
         let schema = requested_schema(&request(json!({"type": "json_schema",
             "json_schema": {"name": "n", "strict": true, "schema": {"type": "integer"}}})))
         .unwrap()
@@ -253,7 +270,11 @@ mod tests {
             .err()
             .unwrap();
         assert_eq!(failed.answer, "\"two\"");
-        assert!(failed.violation.0.starts_with("choice 1: at `/`"), "{}", failed.violation);
+        assert!(
+            failed.violation.0.starts_with("choice 1: at `/`"),
+            "{}",
+            failed.violation
+        );
         assert!(check(&schema, &completion(&[None])).is_err());
     }
 

@@ -351,7 +351,10 @@ mod tests {
         let first = request(json!({"model": "mock",
             "messages": [{"role": "user", "content": script}]}));
         let answer = mock.chat(&first).await.unwrap();
-        assert_eq!(answer.choices[0].message.content.as_deref(), Some("not  json"));
+        assert_eq!(
+            answer.choices[0].message.content.as_deref(),
+            Some("not  json")
+        );
         let again = request(json!({"model": "mock", "messages": [
             {"role": "user", "content": script},
             {"role": "assistant", "content": "not  json"},

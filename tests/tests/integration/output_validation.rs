@@ -73,7 +73,10 @@ async fn a_matching_answer_passes_untouched() {
             .await;
         assert_eq!(reply.status, 200, "{:?}", reply.body);
         let body = reply.json();
-        assert_eq!(body["choices"][0]["message"]["content"], r#"{"x": 1, "y": 2}"#);
+        assert_eq!(
+            body["choices"][0]["message"]["content"],
+            r#"{"x": 1, "y": 2}"#
+        );
         assert_eq!(body["usage"]["completion_tokens"], 4);
         assert_eq!(validations(&gw.metrics().await, "valid"), before + 1.0);
     })
@@ -156,7 +159,10 @@ async fn a_streamed_answer_is_checked_at_its_end() {
         let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
         assert_eq!(last["error"]["code"], "output_validation_failed", "{last}");
         let message = last["error"]["message"].as_str().unwrap();
-        assert!(message.contains("at `/`") && message.contains("y"), "{message}");
+        assert!(
+            message.contains("at `/`") && message.contains("y"),
+            "{message}"
+        );
         // The chunks went out as they came.
         assert_eq!(reply.streamed_text(), r#"{"x": 1}"#);
         // Not cached.
@@ -209,7 +215,10 @@ async fn a_catastrophic_pattern_is_checked_in_linear_time() {
             started.elapsed()
         );
         assert_eq!(reply.status, 502);
-        assert_eq!(reply.error_code().as_deref(), Some("output_validation_failed"));
+        assert_eq!(
+            reply.error_code().as_deref(),
+            Some("output_validation_failed")
+        );
     })
     .await;
 }
