@@ -4,6 +4,7 @@
 
 pub mod injection;
 pub mod pii;
+pub mod schema;
 
 pub use crate::config::{EffectiveGuard, GuardSettings, InjectionPolicy, PiiPolicy};
 

@@ -16,6 +16,7 @@ use super::relay::StreamRelay;
 use super::semantic::{self, SEMANTIC_HIT, Semantic};
 use super::settlement::{Settlement, finish_in_background};
 use super::sse::{SSE_DONE, sse_data, sse_response};
+use super::validate::{self, Checked, Retry};
 use super::{
     CACHE_HIT, DEFAULT_RESERVED_OUTPUT_TOKENS, UpstreamTime, X_GATEWAY_COST, authorize_model,
     gateway_headers, json_response, parse_json, set_header, to_json_bytes,
@@ -115,6 +116,7 @@ async fn answer(
     let selection = routing::select(&gateway.models, requested, key, &mut request)?;
     let route = selection.model;
     check_output_cap(&request, route)?;
+    let output_schema = validate::requested_schema(&request)?;
 
     let prompt_estimate = request.estimate_prompt_tokens();
     let output_reserve = request
@@ -216,6 +218,11 @@ async fn answer(
             .include_usage = Some(true);
     }
     let upstream_started = Instant::now();
+    // The request as sent, for a retry when the answer does not match its schema.
+    let retry_base = output_schema
+        .as_ref()
+        .filter(|_| !stream)
+        .map(|_| request.clone());
     let mut attempt = routing::ChatAttempt {
         request: &mut request,
         stream,
@@ -238,20 +245,37 @@ async fn answer(
             let usage = completion
                 .usage
                 .unwrap_or_else(|| Usage::new(prompt_estimate, 0));
-            let cost = settlement.finish(usage, answer.model.price, &answer.model.name);
+            let mut checked = Checked {
+                completion,
+                usage,
+                model: answer.model,
+                deployment: answer.deployment,
+            };
+            if let (Some(schema), Some(request)) = (&output_schema, &retry_base) {
+                let retry = Retry {
+                    gateway,
+                    key,
+                    route,
+                    preferred,
+                    request,
+                    deadline,
+                };
+                checked = validate::ensure_valid(schema, checked, retry, &mut settlement).await?;
+            }
+            let Checked {
+                completion,
+                usage,
+                model,
+                deployment,
+            } = checked;
+            let cost = settlement.finish(usage, model.price, &model.name);
             let body = to_json_bytes(&completion)?;
-            if let Some(leader) = leader {
-                let (body, ttl) = (body.clone(), answer.model.cache_ttl_s);
+            if let Some(leader) = leader.filter(|_| std::ptr::eq(deployment, primary)) {
+                let (body, ttl) = (body.clone(), model.cache_ttl_s);
                 finish_in_background(&gateway.background, leader.complete(body, ttl));
             }
             let mut response = json_response(StatusCode::OK, body);
-            gateway_headers(
-                &mut response,
-                cache_header,
-                answer.model,
-                answer.deployment,
-                &selection,
-            );
+            gateway_headers(&mut response, cache_header, model, deployment, &selection);
             set_header(&mut response, &X_GATEWAY_COST, &format!("{cost:.8}"));
             response.extensions_mut().insert(upstream_time);
             Ok(response)
@@ -276,6 +300,7 @@ async fn answer(
                 deadline,
                 finish_grace: Duration::from_millis(gateway.routing.stream_finish_grace_ms),
                 finished: false,
+                output_schema,
             };
             let body = if leads {
                 // Identical requests wait for this answer: it is read at the upstream's pace,

@@ -14,6 +14,7 @@ pub mod retrieve;
 pub mod semantic;
 pub mod settlement;
 pub mod sse;
+pub mod validate;
 
 use std::time::Duration;
 

@@ -12,10 +12,12 @@ use futures_util::{FutureExt, StreamExt};
 
 use super::settlement::{Settlement, finish_in_background};
 use super::sse::{SSE_DONE, sse_data, sse_error, sse_relay_frame};
+use super::validate;
 use crate::api::{ChatChunk, CompletionAssembler, MalformedChunk, Usage};
 use crate::background::Background;
 use crate::cache::Leader;
 use crate::error::{ApiError, ErrorKind};
+use crate::guard::schema::OutputSchema;
 use crate::providers::{ChunkStream, ErrorSource, ProviderError, ProviderErrorKind};
 use crate::telemetry::{METRICS, Metrics};
 
@@ -50,6 +52,8 @@ pub(crate) struct StreamRelay {
     /// end: a provider that forgets `[DONE]` must not hold the client.
     pub(crate) finish_grace: Duration,
     pub(crate) finished: bool,
+    /// The schema of `response_format`, checked when the stream ends.
+    pub(crate) output_schema: Option<Arc<OutputSchema>>,
 }
 
 impl StreamRelay {
@@ -247,6 +251,14 @@ impl StreamRelay {
         let truncated = assembled.is_truncated();
         let mut completion = assembled.into_completion();
         completion.usage = Some(usage);
+        if let Some(schema) = self.output_schema.take() {
+            if let Err(failed) = validate::check(&schema, &completion) {
+                validate::count(&self.model, "invalid");
+                let error = validate::failure(&failed.violation, false);
+                return self.fail("output_validation", error, None);
+            }
+            validate::count(&self.model, "valid");
+        }
         if let Some(settlement) = self.settlement.take() {
             let price = settlement.price;
             settlement.finish(usage, price, &self.model);

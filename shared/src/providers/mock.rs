@@ -11,12 +11,14 @@ use super::{ChatProvider, ChunkStream, ProviderError};
 use crate::api::{
     AssistantMessage, ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, Delta,
     Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, EmbeddingVector, FunctionCall,
-    JsonObject, ToolCall, Usage,
+    JsonObject, Role, ToolCall, Usage,
 };
 use crate::clock::now_secs;
 
 const DEFAULT_DIMENSIONS: usize = 256;
 const DEFAULT_MAX_WORDS: usize = 64;
+/// Opens a first user message that scripts the mock's answers; see [`scripted_answer`].
+const SCRIPT_PREFIX: &str = "mock-answers:";
 
 pub struct MockProvider {
     latency: Duration,
@@ -36,8 +38,29 @@ fn prompt_tokens(request: &ChatRequest) -> u64 {
         .sum()
 }
 
-/// The answer's words: "Mock answer to: " and the last user message, capped at `max_tokens`.
+/// What a conversation opening with `mock-answers: ["first", "second"]` scripts: the answer
+/// for each turn in order (the last one repeats), counted by the assistant messages so far, so
+/// that a test can make the mock answer one thing and, asked again, another.
+fn scripted_answer(request: &ChatRequest) -> Option<String> {
+    let first = request.messages.iter().find(|m| m.role == Role::User)?;
+    let script = first.content.as_ref()?.text();
+    let answers: Vec<String> =
+        serde_json::from_str(script.strip_prefix(SCRIPT_PREFIX)?.trim()).ok()?;
+    let turn = request
+        .messages
+        .iter()
+        .filter(|m| m.role == Role::Assistant)
+        .count();
+    answers.get(turn).or(answers.last()).cloned()
+}
+
+/// The answer's words: a scripted answer, or "Mock answer to: " and the last user message,
+/// capped at `max_tokens`.
 fn answer_words(request: &ChatRequest) -> (Vec<String>, bool) {
+    if let Some(answer) = scripted_answer(request) {
+        // Split on single spaces, so that the words joined again give the answer exactly.
+        return (answer.split(' ').map(str::to_owned).collect(), false);
+    }
     let last_user = request.last_user_text();
     let all: Vec<String> = ["Mock", "answer", "to:"]
         .into_iter()
@@ -319,6 +342,33 @@ mod tests {
             plain.choices[0].message.content
         );
         assert_eq!(streamed.usage, plain.usage);
+    }
+
+    #[tokio::test]
+    async fn a_scripted_conversation_answers_each_turn_in_order() {
+        let mock = MockProvider::new(Duration::ZERO, Duration::ZERO);
+        let script = r#"mock-answers: ["not  json", "{\"a\": 1}"]"#;
+        let first = request(json!({"model": "mock",
+            "messages": [{"role": "user", "content": script}]}));
+        let answer = mock.chat(&first).await.unwrap();
+        assert_eq!(
+            answer.choices[0].message.content.as_deref(),
+            Some("not  json")
+        );
+        let again = request(json!({"model": "mock", "messages": [
+            {"role": "user", "content": script},
+            {"role": "assistant", "content": "not  json"},
+            {"role": "user", "content": "try again"}]}));
+        let mut stream = mock.chat_stream(&again).await.unwrap();
+        let mut assembler = CompletionAssembler::default();
+        while let Some(chunk) = stream.next().await {
+            assembler.push(&chunk.unwrap()).unwrap();
+        }
+        let streamed = assembler.into_completion();
+        assert_eq!(
+            streamed.choices[0].message.content.as_deref(),
+            Some(r#"{"a": 1}"#)
+        );
     }
 
     #[test]

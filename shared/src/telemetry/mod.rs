@@ -77,6 +77,9 @@ pub struct Metrics {
     pub guard_findings: Family<Labels, Counter>,
     /// Personal data found in chat requests, by kind and the policy's action.
     pub pii_findings: Family<Labels, Counter>,
+    /// Answers checked against a `response_format` JSON schema, by model and result: `valid`,
+    /// `retried_valid` (valid when asked again), `invalid`.
+    pub output_validation: Family<Labels, Counter>,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -94,6 +97,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         rag_dropped_chunks: Family::default(),
         guard_findings: Family::default(),
         pii_findings: Family::default(),
+        output_validation: Family::default(),
         registry: Registry::default(),
     };
     registry.register(
@@ -147,6 +151,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "pii_findings",
         "Personal data found in chat requests, by kind and action",
         metrics.pii_findings.clone(),
+    );
+    registry.register(
+        "output_validation",
+        "Answers checked against a response_format JSON schema, by result",
+        metrics.output_validation.clone(),
     );
     Metrics {
         registry,
@@ -319,6 +328,24 @@ impl Emf {
         self.line(vec![directive], fields)
     }
 
+    /// The EMF line for one answer checked against a `response_format` schema:
+    /// `OutputValidationValid`, `...RetriedValid` or `...Invalid`, by function and by model.
+    pub fn output_validation_line(&self, model: &str, result: &str) -> String {
+        let name = match result {
+            "valid" => "OutputValidationValid",
+            "retried_valid" => "OutputValidationRetriedValid",
+            _ => "OutputValidationInvalid",
+        };
+        let mut fields = serde_json::Map::new();
+        fields.insert("Model".into(), model.into());
+        fields.insert(name.into(), 1.into());
+        let directive = self.directive(
+            serde_json::json!([["FunctionName"], ["Model"]]),
+            &[(name, "Count")],
+        );
+        self.line(vec![directive], fields)
+    }
+
     /// The EMF line for one batch item: its outcome (`BatchItemsCompleted`, `...Failed`,
     /// `...Deferred`, `...Retried`) and how long its message waited in the queue.
     pub fn batch_item_line(&self, outcome: &str, queue_lag_ms: Option<u64>) -> String {
@@ -377,6 +404,22 @@ mod tests {
             serde_json::from_str(&emf.batch_item_line("failed", None)).unwrap();
         assert_eq!(failed["BatchItemsFailed"], 1);
         assert!(failed.get("BatchQueueLag").is_none());
+    }
+
+    #[test]
+    fn output_validation_lines_count_the_result_by_model() {
+        let emf = Emf {
+            namespace: "AiGateway".into(),
+            function: "gw-chat".into(),
+        };
+        let line: serde_json::Value =
+            serde_json::from_str(&emf.output_validation_line("gpt", "retried_valid")).unwrap();
+        assert_eq!(line["OutputValidationRetriedValid"], 1);
+        assert_eq!(line["Model"], "gpt");
+        assert_eq!(
+            line["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Name"],
+            "OutputValidationRetriedValid"
+        );
     }
 
     #[test]

@@ -73,9 +73,24 @@ impl LocalServer {
     /// Starts the server with `config` written to `<dir>/gateway.toml` and its data in
     /// `<dir>/data`, which a previous server in the same folder may have left.
     pub fn start(dir: &Path, config: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_logging(dir, config, env, Some("info"))
+    }
+
+    /// `start` with `RUST_LOG` set to `rust_log`, or unset (the binary's default level).
+    pub fn start_logging(
+        dir: &Path,
+        config: &str,
+        env: &[(&str, &str)],
+        rust_log: Option<&str>,
+    ) -> Self {
         let config_path = dir.join("gateway.toml");
         std::fs::write(&config_path, config).expect("config written");
-        let mut child = Command::new(gateway_local())
+        let mut command = Command::new(gateway_local());
+        match rust_log {
+            Some(filter) => command.env("RUST_LOG", filter),
+            None => command.env_remove("RUST_LOG"),
+        };
+        let mut child = command
             .arg("--config")
             .arg(&config_path)
             .arg("--data-dir")
@@ -83,7 +98,6 @@ impl LocalServer {
             .args(["--listen", "127.0.0.1:0"])
             .env("GATEWAY_ADMIN_KEY", ADMIN_KEY)
             .env("GATEWAY_BACKEND", "embedded")
-            .env("RUST_LOG", "info")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -103,7 +117,14 @@ impl LocalServer {
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let mut line = String::new();
         stdout.read_line(&mut line).expect("banner");
-        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        let collected = Arc::clone(&logs);
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                if let Ok(mut logs) = collected.lock() {
+                    logs.push(line);
+                }
+            }
+        });
         let url = line
             .split_whitespace()
             .find(|w| w.starts_with("http://"))
@@ -116,6 +137,11 @@ impl LocalServer {
     pub fn crash(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Every line the process has written so far, on stdout (after its banner) and stderr.
+    pub fn output(&self) -> Vec<String> {
+        self.logs.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
     /// The first log line that contains every one of `needles`, waiting up to 5 s for it.

@@ -1,0 +1,321 @@
+//! No secret in the logs: `gateway-local` at `RUST_LOG=trace` and at its default level, with
+//! provider keys set to recognisable values, goes through every route family (chat plain,
+//! streamed, from the cache and failing; embeddings; the admin key API; files and batches;
+//! collections; a provider that refuses its key and one that cannot be reached; a revoked and an
+//! unknown gateway key), and nothing it wrote on stdout or stderr holds a provider key, a
+//! gateway key or the admin key.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::common::local::{ADMIN_KEY, LocalServer, TempDir, free_port};
+use crate::common::{MockUpstream, UPSTREAM_KEY, within};
+
+/// Refused by the mock provider (it requires [`UPSTREAM_KEY`]).
+const WRONG_PROVIDER_KEY: &str = "sk-wrong-PROVIDER-SECRET-7f3a9c";
+/// The key of a provider nobody listens for.
+const UNREACHABLE_PROVIDER_KEY: &str = "sk-down-PROVIDER-SECRET-51be02";
+/// A gateway key that was never issued.
+const UNKNOWN_GATEWAY_KEY: &str = "gw-unknown-GATEWAY-SECRET-c0ffee";
+
+fn config(upstream: &str, closed_port: u16) -> String {
+    format!(
+        r#"
+[routing]
+max_attempts = 1
+
+[providers.mock]
+kind = "mock"
+
+[providers.upstream]
+kind = "openai"
+base_url = "{upstream}/v1"
+api_key_env = "UPSTREAM_KEY"
+
+[providers.refused]
+kind = "openai"
+base_url = "{upstream}/v1"
+api_key_env = "WRONG_PROVIDER_KEY"
+
+[providers.down]
+kind = "openai"
+base_url = "http://127.0.0.1:{closed_port}/v1"
+api_key_env = "UNREACHABLE_PROVIDER_KEY"
+
+[models.gpt]
+deployments = [{{ provider = "upstream", model = "gpt-test" }}]
+
+[models.gpt-embed]
+kind = "embedding"
+deployments = [{{ provider = "upstream", model = "embed-test" }}]
+
+[models.mock-embed]
+kind = "embedding"
+deployments = [{{ provider = "mock", model = "mock-embed" }}]
+
+[models.refused]
+deployments = [{{ provider = "refused", model = "gpt-test" }}]
+
+[models.down]
+deployments = [{{ provider = "down", model = "gpt-test" }}]
+"#
+    )
+}
+
+struct Client {
+    url: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        key: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(key)
+            .timeout(Duration::from_secs(20));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("answered");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn post(&self, path: &str, key: &str, body: Value) -> (u16, Value) {
+        self.call(Method::POST, path, key, Some(body)).await
+    }
+}
+
+fn chat(model: &str, text: &str) -> Value {
+    json!({"model": model, "temperature": 0, "messages": [{"role": "user", "content": text}]})
+}
+
+/// Every route family once; returns the gateway keys it was given.
+async fn exercise(client: &Client) -> Vec<String> {
+    let (status, created) = client
+        .post(
+            "/v1/admin/keys",
+            ADMIN_KEY,
+            json!({"name": "log-test", "tenant": "acme"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let key = created["key"].as_str().expect("a secret").to_owned();
+    let key_id = created["id"].as_str().expect("an id").to_owned();
+    let (status, listed) = client
+        .call(Method::GET, "/v1/admin/keys", ADMIN_KEY, None)
+        .await;
+    assert_eq!(status, 200, "{listed}");
+
+    // Chat: plain, then the same from the cache, streamed, and refused by the gateway.
+    let plain = chat("gpt", "hello from the log test");
+    assert_eq!(
+        client
+            .post("/v1/chat/completions", &key, plain.clone())
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        client.post("/v1/chat/completions", &key, plain).await.0,
+        200
+    );
+    let mut streamed = chat("gpt", "stream for the log test");
+    streamed["stream"] = json!(true);
+    assert_eq!(
+        client.post("/v1/chat/completions", &key, streamed).await.0,
+        200
+    );
+    assert_eq!(
+        client
+            .post("/v1/chat/completions", &key, chat("no-such-model", "x"))
+            .await
+            .0,
+        404
+    );
+    // Providers that refuse the key or cannot be reached.
+    let (status, refused) = client
+        .post("/v1/chat/completions", &key, chat("refused", "x"))
+        .await;
+    assert!(status >= 400, "{refused}");
+    let (status, down) = client
+        .post("/v1/chat/completions", &key, chat("down", "x"))
+        .await;
+    assert!(status >= 500, "{down}");
+
+    let (status, embedded) = client
+        .post(
+            "/v1/embeddings",
+            &key,
+            json!({"model": "gpt-embed", "input": ["one", "two"]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{embedded}");
+
+    // Files and a batch, run to its end by the in-process worker.
+    let line = json!({"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
+        "body": chat("gpt", "batch item for the log test")});
+    let form = reqwest::multipart::Form::new()
+        .text("purpose", "batch")
+        .part(
+            "file",
+            reqwest::multipart::Part::text(format!("{line}\n")).file_name("input.jsonl"),
+        );
+    let file: Value = client
+        .http
+        .post(format!("{}/v1/files", client.url))
+        .bearer_auth(&key)
+        .multipart(form)
+        .send()
+        .await
+        .expect("answered")
+        .json()
+        .await
+        .expect("json");
+    let file_id = file["id"].as_str().expect("a file id");
+    let (status, batch) = client
+        .post(
+            "/v1/batches",
+            &key,
+            json!({"input_file_id": file_id, "endpoint": "/v1/chat/completions",
+                "completion_window": "24h"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{batch}");
+    let batch_path = format!("/v1/batches/{}", batch["id"].as_str().expect("a batch id"));
+    for _ in 0..100 {
+        let (_, batch) = client.call(Method::GET, &batch_path, &key, None).await;
+        if batch["status"] == "completed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Collections: create, add, query.
+    let (status, collection) = client
+        .post(
+            "/v1/collections",
+            &key,
+            json!({"name": "notes", "embedding_model": "mock-embed"}),
+        )
+        .await;
+    assert!(status < 300, "{collection}");
+    let (status, added) = client
+        .post(
+            "/v1/collections/notes/documents",
+            &key,
+            json!({"documents": [{"id": "a.txt", "text": "The VPN portal resets passwords."}]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{added}");
+    let (status, found) = client
+        .post(
+            "/v1/collections/notes/query",
+            &key,
+            json!({"query": "reset password", "top_k": 2}),
+        )
+        .await;
+    assert_eq!(status, 200, "{found}");
+
+    // Revoked and unknown gateway keys.
+    let (status, revoked) = client
+        .call(
+            Method::DELETE,
+            &format!("/v1/admin/keys/{key_id}"),
+            ADMIN_KEY,
+            None,
+        )
+        .await;
+    assert!(status < 300, "{revoked}");
+    assert_eq!(
+        client
+            .post("/v1/chat/completions", &key, chat("gpt", "x"))
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        client
+            .post(
+                "/v1/chat/completions",
+                UNKNOWN_GATEWAY_KEY,
+                chat("gpt", "x")
+            )
+            .await
+            .0,
+        401
+    );
+    vec![key]
+}
+
+async fn no_secret_in_logs(rust_log: Option<&str>) {
+    let upstream = MockUpstream::start(&[]);
+    let dir = TempDir::new("log-secrets");
+    let server = LocalServer::start_logging(
+        dir.path(),
+        &config(&upstream.url, free_port()),
+        &[
+            ("UPSTREAM_KEY", UPSTREAM_KEY),
+            ("WRONG_PROVIDER_KEY", WRONG_PROVIDER_KEY),
+            ("UNREACHABLE_PROVIDER_KEY", UNREACHABLE_PROVIDER_KEY),
+        ],
+        rust_log,
+    );
+    let client = Client {
+        url: server.url.clone(),
+        http: reqwest::Client::new(),
+    };
+    let gateway_keys = exercise(&client).await;
+    // Lines written after the last response (settling, the batch worker) arrive too.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let output = server.output();
+    // The capture works: the failed provider calls are logged at every level.
+    assert!(
+        output.iter().any(|l| l.contains("provider call failed")),
+        "{output:?}"
+    );
+    let mut secrets = vec![
+        UPSTREAM_KEY.to_owned(),
+        WRONG_PROVIDER_KEY.to_owned(),
+        UNREACHABLE_PROVIDER_KEY.to_owned(),
+        UNKNOWN_GATEWAY_KEY.to_owned(),
+        ADMIN_KEY.to_owned(),
+    ];
+    secrets.extend(gateway_keys);
+    for secret in &secrets {
+        let leaks: Vec<&String> = output.iter().filter(|l| l.contains(secret)).collect();
+        assert!(
+            leaks.is_empty(),
+            "`{secret}` is in the output at RUST_LOG={rust_log:?}:\n{}",
+            leaks
+                .iter()
+                .take(5)
+                .map(|l| l.chars().take(600).collect::<String>())
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+}
+
+#[tokio::test]
+async fn no_secret_is_logged_at_trace_level() {
+    within(120, no_secret_in_logs(Some("trace"))).await;
+}
+
+#[tokio::test]
+async fn no_secret_is_logged_at_the_default_level() {
+    within(120, no_secret_in_logs(None)).await;
+}
