@@ -28,7 +28,7 @@ pub const DEFAULT_TOP_K: usize = 4;
 /// The metadata field every chunk carries with its document's id (filterable; reserved).
 pub const DOCUMENT_ID_FIELD: &str = "document_id";
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCollection {
     pub name: String,
@@ -37,17 +37,19 @@ pub struct CreateCollection {
     pub dimensions: Option<u32>,
     #[serde(default)]
     pub chunking: Option<ChunkSettings>,
+    #[schema(value_type = Option<Object>)]
     #[serde(default)]
     pub metadata: Option<Map<String, Value>>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DocumentInput {
     pub id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub markdown: Option<String>,
+    #[schema(value_type = Object)]
     #[serde(default)]
     pub metadata: Map<String, Value>,
 }
@@ -63,7 +65,7 @@ impl DocumentInput {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddDocuments {
     pub documents: Vec<DocumentInput>,
@@ -72,7 +74,7 @@ pub struct AddDocuments {
     pub queued: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QueryRequest {
     pub query: String,

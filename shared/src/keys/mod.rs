@@ -20,7 +20,7 @@ use crate::error::StoreError;
 
 const KEY_PREFIX: &str = "gw-";
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct KeyRecord {
     pub id: String,
     pub name: String,
@@ -66,7 +66,7 @@ pub struct KeyRecord {
 
 /// What to do with a conversation longer than the model's context window when no larger-context
 /// model is configured.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ContextPolicy {
     /// Refuse with `context_length_exceeded`.
@@ -86,7 +86,7 @@ pub const TIERS: [&str; 3] = ["free", "standard", "partner"];
 pub const DEFAULT_TIER: &str = "standard";
 
 /// What a new key may do; the id and secret are generated.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewKey {
     pub name: String,
