@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Extension, Multipart, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -93,6 +93,13 @@ pub(crate) async fn create_file(
     )
 }
 
+/// The query string, or a 400 in OpenAI's shape (axum's own rejection is plain text).
+fn list_query(query: Result<Query<ListQuery>, QueryRejection>) -> Result<ListQuery, ApiError> {
+    query
+        .map(|Query(query)| query)
+        .map_err(|e| ApiError::bad_request(format!("Invalid query string: {}", e.body_text())))
+}
+
 #[derive(Debug, Deserialize)]
 pub(crate) struct ListQuery {
     after: Option<String>,
@@ -112,11 +119,12 @@ pub(crate) struct ListQuery {
 pub(crate) async fn list_files(
     State(gateway): State<Arc<Gateway>>,
     Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
-    Query(query): Query<ListQuery>,
+    query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Response {
     json(
         async {
             let batch = backends(&gateway)?;
+            let query = list_query(query)?;
             files_api::list_files(
                 batch,
                 &key.tenant,
@@ -329,10 +337,11 @@ pub(crate) async fn get_batch(
 pub(crate) async fn list_batches(
     State(gateway): State<Arc<Gateway>>,
     Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
-    Query(query): Query<ListQuery>,
+    query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Response {
     json(
         async {
+            let query = list_query(query)?;
             batches_api::list_batches(
                 backends(&gateway)?,
                 &key.tenant,
@@ -373,9 +382,10 @@ pub(crate) async fn batch_results(
     State(gateway): State<Arc<Gateway>>,
     Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
     Path(id): Path<String>,
-    Query(query): Query<ListQuery>,
+    query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Response {
     let result = async {
+        let query = list_query(query)?;
         batches_api::results(
             backends(&gateway)?,
             &key.tenant,

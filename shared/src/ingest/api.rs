@@ -317,4 +317,34 @@ mod tests {
             );
         }
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+        use crate::api::parse_properties::{any_body, any_json, assert_client_error};
+        use crate::pipeline::parse_json;
+
+        fn add_documents(body: &[u8]) -> Result<AddDocuments, ApiError> {
+            let request: AddDocuments = parse_json(body)?;
+            validate_documents(&request.documents)?;
+            Ok(request)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(200))]
+
+            #[test]
+            fn document_bodies_parse_or_get_a_4xx(
+                body in any_body(),
+                documents in prop::collection::vec(any_json(), 0..4),
+            ) {
+                assert_client_error(add_documents(&body))?;
+                let body = json!({"documents": documents});
+                assert_client_error(add_documents(&serde_json::to_vec(&body).unwrap_or_default()))?;
+                assert_client_error(parse_json::<CreateCollection>(&serde_json::to_vec(&documents).unwrap_or_default()))?;
+                assert_client_error(parse_json::<QueryRequest>(&serde_json::to_vec(&documents).unwrap_or_default()))?;
+            }
+        }
+    }
 }
