@@ -91,12 +91,15 @@ pub struct ApiError {
     pub cause: Option<String>,
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
+/// OpenAI's error body, every error response's shape.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub(crate) struct ErrorBody<'a> {
     error: ErrorDetail<'a>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = ErrorDetail)]
 struct ErrorDetail<'a> {
     message: &'a str,
     #[serde(rename = "type")]

@@ -6,7 +6,7 @@ use serde_json::Value;
 use super::JsonObject;
 use crate::error::ApiError;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChatRequest {
     pub model: String,
     pub messages: Vec<Message>,
@@ -32,6 +32,7 @@ pub struct ChatRequest {
     pub presence_penalty: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frequency_penalty: Option<f64>,
+    #[schema(value_type = Option<Object>)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logit_bias: Option<JsonObject>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -50,19 +51,23 @@ pub struct ChatRequest {
     pub user: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Value>,
+    // Any other field is forwarded: the schema stays open (additional properties allowed).
+    #[schema(ignore)]
     #[serde(flatten)]
     pub extra: JsonObject,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StreamOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub include_usage: Option<bool>,
+    // Any other field is forwarded: the schema stays open (additional properties allowed).
+    #[schema(ignore)]
     #[serde(flatten)]
     pub extra: JsonObject,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum Stop {
     One(String),
@@ -78,7 +83,7 @@ impl Stop {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     System,
@@ -89,7 +94,7 @@ pub enum Role {
     Function,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Message {
     pub role: Role,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -100,18 +105,20 @@ pub struct Message {
     pub tool_calls: Option<Vec<ToolCall>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_call_id: Option<String>,
+    // Any other field is forwarded: the schema stays open (additional properties allowed).
+    #[schema(ignore)]
     #[serde(flatten)]
     pub extra: JsonObject,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum Content {
     Text(String),
     Parts(Vec<ContentPart>),
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ContentPart {
     #[serde(rename = "type")]
     pub kind: String,
@@ -119,11 +126,13 @@ pub struct ContentPart {
     pub text: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_url: Option<ImageUrl>,
+    // Any other field is forwarded: the schema stays open (additional properties allowed).
+    #[schema(ignore)]
     #[serde(flatten)]
     pub extra: JsonObject,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ImageUrl {
     pub url: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -159,28 +168,32 @@ impl Content {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Tool {
     #[serde(rename = "type")]
     pub kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub function: Option<FunctionDefinition>,
+    // Any other field is forwarded: the schema stays open (additional properties allowed).
+    #[schema(ignore)]
     #[serde(flatten)]
     pub extra: JsonObject,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FunctionDefinition {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parameters: Option<Value>,
+    // Any other field is forwarded: the schema stays open (additional properties allowed).
+    #[schema(ignore)]
     #[serde(flatten)]
     pub extra: JsonObject,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ToolCall {
     pub id: String,
     #[serde(rename = "type", default = "function_kind")]
@@ -204,7 +217,7 @@ pub(crate) fn function_kind() -> String {
     "function".to_owned()
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FunctionCall {
     pub name: String,
     #[serde(default)]
@@ -354,7 +367,7 @@ impl ChatRequest {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChatCompletion {
     pub id: String,
     #[serde(default = "completion_object")]
@@ -365,6 +378,8 @@ pub struct ChatCompletion {
     pub choices: Vec<Choice>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    // Any other field is forwarded: the schema stays open (additional properties allowed).
+    #[schema(ignore)]
     #[serde(flatten)]
     pub extra: JsonObject,
 }
@@ -373,7 +388,7 @@ pub(crate) fn completion_object() -> String {
     "chat.completion".to_owned()
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Choice {
     pub index: u32,
     pub message: AssistantMessage,
@@ -381,11 +396,13 @@ pub struct Choice {
     pub finish_reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logprobs: Option<Value>,
+    // Any other field is forwarded: the schema stays open (additional properties allowed).
+    #[schema(ignore)]
     #[serde(flatten)]
     pub extra: JsonObject,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AssistantMessage {
     #[serde(default = "assistant_role")]
     pub role: String,
@@ -393,6 +410,8 @@ pub struct AssistantMessage {
     pub content: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Vec<ToolCall>>,
+    // Any other field is forwarded: the schema stays open (additional properties allowed).
+    #[schema(ignore)]
     #[serde(flatten)]
     pub extra: JsonObject,
 }
@@ -401,7 +420,7 @@ pub(crate) fn assistant_role() -> String {
     "assistant".to_owned()
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Usage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,

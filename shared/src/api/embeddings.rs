@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use super::JsonObject;
 use crate::error::ApiError;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EmbeddingRequest {
     pub model: String,
     pub input: EmbeddingInput,
@@ -15,18 +15,20 @@ pub struct EmbeddingRequest {
     pub dimensions: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    // Any other field is forwarded: the schema stays open (additional properties allowed).
+    #[schema(ignore)]
     #[serde(flatten)]
     pub extra: JsonObject,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum EncodingFormat {
     Float,
     Base64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum EmbeddingInput {
     One(String),
@@ -115,7 +117,7 @@ impl EmbeddingRequest {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EmbeddingResponse {
     #[serde(default = "list_object")]
     pub object: String,
@@ -129,7 +131,7 @@ fn list_object() -> String {
     "list".to_owned()
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Embedding {
     #[serde(default = "embedding_object")]
     pub object: String,
@@ -143,7 +145,7 @@ fn embedding_object() -> String {
 
 /// A vector as floats or as OpenAI's base64 of little-endian f32s: both official SDKs ask for
 /// base64 by default and decode it, so the format the client asked for is the one it gets.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum EmbeddingVector {
     Float(Vec<f32>),
@@ -178,7 +180,7 @@ impl EmbeddingVector {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EmbeddingUsage {
     pub prompt_tokens: u64,
     pub total_tokens: u64,

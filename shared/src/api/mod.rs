@@ -7,6 +7,8 @@ mod assembler;
 mod chat;
 mod embeddings;
 mod models;
+#[cfg(test)]
+pub(crate) mod parse_properties;
 
 pub use assembler::*;
 pub use chat::*;

@@ -62,7 +62,7 @@ pub fn batch_json(batch: &BatchRecord, counts: Counts) -> Value {
     })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewBatch {
     pub input_file_id: String,

@@ -215,7 +215,7 @@ pub async fn delete_file(batch: &BatchBackends, tenant: &str, id: &str) -> Resul
     Ok(json!({"id": id, "object": "file", "deleted": true}))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUpload {
     pub bytes: u64,
@@ -317,7 +317,7 @@ pub async fn add_part(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CompleteUpload {
     pub part_ids: Vec<String>,
     #[serde(default)]

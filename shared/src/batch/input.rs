@@ -246,4 +246,33 @@ mod tests {
         assert!(check_jsonl(b"\n\n").is_err());
         assert!(check_jsonl(b"[1,2]").is_err());
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::{ENDPOINTS, check_jsonl, validate};
+        use crate::api::parse_properties::{any_body, any_json, assert_client_error};
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(200))]
+
+            #[test]
+            fn input_files_are_counted_or_refused_line_by_line(
+                lines in prop::collection::vec(prop_oneof![
+                    any_body(),
+                    any_json().prop_map(|body| serde_json::to_vec(&serde_json::json!({
+                        "custom_id": "a", "method": "POST", "url": ENDPOINTS[0], "body": body,
+                    })).unwrap_or_default()),
+                ], 0..6),
+            ) {
+                let file = lines.join(&b'\n');
+                assert_client_error(check_jsonl(&file))?;
+                for endpoint in ENDPOINTS {
+                    if let Err(errors) = validate(&file, endpoint) {
+                        prop_assert!(!errors.is_empty());
+                    }
+                }
+            }
+        }
+    }
 }

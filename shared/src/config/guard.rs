@@ -7,7 +7,18 @@ use serde::{Deserialize, Serialize};
 
 /// What to do when a scanned text trips an injection rule.
 #[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum InjectionPolicy {
@@ -21,7 +32,18 @@ pub enum InjectionPolicy {
 
 /// What to do with personal data found in a request. Ordered from least to most strict.
 #[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum PiiPolicy {
@@ -36,7 +58,7 @@ pub enum PiiPolicy {
 }
 
 /// One level of guard settings; every field optional so levels can be layered.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GuardSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::handlers::{AuthorizedKey, body_error};
 use super::middleware::RequestId;
 use crate::clock::{now_millis, now_secs};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::keys::audit::{self, AuditAction, AuditEntry, MAX_AUDIT_LIMIT};
 use crate::keys::edge;
 use crate::keys::{
@@ -57,13 +57,21 @@ impl Actor {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct CreatedKey {
     key: String,
     #[serde(flatten)]
     record: KeyRecord,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/admin/keys",
+    tag = "admin",
+    summary = "Create a gateway key (admin key); the secret is shown once",
+    request_body(content = NewKey, content_type = "application/json"),
+    responses((status = 201, description = "The key record and its secret", body = CreatedKey, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+)]
 pub(crate) async fn create_key(
     State(gateway): State<Arc<Gateway>>,
     Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
@@ -98,6 +106,13 @@ pub(crate) struct KeyListEntry {
     spent_usd_this_month: Option<f64>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/admin/keys",
+    tag = "admin",
+    summary = "List the keys (admin key)",
+    responses((status = 200, description = "`{\"object\": \"list\", \"data\": [key records with spent_usd_this_month]}`", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+)]
 pub(crate) async fn list_keys(State(gateway): State<Arc<Gateway>>) -> Response {
     let result = async {
         let records = gateway.auth.store().list().await.map_err(ApiError::from)?;
@@ -118,6 +133,14 @@ pub(crate) async fn list_keys(State(gateway): State<Arc<Gateway>>) -> Response {
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/admin/keys/{id}",
+    tag = "admin",
+    summary = "Revoke a key (admin key)",
+    params(("id" = String, Path, description = "The key's id")),
+    responses((status = 200, description = "`{\"id\", \"revoked\": true}`", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+)]
 pub(crate) async fn revoke_key(
     State(gateway): State<Arc<Gateway>>,
     Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Extension, Multipart, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -12,9 +12,11 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::handlers::{AuthorizedKey, body_error};
+use super::openapi::{FileUpload, UploadPart};
+use crate::batch::batches_api::NewBatch;
 use crate::batch::files_api::{self, CompleteUpload, NewUpload, not_configured};
 use crate::batch::{BatchBackends, batches_api};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::pipeline::parse_json;
 use crate::state::Gateway;
 
@@ -56,6 +58,14 @@ async fn read_form(mut multipart: Multipart, file_field: &str) -> Result<Form, A
     Ok(form)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/files",
+    tag = "files",
+    summary = "Upload a file (multipart: `file`, `purpose`)",
+    request_body(content = FileUpload, content_type = "multipart/form-data"),
+    responses((status = 200, description = "The file object", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+)]
 pub(crate) async fn create_file(
     State(gateway): State<Arc<Gateway>>,
     Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
@@ -83,6 +93,13 @@ pub(crate) async fn create_file(
     )
 }
 
+/// The query string, or a 400 in OpenAI's shape (axum's own rejection is plain text).
+fn list_query(query: Result<Query<ListQuery>, QueryRejection>) -> Result<ListQuery, ApiError> {
+    query
+        .map(|Query(query)| query)
+        .map_err(|e| ApiError::bad_request(format!("Invalid query string: {}", e.body_text())))
+}
+
 #[derive(Debug, Deserialize)]
 pub(crate) struct ListQuery {
     after: Option<String>,
@@ -91,14 +108,23 @@ pub(crate) struct ListQuery {
     custom_id: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/files",
+    tag = "files",
+    summary = "List files",
+    params(("after" = Option<String>, Query, description = "Start after this id"), ("limit" = Option<usize>, Query, description = "Page size"), ("purpose" = Option<String>, Query, description = "Only files with this purpose")),
+    responses((status = 200, description = "A list of file objects", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+)]
 pub(crate) async fn list_files(
     State(gateway): State<Arc<Gateway>>,
     Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
-    Query(query): Query<ListQuery>,
+    query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Response {
     json(
         async {
             let batch = backends(&gateway)?;
+            let query = list_query(query)?;
             files_api::list_files(
                 batch,
                 &key.tenant,
@@ -112,6 +138,14 @@ pub(crate) async fn list_files(
     )
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/files/{id}",
+    tag = "files",
+    summary = "A file object",
+    params(("id" = String, Path, description = "The file's id")),
+    responses((status = 200, description = "The file object", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+)]
 pub(crate) async fn get_file(
     State(gateway): State<Arc<Gateway>>,
     Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
@@ -120,6 +154,14 @@ pub(crate) async fn get_file(
     json(async { files_api::get_file(backends(&gateway)?, &key.tenant, &id).await }.await)
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/files/{id}",
+    tag = "files",
+    summary = "Delete a file",
+    params(("id" = String, Path, description = "The file's id")),
+    responses((status = 200, description = "`{\"id\", \"deleted\": true}`", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+)]
 pub(crate) async fn delete_file(
     State(gateway): State<Arc<Gateway>>,
     Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
@@ -128,6 +170,14 @@ pub(crate) async fn delete_file(
     json(async { files_api::delete_file(backends(&gateway)?, &key.tenant, &id).await }.await)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/files/{id}/content",
+    tag = "files",
+    summary = "A file's bytes",
+    params(("id" = String, Path, description = "The file's id")),
+    responses((status = 200, description = "The file's content", content_type = "application/octet-stream", body = String, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+)]
 pub(crate) async fn file_content(
     State(gateway): State<Arc<Gateway>>,
     Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
@@ -140,6 +190,14 @@ pub(crate) async fn file_content(
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/uploads",
+    tag = "files",
+    summary = "Start a multi-part upload",
+    request_body(content = NewUpload, content_type = "application/json"),
+    responses((status = 200, description = "The upload object", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+)]
 pub(crate) async fn create_upload(
     State(gateway): State<Arc<Gateway>>,
     Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
@@ -155,6 +213,15 @@ pub(crate) async fn create_upload(
     )
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/uploads/{id}/parts",
+    tag = "files",
+    summary = "Add a part (multipart: `data`)",
+    params(("id" = String, Path, description = "The upload's id")),
+    request_body(content = UploadPart, content_type = "multipart/form-data"),
+    responses((status = 200, description = "The part object", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+)]
 pub(crate) async fn add_upload_part(
     State(gateway): State<Arc<Gateway>>,
     Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
@@ -179,6 +246,15 @@ pub(crate) async fn add_upload_part(
     )
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/uploads/{id}/complete",
+    tag = "files",
+    summary = "Complete an upload: its parts become a file",
+    params(("id" = String, Path, description = "The upload's id")),
+    request_body(content = CompleteUpload, content_type = "application/json"),
+    responses((status = 200, description = "The upload object with its file", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+)]
 pub(crate) async fn complete_upload(
     State(gateway): State<Arc<Gateway>>,
     Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
@@ -195,6 +271,14 @@ pub(crate) async fn complete_upload(
     )
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/uploads/{id}/cancel",
+    tag = "files",
+    summary = "Cancel an upload",
+    params(("id" = String, Path, description = "The upload's id")),
+    responses((status = 200, description = "The upload object", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+)]
 pub(crate) async fn cancel_upload(
     State(gateway): State<Arc<Gateway>>,
     Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
@@ -203,6 +287,14 @@ pub(crate) async fn cancel_upload(
     json(async { files_api::cancel_upload(backends(&gateway)?, &key.tenant, &id).await }.await)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/batches",
+    tag = "batches",
+    summary = "Create a batch from an uploaded JSONL file",
+    request_body(content = NewBatch, content_type = "application/json"),
+    responses((status = 200, description = "The batch object", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+)]
 pub(crate) async fn create_batch(
     State(gateway): State<Arc<Gateway>>,
     Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
@@ -218,6 +310,14 @@ pub(crate) async fn create_batch(
     )
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/batches/{id}",
+    tag = "batches",
+    summary = "A batch object",
+    params(("id" = String, Path, description = "The batch's id")),
+    responses((status = 200, description = "The batch object", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+)]
 pub(crate) async fn get_batch(
     State(gateway): State<Arc<Gateway>>,
     Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
@@ -226,13 +326,22 @@ pub(crate) async fn get_batch(
     json(async { batches_api::get_batch(backends(&gateway)?, &key.tenant, &id).await }.await)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/batches",
+    tag = "batches",
+    summary = "List batches",
+    params(("after" = Option<String>, Query, description = "Start after this id"), ("limit" = Option<usize>, Query, description = "Page size")),
+    responses((status = 200, description = "A list of batch objects", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+)]
 pub(crate) async fn list_batches(
     State(gateway): State<Arc<Gateway>>,
     Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
-    Query(query): Query<ListQuery>,
+    query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Response {
     json(
         async {
+            let query = list_query(query)?;
             batches_api::list_batches(
                 backends(&gateway)?,
                 &key.tenant,
@@ -245,6 +354,14 @@ pub(crate) async fn list_batches(
     )
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/batches/{id}/cancel",
+    tag = "batches",
+    summary = "Cancel a batch",
+    params(("id" = String, Path, description = "The batch's id")),
+    responses((status = 200, description = "The batch object", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+)]
 pub(crate) async fn cancel_batch(
     State(gateway): State<Arc<Gateway>>,
     Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
@@ -253,13 +370,22 @@ pub(crate) async fn cancel_batch(
     json(async { batches_api::cancel_batch(backends(&gateway)?, &key.tenant, &id).await }.await)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/batches/{id}/results",
+    tag = "batches",
+    summary = "A batch's results as JSONL",
+    params(("id" = String, Path, description = "The batch's id"), ("custom_id" = Option<String>, Query, description = "Only the result with this custom_id")),
+    responses((status = 200, description = "One result object per line", content_type = "application/jsonl", body = String, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+)]
 pub(crate) async fn batch_results(
     State(gateway): State<Arc<Gateway>>,
     Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
     Path(id): Path<String>,
-    Query(query): Query<ListQuery>,
+    query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Response {
     let result = async {
+        let query = list_query(query)?;
         batches_api::results(
             backends(&gateway)?,
             &key.tenant,

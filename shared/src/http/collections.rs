@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::handlers::{AuthorizedKey, body_error};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::ingest::api::{AddDocuments, CreateCollection, DEFAULT_TOP_K, QueryRequest};
 use crate::pipeline::ingest::{self, REQUEST_TIME, deadline_within};
 use crate::pipeline::retrieve::retrieve;
@@ -30,6 +30,14 @@ fn deadline(front: Option<Extension<RequestDeadline>>) -> tokio::time::Instant {
     deadline_within(REQUEST_TIME, front.map(|Extension(RequestDeadline(at))| at))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/collections",
+    tag = "collections",
+    summary = "Create a collection",
+    request_body(content = CreateCollection, content_type = "application/json"),
+    responses((status = 200, description = "The collection object", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+)]
 pub(crate) async fn create_collection(
     State(gateway): State<Arc<Gateway>>,
     Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
@@ -45,6 +53,13 @@ pub(crate) async fn create_collection(
     )
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/collections",
+    tag = "collections",
+    summary = "List collections",
+    responses((status = 200, description = "A list of collection objects", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+)]
 pub(crate) async fn list_collections(
     State(gateway): State<Arc<Gateway>>,
     Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
@@ -52,6 +67,14 @@ pub(crate) async fn list_collections(
     json(ingest::list_collections(&gateway, &key).await)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/collections/{name}",
+    tag = "collections",
+    summary = "A collection object",
+    params(("name" = String, Path, description = "The collection's name")),
+    responses((status = 200, description = "The collection object", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+)]
 pub(crate) async fn get_collection(
     State(gateway): State<Arc<Gateway>>,
     Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
@@ -60,6 +83,14 @@ pub(crate) async fn get_collection(
     json(ingest::get_collection(&gateway, &key, &name).await)
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/collections/{name}",
+    tag = "collections",
+    summary = "Delete a collection and its vectors",
+    params(("name" = String, Path, description = "The collection's name")),
+    responses((status = 200, description = "`{\"id\", \"deleted\": true}`", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+)]
 pub(crate) async fn delete_collection(
     State(gateway): State<Arc<Gateway>>,
     Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
@@ -68,6 +99,15 @@ pub(crate) async fn delete_collection(
     json(ingest::delete_collection(&gateway, &key, &name).await)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/collections/{name}/documents",
+    tag = "collections",
+    summary = "Add or replace documents (chunked and embedded)",
+    params(("name" = String, Path, description = "The collection's name")),
+    request_body(content = AddDocuments, content_type = "application/json"),
+    responses((status = 200, description = "What each document became", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = 202, description = "Queued: the ingest job", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+)]
 pub(crate) async fn add_documents(
     State(gateway): State<Arc<Gateway>>,
     Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
@@ -87,6 +127,14 @@ pub(crate) async fn add_documents(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/collections/{name}/documents/{id}",
+    tag = "collections",
+    summary = "A document object",
+    params(("name" = String, Path, description = "The collection's name"), ("id" = String, Path, description = "The document's id (may contain `/`)")),
+    responses((status = 200, description = "The document object", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+)]
 pub(crate) async fn get_document(
     State(gateway): State<Arc<Gateway>>,
     Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
@@ -95,6 +143,14 @@ pub(crate) async fn get_document(
     json(ingest::get_document(&gateway, &key, &name, &id).await)
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/collections/{name}/documents/{id}",
+    tag = "collections",
+    summary = "Delete a document and its chunks",
+    params(("name" = String, Path, description = "The collection's name"), ("id" = String, Path, description = "The document's id (may contain `/`)")),
+    responses((status = 200, description = "`{\"id\", \"deleted\": true}`", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+)]
 pub(crate) async fn delete_document(
     State(gateway): State<Arc<Gateway>>,
     Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
@@ -103,6 +159,14 @@ pub(crate) async fn delete_document(
     json(ingest::delete_document(&gateway, &key, &name, &id).await)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/collections/{name}/jobs/{id}",
+    tag = "collections",
+    summary = "An ingest job",
+    params(("name" = String, Path, description = "The collection's name"), ("id" = String, Path, description = "The job's id")),
+    responses((status = 200, description = "The ingest job object", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+)]
 pub(crate) async fn get_job(
     State(gateway): State<Arc<Gateway>>,
     Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
@@ -113,6 +177,15 @@ pub(crate) async fn get_job(
 
 /// `POST /v1/collections/{c}/query`; `x-gateway-cache` says whether the retrieval cache
 /// answered.
+#[utoipa::path(
+    post,
+    path = "/v1/collections/{name}/query",
+    tag = "collections",
+    summary = "Retrieve the chunks nearest a query",
+    params(("name" = String, Path, description = "The collection's name")),
+    request_body(content = QueryRequest, content_type = "application/json"),
+    responses((status = 200, description = "The nearest chunks", body = Object, headers(("x-request-id" = String), ("x-gateway-cache" = String, description = "HIT or MISS: whether the retrieval cache answered"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+)]
 pub(crate) async fn query(
     State(gateway): State<Arc<Gateway>>,
     Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,

@@ -8,19 +8,36 @@ use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::api::{ModelEntry, ModelList};
-use crate::error::{ApiError, BodyTimeout, ErrorKind};
+use crate::api::{
+    ChatCompletion, ChatRequest, EmbeddingRequest, EmbeddingResponse, ModelEntry, ModelList,
+};
+use crate::error::{ApiError, BodyTimeout, ErrorBody, ErrorKind};
 use crate::keys::KeyRecord;
 use crate::pipeline::{self, RequestDeadline};
 use crate::state::Gateway;
 use crate::telemetry::METRICS;
 
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    summary = "Liveness (no key)",
+    security(),
+    responses((status = 200, description = "Up", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+)]
 pub(crate) async fn health() -> impl IntoResponse {
     axum::Json(serde_json::json!({"status": "ok"}))
 }
 
 /// The metrics name every model, provider and deployment, and tell traffic and spend: on the
 /// main listener only keys with the `metrics` scope see them.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    summary = "Prometheus metrics (`metrics` scope)",
+    responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text", body = String, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+)]
 pub(crate) async fn metrics() -> impl IntoResponse {
     (
         [(
@@ -47,6 +64,13 @@ pub(crate) fn body_error(rejection: BytesRejection) -> ApiError {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    tag = "models",
+    summary = "The models this key may use",
+    responses((status = 200, description = "The model list", body = ModelList, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+)]
 pub(crate) async fn list_models(
     State(gateway): State<Arc<Gateway>>,
     Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
@@ -80,6 +104,14 @@ async fn answer(work: impl Future<Output = Result<Response, ApiError>>) -> Respo
 #[derive(Debug, Clone)]
 pub struct AuthorizedKey(pub Arc<KeyRecord>);
 
+#[utoipa::path(
+    post,
+    path = "/v1/chat/completions",
+    tag = "chat",
+    summary = "Create a chat completion",
+    request_body(content = ChatRequest, content_type = "application/json"),
+    responses((status = 200, description = "The answer (JSON), or with `stream: true` a server-sent event stream of `chat.completion.chunk` objects ending with `data: [DONE]`", content((ChatCompletion = "application/json"), (String = "text/event-stream")), headers(("x-request-id" = String), ("x-gateway-cache" = String, description = "HIT, MISS or BYPASS"), ("x-gateway-provider" = String, description = "The provider that answered"), ("x-gateway-model" = String, description = "The model actually used"), ("x-gateway-cost-usd" = String, description = "The cost of the call"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+)]
 pub(crate) async fn chat_completions(
     State(gateway): State<Arc<Gateway>>,
     Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
@@ -95,6 +127,14 @@ pub(crate) async fn chat_completions(
     .await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/embeddings",
+    tag = "embeddings",
+    summary = "Create embeddings",
+    request_body(content = EmbeddingRequest, content_type = "application/json"),
+    responses((status = 200, description = "The vectors", body = EmbeddingResponse, headers(("x-request-id" = String), ("x-gateway-cache" = String, description = "HIT, MISS or BYPASS"), ("x-gateway-provider" = String, description = "The provider that answered"), ("x-gateway-model" = String, description = "The model actually used"), ("x-gateway-cost-usd" = String, description = "The cost of the call"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+)]
 pub(crate) async fn embeddings(
     State(gateway): State<Arc<Gateway>>,
     Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,

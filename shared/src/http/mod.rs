@@ -1,11 +1,12 @@
 //! THE router, for Lambda and the local server alike.
 //!
-//! Route table (every route but `/health` needs a gateway key; on AWS each is an explicit path of
+//! Route table (every route but `/health` and `/openapi.json` needs a gateway key; on AWS each is an explicit path of
 //! the API in `infra/template.yaml`, checked by `infra/contract.py`):
 //!
 //! | method | path | handler |
 //! |---|---|---|
 //! | GET | `/health` | `handlers::health` (no key) |
+//! | GET | `/openapi.json` | `openapi::openapi_json` (no key; the OpenAPI 3.1 document of this table) |
 //! | GET | `/metrics` | `handlers::metrics` (`metrics` scope; `metrics_router` serves it keyless on its own listener) |
 //! | GET | `/v1/models` | `handlers::list_models` |
 //! | POST | `/v1/chat/completions` | `handlers::chat_completions` -> `pipeline::chat` |
@@ -26,11 +27,11 @@
 //! | POST | `/v1/batches/{id}/cancel` | `batch::cancel_batch` |
 //! | GET | `/v1/batches/{id}/results` | `batch::batch_results` (JSONL; `?custom_id=`) |
 //! | POST, GET | `/v1/collections` | `collections::create_collection`, `collections::list_collections` |
-//! | GET, DELETE | `/v1/collections/{c}` | `collections::get_collection`, `collections::delete_collection` (its vectors too) |
-//! | POST | `/v1/collections/{c}/documents` | `collections::add_documents` -> `pipeline::ingest` (202 + job when queued) |
-//! | GET, DELETE | `/v1/collections/{c}/documents/{*id}` | `collections::get_document`, `collections::delete_document` |
-//! | POST | `/v1/collections/{c}/query` | `collections::query` -> `pipeline::retrieve` |
-//! | GET | `/v1/collections/{c}/jobs/{id}` | `collections::get_job` |
+//! | GET, DELETE | `/v1/collections/{name}` | `collections::get_collection`, `collections::delete_collection` (its vectors too) |
+//! | POST | `/v1/collections/{name}/documents` | `collections::add_documents` -> `pipeline::ingest` (202 + job when queued) |
+//! | GET, DELETE | `/v1/collections/{name}/documents/{*id}` | `collections::get_document`, `collections::delete_document` |
+//! | POST | `/v1/collections/{name}/query` | `collections::query` -> `pipeline::retrieve` |
+//! | GET | `/v1/collections/{name}/jobs/{id}` | `collections::get_job` |
 //!
 //! Layers, outermost first: `request_id` (every response carries `x-request-id`; a tracing span
 //! per request), the body limit (`server.max_body_bytes`), then on the keyed routes
@@ -43,6 +44,7 @@ pub mod collections;
 pub mod handlers;
 pub mod middleware;
 pub mod scopes;
+pub mod openapi;
 pub mod server;
 
 use std::sync::Arc;
@@ -119,6 +121,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route_layer(axum::middleware::from_fn(cloudwatch_metrics));
     Router::new()
         .route("/health", get(health))
+        .route("/openapi.json", get(openapi::openapi_json))
         .merge(authenticated)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

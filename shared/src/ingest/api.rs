@@ -28,7 +28,7 @@ pub const DEFAULT_TOP_K: usize = 4;
 /// The metadata field every chunk carries with its document's id (filterable; reserved).
 pub const DOCUMENT_ID_FIELD: &str = "document_id";
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCollection {
     pub name: String,
@@ -37,17 +37,19 @@ pub struct CreateCollection {
     pub dimensions: Option<u32>,
     #[serde(default)]
     pub chunking: Option<ChunkSettings>,
+    #[schema(value_type = Option<Object>)]
     #[serde(default)]
     pub metadata: Option<Map<String, Value>>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DocumentInput {
     pub id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub markdown: Option<String>,
+    #[schema(value_type = Object)]
     #[serde(default)]
     pub metadata: Map<String, Value>,
 }
@@ -63,7 +65,7 @@ impl DocumentInput {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddDocuments {
     pub documents: Vec<DocumentInput>,
@@ -72,7 +74,7 @@ pub struct AddDocuments {
     pub queued: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QueryRequest {
     pub query: String,
@@ -313,6 +315,36 @@ mod tests {
                 validate_metadata(bad.as_object().unwrap(), "metadata").is_err(),
                 "{bad}"
             );
+        }
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+        use crate::api::parse_properties::{any_body, any_json, assert_client_error};
+        use crate::pipeline::parse_json;
+
+        fn add_documents(body: &[u8]) -> Result<AddDocuments, ApiError> {
+            let request: AddDocuments = parse_json(body)?;
+            validate_documents(&request.documents)?;
+            Ok(request)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(200))]
+
+            #[test]
+            fn document_bodies_parse_or_get_a_4xx(
+                body in any_body(),
+                documents in prop::collection::vec(any_json(), 0..4),
+            ) {
+                assert_client_error(add_documents(&body))?;
+                let body = json!({"documents": documents});
+                assert_client_error(add_documents(&serde_json::to_vec(&body).unwrap_or_default()))?;
+                assert_client_error(parse_json::<CreateCollection>(&serde_json::to_vec(&documents).unwrap_or_default()))?;
+                assert_client_error(parse_json::<QueryRequest>(&serde_json::to_vec(&documents).unwrap_or_default()))?;
+            }
         }
     }
 }

@@ -46,7 +46,7 @@ static CL100K: LazyLock<Option<CoreBPE>> = LazyLock::new(|| match tiktoken_rs::c
     }
 });
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChunkSettings {
     /// The most tokens (cl100k) one chunk may have, heading path included.
     pub max_tokens: u32,

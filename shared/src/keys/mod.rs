@@ -29,7 +29,7 @@ pub const DEFAULT_ROTATION_GRACE_SECS: u64 = 86_400;
 /// The longest grace a rotation may give the old secret.
 pub const MAX_ROTATION_GRACE_SECS: u64 = 30 * 86_400;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct KeyRecord {
     pub id: String,
     pub name: String,
@@ -90,7 +90,7 @@ pub struct KeyRecord {
 
 /// What to do with a conversation longer than the model's context window when no larger-context
 /// model is configured.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ContextPolicy {
     /// Refuse with `context_length_exceeded`.
@@ -110,7 +110,7 @@ pub const TIERS: [&str; 3] = ["free", "standard", "partner"];
 pub const DEFAULT_TIER: &str = "standard";
 
 /// What a new key may do; the id and secret are generated.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewKey {
     pub name: String,

@@ -1,0 +1,274 @@
+//! `GET /openapi.json`: the OpenAPI 3.1 document of every route in `router`, derived from the
+//! handlers' `#[utoipa::path]` attributes and the wire types' `ToSchema`, built once per process.
+//! A test checks the document's operations against the route table in `mod.rs` and against the
+//! `.route(..)` calls that build the router, so neither can drift from it.
+
+use std::sync::LazyLock;
+
+use axum::body::Bytes;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+use super::{admin, batch, collections, handlers};
+use crate::error::{ApiError, ErrorBody};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "AI gateway",
+        description = "An OpenAI-compatible gateway: chat completions, embeddings, files and \
+                       batches, collections for retrieval, and key administration. Every route \
+                       but `/health` and `/openapi.json` needs a gateway key as a bearer token."
+    ),
+    paths(
+        handlers::health,
+        openapi_json,
+        handlers::admin_metrics,
+        handlers::list_models,
+        handlers::chat_completions,
+        handlers::embeddings,
+        admin::create_key,
+        admin::list_keys,
+        admin::revoke_key,
+        batch::create_file,
+        batch::list_files,
+        batch::get_file,
+        batch::delete_file,
+        batch::file_content,
+        batch::create_upload,
+        batch::add_upload_part,
+        batch::complete_upload,
+        batch::cancel_upload,
+        batch::create_batch,
+        batch::list_batches,
+        batch::get_batch,
+        batch::cancel_batch,
+        batch::batch_results,
+        collections::create_collection,
+        collections::list_collections,
+        collections::get_collection,
+        collections::delete_collection,
+        collections::add_documents,
+        collections::get_document,
+        collections::delete_document,
+        collections::query,
+        collections::get_job,
+    ),
+    modifiers(&GatewayKey),
+    security(("gateway_key" = []))
+)]
+struct ApiDoc;
+
+/// The bearer scheme every keyed route names (`Authorization: Bearer gw-...`).
+struct GatewayKey;
+
+impl Modify for GatewayKey {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "gateway_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A gateway key (`gw-...`), made with the admin API or CLI",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The multipart form of `POST /v1/files` (read by `batch::create_file`; documented only).
+#[derive(ToSchema)]
+#[expect(dead_code, reason = "describes a multipart form; never built")]
+pub(crate) struct FileUpload {
+    /// The file (for batches: JSONL, one request per line).
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+    /// `batch` (the only purpose the Batches API reads) or another OpenAI purpose.
+    purpose: String,
+}
+
+/// The multipart form of `POST /v1/uploads/{id}/parts` (documented only).
+#[derive(ToSchema)]
+#[expect(dead_code, reason = "describes a multipart form; never built")]
+pub(crate) struct UploadPart {
+    #[schema(value_type = String, format = Binary)]
+    data: Vec<u8>,
+}
+
+/// The document as JSON, serialised on first use.
+static DOCUMENT: LazyLock<Result<Bytes, String>> = LazyLock::new(|| {
+    serde_json::to_vec(&ApiDoc::openapi())
+        .map(Bytes::from)
+        .map_err(|e| e.to_string())
+});
+
+/// This document (no key needed).
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "operations",
+    summary = "This OpenAPI document (no key)",
+    security(),
+    responses(
+        (status = 200, description = "The OpenAPI 3.1 document", body = Object),
+        (status = "5XX", description = "Failed: OpenAI's error shape", body = ErrorBody),
+    )
+)]
+pub(crate) async fn openapi_json() -> Response {
+    match &*DOCUMENT {
+        Ok(body) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body.clone(),
+        )
+            .into_response(),
+        Err(error) => ApiError::internal(format!("cannot encode the OpenAPI document: {error}"))
+            .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use serde_json::Value;
+
+    use super::*;
+
+    type Operations = BTreeSet<(String, String)>;
+
+    fn document() -> Value {
+        serde_json::from_slice(DOCUMENT.as_ref().unwrap()).unwrap()
+    }
+
+    /// `(METHOD, path)` of every operation in the document.
+    fn documented() -> Operations {
+        let doc = document();
+        let mut operations = Operations::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                operations.insert((method.to_uppercase(), path.clone()));
+            }
+        }
+        operations
+    }
+
+    /// Axum's `{*id}` (the rest of the path) is OpenAPI's `{id}`.
+    fn openapi_path(axum_path: &str) -> String {
+        axum_path.replace("{*", "{")
+    }
+
+    /// The `.route("path", get(..).post(..))` calls in `router` (the source of `mod.rs`).
+    fn routed() -> Operations {
+        let source = include_str!("mod.rs");
+        let body = source
+            .split("pub fn router(")
+            .nth(1)
+            .unwrap()
+            .split("\npub fn metrics_router")
+            .next()
+            .unwrap();
+        let mut operations = Operations::new();
+        for call in body.split(".route(").skip(1) {
+            let path = call.split('"').nth(1).unwrap();
+            // The method routers: up to the call's closing parenthesis.
+            let mut depth = 1;
+            let end = call
+                .char_indices()
+                .find(|&(_, c)| {
+                    depth += match c {
+                        '(' => 1,
+                        ')' => -1,
+                        _ => 0,
+                    };
+                    depth == 0
+                })
+                .unwrap()
+                .0;
+            let methods = &call[..end];
+            for method in ["get", "post", "delete", "put", "patch"] {
+                let called = methods.match_indices(&format!("{method}(")).any(|(at, _)| {
+                    at == 0 || !methods[..at].ends_with(|c: char| c.is_alphanumeric() || c == '_')
+                });
+                if called {
+                    operations.insert((method.to_uppercase(), openapi_path(path)));
+                }
+            }
+        }
+        operations
+    }
+
+    /// The rows of the route table in `mod.rs`'s doc comment (what the template mirrors).
+    fn tabled() -> Operations {
+        let mut operations = Operations::new();
+        for line in include_str!("mod.rs").lines() {
+            let Some(row) = line.strip_prefix("//! | ") else {
+                continue;
+            };
+            let cells: Vec<&str> = row.split(" | ").collect();
+            if cells.len() < 3 || cells[0] == "method" || cells[0].starts_with("---") {
+                continue;
+            }
+            let path = openapi_path(cells[1].trim_matches('`'));
+            for method in cells[0].split(", ") {
+                operations.insert((method.to_owned(), path.clone()));
+            }
+        }
+        operations
+    }
+
+    #[test]
+    fn every_route_of_the_router_is_documented_and_nothing_else() {
+        let routed = routed();
+        assert!(
+            routed.len() > 30,
+            "the route scan found too few: {routed:?}"
+        );
+        assert_eq!(documented(), routed);
+    }
+
+    #[test]
+    fn the_route_table_in_the_module_doc_matches_the_document() {
+        assert_eq!(documented(), tabled());
+    }
+
+    #[test]
+    fn keyed_routes_name_the_bearer_scheme_and_the_open_ones_none() {
+        let doc = document();
+        assert_eq!(doc["openapi"], "3.1.0");
+        assert_eq!(
+            doc["components"]["securitySchemes"]["gateway_key"]["scheme"],
+            "bearer"
+        );
+        assert_eq!(doc["security"], serde_json::json!([{"gateway_key": []}]));
+        for open in ["/health", "/openapi.json"] {
+            assert_eq!(doc["paths"][open]["get"]["security"], serde_json::json!([]));
+        }
+        let chat = &doc["paths"]["/v1/chat/completions"]["post"];
+        assert!(chat.get("security").is_none());
+        assert!(chat["responses"]["200"]["headers"]["x-gateway-cache"].is_object());
+    }
+
+    #[test]
+    fn request_bodies_are_the_wire_types() {
+        let doc = document();
+        let schemas = &doc["components"]["schemas"];
+        let required = |name: &str| schemas[name]["required"].clone();
+        assert_eq!(
+            required("ChatRequest"),
+            serde_json::json!(["model", "messages"])
+        );
+        assert_eq!(
+            required("EmbeddingRequest"),
+            serde_json::json!(["model", "input"])
+        );
+        assert!(schemas["Error"].is_object() && schemas["NewKey"].is_object());
+    }
+}
