@@ -68,7 +68,7 @@ pub(crate) struct CreatedKey {
     post,
     path = "/v1/admin/keys",
     tag = "admin",
-    summary = "Create a gateway key (admin key); the secret is shown once",
+    summary = "Create a gateway key (`admin` scope); the secret is shown once",
     request_body(content = NewKey, content_type = "application/json"),
     responses((status = 201, description = "The key record and its secret", body = CreatedKey, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
 )]
@@ -110,7 +110,7 @@ pub(crate) struct KeyListEntry {
     get,
     path = "/v1/admin/keys",
     tag = "admin",
-    summary = "List the keys (admin key)",
+    summary = "List the keys (`admin` scope)",
     responses((status = 200, description = "`{\"object\": \"list\", \"data\": [key records with spent_usd_this_month]}`", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
 )]
 pub(crate) async fn list_keys(State(gateway): State<Arc<Gateway>>) -> Response {
@@ -137,7 +137,7 @@ pub(crate) async fn list_keys(State(gateway): State<Arc<Gateway>>) -> Response {
     delete,
     path = "/v1/admin/keys/{id}",
     tag = "admin",
-    summary = "Revoke a key (admin key)",
+    summary = "Revoke a key (`admin` scope)",
     params(("id" = String, Path, description = "The key's id")),
     responses((status = 200, description = "`{\"id\", \"revoked\": true}`", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
 )]
@@ -170,15 +170,15 @@ pub(crate) async fn revoke_key(
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RotateRequest {
+pub(crate) struct RotateRequest {
     #[serde(default)]
     grace_seconds: Option<u64>,
 }
 
-#[derive(Serialize)]
-struct RotatedKey {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct RotatedKey {
     key: String,
     /// Until when (epoch seconds) the previous secret keeps working.
     previous_key_valid_until: u64,
@@ -186,6 +186,15 @@ struct RotatedKey {
     record: KeyRecord,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/admin/keys/{id}/rotate",
+    tag = "admin",
+    summary = "A new secret for the same key (`admin` scope); the old one works for the grace period",
+    params(("id" = String, Path, description = "The key's id")),
+    request_body(content = RotateRequest, content_type = "application/json"),
+    responses((status = 200, description = "The key record, its new secret and until when the old one works", body = RotatedKey, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+)]
 pub(crate) async fn rotate_key(
     State(gateway): State<Arc<Gateway>>,
     Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
@@ -231,6 +240,15 @@ pub(crate) async fn rotate_key(
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
+#[utoipa::path(
+    patch,
+    path = "/v1/admin/keys/{id}",
+    tag = "admin",
+    summary = "Change a key's name, models, scopes, role, limits, budget, expiry or guard (`admin` scope)",
+    params(("id" = String, Path, description = "The key's id")),
+    request_body(content = KeyChange, content_type = "application/json"),
+    responses((status = 200, description = "The changed key record with its effective scopes", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+)]
 pub(crate) async fn update_key(
     State(gateway): State<Arc<Gateway>>,
     Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
@@ -268,12 +286,21 @@ pub(crate) async fn update_key(
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct AuditQuery {
     #[serde(default)]
     limit: Option<usize>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/admin/audit",
+    tag = "admin",
+    summary = "Admin actions, newest first: who created, revoked, rotated or changed which key (`admin` scope)",
+    params(AuditQuery),
+    responses((status = 200, description = "`{\"object\": \"list\", \"data\": [audit entries]}`", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+)]
 pub(crate) async fn list_audit(
     State(gateway): State<Arc<Gateway>>,
     query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,

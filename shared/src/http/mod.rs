@@ -43,8 +43,8 @@ pub mod batch;
 pub mod collections;
 pub mod handlers;
 pub mod middleware;
-pub mod scopes;
 pub mod openapi;
+pub mod scopes;
 pub mod server;
 
 use std::sync::Arc;

@@ -285,7 +285,7 @@ fn expiry(
 
 /// A change to an existing key (`PATCH /v1/admin/keys/{id}`, `keys update`): each field given
 /// replaces the key's, validated as at creation.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeyChange {
     #[serde(default)]
