@@ -371,8 +371,8 @@ async fn a_gateway_killed_mid_batch_finishes_it_after_restart_with_every_result_
         let listing = cli(dir.path(), &["keys", "list"]);
         let spent: f64 = listing
             .lines()
-            .find(|l| l.split_whitespace().nth(1) == Some("k"))
-            .and_then(|l| l.split_whitespace().nth(6))
+            .find(|l| l.split_whitespace().nth(2) == Some("k"))
+            .and_then(|l| l.split_whitespace().nth(7))
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| panic!("no spend for k in {listing}"));
         let expected = 301.0 * cost;

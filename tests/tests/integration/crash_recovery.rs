@@ -55,11 +55,11 @@ async fn ask(url: &str, key: &str, text: &str) -> (String, f64) {
 fn listed_spend(listing: &str, name: &str) -> f64 {
     let line = listing
         .lines()
-        .find(|line| line.split_whitespace().nth(1) == Some(name))
+        .find(|line| line.split_whitespace().nth(2) == Some(name))
         .unwrap_or_else(|| panic!("no key {name} in:\n{listing}"));
-    // ID NAME TENANT RPM TPM BUDGET_USD SPENT_USD STATUS
+    // ID PREFIX NAME TENANT RPM TPM BUDGET_USD SPENT_USD STATUS
     line.split_whitespace()
-        .nth(6)
+        .nth(7)
         .and_then(|spent| spent.parse().ok())
         .unwrap_or_else(|| panic!("no spend in {line}"))
 }
