@@ -97,20 +97,8 @@ impl<'a> EffectiveGuard<'a> {
         key: &'a GuardSettings,
     ) -> Self {
         let levels = [model, Some(key)];
-        let injection = levels
-            .iter()
-            .flatten()
-            .filter_map(|level| level.injection)
-            .max()
-            .or(gateway.injection)
-            .unwrap_or_default();
-        let pii = levels
-            .iter()
-            .flatten()
-            .filter_map(|level| level.pii)
-            .max()
-            .or(gateway.pii)
-            .unwrap_or_default();
+        let injection = strictest(&levels, gateway, |level| level.injection);
+        let pii = strictest(&levels, gateway, |level| level.pii);
         let restore_pii = levels
             .iter()
             .flatten()
@@ -131,6 +119,21 @@ impl<'a> EffectiveGuard<'a> {
             system_prompts,
         }
     }
+}
+
+/// The strictest policy the model and the key set, else the gateway's, else the default.
+fn strictest<T: Ord + Default>(
+    levels: &[Option<&GuardSettings>],
+    gateway: &GuardSettings,
+    pick: fn(&GuardSettings) -> Option<T>,
+) -> T {
+    levels
+        .iter()
+        .flatten()
+        .filter_map(|level| pick(level))
+        .max()
+        .or_else(|| pick(gateway))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
