@@ -840,6 +840,14 @@ class TableResolver:
 
     def __init__(self, sources: list[Source]):
         self.sources = sources
+        # fn name -> (source, offset) of each call `name(` outside a `fn name(` definition: indexed
+        # once, because scanning every source per parameter lookup took minutes.
+        self.calls: dict[str, list[tuple[Source, int]]] = {}
+        for s in sources:
+            for m in re.finditer(r"(?<![\w])(\w+)\s*\(", s.bare):
+                if re.search(r"\bfn\s+$", s.bare[max(0, m.start() - 4):m.start()]):
+                    continue
+                self.calls.setdefault(m.group(1), []).append((s, m.start()))
         # field -> variable, from `field: something("GATEWAY_X")` anywhere.
         self.literal_fields: dict[str, set] = {}
         for s in sources:
@@ -902,15 +910,12 @@ class TableResolver:
             return set()
         index = fn.params.index(name)
         found = set()
-        call = re.compile(rf"(?<![\w])(?<!fn\s){re.escape(fn.name)}\s*\(")
-        for s in self.sources:
-            for m in call.finditer(s.bare):
-                if re.search(r"\bfn\s+$", s.bare[max(0, m.start() - 4):m.start()]):
-                    continue
-                close = balanced(s.bare, m.end() - 1)
-                args = split_args(s.code[m.end():close])
-                if index < len(args):
-                    found |= self.expression(s, m.start(), args[index], depth + 1)
+        for s, start in self.calls.get(fn.name, []):
+            open_paren = s.bare.index("(", start)
+            close = balanced(s.bare, open_paren)
+            args = split_args(s.code[open_paren + 1:close])
+            if index < len(args):
+                found |= self.expression(s, start, args[index], depth + 1)
         return found
 
 
