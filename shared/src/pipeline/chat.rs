@@ -59,8 +59,9 @@ pub(crate) async fn chat(
     let requested = authorize_model(gateway, key, &request.model, ModelKind::Chat)?;
     // Before the cache lookup: a request the guard blocks is never answered from the cache.
     // Injection rules read the client's own text; PII is redacted after, in what is sent.
-    let mut screening = screen_chat(gateway, key, &mut request)?;
-    let pii = pii::screen(gateway, key, &mut request)?;
+    let guard = gateway.guard_for(key, &request.model);
+    let mut screening = screen_chat(&guard, &mut request)?;
+    let pii = pii::screen(&guard, &mut request)?;
     let headers = &*pii.cache_headers(headers);
     let Some(spec) = rag else {
         let mut response = answer(

@@ -16,7 +16,7 @@ use regex::Regex;
 use serde_json::Value;
 
 use crate::api::{ChatRequest, Content};
-use crate::config::PiiPolicy;
+use crate::config::{EffectiveGuard, PiiPolicy};
 use crate::error::ApiError;
 use crate::guard::pii::{self, PiiKind};
 use crate::keys::KeyRecord;
@@ -94,11 +94,9 @@ impl PiiPlan {
 /// Applies the key's and model's PII policy to a checked request, before the cache and the
 /// provider see it.
 pub(crate) fn screen(
-    gateway: &Gateway,
-    key: &KeyRecord,
+    guard: &EffectiveGuard<'_>,
     request: &mut ChatRequest,
 ) -> Result<PiiPlan, ApiError> {
-    let guard = gateway.guard_for(key, &request.model);
     let action = match guard.pii {
         PiiPolicy::Off => return Ok(PiiPlan::default()),
         PiiPolicy::RedactLogs => "redact_logs",
