@@ -61,9 +61,9 @@ pub(crate) async fn chat(
     // Injection rules read the client's own text; PII is redacted after, in what is sent.
     let guard = gateway.guard_for(key, &request.model);
     let mut screening = screen_chat(&guard, &mut request)?;
-    let pii = pii::screen(&guard, &mut request)?;
-    let headers = &*pii.cache_headers(headers);
+    let mut pii = pii::screen(&guard, &mut request)?;
     let Some(spec) = rag else {
+        let headers = &*pii.cache_headers(headers);
         let mut response = answer(
             gateway,
             key,
@@ -83,9 +83,11 @@ pub(crate) async fn chat(
         &mut request,
         spec,
         &mut screening,
+        &mut pii,
         invocation_deadline,
     )
     .await?;
+    let headers = &*pii.cache_headers(headers);
     let response = answer(
         gateway,
         key,

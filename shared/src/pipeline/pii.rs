@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 use regex::Regex;
 use serde_json::Value;
 
-use crate::api::{ChatRequest, Content};
+use crate::api::{ChatRequest, Content, Message};
 use crate::config::{EffectiveGuard, PiiPolicy};
 use crate::error::ApiError;
 use crate::guard::pii::{self, PiiKind};
@@ -32,20 +32,72 @@ const MAX_PLACEHOLDER_LEN: usize = 24;
 static PLACEHOLDER: LazyLock<Option<Regex>> =
     LazyLock::new(|| Regex::new(r"\[[A-Z]+(?:_[A-Z]+)*_[0-9]{1,6}\]").ok());
 
-/// What the policy decided for one request, applied to its answer by [`PiiPlan::finish`].
+/// What the policy decided for one request, applied to retrieved context by
+/// [`PiiPlan::screen_retrieved`] and to its answer by [`PiiPlan::finish`].
 #[derive(Debug, Default)]
 pub(crate) struct PiiPlan {
-    /// Placeholder -> original, when the answer gets the originals back.
-    restore: Option<HashMap<String, String>>,
-    /// Personal data went to the provider as it is: its answer stays out of shared caches.
-    no_store: bool,
+    policy: PiiPolicy,
+    restore_pii: bool,
+    /// The request's placeholders, so retrieved context gets the same ones as the messages.
+    redactor: Redactor,
+    /// Personal data was found in the messages or the retrieved context.
+    found_any: bool,
 }
 
 impl PiiPlan {
+    /// Whether a retrieved chunk must stay out of the prompt: under `block` one carrying personal
+    /// data is dropped (the user did not write it, so the request is not refused for it).
+    pub(crate) fn drops_retrieved(&self, text: &str) -> bool {
+        if self.policy != PiiPolicy::Block {
+            return false;
+        }
+        let found = pii::find(text);
+        for finding in &found {
+            Metrics::count(
+                &METRICS.pii_findings,
+                &[("kind", finding.kind.as_str()), ("action", "drop")],
+            );
+        }
+        !found.is_empty()
+    }
+
+    /// Applies the policy to the context message built from retrieved chunks, as to a message
+    /// of the client: redacted under `redact` (with the request's placeholders), and under
+    /// `redact_logs` the answer stays out of the caches when it carries personal data.
+    pub(crate) fn screen_retrieved(&mut self, message: &mut Message) {
+        let action = match self.policy {
+            PiiPolicy::Redact => "redact",
+            PiiPolicy::RedactLogs => "redact_logs",
+            // `block` dropped the chunks carrying personal data already.
+            PiiPolicy::Off | PiiPolicy::Block => return,
+        };
+        for text in message_texts(&mut message.content) {
+            let found = pii::find(text);
+            if found.is_empty() {
+                continue;
+            }
+            self.found_any = true;
+            for finding in &found {
+                Metrics::count(
+                    &METRICS.pii_findings,
+                    &[("kind", finding.kind.as_str()), ("action", action)],
+                );
+            }
+            if self.policy == PiiPolicy::Redact {
+                *text = self.redactor.redact(text, &found);
+            }
+        }
+    }
+
+    /// Personal data goes to the provider as it is: the answer stays out of shared caches.
+    fn no_store(&self) -> bool {
+        self.policy == PiiPolicy::RedactLogs && self.found_any
+    }
+
     /// The headers `answer` decides the cache mode from: a bypass when the answer must not be
     /// stored.
     pub(crate) fn cache_headers<'h>(&self, headers: &'h HeaderMap) -> Cow<'h, HeaderMap> {
-        if !self.no_store {
+        if !self.no_store() {
             return Cow::Borrowed(headers);
         }
         let mut headers = headers.clone();
@@ -55,9 +107,10 @@ impl PiiPlan {
 
     /// Puts the originals back into the answer, if the policy asks for it.
     pub(crate) async fn finish(self, response: Response) -> Result<Response, ApiError> {
-        let Some(mapping) = self.restore else {
+        if !(self.policy == PiiPolicy::Redact && self.restore_pii && self.found_any) {
             return Ok(response);
-        };
+        }
+        let mapping = self.redactor.into_restore_map();
         let streamed = response
             .headers()
             .get(header::CONTENT_TYPE)
@@ -138,9 +191,10 @@ pub(crate) fn screen(
         }
     }
     Ok(PiiPlan {
-        restore: (guard.pii == PiiPolicy::Redact && guard.restore_pii && found_any)
-            .then(|| redactor.into_restore_map()),
-        no_store: guard.pii == PiiPolicy::RedactLogs && found_any,
+        policy: guard.pii,
+        restore_pii: guard.restore_pii,
+        redactor,
+        found_any,
     })
 }
 
