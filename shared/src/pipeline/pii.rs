@@ -5,7 +5,7 @@
 //! the provider see the text but keeps the answer out of the shared caches and batch files.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::LazyLock;
 
 use axum::body::{Body, Bytes};
@@ -351,11 +351,74 @@ fn possible_placeholder_start(text: &str) -> usize {
     if could_continue { open } else { text.len() }
 }
 
-/// Restores placeholders in an SSE chat stream, per choice, across chunk boundaries.
+/// The restorers of one streamed choice: its text and each tool call's arguments.
+#[derive(Debug, Default)]
+struct ChoiceRestorer {
+    content: TextRestorer,
+    /// By the tool call's `index`.
+    tool_arguments: BTreeMap<u64, TextRestorer>,
+}
+
+impl ChoiceRestorer {
+    /// Restores the `function.arguments` pieces in a chunk's `delta.tool_calls`; when the choice
+    /// `finished`, what every call still holds goes out too (appended to that call's piece, or
+    /// as a delta of its own).
+    fn tool_calls(&mut self, delta: &mut Value, mapping: &HashMap<String, String>, finished: bool) {
+        let mut flushed = Vec::new();
+        if let Some(calls) = delta.get_mut("tool_calls").and_then(Value::as_array_mut) {
+            for call in calls.iter_mut() {
+                let tool = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+                let Some(arguments) = call.pointer_mut("/function/arguments") else {
+                    continue;
+                };
+                let piece = arguments.as_str().unwrap_or_default().to_owned();
+                let restorer = self.tool_arguments.entry(tool).or_default();
+                let mut text = restorer.push(&piece, mapping);
+                if finished {
+                    text.push_str(&restorer.flush());
+                }
+                *arguments = Value::String(text);
+                flushed.push(tool);
+            }
+        }
+        if !finished {
+            return;
+        }
+        let held = self.flush_tool_arguments(&flushed);
+        if held.is_empty() {
+            return;
+        }
+        let Some(fields) = delta.as_object_mut() else {
+            return;
+        };
+        let calls = fields
+            .entry("tool_calls")
+            .or_insert_with(|| Value::Array(Vec::new()));
+        if let Some(calls) = calls.as_array_mut() {
+            calls.extend(held);
+        }
+    }
+
+    /// Deltas carrying what the tool calls other than `except` still hold.
+    fn flush_tool_arguments(&mut self, except: &[u64]) -> Vec<Value> {
+        self.tool_arguments
+            .iter_mut()
+            .filter(|(tool, _)| !except.contains(tool))
+            .filter_map(|(tool, restorer)| {
+                let text = restorer.flush();
+                (!text.is_empty())
+                    .then(|| serde_json::json!({"index": tool, "function": {"arguments": text}}))
+            })
+            .collect()
+    }
+}
+
+/// Restores placeholders in an SSE chat stream, per choice, across chunk boundaries: in
+/// `delta.content` and in `delta.tool_calls[].function.arguments`.
 struct SseRestorer {
     mapping: HashMap<String, String>,
     pending: Vec<u8>,
-    choices: HashMap<u64, TextRestorer>,
+    choices: HashMap<u64, ChoiceRestorer>,
     /// The last chunk seen: the shape of the one that carries text still held at the end.
     last_chunk: Option<Value>,
 }
@@ -415,9 +478,12 @@ impl SseRestorer {
                     .and_then(Value::as_str)
                     .unwrap_or_default()
                     .to_owned();
-                let mut text = restorer.push(&piece, &self.mapping);
+                let mut text = restorer.content.push(&piece, &self.mapping);
                 if finished {
-                    text.push_str(&restorer.flush());
+                    text.push_str(&restorer.content.flush());
+                }
+                if let Some(delta) = choice.get_mut("delta") {
+                    restorer.tool_calls(delta, &self.mapping, finished);
                 }
                 if let Some(content) = choice.pointer_mut("/delta/content") {
                     *content = Value::String(text);
@@ -442,11 +508,19 @@ impl SseRestorer {
             .choices
             .iter_mut()
             .filter_map(|(index, restorer)| {
-                let text = restorer.flush();
-                (!text.is_empty()).then(|| {
+                let text = restorer.content.flush();
+                let calls = restorer.flush_tool_arguments(&[]);
+                let mut delta = serde_json::Map::new();
+                if !text.is_empty() {
+                    delta.insert("content".into(), Value::String(text));
+                }
+                if !calls.is_empty() {
+                    delta.insert("tool_calls".into(), Value::Array(calls));
+                }
+                (!delta.is_empty()).then(|| {
                     serde_json::json!({
                         "index": index,
-                        "delta": {"content": text},
+                        "delta": delta,
                         "finish_reason": null,
                     })
                 })
@@ -548,6 +622,74 @@ mod tests {
             "Mail anna@example.com and 4111 1111 1111 1111 done"
         );
         assert!(text.ends_with("data: [DONE]\n\n"));
+    }
+
+    /// The `function.arguments` of every tool call, joined per call index, from SSE text.
+    fn streamed_arguments(text: &str) -> BTreeMap<u64, String> {
+        let mut arguments = BTreeMap::<u64, String>::new();
+        for data in text.split("\n\n").filter_map(|e| e.strip_prefix("data: ")) {
+            let Ok(chunk) = serde_json::from_str::<Value>(data) else {
+                continue;
+            };
+            for call in chunk["choices"][0]["delta"]["tool_calls"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                let piece = call["function"]["arguments"].as_str().unwrap_or_default();
+                let index = call["index"].as_u64().unwrap();
+                arguments.entry(index).or_default().push_str(piece);
+            }
+        }
+        arguments
+    }
+
+    #[test]
+    fn streamed_tool_call_arguments_are_restored_across_chunks() {
+        let call = |index: u64, arguments: &str, finish: Option<&str>| {
+            let value = serde_json::json!({
+                "id": "c1", "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": {"tool_calls": [
+                    {"index": index, "function": {"arguments": arguments}}
+                ]}, "finish_reason": finish}],
+            });
+            format!("data: {value}\n\n")
+        };
+        let finish =
+            "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n";
+        let stream = [
+            call(0, "{\"to\":\"[EM", None),
+            call(1, "{\"card\":\"[CARD_1", None),
+            call(0, "AIL_1]\"}", None),
+            call(1, "2]", None),
+            // Held until the finish: it may still become a placeholder.
+            call(1, "\"} [EMA", None),
+            finish.to_owned(),
+        ]
+        .concat()
+            + "data: [DONE]\n\n";
+        let mut restorer = SseRestorer::new(mapping());
+        let mut out = Vec::new();
+        for piece in stream.as_bytes().chunks(5) {
+            out.extend_from_slice(&restorer.feed(piece));
+        }
+        out.extend_from_slice(&restorer.finish());
+        let text = String::from_utf8(out).unwrap();
+        let arguments = streamed_arguments(&text);
+        assert_eq!(arguments[&0], r#"{"to":"anna@example.com"}"#);
+        assert_eq!(arguments[&1], r#"{"card":"4111 1111 1111 1111"} [EMA"#);
+        assert!(text.ends_with("data: [DONE]\n\n"));
+    }
+
+    #[test]
+    fn held_tool_call_arguments_are_flushed_when_the_stream_ends_without_a_finish() {
+        let mut restorer = SseRestorer::new(mapping());
+        let event = "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":2,\"function\":{\"arguments\":\"{\\\"a\\\":\\\"[EMAIL\"}}]},\"finish_reason\":null}]}\n\n";
+        let mut out = restorer.feed(event.as_bytes()).to_vec();
+        out.extend_from_slice(&restorer.feed(b"data: [DONE]\n\n"));
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(streamed_arguments(&text)[&2], r#"{"a":"[EMAIL"#);
+        assert!(text.ends_with("[DONE]\n\n"));
     }
 
     #[test]
