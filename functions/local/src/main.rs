@@ -14,7 +14,7 @@ use gateway::batch::worker::Worker;
 use gateway::clock::{now_millis, now_secs};
 use gateway::config::{Config, ServerConfig};
 use gateway::ingest::backends::IngestBackends;
-use gateway::keys::audit::{AuditAction, AuditEntry};
+use gateway::keys::audit::{AUDIT_TABLE_ENV, AuditAction, AuditEntry, DynamoAuditLog};
 use gateway::keys::edge::{
     ApiGatewayEdgeKeys, ProvisionError, ensure_admin_key, provision, revoke,
 };
@@ -79,8 +79,9 @@ enum Command {
         #[command(subcommand)]
         action: KeysAction,
     },
-    /// Create the DynamoDB tables for `--backend aws` where they do not exist (for local
-    /// emulators and debugging; on AWS the SAM template owns them)
+    /// Create the DynamoDB tables for `--backend aws` where they do not exist, the audit table
+    /// too when GATEWAY_AUDIT_TABLE names one (for local emulators and debugging; on AWS the SAM
+    /// template owns them)
     CreateTables,
     /// Submit and follow batch jobs on a running gateway, local or on AWS (an HTTP client of
     /// its Files, Uploads and Batches APIs)
@@ -265,10 +266,12 @@ async fn create_tables() -> Result<(), Failure> {
         .await;
     let client = aws_sdk_dynamodb::Client::new(&sdk_config);
     gateway::storage::dynamo::create_tables(&client, &config).await?;
-    println!(
-        "tables ready: {}, {}, {}",
-        config.keys_table, config.limits_table, config.cache_table
-    );
+    let mut ready = vec![config.keys_table, config.limits_table, config.cache_table];
+    if let Some(audit_table) = env(AUDIT_TABLE_ENV).filter(|table| !table.trim().is_empty()) {
+        DynamoAuditLog::create_table(&client, &audit_table).await?;
+        ready.push(audit_table);
+    }
+    println!("tables ready: {}", ready.join(", "));
     Ok(())
 }
 

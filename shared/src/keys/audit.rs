@@ -8,13 +8,13 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::types::{AttributeValue, KeyType};
 use rusqlite::params;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::month_of;
 use crate::error::StoreError;
-use crate::storage::dynamo::{WriteError, backend, raced, s, string_attr};
+use crate::storage::dynamo::{WriteError, backend, create_table_with_keys, raced, s, string_attr};
 use crate::storage::embedded::{EmbeddedStore, decode_record, encode_record, to_sql_int};
 
 /// The environment variable naming the DynamoDB audit table.
@@ -151,6 +151,17 @@ impl DynamoAuditLog {
             client,
             table: table.into(),
         }
+    }
+
+    /// Creates the table (`month` and `entry`, on-demand, no expiry: entries are kept) unless it
+    /// exists. For tests and local runs; on AWS the SAM template owns it.
+    pub async fn create_table(client: &Client, table: &str) -> Result<(), StoreError> {
+        create_table_with_keys(
+            client,
+            table,
+            &[(MONTH, KeyType::Hash), (ENTRY, KeyType::Range)],
+        )
+        .await
     }
 
     async fn month(&self, month: u32, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {

@@ -59,10 +59,11 @@ pub(crate) async fn chat(
     let requested = authorize_model(gateway, key, &request.model, ModelKind::Chat)?;
     // Before the cache lookup: a request the guard blocks is never answered from the cache.
     // Injection rules read the client's own text; PII is redacted after, in what is sent.
-    let mut screening = screen_chat(gateway, key, &mut request)?;
-    let pii = pii::screen(gateway, key, &mut request)?;
-    let headers = &*pii.cache_headers(headers);
+    let guard = gateway.guard_for(key, &request.model);
+    let mut screening = screen_chat(&guard, &mut request)?;
+    let mut pii = pii::screen(&guard, &mut request)?;
     let Some(spec) = rag else {
+        let headers = &*pii.cache_headers(headers);
         let mut response = answer(
             gateway,
             key,
@@ -82,9 +83,11 @@ pub(crate) async fn chat(
         &mut request,
         spec,
         &mut screening,
+        &mut pii,
         invocation_deadline,
     )
     .await?;
+    let headers = &*pii.cache_headers(headers);
     let response = answer(
         gateway,
         key,

@@ -9,9 +9,7 @@ use axum::response::Response;
 use super::{X_GATEWAY_GUARD, set_header};
 use crate::api::{ChatRequest, Content, JsonObject, Message, Role};
 use crate::error::ApiError;
-use crate::guard::{InjectionPolicy, scan_untrusted};
-use crate::keys::KeyRecord;
-use crate::state::Gateway;
+use crate::guard::{EffectiveGuard, InjectionPolicy, scan_untrusted};
 use crate::telemetry::{METRICS, Metrics};
 
 /// What the screening of one request found, for its answer's header.
@@ -51,11 +49,9 @@ fn source(role: Role) -> Option<&'static str> {
 /// Screens the client's user messages and tool results, then puts the operator's system prompts
 /// before everything the client sent.
 pub(crate) fn screen_chat(
-    gateway: &Gateway,
-    key: &KeyRecord,
+    guard: &EffectiveGuard<'_>,
     request: &mut ChatRequest,
 ) -> Result<Screening, ApiError> {
-    let guard = gateway.guard_for(key, &request.model);
     let mut screening = Screening {
         injection: guard.injection,
         rules: Vec::new(),

@@ -5,7 +5,7 @@
 //! the provider see the text but keeps the answer out of the shared caches and batch files.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::LazyLock;
 
 use axum::body::{Body, Bytes};
@@ -15,8 +15,8 @@ use futures_util::StreamExt;
 use regex::Regex;
 use serde_json::Value;
 
-use crate::api::{ChatRequest, Content};
-use crate::config::PiiPolicy;
+use crate::api::{ChatRequest, Content, Message};
+use crate::config::{EffectiveGuard, PiiPolicy};
 use crate::error::ApiError;
 use crate::guard::pii::{self, PiiKind};
 use crate::keys::KeyRecord;
@@ -32,20 +32,72 @@ const MAX_PLACEHOLDER_LEN: usize = 24;
 static PLACEHOLDER: LazyLock<Option<Regex>> =
     LazyLock::new(|| Regex::new(r"\[[A-Z]+(?:_[A-Z]+)*_[0-9]{1,6}\]").ok());
 
-/// What the policy decided for one request, applied to its answer by [`PiiPlan::finish`].
+/// What the policy decided for one request, applied to retrieved context by
+/// [`PiiPlan::screen_retrieved`] and to its answer by [`PiiPlan::finish`].
 #[derive(Debug, Default)]
 pub(crate) struct PiiPlan {
-    /// Placeholder -> original, when the answer gets the originals back.
-    restore: Option<HashMap<String, String>>,
-    /// Personal data went to the provider as it is: its answer stays out of shared caches.
-    no_store: bool,
+    policy: PiiPolicy,
+    restore_pii: bool,
+    /// The request's placeholders, so retrieved context gets the same ones as the messages.
+    redactor: Redactor,
+    /// Personal data was found in the messages or the retrieved context.
+    found_any: bool,
 }
 
 impl PiiPlan {
+    /// Whether a retrieved chunk must stay out of the prompt: under `block` one carrying personal
+    /// data is dropped (the user did not write it, so the request is not refused for it).
+    pub(crate) fn drops_retrieved(&self, text: &str) -> bool {
+        if self.policy != PiiPolicy::Block {
+            return false;
+        }
+        let found = pii::find(text);
+        for finding in &found {
+            Metrics::count(
+                &METRICS.pii_findings,
+                &[("kind", finding.kind.as_str()), ("action", "drop")],
+            );
+        }
+        !found.is_empty()
+    }
+
+    /// Applies the policy to the context message built from retrieved chunks, as to a message
+    /// of the client: redacted under `redact` (with the request's placeholders), and under
+    /// `redact_logs` the answer stays out of the caches when it carries personal data.
+    pub(crate) fn screen_retrieved(&mut self, message: &mut Message) {
+        let action = match self.policy {
+            PiiPolicy::Redact => "redact",
+            PiiPolicy::RedactLogs => "redact_logs",
+            // `block` dropped the chunks carrying personal data already.
+            PiiPolicy::Off | PiiPolicy::Block => return,
+        };
+        for text in message_texts(&mut message.content) {
+            let found = pii::find(text);
+            if found.is_empty() {
+                continue;
+            }
+            self.found_any = true;
+            for finding in &found {
+                Metrics::count(
+                    &METRICS.pii_findings,
+                    &[("kind", finding.kind.as_str()), ("action", action)],
+                );
+            }
+            if self.policy == PiiPolicy::Redact {
+                *text = self.redactor.redact(text, &found);
+            }
+        }
+    }
+
+    /// Personal data goes to the provider as it is: the answer stays out of shared caches.
+    fn no_store(&self) -> bool {
+        self.policy == PiiPolicy::RedactLogs && self.found_any
+    }
+
     /// The headers `answer` decides the cache mode from: a bypass when the answer must not be
     /// stored.
     pub(crate) fn cache_headers<'h>(&self, headers: &'h HeaderMap) -> Cow<'h, HeaderMap> {
-        if !self.no_store {
+        if !self.no_store() {
             return Cow::Borrowed(headers);
         }
         let mut headers = headers.clone();
@@ -55,9 +107,10 @@ impl PiiPlan {
 
     /// Puts the originals back into the answer, if the policy asks for it.
     pub(crate) async fn finish(self, response: Response) -> Result<Response, ApiError> {
-        let Some(mapping) = self.restore else {
+        if !(self.policy == PiiPolicy::Redact && self.restore_pii && self.found_any) {
             return Ok(response);
-        };
+        }
+        let mapping = self.redactor.into_restore_map();
         let streamed = response
             .headers()
             .get(header::CONTENT_TYPE)
@@ -94,11 +147,9 @@ impl PiiPlan {
 /// Applies the key's and model's PII policy to a checked request, before the cache and the
 /// provider see it.
 pub(crate) fn screen(
-    gateway: &Gateway,
-    key: &KeyRecord,
+    guard: &EffectiveGuard<'_>,
     request: &mut ChatRequest,
 ) -> Result<PiiPlan, ApiError> {
-    let guard = gateway.guard_for(key, &request.model);
     let action = match guard.pii {
         PiiPolicy::Off => return Ok(PiiPlan::default()),
         PiiPolicy::RedactLogs => "redact_logs",
@@ -140,9 +191,10 @@ pub(crate) fn screen(
         }
     }
     Ok(PiiPlan {
-        restore: (guard.pii == PiiPolicy::Redact && guard.restore_pii && found_any)
-            .then(|| redactor.into_restore_map()),
-        no_store: guard.pii == PiiPolicy::RedactLogs && found_any,
+        policy: guard.pii,
+        restore_pii: guard.restore_pii,
+        redactor,
+        found_any,
     })
 }
 
@@ -299,11 +351,74 @@ fn possible_placeholder_start(text: &str) -> usize {
     if could_continue { open } else { text.len() }
 }
 
-/// Restores placeholders in an SSE chat stream, per choice, across chunk boundaries.
+/// The restorers of one streamed choice: its text and each tool call's arguments.
+#[derive(Debug, Default)]
+struct ChoiceRestorer {
+    content: TextRestorer,
+    /// By the tool call's `index`.
+    tool_arguments: BTreeMap<u64, TextRestorer>,
+}
+
+impl ChoiceRestorer {
+    /// Restores the `function.arguments` pieces in a chunk's `delta.tool_calls`; when the choice
+    /// `finished`, what every call still holds goes out too (appended to that call's piece, or
+    /// as a delta of its own).
+    fn tool_calls(&mut self, delta: &mut Value, mapping: &HashMap<String, String>, finished: bool) {
+        let mut flushed = Vec::new();
+        if let Some(calls) = delta.get_mut("tool_calls").and_then(Value::as_array_mut) {
+            for call in calls.iter_mut() {
+                let tool = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+                let Some(arguments) = call.pointer_mut("/function/arguments") else {
+                    continue;
+                };
+                let piece = arguments.as_str().unwrap_or_default().to_owned();
+                let restorer = self.tool_arguments.entry(tool).or_default();
+                let mut text = restorer.push(&piece, mapping);
+                if finished {
+                    text.push_str(&restorer.flush());
+                }
+                *arguments = Value::String(text);
+                flushed.push(tool);
+            }
+        }
+        if !finished {
+            return;
+        }
+        let held = self.flush_tool_arguments(&flushed);
+        if held.is_empty() {
+            return;
+        }
+        let Some(fields) = delta.as_object_mut() else {
+            return;
+        };
+        let calls = fields
+            .entry("tool_calls")
+            .or_insert_with(|| Value::Array(Vec::new()));
+        if let Some(calls) = calls.as_array_mut() {
+            calls.extend(held);
+        }
+    }
+
+    /// Deltas carrying what the tool calls other than `except` still hold.
+    fn flush_tool_arguments(&mut self, except: &[u64]) -> Vec<Value> {
+        self.tool_arguments
+            .iter_mut()
+            .filter(|(tool, _)| !except.contains(tool))
+            .filter_map(|(tool, restorer)| {
+                let text = restorer.flush();
+                (!text.is_empty())
+                    .then(|| serde_json::json!({"index": tool, "function": {"arguments": text}}))
+            })
+            .collect()
+    }
+}
+
+/// Restores placeholders in an SSE chat stream, per choice, across chunk boundaries: in
+/// `delta.content` and in `delta.tool_calls[].function.arguments`.
 struct SseRestorer {
     mapping: HashMap<String, String>,
     pending: Vec<u8>,
-    choices: HashMap<u64, TextRestorer>,
+    choices: HashMap<u64, ChoiceRestorer>,
     /// The last chunk seen: the shape of the one that carries text still held at the end.
     last_chunk: Option<Value>,
 }
@@ -363,9 +478,12 @@ impl SseRestorer {
                     .and_then(Value::as_str)
                     .unwrap_or_default()
                     .to_owned();
-                let mut text = restorer.push(&piece, &self.mapping);
+                let mut text = restorer.content.push(&piece, &self.mapping);
                 if finished {
-                    text.push_str(&restorer.flush());
+                    text.push_str(&restorer.content.flush());
+                }
+                if let Some(delta) = choice.get_mut("delta") {
+                    restorer.tool_calls(delta, &self.mapping, finished);
                 }
                 if let Some(content) = choice.pointer_mut("/delta/content") {
                     *content = Value::String(text);
@@ -390,11 +508,19 @@ impl SseRestorer {
             .choices
             .iter_mut()
             .filter_map(|(index, restorer)| {
-                let text = restorer.flush();
-                (!text.is_empty()).then(|| {
+                let text = restorer.content.flush();
+                let calls = restorer.flush_tool_arguments(&[]);
+                let mut delta = serde_json::Map::new();
+                if !text.is_empty() {
+                    delta.insert("content".into(), Value::String(text));
+                }
+                if !calls.is_empty() {
+                    delta.insert("tool_calls".into(), Value::Array(calls));
+                }
+                (!delta.is_empty()).then(|| {
                     serde_json::json!({
                         "index": index,
-                        "delta": {"content": text},
+                        "delta": delta,
                         "finish_reason": null,
                     })
                 })
@@ -496,6 +622,74 @@ mod tests {
             "Mail anna@example.com and 4111 1111 1111 1111 done"
         );
         assert!(text.ends_with("data: [DONE]\n\n"));
+    }
+
+    /// The `function.arguments` of every tool call, joined per call index, from SSE text.
+    fn streamed_arguments(text: &str) -> BTreeMap<u64, String> {
+        let mut arguments = BTreeMap::<u64, String>::new();
+        for data in text.split("\n\n").filter_map(|e| e.strip_prefix("data: ")) {
+            let Ok(chunk) = serde_json::from_str::<Value>(data) else {
+                continue;
+            };
+            for call in chunk["choices"][0]["delta"]["tool_calls"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                let piece = call["function"]["arguments"].as_str().unwrap_or_default();
+                let index = call["index"].as_u64().unwrap();
+                arguments.entry(index).or_default().push_str(piece);
+            }
+        }
+        arguments
+    }
+
+    #[test]
+    fn streamed_tool_call_arguments_are_restored_across_chunks() {
+        let call = |index: u64, arguments: &str, finish: Option<&str>| {
+            let value = serde_json::json!({
+                "id": "c1", "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": {"tool_calls": [
+                    {"index": index, "function": {"arguments": arguments}}
+                ]}, "finish_reason": finish}],
+            });
+            format!("data: {value}\n\n")
+        };
+        let finish =
+            "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n";
+        let stream = [
+            call(0, "{\"to\":\"[EM", None),
+            call(1, "{\"card\":\"[CARD_1", None),
+            call(0, "AIL_1]\"}", None),
+            call(1, "2]", None),
+            // Held until the finish: it may still become a placeholder.
+            call(1, "\"} [EMA", None),
+            finish.to_owned(),
+        ]
+        .concat()
+            + "data: [DONE]\n\n";
+        let mut restorer = SseRestorer::new(mapping());
+        let mut out = Vec::new();
+        for piece in stream.as_bytes().chunks(5) {
+            out.extend_from_slice(&restorer.feed(piece));
+        }
+        out.extend_from_slice(&restorer.finish());
+        let text = String::from_utf8(out).unwrap();
+        let arguments = streamed_arguments(&text);
+        assert_eq!(arguments[&0], r#"{"to":"anna@example.com"}"#);
+        assert_eq!(arguments[&1], r#"{"card":"4111 1111 1111 1111"} [EMA"#);
+        assert!(text.ends_with("data: [DONE]\n\n"));
+    }
+
+    #[test]
+    fn held_tool_call_arguments_are_flushed_when_the_stream_ends_without_a_finish() {
+        let mut restorer = SseRestorer::new(mapping());
+        let event = "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":2,\"function\":{\"arguments\":\"{\\\"a\\\":\\\"[EMAIL\"}}]},\"finish_reason\":null}]}\n\n";
+        let mut out = restorer.feed(event.as_bytes()).to_vec();
+        out.extend_from_slice(&restorer.feed(b"data: [DONE]\n\n"));
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(streamed_arguments(&text)[&2], r#"{"a":"[EMAIL"#);
+        assert!(text.ends_with("[DONE]\n\n"));
     }
 
     #[test]

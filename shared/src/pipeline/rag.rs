@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::guard::Screening;
+use super::pii::PiiPlan;
 use super::retrieve::retrieve;
 use super::set_header;
 use super::sse::{SSE_DONE, sse_data};
@@ -28,6 +29,9 @@ use crate::rag::{
 use crate::state::Gateway;
 use crate::telemetry::{METRICS, Metrics};
 use crate::vectors::MetadataFilter;
+
+/// Why a retrieved chunk was dropped under the PII policy `block` (in its source's `dropped`).
+const PERSONAL_DATA: &str = "personal_data";
 
 /// Longest a RAG request waits for its retrieval (embedding the question and the vector query).
 const RETRIEVAL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -70,6 +74,7 @@ pub(crate) async fn augment(
     request: &mut ChatRequest,
     spec: RagSpec,
     screening: &mut Screening,
+    pii: &mut PiiPlan,
     invocation_deadline: Option<tokio::time::Instant>,
 ) -> Result<Augmented, ApiError> {
     let filter = spec
@@ -112,12 +117,10 @@ pub(crate) async fn augment(
         .collect();
     let scan = screening.injection != InjectionPolicy::Off;
     let context = build_context(&retrieval.collection, &passages, |text| {
-        if !scan {
-            return None;
-        }
-        crate::guard::scan_untrusted(text)
-            .first()
-            .map(|finding| finding.rule)
+        let injection = scan
+            .then(|| crate::guard::scan_untrusted(text).first().map(|f| f.rule))
+            .flatten();
+        injection.or_else(|| pii.drops_retrieved(text).then_some(PERSONAL_DATA))
     });
     for source in context.dropped() {
         let rule = source.dropped.unwrap_or_default();
@@ -126,9 +129,12 @@ pub(crate) async fn augment(
             document_id = %source.document_id,
             chunk_id = %source.chunk_id,
             rule,
-            "retrieved chunk dropped from the prompt: it carries instructions"
+            "retrieved chunk dropped from the prompt"
         );
         Metrics::count(&METRICS.rag_dropped_chunks, &[("rule", rule)]);
+        if rule == PERSONAL_DATA {
+            continue;
+        }
         Metrics::count(
             &METRICS.guard_findings,
             &[("source", "retrieved"), ("rule", rule), ("action", "drop")],
@@ -140,7 +146,8 @@ pub(crate) async fn augment(
         retrieval.collection_version,
         &context.sources,
     );
-    if let Some(message) = context.message {
+    if let Some(mut message) = context.message {
+        pii.screen_retrieved(&mut message);
         insert_before_last_user(&mut request.messages, message);
     }
     Ok(Augmented {

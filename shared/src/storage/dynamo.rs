@@ -140,6 +140,17 @@ async fn create_table(client: &Client, table: &str, with_sort_key: bool) -> Resu
     if with_sort_key {
         keys.push((SK, KeyType::Range));
     }
+    create_table_with_keys(client, table, &keys).await?;
+    enable_ttl(client, table).await
+}
+
+/// Creates `table` with string attributes `keys` (on-demand) unless it exists, and waits until it
+/// is usable.
+pub(crate) async fn create_table_with_keys(
+    client: &Client,
+    table: &str,
+    keys: &[(&str, KeyType)],
+) -> Result<(), StoreError> {
     let mut request = client
         .create_table()
         .table_name(table)
@@ -148,15 +159,15 @@ async fn create_table(client: &Client, table: &str, with_sort_key: bool) -> Resu
         request = request
             .attribute_definitions(
                 AttributeDefinition::builder()
-                    .attribute_name(name)
+                    .attribute_name(*name)
                     .attribute_type(ScalarAttributeType::S)
                     .build()
                     .map_err(build_error)?,
             )
             .key_schema(
                 KeySchemaElement::builder()
-                    .attribute_name(name)
-                    .key_type(key_type)
+                    .attribute_name(*name)
+                    .key_type(key_type.clone())
                     .build()
                     .map_err(build_error)?,
             );
@@ -174,6 +185,11 @@ async fn create_table(client: &Client, table: &str, with_sort_key: bool) -> Resu
         .wait(Duration::from_secs(120))
         .await
         .map_err(|e| backend(&format!("waiting for table {table}"), &e))?;
+    Ok(())
+}
+
+/// Turns on expiry by `expires_at` unless it is on.
+async fn enable_ttl(client: &Client, table: &str) -> Result<(), StoreError> {
     let ttl = client
         .describe_time_to_live()
         .table_name(table)

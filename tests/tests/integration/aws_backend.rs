@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::local::TempDir;
 use crate::common::moto::Moto;
 use crate::common::within;
 use serde_json::json;
@@ -29,6 +30,9 @@ fn gateway_local() -> PathBuf {
 struct Environment {
     vars: Vec<(&'static str, String)>,
     config: PathBuf,
+    /// `--data-dir`: the AWS backend keeps nothing there, but the process must not create one
+    /// in the checkout.
+    data: TempDir,
 }
 
 impl Environment {
@@ -61,11 +65,13 @@ price = { input_per_mtok = 0, output_per_mtok = 1000 }
                 ("GATEWAY_KEYS_TABLE", format!("{prefix}-keys")),
                 ("GATEWAY_LIMITS_TABLE", format!("{prefix}-limits")),
                 ("GATEWAY_CACHE_TABLE", format!("{prefix}-cache")),
+                ("GATEWAY_AUDIT_TABLE", format!("{prefix}-audit")),
                 ("RUST_LOG", "warn".into()),
                 // moto is one Python process: a 500-request burst queues there for seconds.
                 ("GATEWAY_DYNAMODB_TIMEOUT_MS", "60000".into()),
             ],
             config,
+            data: TempDir::new(name),
         }
     }
 
@@ -76,6 +82,8 @@ price = { input_per_mtok = 0, output_per_mtok = 1000 }
             .env_remove("GATEWAY_ADMIN_KEY")
             .arg("--config")
             .arg(&self.config)
+            .arg("--data-dir")
+            .arg(self.data.path())
             .stdin(Stdio::null());
         command
     }
@@ -304,6 +312,28 @@ async fn limits_and_budgets_are_exact_across_two_processes() {
             (15, 185),
             "budget binding with RPM and TPM: (admitted, refused)"
         );
+    })
+    .await;
+}
+
+/// `create-tables` makes the audit table too, so key administration on the AWS backend is
+/// recorded there and listed by `keys audit`.
+#[tokio::test]
+async fn create_tables_makes_the_audit_table_key_administration_writes_to() {
+    within(120, async {
+        let moto = Moto::shared();
+        let environment = Environment::new(&moto, "audit-table");
+        let ready = environment.run(&["create-tables"]);
+        assert!(ready.contains("-audit"), "{ready}");
+        let key = create_key(&environment, "audited", &[]);
+        let listing = environment.run(&["keys", "audit"]);
+        let entries: Vec<serde_json::Value> = listing
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("an entry per line"))
+            .collect();
+        assert_eq!(entries.len(), 1, "{listing}");
+        assert_eq!(entries[0]["action"], "create");
+        assert!(!listing.contains(&key), "the secret is never audited");
     })
     .await;
 }

@@ -211,3 +211,109 @@ async fn key_and_model_policies_both_apply_and_the_stricter_wins() {
     })
     .await;
 }
+
+/// An OpenAI-style upstream that answers every chat request with a call to `send_mail` whose
+/// arguments carry the placeholder `[EMAIL_1]`: streamed, split inside the placeholder; else
+/// whole. It records the last request body.
+async fn tool_calling_upstream() -> (String, std::sync::Arc<std::sync::Mutex<Value>>) {
+    use axum::response::IntoResponse;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Value::Null));
+    let recorder = std::sync::Arc::clone(&seen);
+    let answer = move |axum::Json(request): axum::Json<Value>| {
+        let stream = request["stream"] == json!(true);
+        *recorder.lock().unwrap() = request;
+        async move {
+            let call = |arguments: &str| {
+                json!({"index": 0, "id": "call_1", "type": "function",
+                       "function": {"name": "send_mail", "arguments": arguments}})
+            };
+            if !stream {
+                return axum::Json(json!({
+                    "id": "c1", "object": "chat.completion", "created": 1, "model": "gpt-test",
+                    "choices": [{"index": 0, "finish_reason": "tool_calls", "message":
+                        {"role": "assistant", "content": null,
+                         "tool_calls": [call(r#"{"to":"[EMAIL_1]"}"#)]}}],
+                    "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10}
+                }))
+                .into_response();
+            }
+            let chunk = |delta: Value, finish: Value| {
+                let chunk = json!({"id": "c1", "object": "chat.completion.chunk", "created": 1,
+                    "model": "gpt-test", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+                format!("data: {chunk}\n\n")
+            };
+            let body = [
+                chunk(
+                    json!({"role": "assistant", "tool_calls": [call("{\"to\":\"[EM")]}),
+                    Value::Null,
+                ),
+                chunk(
+                    json!({"tool_calls": [{"index": 0, "function": {"arguments": "AIL_1]\"}"}}]}),
+                    Value::Null,
+                ),
+                chunk(json!({}), json!("tool_calls")),
+                "data: [DONE]\n\n".to_owned(),
+            ]
+            .concat();
+            ([("content-type", "text/event-stream")], body).into_response()
+        }
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    let app = axum::Router::new().route("/v1/chat/completions", axum::routing::post(answer));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, seen)
+}
+
+#[tokio::test]
+async fn tool_call_arguments_get_the_originals_back_streamed_and_whole() {
+    within(30, async {
+        let (upstream, seen) = tool_calling_upstream().await;
+        let mut config = test_config(&upstream);
+        config.push_str(
+            "\n[models.mailer]\ndeployments = [{ provider = \"upstream\", model = \"gpt-test\" }]\n\
+             [models.mailer.guard]\npii = \"redact\"\nrestore_pii = true\n",
+        );
+        let gw = TestGateway::start(&config).await;
+        let key = gw.plain_key().await;
+        let expected = format!(r#"{{"to":"{EMAIL}"}}"#);
+        for stream in [true, false] {
+            let mut body = chat("mailer", &format!("mail {EMAIL} the report"));
+            body["stream"] = json!(stream);
+            let reply = gw.post("/v1/chat/completions", &key, &body).await;
+            assert_eq!(
+                reply.status,
+                200,
+                "{}",
+                String::from_utf8_lossy(&reply.body)
+            );
+            let sent = seen.lock().unwrap().to_string();
+            assert!(
+                sent.contains("[EMAIL_1]") && !sent.contains(EMAIL),
+                "{sent}"
+            );
+            let arguments: String = if stream {
+                reply
+                    .sse_chunks()
+                    .iter()
+                    .filter_map(|c| {
+                        c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"]
+                            .as_str()
+                            .map(str::to_owned)
+                    })
+                    .collect()
+            } else {
+                reply.json()["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            };
+            assert_eq!(arguments, expected, "stream: {stream}");
+        }
+    })
+    .await;
+}

@@ -29,6 +29,14 @@ deployments = [{{ provider = "upstream", model = "gpt-test" }}]
 deployments = [{{ provider = "upstream", model = "gpt-test" }}]
 rag = {{ collection = "handbook", top_k = 2 }}
 
+[models.contacts-redact]
+deployments = [{{ provider = "upstream", model = "gpt-test" }}]
+guard = {{ pii = "redact", restore_pii = true }}
+
+[models.contacts-block]
+deployments = [{{ provider = "upstream", model = "gpt-test" }}]
+guard = {{ pii = "block" }}
+
 [models.cached-gpt]
 deployments = [{{ provider = "upstream", model = "gpt-cached" }}]
 [models.cached-gpt.cache]
@@ -387,6 +395,84 @@ async fn the_semantic_cache_serves_paraphrases_but_not_near_misses_nor_other_ten
         let other = key_of_other_tenant(&setup).await;
         let (header, calls) = ask(other, "how do I reset my account password").await;
         assert_eq!((header.as_deref(), calls), (Some("MISS"), 1));
+    })
+    .await;
+}
+
+const CONTACT_EMAIL: &str = "refunds.team@example.com";
+
+/// A collection whose chunks carry personal data, and a RAG question to `model` about it.
+async fn ask_contacts(setup: &Setup, key: &str, model: &str, question: &str) -> Answer {
+    setup
+        .ingest(
+            key,
+            "contacts",
+            json!([
+                {"id": "refund-contact", "text": format!("Refund questions go to {CONTACT_EMAIL} within thirty days.")},
+                {"id": "opening-hours", "text": "The refund desk is open on weekdays."}
+            ]),
+        )
+        .await;
+    let ask = json!({
+        "model": model,
+        "rag": {"collection": "contacts", "top_k": 2},
+        "messages": [{"role": "user", "content": question}]
+    });
+    setup.post(key, "/v1/chat/completions", &ask).await
+}
+
+#[tokio::test]
+async fn retrieved_personal_data_is_redacted_before_the_upstream_under_redact() {
+    within(90, async {
+        let (setup, key) = setup("rag-pii-redact").await;
+        let question = "I am bob@example.org: where do refund questions go?";
+        let answer = ask_contacts(&setup, &key, "contacts-redact", question).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let messages = setup.last_upstream_messages().await;
+        let sent = serde_json::to_string(&messages).unwrap();
+        assert!(!sent.contains(CONTACT_EMAIL), "{sent}");
+        assert!(!sent.contains("bob@example.org"), "{sent}");
+        // One request, one numbering: the question's email came first.
+        let context = messages[0]["content"].as_str().expect("context text");
+        assert!(context.contains("go to [EMAIL_2] within"), "{context}");
+        assert_eq!(
+            messages[1]["content"],
+            "I am [EMAIL_1]: where do refund questions go?"
+        );
+        // The upstream echoes the question: the client gets its original back.
+        let text = answer.json()["choices"][0]["message"]["content"].clone();
+        assert!(text.as_str().unwrap().contains("bob@example.org"), "{text}");
+        assert_eq!(answer.json()["sources"].as_array().unwrap().len(), 2);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_retrieved_chunk_with_personal_data_is_dropped_under_block() {
+    within(90, async {
+        let (setup, key) = setup("rag-pii-block").await;
+        let answer = ask_contacts(
+            &setup,
+            &key,
+            "contacts-block",
+            "Where do refund questions go?",
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let sent = serde_json::to_string(&setup.last_upstream_messages().await).unwrap();
+        assert!(!sent.contains(CONTACT_EMAIL), "{sent}");
+        assert!(sent.contains("open on weekdays"), "{sent}");
+        let sources = answer.json()["sources"].clone();
+        let dropped: Vec<&Value> = sources
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s.get("dropped").is_some())
+            .collect();
+        assert_eq!(dropped.len(), 1, "{sources}");
+        assert_eq!(dropped[0]["document_id"], "refund-contact");
+        assert_eq!(dropped[0]["dropped"], "personal_data");
+        assert!(!answer.body.contains(CONTACT_EMAIL));
     })
     .await;
 }

@@ -343,9 +343,6 @@ fn bearer(key: &str) -> reqwest::header::HeaderMap {
 /// The DynamoDB key store's rotation and the DynamoDB audit log, on moto.
 #[tokio::test]
 async fn dynamo_rotation_and_audit_on_moto() {
-    use aws_sdk_dynamodb::types::{
-        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-    };
     use gateway::keys::KeyStore;
     use gateway::keys::audit::{AuditAction, AuditEntry, AuditLog, DynamoAuditLog};
     use gateway::keys::dynamo::DynamoKeyStore;
@@ -408,28 +405,7 @@ async fn dynamo_rotation_and_audit_on_moto() {
         );
 
         let table = "scopes-audit";
-        let mut request = client
-            .create_table()
-            .table_name(table)
-            .billing_mode(BillingMode::PayPerRequest);
-        for (name, key_type) in [("month", KeyType::Hash), ("entry", KeyType::Range)] {
-            request = request
-                .attribute_definitions(
-                    AttributeDefinition::builder()
-                        .attribute_name(name)
-                        .attribute_type(ScalarAttributeType::S)
-                        .build()
-                        .unwrap(),
-                )
-                .key_schema(
-                    KeySchemaElement::builder()
-                        .attribute_name(name)
-                        .key_type(key_type)
-                        .build()
-                        .unwrap(),
-                );
-        }
-        let _ = request.send().await;
+        DynamoAuditLog::create_table(&client, table).await.unwrap();
         let audit = DynamoAuditLog::new(client.clone(), table);
         for (i, action) in [AuditAction::Create, AuditAction::Rotate]
             .into_iter()
