@@ -18,6 +18,10 @@ pub(crate) struct Settlement {
     pub(crate) reservation: Option<Reservation>,
     pub(crate) price: Price,
     pub(crate) observed: Usage,
+    /// Calls that are over (a first answer that failed validation), each billed at the price of
+    /// the model that served it.
+    banked_cost: f64,
+    banked_tokens: u64,
 }
 
 impl Settlement {
@@ -28,25 +32,39 @@ impl Settlement {
             reservation: Some(reservation),
             price,
             observed: Usage::default(),
+            banked_cost: 0.0,
+            banked_tokens: 0,
         }
     }
 
-    /// Settles with the given usage, billed at `price` to `model`; returns the cost.
+    /// Bills a call that is over at its own model's price, so a later call served by another
+    /// model (a retry that fell back) is billed at that one's.
+    pub(crate) fn bank(&mut self, usage: Usage, price: Price, model: &str) {
+        let cost = price.cost_usd(usage.prompt_tokens, usage.completion_tokens);
+        METRICS.record_usage(model, usage.prompt_tokens, usage.completion_tokens, cost);
+        self.banked_cost += cost;
+        self.banked_tokens += usage.total_tokens;
+        self.observed = Usage::default();
+    }
+
+    /// Settles with the last call's usage, billed at `price` to `model`; returns the cost of
+    /// every call of the request.
     pub(crate) fn finish(mut self, usage: Usage, price: Price, model: &str) -> f64 {
         self.price = price;
         self.observed = usage;
-        let cost = self.settle();
-        METRICS.record_usage(model, usage.prompt_tokens, usage.completion_tokens, cost);
-        cost
+        let own = price.cost_usd(usage.prompt_tokens, usage.completion_tokens);
+        METRICS.record_usage(model, usage.prompt_tokens, usage.completion_tokens, own);
+        self.settle()
     }
 
     pub(crate) fn settle(&mut self) -> f64 {
-        let cost = self
-            .price
-            .cost_usd(self.observed.prompt_tokens, self.observed.completion_tokens);
+        let cost = self.banked_cost
+            + self
+                .price
+                .cost_usd(self.observed.prompt_tokens, self.observed.completion_tokens);
         if let Some(reservation) = self.reservation.take() {
             let limiter = Arc::clone(&self.limiter);
-            let tokens = self.observed.total_tokens;
+            let tokens = self.banked_tokens + self.observed.total_tokens;
             finish_in_background(&self.background, async move {
                 limiter.settle(reservation, tokens, cost).await
             });
@@ -73,5 +91,89 @@ pub(crate) fn finish_in_background(
 impl Drop for Settlement {
     fn drop(&mut self) {
         self.settle();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::keys::KeyRecord;
+    use crate::limits::{Estimate, LimitError};
+
+    /// Keeps what each settlement reports.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<(u64, f64)>>);
+
+    #[async_trait]
+    impl Limiter for Recorder {
+        async fn acquire(
+            &self,
+            _: &KeyRecord,
+            _: Estimate,
+            _: u64,
+        ) -> Result<Reservation, LimitError> {
+            unreachable!("settlement never admits")
+        }
+
+        async fn settle(&self, _: Reservation, tokens: u64, cost_usd: f64) {
+            self.0.lock().unwrap().push((tokens, cost_usd));
+        }
+
+        async fn spent_usd(&self, _: &str, _: u64) -> Result<f64, LimitError> {
+            Ok(0.0)
+        }
+    }
+
+    fn settlement(recorder: &Arc<Recorder>, price: Price) -> Settlement {
+        let reservation = Reservation {
+            key_id: "key_1".into(),
+            minute: 0,
+            month: 0,
+            tokens: 0,
+            nano_usd: 0,
+        };
+        let limiter: Arc<dyn Limiter> = recorder.clone();
+        Settlement {
+            limiter,
+            background: Background::default(),
+            reservation: Some(reservation),
+            price,
+            observed: Usage::default(),
+            banked_cost: 0.0,
+            banked_tokens: 0,
+        }
+    }
+
+    fn price(input_per_mtok: f64, output_per_mtok: f64) -> Price {
+        Price {
+            input_per_mtok,
+            output_per_mtok,
+        }
+    }
+
+    #[tokio::test]
+    async fn each_call_is_billed_at_the_price_of_the_model_that_served_it() {
+        let recorder = Arc::new(Recorder::default());
+        let mut request = settlement(&recorder, price(1e6, 1e6));
+        // The first answer, from the cheap model; the retry fell back to one ten times dearer.
+        request.bank(Usage::new(10, 5), price(1e6, 2e6), "cheap");
+        let cost = request.finish(Usage::new(20, 4), price(1e7, 2e7), "dear");
+        let first = 10.0 + 2.0 * 5.0;
+        let retry = 10.0 * 20.0 + 20.0 * 4.0;
+        assert!((cost - (first + retry)).abs() < 1e-9, "{cost}");
+        assert_eq!(*recorder.0.lock().unwrap(), vec![(39, first + retry)]);
+    }
+
+    #[tokio::test]
+    async fn a_request_dropped_after_a_banked_call_still_bills_it() {
+        let recorder = Arc::new(Recorder::default());
+        let mut request = settlement(&recorder, price(1e6, 1e6));
+        request.bank(Usage::new(10, 5), price(1e6, 2e6), "cheap");
+        drop(request);
+        assert_eq!(*recorder.0.lock().unwrap(), vec![(15, 20.0)]);
     }
 }

@@ -130,7 +130,8 @@ fn retry_request(request: &ChatRequest, failed: &Failed) -> ChatRequest {
     retry
 }
 
-/// A complete answer, who gave it, and what every call for it used.
+/// A complete answer, who gave it, and what the call that gave it used (billed at that model's
+/// price; earlier calls are billed already).
 pub(crate) struct Checked<'g> {
     pub(crate) completion: ChatCompletion,
     pub(crate) usage: Usage,
@@ -148,9 +149,10 @@ pub(crate) struct Retry<'a, 'g> {
     pub(crate) deadline: tokio::time::Instant,
 }
 
-/// Returns `first` if it matches; else asks once more and returns that answer if it matches, with
-/// the usage of both calls (also in its `usage`), or an error. `settlement` observes every call
-/// as it completes, so a failed retry still bills the first.
+/// Returns `first` if it matches; else asks once more and returns that answer if it matches (its
+/// completion's `usage` covering both calls, `Checked::usage` the retry's own), or an error.
+/// `settlement` bills every call as it completes at its model's price, so a failed retry still
+/// bills the first.
 pub(crate) async fn ensure_valid<'g>(
     schema: &OutputSchema,
     first: Checked<'g>,
@@ -161,7 +163,7 @@ pub(crate) async fn ensure_valid<'g>(
         count(&first.model.name, "valid");
         return Ok(first);
     };
-    settlement.observed = first.usage;
+    settlement.bank(first.usage, first.model.price, &first.model.name);
     let mut request = retry_request(retry.request, &failed);
     let retry_estimate = request.estimate_prompt_tokens();
     let mut attempt = routing::ChatAttempt {
@@ -186,20 +188,22 @@ pub(crate) async fn ensure_valid<'g>(
     let second = completion
         .usage
         .unwrap_or_else(|| Usage::new(retry_estimate, 0));
-    let usage = Usage::new(
-        first.usage.prompt_tokens + second.prompt_tokens,
-        first.usage.completion_tokens + second.completion_tokens,
-    );
-    settlement.observed = usage;
+    // The retry is billed at the price of the model that answered it, which a fallback may
+    // have changed.
+    settlement.price = answer.model.price;
+    settlement.observed = second;
     if let Err(failed) = check(schema, &completion) {
         count(&answer.model.name, "invalid");
         return Err(failure(&failed.violation, true));
     }
     count(&answer.model.name, "retried_valid");
-    completion.usage = Some(usage);
+    completion.usage = Some(Usage::new(
+        first.usage.prompt_tokens + second.prompt_tokens,
+        first.usage.completion_tokens + second.completion_tokens,
+    ));
     Ok(Checked {
         completion,
-        usage,
+        usage: second,
         model: answer.model,
         deployment: answer.deployment,
     })
