@@ -17,6 +17,12 @@ use crate::common::{MockUpstream, UPSTREAM_KEY, within};
 const WRONG_PROVIDER_KEY: &str = "sk-wrong-PROVIDER-SECRET-7f3a9c";
 /// The key of a provider nobody listens for.
 const UNREACHABLE_PROVIDER_KEY: &str = "sk-down-PROVIDER-SECRET-51be02";
+/// The environment the config's providers read their keys from.
+const PROVIDER_KEYS: [(&str, &str); 3] = [
+    ("UPSTREAM_KEY", UPSTREAM_KEY),
+    ("WRONG_PROVIDER_KEY", WRONG_PROVIDER_KEY),
+    ("UNREACHABLE_PROVIDER_KEY", UNREACHABLE_PROVIDER_KEY),
+];
 /// Personal data sent to the `redact_logs` model: an email and a (Luhn-valid) card number.
 const EMAIL: &str = "jane.sentinel@example.org";
 const CARD: &str = "4111 1111 1111 1111";
@@ -347,7 +353,7 @@ async fn personal_data_under_redact_logs_stays_out_of_logs_cache_and_batch_files
         let server = LocalServer::start_logging(
             dir.path(),
             &config(&upstream.url, free_port()),
-            &[("UPSTREAM_KEY", UPSTREAM_KEY)],
+            &PROVIDER_KEYS,
             Some("trace"),
         );
         let client = Client {
