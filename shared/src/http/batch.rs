@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::multipart::MultipartError;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Extension, Multipart, Path, Query, State};
 use axum::http::{StatusCode, header};
@@ -16,7 +17,7 @@ use super::openapi::{FileUpload, UploadPart};
 use crate::batch::batches_api::NewBatch;
 use crate::batch::files_api::{self, CompleteUpload, NewUpload, not_configured};
 use crate::batch::{BatchBackends, batches_api};
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ErrorBody, ErrorKind};
 use crate::pipeline::parse_json;
 use crate::state::Gateway;
 
@@ -31,7 +32,14 @@ fn json(result: Result<Value, ApiError>) -> Response {
     }
 }
 
-fn multipart_error(error: impl std::fmt::Display) -> ApiError {
+/// A multipart body that cannot be read: 413 when it outgrew the body limit, else 400.
+fn multipart_error(error: MultipartError) -> ApiError {
+    if error.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::new(
+            ErrorKind::PayloadTooLarge,
+            format!("The multipart body is too large: {}", error.body_text()),
+        );
+    }
     ApiError::bad_request(format!("The multipart body cannot be read: {error}"))
 }
 

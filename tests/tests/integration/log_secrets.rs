@@ -17,6 +17,15 @@ use crate::common::{MockUpstream, UPSTREAM_KEY, within};
 const WRONG_PROVIDER_KEY: &str = "sk-wrong-PROVIDER-SECRET-7f3a9c";
 /// The key of a provider nobody listens for.
 const UNREACHABLE_PROVIDER_KEY: &str = "sk-down-PROVIDER-SECRET-51be02";
+/// The environment the config's providers read their keys from.
+const PROVIDER_KEYS: [(&str, &str); 3] = [
+    ("UPSTREAM_KEY", UPSTREAM_KEY),
+    ("WRONG_PROVIDER_KEY", WRONG_PROVIDER_KEY),
+    ("UNREACHABLE_PROVIDER_KEY", UNREACHABLE_PROVIDER_KEY),
+];
+/// Personal data sent to the `redact_logs` model: an email and a (Luhn-valid) card number.
+const EMAIL: &str = "jane.sentinel@example.org";
+const CARD: &str = "4111 1111 1111 1111";
 /// A gateway key that was never issued.
 const UNKNOWN_GATEWAY_KEY: &str = "gw-unknown-GATEWAY-SECRET-c0ffee";
 
@@ -54,6 +63,11 @@ deployments = [{{ provider = "upstream", model = "embed-test" }}]
 [models.mock-embed]
 kind = "embedding"
 deployments = [{{ provider = "mock", model = "mock-embed" }}]
+
+[models.private]
+deployments = [{{ provider = "upstream", model = "gpt-test" }}]
+[models.private.guard]
+pii = "redact_logs"
 
 [models.refused]
 deployments = [{{ provider = "refused", model = "gpt-test" }}]
@@ -308,6 +322,158 @@ async fn no_secret_in_logs(rust_log: Option<&str>) {
                 .join("\n")
         );
     }
+}
+
+/// Every file under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &std::path::Path, needle: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(folder) = pending.pop() {
+        for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if std::fs::read(&path)
+                .is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle.as_bytes()))
+            {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// Under `pii = "redact_logs"` the provider sees the personal data and the client gets its
+/// answer, but no log line at trace level, no cache entry and no batch result file holds it.
+#[tokio::test]
+async fn personal_data_under_redact_logs_stays_out_of_logs_cache_and_batch_files() {
+    within(120, async {
+        let upstream = MockUpstream::start(&[]);
+        let dir = TempDir::new("log-pii");
+        let server = LocalServer::start_logging(
+            dir.path(),
+            &config(&upstream.url, free_port()),
+            &PROVIDER_KEYS,
+            Some("trace"),
+        );
+        let client = Client {
+            url: server.url.clone(),
+            http: reqwest::Client::new(),
+        };
+        let prompt = format!("Mail {EMAIL} about card {CARD}, please.");
+        let (status, created) = client
+            .post("/v1/admin/keys", ADMIN_KEY, json!({"name": "pii-logs"}))
+            .await;
+        assert_eq!(status, 201, "{created}");
+        let key = created["key"].as_str().expect("a secret").to_owned();
+        for _ in 0..2 {
+            let response = client
+                .http
+                .post(format!("{}/v1/chat/completions", client.url))
+                .bearer_auth(&key)
+                .json(&chat("private", &prompt))
+                .send()
+                .await
+                .expect("answered");
+            // Never answered from the shared cache.
+            assert_ne!(
+                response
+                    .headers()
+                    .get("x-gateway-cache")
+                    .map(|v| v.as_bytes()),
+                Some(&b"HIT"[..])
+            );
+            let answer: Value = response.json().await.expect("json");
+            // The provider saw the text (the mock echoes it), so its absence below means
+            // something.
+            assert!(answer.to_string().contains(EMAIL), "{answer}");
+        }
+        let mut streamed = chat("private", &prompt);
+        streamed["stream"] = json!(true);
+        assert_eq!(
+            client.post("/v1/chat/completions", &key, streamed).await.0,
+            200
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for needle in [EMAIL, CARD] {
+            let stored = files_containing(&dir.path().join("data"), needle);
+            assert!(stored.is_empty(), "`{needle}` is stored in {stored:?}");
+        }
+
+        // A batch item: its result file holds placeholders, not the data.
+        let line = json!({"custom_id": "p", "method": "POST", "url": "/v1/chat/completions",
+            "body": chat("private", &prompt)});
+        let form = reqwest::multipart::Form::new()
+            .text("purpose", "batch")
+            .part(
+                "file",
+                reqwest::multipart::Part::text(format!("{line}\n")).file_name("input.jsonl"),
+            );
+        let file: Value = client
+            .http
+            .post(format!("{}/v1/files", client.url))
+            .bearer_auth(&key)
+            .multipart(form)
+            .send()
+            .await
+            .expect("answered")
+            .json()
+            .await
+            .expect("json");
+        let (status, batch) = client
+            .post(
+                "/v1/batches",
+                &key,
+                json!({"input_file_id": file["id"], "endpoint": "/v1/chat/completions",
+                    "completion_window": "24h"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{batch}");
+        let batch_path = format!("/v1/batches/{}", batch["id"].as_str().expect("an id"));
+        let mut done = Value::Null;
+        for _ in 0..100 {
+            done = client.call(Method::GET, &batch_path, &key, None).await.1;
+            if done["status"] == "completed" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let output_id = done["output_file_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{done}"));
+        let output = client
+            .http
+            .get(format!("{}/v1/files/{output_id}/content", client.url))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .expect("answered")
+            .text()
+            .await
+            .expect("text");
+        assert!(output.contains("\"custom_id\":\"p\""), "{output}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let logs = server.output();
+        assert!(!logs.is_empty(), "no log lines captured");
+        for needle in [EMAIL, CARD] {
+            assert!(
+                !output.contains(needle),
+                "`{needle}` in the result file: {output}"
+            );
+            let leaks: Vec<&String> = logs.iter().filter(|l| l.contains(needle)).collect();
+            assert!(
+                leaks.is_empty(),
+                "`{needle}` is logged:\n{}",
+                leaks
+                    .iter()
+                    .take(5)
+                    .map(|l| l.chars().take(600).collect::<String>())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+    })
+    .await;
 }
 
 #[tokio::test]

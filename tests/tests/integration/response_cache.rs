@@ -148,9 +148,16 @@ async fn tenants_do_not_share_cached_answers() {
             })
             .await;
         let body = deterministic("gpt", "tenant private");
-        gw.post("/v1/chat/completions", &key, &body).await;
+        let first = gw.post("/v1/chat/completions", &key, &body).await;
+        assert_eq!(first.header("x-gateway-cache"), Some("MISS"));
         let other = gw.post("/v1/chat/completions", &other_tenant, &body).await;
         assert_eq!(other.header("x-gateway-cache"), Some("MISS"));
+        assert_eq!(upstream.requests().await, 2);
+        // Another key of the first key's tenant shares its partition: a hit.
+        let colleague = gw.plain_key().await;
+        let shared = gw.post("/v1/chat/completions", &colleague, &body).await;
+        assert_eq!(shared.header("x-gateway-cache"), Some("HIT"));
+        assert_eq!(shared.body, first.body);
         assert_eq!(upstream.requests().await, 2);
     })
     .await;
