@@ -38,6 +38,21 @@ const MAX_ERROR_BYTES: usize = 1024 * 1024;
 /// Most bytes of one pipeline SSE event held while its end has not arrived.
 const MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
 
+/// A Messages API body, refused with the path of the field at fault.
+fn parse_request<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let mut json = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut json).map_err(|error| {
+        let path = error.path().to_string();
+        let inner = error.into_inner();
+        if inner.is_syntax() || inner.is_eof() || path == "." {
+            return parse_json::<T>(body)
+                .err()
+                .unwrap_or_else(|| ApiError::bad_request(inner.to_string()));
+        }
+        ApiError::bad_request(format!("Invalid request: `{path}`: {inner}")).with_param(path)
+    })
+}
+
 fn untranslatable(error: Untranslatable) -> ApiError {
     ApiError::bad_request(error.message).with_param(error.param)
 }
@@ -67,7 +82,7 @@ pub(crate) async fn create_message(
     let deadline = deadline.map(|Extension(RequestDeadline(at))| at);
     let answer = async {
         let body = body.map_err(body_error)?;
-        let request: MessagesRequest = parse_json(&body)?;
+        let request: MessagesRequest = parse_request(&body)?;
         let chat = chat_body(&request)?;
         let response = pipeline::chat::chat(&gateway, &key, &headers, &chat, deadline).await?;
         as_message(response).await
@@ -196,7 +211,7 @@ pub(crate) async fn count_tokens(
 ) -> Response {
     let count = || {
         let body = body.map_err(body_error)?;
-        let request: CountTokensRequest = parse_json(&body)?;
+        let request: CountTokensRequest = parse_request(&body)?;
         authorize_model(&gateway, &key, &request.model, ModelKind::Chat)?;
         let chat = request.to_chat_request().map_err(untranslatable)?;
         let chat: ChatRequest = serde_json::from_value(chat)

@@ -27,6 +27,7 @@ mod keys_and_limits;
 mod lambda_chat;
 mod lambda_watch;
 mod log_secrets;
+mod messages;
 mod metrics_and_logs;
 mod output_validation;
 mod providers;
