@@ -1,4 +1,4 @@
-//! OpenAI wire types and request validation.
+//! OpenAI wire types (and Anthropic's Messages API in `messages`) and request validation.
 //!
 //! Request types name the fields the gateway reads and keep every other field in `extra`, so what
 //! an SDK sends (including fields newer than this code) is forwarded upstream, not dropped.
@@ -6,6 +6,7 @@
 mod assembler;
 mod chat;
 mod embeddings;
+pub mod messages;
 mod models;
 #[cfg(test)]
 pub(crate) mod parse_properties;

@@ -68,17 +68,21 @@ pub(crate) fn body_error(rejection: BytesRejection) -> ApiError {
     get,
     path = "/v1/models",
     tag = "models",
-    summary = "The models this key may use",
+    summary = "The models this key may use (in Anthropic's list shape when `anthropic-version` is sent)",
     responses((status = 200, description = "The model list", body = ModelList, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
 )]
 pub(crate) async fn list_models(
     State(gateway): State<Arc<Gateway>>,
     Extension(AuthorizedKey(key)): Extension<AuthorizedKey>,
+    headers: HeaderMap,
 ) -> Response {
-    let data = gateway
-        .models
-        .iter()
-        .filter(|m| key.allows_model(m.name()))
+    let models = gateway.models.iter().filter(|m| key.allows_model(m.name()));
+    if headers.contains_key(super::messages::ANTHROPIC_VERSION) {
+        let names = models.map(|m| m.name());
+        return axum::Json(crate::api::messages::model_list(names, gateway.started_at))
+            .into_response();
+    }
+    let data = models
         .map(|m| ModelEntry {
             id: m.name().to_owned(),
             object: "model",

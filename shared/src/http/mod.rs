@@ -8,8 +8,10 @@
 //! | GET | `/health` | `handlers::health` (no key) |
 //! | GET | `/openapi.json` | `openapi::openapi_json` (no key; the OpenAPI 3.1 document of this table) |
 //! | GET | `/metrics` | `handlers::metrics` (`metrics` scope; `metrics_router` serves it keyless on its own listener) |
-//! | GET | `/v1/models` | `handlers::list_models` |
+//! | GET | `/v1/models` | `handlers::list_models` (Anthropic's list shape when `anthropic-version` is sent) |
 //! | POST | `/v1/chat/completions` | `handlers::chat_completions` -> `pipeline::chat` |
+//! | POST | `/v1/messages` | `messages::create_message` -> translated -> `pipeline::chat` (`chat` scope) |
+//! | POST | `/v1/messages/count_tokens` | `messages::count_tokens` (the prompt estimate limits reserve) |
 //! | POST | `/v1/embeddings` | `handlers::embeddings` -> `pipeline::embeddings` |
 //! | POST, GET | `/v1/admin/keys` | `admin::create_key`, `admin::list_keys` |
 //! | PATCH, DELETE | `/v1/admin/keys/{id}` | `admin::update_key`, `admin::revoke_key` |
@@ -34,7 +36,8 @@
 //! | GET | `/v1/collections/{name}/jobs/{id}` | `collections::get_job` |
 //!
 //! Layers, outermost first: `request_id` (every response carries `x-request-id`; a tracing span
-//! per request), the body limit (`server.max_body_bytes`), then on the keyed routes
+//! per request), `messages::anthropic_errors` (errors in Anthropic's shape on the Messages routes
+//! and on an Anthropic client's model list), the body limit (`server.max_body_bytes`), then on the keyed routes
 //! `cloudwatch_metrics` (EMF on Lambda) and `authenticate` (the key, then the scope the matched
 //! route needs, from the table in `scopes`).
 
@@ -42,6 +45,7 @@ pub mod admin;
 pub mod batch;
 pub mod collections;
 pub mod handlers;
+pub mod messages;
 pub mod middleware;
 pub mod openapi;
 pub mod scopes;
@@ -67,6 +71,8 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
     let authenticated = Router::new()
         .route("/v1/models", get(list_models))
         .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/messages", post(messages::create_message))
+        .route("/v1/messages/count_tokens", post(messages::count_tokens))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/admin/keys", post(create_key).get(list_keys))
         .route(
@@ -130,6 +136,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
             max_body,
             declared_length,
         ))
+        .layer(axum::middleware::from_fn(messages::anthropic_errors))
         .layer(axum::middleware::from_fn(request_id))
         .with_state(gateway)
 }

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use super::{admin, batch, collections, handlers};
+use super::{admin, batch, collections, handlers, messages};
 use crate::error::{ApiError, ErrorBody};
 
 #[derive(OpenApi)]
@@ -28,6 +28,8 @@ use crate::error::{ApiError, ErrorBody};
         handlers::metrics,
         handlers::list_models,
         handlers::chat_completions,
+        messages::create_message,
+        messages::count_tokens,
         handlers::embeddings,
         admin::create_key,
         admin::list_keys,

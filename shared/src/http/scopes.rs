@@ -22,6 +22,8 @@ use Scope::{Admin, Batches, BatchesRead, Chat, Collections, CollectionsRead, Emb
 pub const ROUTE_SCOPES: &[(&str, &str, Requirement)] = &[
     ("GET", "/v1/models", AnyKey),
     ("POST", "/v1/chat/completions", Needs(Chat)),
+    ("POST", "/v1/messages", Needs(Chat)),
+    ("POST", "/v1/messages/count_tokens", Needs(Chat)),
     ("POST", "/v1/embeddings", Needs(Embeddings)),
     ("POST", "/v1/admin/keys", Needs(Admin)),
     ("GET", "/v1/admin/keys", Needs(Admin)),

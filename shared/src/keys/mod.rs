@@ -461,8 +461,8 @@ pub async fn ensure_admin_key(
     store.upsert(&hash_secret(secret), &record).await
 }
 
-/// The bearer token of a request, from `Authorization: Bearer` or, as Azure clients send it,
-/// `api-key`.
+/// The bearer token of a request, from `Authorization: Bearer`, or as Anthropic's clients send it,
+/// `x-api-key`, or as Azure clients send it, `api-key`.
 pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     if let Some(value) = headers.get(http::header::AUTHORIZATION) {
         let value = value.to_str().ok()?;
@@ -472,10 +472,13 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
             .then(|| token.trim())
             .filter(|t| !t.is_empty());
     }
-    headers
-        .get("api-key")
-        .and_then(|v| v.to_str().ok())
-        .filter(|t| !t.is_empty())
+    ["x-api-key", "api-key"].into_iter().find_map(|name| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+    })
 }
 
 /// Resolves bearer keys to records, trusting a record read from the store for `ttl`: keys are
@@ -523,7 +526,7 @@ impl Authenticator {
     ) -> Result<Arc<KeyRecord>, ApiError> {
         let token = bearer_token(headers).ok_or_else(|| {
             ApiError::unauthorized(
-                "You didn't provide an API key. Send it as `Authorization: Bearer <key>`.",
+                "You didn't provide an API key. Send it as `Authorization: Bearer <key>` or `x-api-key: <key>`.",
             )
         })?;
         let hash = hash_secret(token);

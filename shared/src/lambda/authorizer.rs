@@ -1,4 +1,5 @@
-//! The API Gateway REQUEST authorizer: `Authorization: Bearer <gateway key>` -> an Allow policy
+//! The API Gateway REQUEST authorizer: `Authorization: Bearer <gateway key>` (or, as Anthropic's
+//! clients send it, `x-api-key: <gateway key>`) -> an Allow policy
 //! for the whole API, the key as context, and the key's API Gateway key as `usageIdentifierKey`
 //! so the usage plan of its tier throttles and meters it (`ApiKeySourceType: AUTHORIZER`).
 //!
@@ -116,16 +117,7 @@ impl KeyAuthorizer {
                 "the event's methodArn is malformed".into(),
             ));
         };
-        // Only `Authorization` decides: it is the identity source API Gateway caches the decision
-        // by, so no other header (such as `api-key`, which the router also accepts) may.
-        let mut headers = HeaderMap::new();
-        let authorization = request
-            .headers
-            .get(AUTHORIZATION)
-            .or_else(|| request.multi_value_headers.get(AUTHORIZATION));
-        if let Some(value) = authorization {
-            headers.insert(AUTHORIZATION, value.clone());
-        }
+        let headers = identity_headers(request)?;
         let record = match self.auth.authenticate(&headers, now_secs).await {
             Ok(record) => record,
             Err(error) if error.kind == ErrorKind::Unauthorized => {
@@ -140,6 +132,42 @@ impl KeyAuthorizer {
         allow(&record, resource)
     }
 }
+
+/// The headers that identify the caller: `Authorization` (OpenAI's clients) and `x-api-key`
+/// (Anthropic's). API Gateway caches the decision by one identity header, `Authorization` on most
+/// routes and `x-api-key` on the Messages routes, so the decision may depend on nothing else: a
+/// request that carries both must carry the same key in both, or it is refused. (`api-key`,
+/// which the router also accepts, is no identity source and is ignored here.)
+fn identity_headers(
+    request: &ApiGatewayCustomAuthorizerRequestTypeRequest,
+) -> Result<HeaderMap, AuthorizerError> {
+    let header = |name: &str| {
+        request
+            .headers
+            .get(name)
+            .or_else(|| request.multi_value_headers.get(name))
+            .cloned()
+    };
+    let mut headers = HeaderMap::new();
+    let authorization = header(AUTHORIZATION.as_str());
+    let api_key = header(X_API_KEY);
+    if let Some(value) = authorization {
+        headers.insert(AUTHORIZATION, value);
+    }
+    if let Some(value) = api_key {
+        let bearer = crate::keys::bearer_token(&headers).map(str::to_owned);
+        if bearer.is_some_and(|bearer| value.to_str().ok().map(str::trim) != Some(bearer.as_str()))
+        {
+            tracing::info!("authorizer: different keys in `Authorization` and `x-api-key`");
+            return Err(AuthorizerError::Unauthorized);
+        }
+        headers.insert(X_API_KEY, value);
+    }
+    Ok(headers)
+}
+
+/// The key header of Anthropic's clients.
+const X_API_KEY: &str = "x-api-key";
 
 fn allow(
     record: &KeyRecord,
@@ -261,6 +289,35 @@ mod tests {
                 .unwrap_err()
                 .contains(KEY_CACHE_TTL_ENV)
         );
+    }
+
+    fn event(headers: &[(&'static str, &str)]) -> ApiGatewayCustomAuthorizerRequestTypeRequest {
+        let mut event = ApiGatewayCustomAuthorizerRequestTypeRequest::default();
+        for (name, value) in headers {
+            event.headers.insert(*name, value.parse().unwrap());
+        }
+        event
+    }
+
+    #[test]
+    fn the_key_is_read_from_authorization_or_x_api_key_and_both_must_agree() {
+        let anthropic = identity_headers(&event(&[("x-api-key", "gw-a")])).unwrap();
+        assert_eq!(crate::keys::bearer_token(&anthropic), Some("gw-a"));
+        let openai = identity_headers(&event(&[("authorization", "Bearer gw-a")])).unwrap();
+        assert_eq!(crate::keys::bearer_token(&openai), Some("gw-a"));
+        let both = event(&[("authorization", "Bearer gw-a"), ("x-api-key", "gw-a")]);
+        assert_eq!(
+            crate::keys::bearer_token(&identity_headers(&both).unwrap()),
+            Some("gw-a")
+        );
+        let mismatched = event(&[("authorization", "Bearer gw-a"), ("x-api-key", "gw-b")]);
+        assert_eq!(
+            identity_headers(&mismatched).unwrap_err(),
+            AuthorizerError::Unauthorized
+        );
+        // `api-key` is no identity source of API Gateway's, so it never decides.
+        let azure = identity_headers(&event(&[("api-key", "gw-a")])).unwrap();
+        assert_eq!(crate::keys::bearer_token(&azure), None);
     }
 
     #[test]

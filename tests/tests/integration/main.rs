@@ -28,6 +28,7 @@ mod lambda_chat;
 mod lambda_watch;
 mod log_secrets;
 mod malformed_bodies;
+mod messages;
 mod metrics_and_logs;
 mod output_validation;
 mod providers;
