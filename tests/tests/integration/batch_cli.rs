@@ -7,8 +7,9 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
+use crate::common::batch::line;
 use crate::common::local::{LocalServer, TempDir, cli, gateway_local};
 use crate::common::within;
 
@@ -47,17 +48,6 @@ async fn batch_ok(server: &LocalServer, key: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8(output.stdout).expect("utf-8")
-}
-
-/// A chat request line; `model` other than `mock` is unknown to the gateway.
-fn line(custom_id: &str, model: &str, text: &str) -> String {
-    json!({
-        "custom_id": custom_id,
-        "method": "POST",
-        "url": "/v1/chat/completions",
-        "body": {"model": model, "messages": [{"role": "user", "content": text}]},
-    })
-    .to_string()
 }
 
 fn write_input(dir: &Path, name: &str, lines: &[String]) -> String {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 
+use crate::common::batch::upload;
 use crate::common::local::{ADMIN_KEY, LocalServer, TempDir, free_port};
 use crate::common::{MockUpstream, UPSTREAM_KEY, within};
 
@@ -182,23 +183,7 @@ async fn exercise(client: &Client) -> Vec<String> {
     // Files and a batch, run to its end by the in-process worker.
     let line = json!({"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
         "body": chat("gpt", "batch item for the log test")});
-    let form = reqwest::multipart::Form::new()
-        .text("purpose", "batch")
-        .part(
-            "file",
-            reqwest::multipart::Part::text(format!("{line}\n")).file_name("input.jsonl"),
-        );
-    let file: Value = client
-        .http
-        .post(format!("{}/v1/files", client.url))
-        .bearer_auth(&key)
-        .multipart(form)
-        .send()
-        .await
-        .expect("answered")
-        .json()
-        .await
-        .expect("json");
+    let file = upload(&client.url, &key, format!("{line}\n")).await;
     let file_id = file["id"].as_str().expect("a file id");
     let (status, batch) = client
         .post(
@@ -403,23 +388,7 @@ async fn personal_data_under_redact_logs_stays_out_of_logs_cache_and_batch_files
         // A batch item: its result file holds placeholders, not the data.
         let line = json!({"custom_id": "p", "method": "POST", "url": "/v1/chat/completions",
             "body": chat("private", &prompt)});
-        let form = reqwest::multipart::Form::new()
-            .text("purpose", "batch")
-            .part(
-                "file",
-                reqwest::multipart::Part::text(format!("{line}\n")).file_name("input.jsonl"),
-            );
-        let file: Value = client
-            .http
-            .post(format!("{}/v1/files", client.url))
-            .bearer_auth(&key)
-            .multipart(form)
-            .send()
-            .await
-            .expect("answered")
-            .json()
-            .await
-            .expect("json");
+        let file = upload(&client.url, &key, format!("{line}\n")).await;
         let (status, batch) = client
             .post(
                 "/v1/batches",
