@@ -1,7 +1,7 @@
 //! API keys in the embedded store's `keys` table.
 
 use async_trait::async_trait;
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
 
 use crate::error::StoreError;
 use crate::keys::{KeyEdit, KeyRecord, KeyStore};
@@ -99,7 +99,7 @@ impl KeyStore for EmbeddedStore {
         change: &KeyEdit<'_>,
     ) -> Result<Option<KeyRecord>, StoreError> {
         self.with_conn(|conn| {
-            let transaction = conn.unchecked_transaction()?;
+            let transaction = write_transaction(conn)?;
             let Some(mut record) = read_by_id(&transaction, id)? else {
                 return Ok(None);
             };
@@ -121,7 +121,7 @@ impl KeyStore for EmbeddedStore {
         old_valid_until: u64,
     ) -> Result<Option<KeyRecord>, StoreError> {
         self.with_conn(|conn| {
-            let transaction = conn.unchecked_transaction()?;
+            let transaction = write_transaction(conn)?;
             let found = transaction
                 .query_row(
                     "SELECT hash, record FROM keys WHERE id = ?1",
@@ -146,6 +146,13 @@ impl KeyStore for EmbeddedStore {
             Ok(Some(record))
         })
     }
+}
+
+/// A read-then-write transaction takes the write lock first: a deferred one that reads and then
+/// writes fails at once with "database is locked" when another process (the server, while the
+/// CLI revokes a key) committed in between, without waiting out the busy timeout.
+fn write_transaction(conn: &rusqlite::Connection) -> rusqlite::Result<Transaction<'_>> {
+    Transaction::new_unchecked(conn, TransactionBehavior::Immediate)
 }
 
 fn read_by_id(conn: &rusqlite::Connection, id: &str) -> rusqlite::Result<Option<KeyRecord>> {
@@ -191,6 +198,39 @@ mod tests {
         assert!(!other.revoke("key_missing").await.unwrap());
         assert!(store.get_by_hash(&hash).await.unwrap().unwrap().disabled);
         assert_eq!(store.list().await.unwrap().len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_key_change_waits_for_another_process_writing_instead_of_failing() {
+        let dir = test_dir("keys-busy");
+        let store = EmbeddedStore::open(&dir).unwrap();
+        let (hash, _, record) = generate_key(
+            NewKey {
+                name: "a".into(),
+                ..NewKey::default()
+            },
+            1,
+        )
+        .unwrap();
+        store.insert(&hash, &record).await.unwrap();
+        // Another process (the running server) holds the write lock and commits a change
+        // while this one (the CLI) revokes the key.
+        let server = rusqlite::Connection::open(dir.join("gateway.db")).unwrap();
+        server.execute_batch("BEGIN IMMEDIATE").unwrap();
+        server
+            .execute(
+                "INSERT INTO spend (key_id, month, usd) VALUES ('other', 1, 1.0)",
+                [],
+            )
+            .unwrap();
+        let committer = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            server.execute_batch("COMMIT").unwrap();
+        });
+        assert!(store.revoke(&record.id).await.unwrap());
+        committer.join().unwrap();
+        assert!(store.get_by_hash(&hash).await.unwrap().unwrap().disabled);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

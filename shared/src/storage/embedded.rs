@@ -24,7 +24,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, TransactionBehavior, params};
 use tokio::sync::Notify;
 
 use crate::clock::{month_of, now_secs};
@@ -35,6 +35,9 @@ const BATCH_WINDOW: Duration = Duration::from_millis(100);
 const MAX_BATCH: usize = 1024;
 /// How often expired cache rows are deleted.
 const PURGE_EVERY: Duration = Duration::from_secs(300);
+/// How long a statement waits for another process (the CLI beside a running server) to release
+/// the database before it fails.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A write that can wait: queued for the writer thread, committed with its batch.
 pub(crate) enum Write {
@@ -163,10 +166,11 @@ fn backend(error: rusqlite::Error) -> StoreError {
 
 fn open(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(backend)?;
+    // First, so that every statement below waits for another process's lock instead of failing.
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(backend)?;
     conn.execute_batch(
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = NORMAL;
-         PRAGMA busy_timeout = 5000;
          CREATE TABLE IF NOT EXISTS keys (
              hash TEXT PRIMARY KEY,
              id TEXT NOT NULL UNIQUE,
@@ -421,7 +425,7 @@ fn commit(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<()> {
             *spend.entry((key_id.as_str(), *month)).or_default() += usd;
         }
     }
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     {
         let mut put_cache = tx.prepare_cached(
             "INSERT OR REPLACE INTO cache (key, body, expires_at) VALUES (?1, ?2, ?3)",
