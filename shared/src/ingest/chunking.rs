@@ -46,6 +46,12 @@ static CL100K: LazyLock<Option<CoreBPE>> = LazyLock::new(|| match tiktoken_rs::c
     }
 });
 
+/// The cl100k tokenizer, shared with whatever else reads OpenAI's token ids; `None` if its
+/// table failed to load (logged once).
+pub(crate) fn cl100k() -> Option<&'static CoreBPE> {
+    CL100K.as_ref()
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChunkSettings {
     /// The most tokens (cl100k) one chunk may have, heading path included.
