@@ -3,8 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::JsonObject;
+use super::tokenizer::cl100k;
 use crate::error::ApiError;
-use crate::ingest::chunking::cl100k;
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EmbeddingRequest {

@@ -10,6 +10,7 @@ pub mod messages;
 mod models;
 #[cfg(test)]
 pub(crate) mod parse_properties;
+pub mod tokenizer;
 
 pub use assembler::*;
 pub use chat::*;
