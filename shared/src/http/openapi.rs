@@ -160,10 +160,45 @@ pub(crate) struct UploadPart {
 
 /// The document as JSON, serialised on first use.
 static DOCUMENT: LazyLock<Result<Bytes, String>> = LazyLock::new(|| {
-    serde_json::to_vec(&ApiDoc::openapi())
+    let mut document = serde_json::to_value(ApiDoc::openapi()).map_err(|e| e.to_string())?;
+    camel_case_links(&mut document);
+    serde_json::to_vec(&document)
         .map(Bytes::from)
         .map_err(|e| e.to_string())
 });
+
+/// utoipa 5.5 writes a Link object's fields in snake case (`operation_id`); OpenAPI and the
+/// fuzzer's stateful phase read `operationId` and `requestBody`.
+fn camel_case_links(document: &mut serde_json::Value) {
+    let Some(paths) = document
+        .get_mut("paths")
+        .and_then(serde_json::Value::as_object_mut)
+    else {
+        return;
+    };
+    let links = paths
+        .values_mut()
+        .filter_map(serde_json::Value::as_object_mut)
+        .flat_map(|item| item.values_mut())
+        .filter_map(|operation| operation.get_mut("responses"))
+        .filter_map(serde_json::Value::as_object_mut)
+        .flat_map(|responses| responses.values_mut())
+        .filter_map(|response| response.get_mut("links"))
+        .filter_map(serde_json::Value::as_object_mut)
+        .flat_map(|links| links.values_mut())
+        .filter_map(serde_json::Value::as_object_mut);
+    for link in links {
+        for (snake, camel) in [
+            ("operation_id", "operationId"),
+            ("operation_ref", "operationRef"),
+            ("request_body", "requestBody"),
+        ] {
+            if let Some(value) = link.remove(snake) {
+                link.insert(camel.to_owned(), value);
+            }
+        }
+    }
+}
 
 /// This document (no key needed).
 #[utoipa::path(
