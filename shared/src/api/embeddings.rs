@@ -9,10 +9,12 @@ use crate::error::ApiError;
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EmbeddingRequest {
     pub model: String,
+    #[schema(schema_with = input_schema)]
     pub input: EmbeddingInput,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encoding_format: Option<EncodingFormat>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
     pub dimensions: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
@@ -36,6 +38,31 @@ pub enum EmbeddingInput {
     Many(Vec<String>),
     Tokens(Vec<u32>),
     ManyTokens(Vec<Vec<u32>>),
+}
+
+/// `input`'s schema with the bounds `EmbeddingRequest::validate` checks: a non-empty text or
+/// token array, or 1 to `MAX_EMBEDDING_INPUTS` of them.
+fn input_schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+    let text = || ObjectBuilder::new().schema_type(Type::String);
+    let token = || {
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(0))
+            .maximum(Some(u32::MAX))
+    };
+    let tokens = || ArrayBuilder::new().items(token());
+    let bounded = |array: ArrayBuilder| {
+        array
+            .min_items(Some(1))
+            .max_items(Some(MAX_EMBEDDING_INPUTS))
+    };
+    OneOfBuilder::new()
+        .item(text().min_length(Some(1)))
+        .item(bounded(ArrayBuilder::new().items(text())))
+        .item(tokens().min_items(Some(1)))
+        .item(bounded(ArrayBuilder::new().items(tokens())))
+        .into()
 }
 
 /// Most inputs in one embeddings request, as OpenAI allows.

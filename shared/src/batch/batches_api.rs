@@ -66,7 +66,9 @@ pub fn batch_json(batch: &BatchRecord, counts: Counts) -> Value {
 #[serde(deny_unknown_fields)]
 pub struct NewBatch {
     pub input_file_id: String,
+    #[schema(value_type = crate::http::openapi::BatchEndpoint)]
     pub endpoint: String,
+    #[schema(value_type = crate::http::openapi::CompletionWindow)]
     pub completion_window: String,
     #[serde(default)]
     pub metadata: Option<BTreeMap<String, String>>,

@@ -218,9 +218,12 @@ pub async fn delete_file(batch: &BatchBackends, tenant: &str, id: &str) -> Resul
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUpload {
+    #[schema(minimum = 1, maximum = 209_715_200)]
     pub bytes: u64,
+    #[schema(min_length = 1, max_length = 128)]
     pub filename: String,
     pub mime_type: String,
+    #[schema(value_type = crate::http::openapi::FilePurpose)]
     pub purpose: String,
     #[serde(default)]
     pub expires_after: Option<Value>,

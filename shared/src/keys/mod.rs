@@ -113,6 +113,8 @@ pub const DEFAULT_TIER: &str = "standard";
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewKey {
+    /// Not blank.
+    #[schema(pattern = "\\S")]
     pub name: String,
     #[serde(default)]
     pub tenant: Option<String>,
@@ -123,11 +125,13 @@ pub struct NewKey {
     #[serde(default)]
     pub tpm: Option<u64>,
     #[serde(default)]
+    #[schema(minimum = 0)]
     pub budget_usd: Option<f64>,
     #[serde(default)]
     pub expires_at: Option<u64>,
     /// Alternative to `expires_at`: the key stops working this many days after creation.
     #[serde(default)]
+    #[schema(maximum = 100_000_000_000_000_u64)]
     pub expires_in_days: Option<u64>,
     /// Legacy shorthand for `role: "admin"`.
     #[serde(default)]
@@ -140,6 +144,7 @@ pub struct NewKey {
     pub context_policy: ContextPolicy,
     /// Usage plan tier: `free`, `standard` (the default) or `partner`.
     #[serde(default)]
+    #[schema(value_type = Option<crate::http::openapi::KeyTier>)]
     pub tier: Option<String>,
     #[serde(default)]
     pub guard: GuardSettings,
@@ -287,8 +292,11 @@ fn expiry(
 /// replaces the key's, validated as at creation.
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(min_properties = 1)]
 pub struct KeyChange {
+    /// Not blank.
     #[serde(default)]
+    #[schema(pattern = "\\S")]
     pub name: Option<String>,
     #[serde(default)]
     pub models: Option<Vec<String>>,
@@ -301,10 +309,12 @@ pub struct KeyChange {
     #[serde(default)]
     pub tpm: Option<u64>,
     #[serde(default)]
+    #[schema(minimum = 0)]
     pub budget_usd: Option<f64>,
     #[serde(default)]
     pub expires_at: Option<u64>,
     #[serde(default)]
+    #[schema(maximum = 100_000_000_000_000_u64)]
     pub expires_in_days: Option<u64>,
     #[serde(default)]
     pub guard: Option<GuardSettings>,
