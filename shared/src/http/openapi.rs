@@ -12,6 +12,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::{admin, batch, collections, handlers, messages};
+use crate::batch::files_api::FilePurpose;
 use crate::error::{ApiError, ErrorBody};
 
 #[derive(OpenApi)]
@@ -98,46 +99,6 @@ pub(crate) enum OpenAiErrors {
         description = "Failed upstream or in the gateway: OpenAI's error shape"
     )]
     Failed(ErrorBody<'static>),
-}
-
-/// The purposes a stored file may have (`files_api::PURPOSE_BATCH`; documented only).
-#[derive(ToSchema)]
-#[expect(dead_code, reason = "documents a string field's values; never built")]
-pub(crate) enum FilePurpose {
-    /// A JSONL input of the Batches API.
-    #[schema(rename = "batch")]
-    Batch,
-}
-
-/// The `endpoint`s a batch can run (`input::ENDPOINTS`; documented only).
-#[derive(ToSchema)]
-#[expect(dead_code, reason = "documents a string field's values; never built")]
-pub(crate) enum BatchEndpoint {
-    #[schema(rename = "/v1/chat/completions")]
-    ChatCompletions,
-    #[schema(rename = "/v1/embeddings")]
-    Embeddings,
-}
-
-/// The only `completion_window` a batch takes (`batches_api::COMPLETION_WINDOW`; documented
-/// only).
-#[derive(ToSchema)]
-#[expect(dead_code, reason = "documents a string field's values; never built")]
-pub(crate) enum CompletionWindow {
-    #[schema(rename = "24h")]
-    Day,
-}
-
-/// A key's usage plan tier (`keys::TIERS`; documented only).
-#[derive(ToSchema)]
-#[expect(dead_code, reason = "documents a string field's values; never built")]
-pub(crate) enum KeyTier {
-    #[schema(rename = "free")]
-    Free,
-    #[schema(rename = "standard")]
-    Standard,
-    #[schema(rename = "partner")]
-    Partner,
 }
 
 /// The multipart form of `POST /v1/files` (read by `batch::create_file`; documented only).

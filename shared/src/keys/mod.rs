@@ -106,6 +106,18 @@ pub fn default_tenant() -> String {
 
 /// The usage plan tiers a key can be in (one API Gateway usage plan each).
 pub const TIERS: [&str; 3] = ["free", "standard", "partner"];
+
+/// [`TIERS`] for the API's description: `tier` is a string field; this lists its values.
+#[derive(utoipa::ToSchema)]
+#[expect(dead_code, reason = "documents a string field's values; never built")]
+pub(crate) enum KeyTier {
+    #[schema(rename = "free")]
+    Free,
+    #[schema(rename = "standard")]
+    Standard,
+    #[schema(rename = "partner")]
+    Partner,
+}
 /// The tier of a key created without one.
 pub const DEFAULT_TIER: &str = "standard";
 
@@ -144,7 +156,7 @@ pub struct NewKey {
     pub context_policy: ContextPolicy,
     /// Usage plan tier: `free`, `standard` (the default) or `partner`.
     #[serde(default)]
-    #[schema(value_type = Option<crate::http::openapi::KeyTier>)]
+    #[schema(value_type = Option<KeyTier>)]
     pub tier: Option<String>,
     #[serde(default)]
     pub guard: GuardSettings,
