@@ -59,9 +59,13 @@ fn input_schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
     };
     OneOfBuilder::new()
         .item(text().min_length(Some(1)))
-        .item(bounded(ArrayBuilder::new().items(text())))
+        .item(bounded(
+            ArrayBuilder::new().items(text().min_length(Some(1))),
+        ))
         .item(tokens().min_items(Some(1)))
-        .item(bounded(ArrayBuilder::new().items(tokens())))
+        .item(bounded(
+            ArrayBuilder::new().items(tokens().min_items(Some(1))),
+        ))
         .into()
 }
 
@@ -101,6 +105,16 @@ impl EmbeddingInput {
         }
     }
 
+    /// The index of the first empty text or token array in a list of them (OpenAI refuses
+    /// those, and an embedding of nothing is of no use).
+    fn first_empty_entry(&self) -> Option<usize> {
+        match self {
+            EmbeddingInput::One(_) | EmbeddingInput::Tokens(_) => None,
+            EmbeddingInput::Many(v) => v.iter().position(String::is_empty),
+            EmbeddingInput::ManyTokens(v) => v.iter().position(Vec::is_empty),
+        }
+    }
+
     pub fn estimate_tokens(&self) -> u64 {
         match self {
             EmbeddingInput::One(s) => (s.len() as u64).div_ceil(4),
@@ -131,6 +145,12 @@ impl EmbeddingRequest {
     pub fn validate(&self) -> Result<(), ApiError> {
         if self.input.is_empty() {
             return Err(ApiError::bad_request("`input` must not be empty").with_param("input"));
+        }
+        if let Some(index) = self.input.first_empty_entry() {
+            return Err(ApiError::bad_request(format!(
+                "`input[{index}]` is empty; every input must have at least one character or token"
+            ))
+            .with_param(format!("input[{index}]")));
         }
         if self.input.len() > MAX_EMBEDDING_INPUTS {
             return Err(ApiError::bad_request(format!(
@@ -261,6 +281,31 @@ mod tests {
         assert_eq!(ids.len(), 4, "{ids:?}");
         let cut = EmbeddingInput::Tokens(ids.get(..3).unwrap().to_vec());
         assert_eq!(cut.texts().unwrap(), ["ab \u{FFFD}"]);
+    }
+
+    #[test]
+    fn an_empty_entry_in_a_list_of_inputs_is_a_bad_request_naming_it() {
+        let request = |input: &str| EmbeddingRequest {
+            model: "m".to_owned(),
+            input: parsed_input(input),
+            encoding_format: None,
+            dimensions: None,
+            user: None,
+            extra: JsonObject::new(),
+        };
+        for (input, param) in [
+            (r#"["a", "", "b"]"#, "input[1]"),
+            (r#"[""]"#, "input[0]"),
+            ("[[1, 2], []]", "input[1]"),
+            ("\"\"", "input"),
+            ("[]", "input"),
+        ] {
+            let error = request(input).validate().unwrap_err();
+            assert_eq!(error.kind, crate::error::ErrorKind::BadRequest, "{input}");
+            assert_eq!(error.param.as_deref(), Some(param), "{input}");
+        }
+        assert!(request(r#"["a", "b"]"#).validate().is_ok());
+        assert!(request("[[1], [2, 3]]").validate().is_ok());
     }
 
     #[test]
