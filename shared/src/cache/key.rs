@@ -4,7 +4,7 @@ use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::api::{ChatRequest, JsonObject, Message, Stop, Tool};
+use crate::api::{AnthropicExtras, ChatRequest, JsonObject, Message, Stop, Tool};
 
 pub type CacheKey = [u8; 32];
 
@@ -33,6 +33,10 @@ struct CanonicalRequest<'a> {
     parallel_tool_calls: Option<bool>,
     response_format: Option<&'a serde_json::Value>,
     extra: &'a JsonObject,
+    /// Anthropic-only settings (thinking, `top_k`, API version and betas). Absent otherwise, so
+    /// the keys of other requests are unchanged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    anthropic: Option<&'a AnthropicExtras>,
     /// A RAG answer's retrieval: collection, its version and the chunk ids. Absent otherwise,
     /// so the keys of other requests are unchanged.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -110,6 +114,7 @@ fn canonical_text(
         parallel_tool_calls: request.parallel_tool_calls,
         response_format: request.response_format.as_ref(),
         extra: &request.extra,
+        anthropic: request.anthropic.as_ref(),
         retrieval,
     };
     // Through a JSON value, then written canonically: objects with sorted keys at every depth and
@@ -211,6 +216,19 @@ mod tests {
             &request(base.clone()),
         );
         assert_ne!(k(&base, "t"), versioned);
+    }
+
+    #[test]
+    fn anthropic_thinking_and_top_k_change_the_key() {
+        let base = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+        let k = |v: serde_json::Value| cache_key(Some("t"), "p", "m", None, &request(v));
+        let mut thinking = base.clone();
+        thinking["anthropic"] = json!({"thinking": {"type": "enabled", "budget_tokens": 1024}});
+        let mut top_k = base.clone();
+        top_k["anthropic"] = json!({"top_k": 5});
+        assert_ne!(k(base.clone()), k(thinking.clone()));
+        assert_ne!(k(base), k(top_k.clone()));
+        assert_ne!(k(thinking), k(top_k));
     }
 
     #[test]

@@ -174,7 +174,7 @@ async fn converse_sends_the_translated_request_and_translates_the_answer() {
         (calls[0].id.as_str(), calls[0].function.arguments.as_str()),
         ("tooluse_9", r#"{"city":"Paris"}"#)
     );
-    assert_eq!(completion.usage, Some(Usage::new(34, 12)));
+    assert_eq!(completion.usage, Some(Usage::new(34, 12).with_cache(4, 0)));
 }
 
 /// One event-stream frame as Bedrock sends it.
