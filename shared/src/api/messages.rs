@@ -1214,6 +1214,76 @@ mod tests {
     }
 
     #[test]
+    fn thinking_prompt_usage_and_the_stop_sequence_become_their_events() {
+        let mut writer = EventWriter::default();
+        let mut out = String::new();
+        for c in [
+            json!({"id": "c1", "model": "m", "choices": [{"index": 0, "delta": {"role": "assistant"}}],
+                "prompt_usage": {"prompt_tokens": 30, "completion_tokens": 0, "total_tokens": 30,
+                    "prompt_tokens_details": {"cached_tokens": 20, "cache_creation_tokens": 4}}}),
+            json!({"id": "c1", "choices": [{"index": 0, "delta": {"redacted_thinking": "opaque"}}]}),
+            json!({"id": "c1", "choices": [{"index": 0, "delta": {"reasoning_content": "Hm"}}]}),
+            json!({"id": "c1", "choices": [{"index": 0, "delta": {"thinking_signature": "sig"}}]}),
+            json!({"id": "c1", "choices": [{"index": 0, "delta": {"content": "Hi"}}]}),
+            json!({"id": "c1", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "stop_sequence": "END"}),
+        ] {
+            out.push_str(&writer.chunk(&chunk(c)));
+        }
+        out.push_str(&writer.end());
+        let events = events(&out);
+        assert_eq!(
+            events[0].1["message"]["usage"],
+            json!({"input_tokens": 6, "cache_creation_input_tokens": 4, "cache_read_input_tokens": 20, "output_tokens": 0})
+        );
+        let blocks: Vec<(&str, &Value)> = events
+            .iter()
+            .filter(|(name, _)| name.starts_with("content_block_"))
+            .map(|(name, data)| {
+                let detail = match name.as_str() {
+                    "content_block_start" => &data["content_block"],
+                    "content_block_delta" => &data["delta"],
+                    _ => &data["index"],
+                };
+                (name.as_str(), detail)
+            })
+            .collect();
+        assert_eq!(
+            blocks,
+            [
+                (
+                    "content_block_start",
+                    &json!({"type": "redacted_thinking", "data": "opaque"})
+                ),
+                ("content_block_stop", &json!(0)),
+                (
+                    "content_block_start",
+                    &json!({"type": "thinking", "thinking": "", "signature": ""})
+                ),
+                (
+                    "content_block_delta",
+                    &json!({"type": "thinking_delta", "thinking": "Hm"})
+                ),
+                (
+                    "content_block_delta",
+                    &json!({"type": "signature_delta", "signature": "sig"})
+                ),
+                ("content_block_stop", &json!(1)),
+                ("content_block_start", &json!({"type": "text", "text": ""})),
+                (
+                    "content_block_delta",
+                    &json!({"type": "text_delta", "text": "Hi"})
+                ),
+                ("content_block_stop", &json!(2)),
+            ]
+        );
+        let (_, delta) = &events[events.len() - 2];
+        assert_eq!(
+            delta["delta"],
+            json!({"stop_reason": "stop_sequence", "stop_sequence": "END"})
+        );
+    }
+
+    #[test]
     fn a_broken_stream_ends_with_an_error_event() {
         let mut writer = EventWriter::default();
         let error = writer.error(429, "slow down");
