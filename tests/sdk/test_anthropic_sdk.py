@@ -277,3 +277,79 @@ def test_same_request_through_chat_and_messages_is_one_cache_entry_and_one_price
     usage = billed_messages.parse().usage
     assert usage.input_tokens == billed_chat.parse().usage.prompt_tokens
     assert usage.output_tokens == billed_chat.parse().usage.completion_tokens
+
+
+def thinking_params(words: str) -> dict:
+    return dict(
+        model="claude",
+        max_tokens=2000,
+        thinking={"type": "enabled", "budget_tokens": 1024},
+        messages=[{"role": "user", "content": f"think about {words}"}],
+        extra_headers={"Cache-Control": "no-cache"},
+    )
+
+
+def test_thinking_blocks_come_back_and_a_follow_up_sends_them_back(claude: anthropic.Anthropic):
+    params = thinking_params(nonce())
+    message = claude.messages.create(**params)
+    assert [block.type for block in message.content] == ["thinking", "text"]
+    thinking = message.content[0]
+    assert thinking.thinking == "The user wrote 3 words."
+    assert thinking.signature == "mock-signature-3"
+    # The SDK's own blocks, sent back as the assistant turn: the upstream refuses a thinking
+    # block without its signature, so this succeeds only if the gateway passed it on whole.
+    follow_up = claude.messages.create(
+        **{
+            **params,
+            "messages": [
+                *params["messages"],
+                {"role": "assistant", "content": message.content},
+                {"role": "user", "content": "and then?"},
+            ],
+        }
+    )
+    assert follow_up.content[0].type == "thinking"
+
+
+def test_streamed_thinking_assembles_into_the_same_blocks(claude: anthropic.Anthropic):
+    params = thinking_params(nonce())
+    plain = claude.messages.create(**params)
+    with claude.messages.stream(**params) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_message()
+    assert "thinking" in kinds and "signature" in kinds, kinds
+    assert [block.type for block in final.content] == ["thinking", "text"]
+    assert final.content[0].thinking == plain.content[0].thinking
+    assert final.content[0].signature == plain.content[0].signature
+    assert final.content[1].text == plain.content[1].text
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_cache_control_usage_reports_the_write_then_the_read(
+    claude: anthropic.Anthropic, stream: bool
+):
+    manual = f"The manual {nonce()}: press the red button to start the machine."
+    params = dict(
+        model="claude",
+        max_tokens=200,
+        system=[
+            {"type": "text", "text": "Answer from the manual."},
+            {"type": "text", "text": manual, "cache_control": {"type": "ephemeral"}},
+        ],
+        messages=[{"role": "user", "content": "how do I start it"}],
+        extra_headers={"Cache-Control": "no-cache"},
+    )
+
+    def usage() -> anthropic.types.Usage:
+        if not stream:
+            return claude.messages.create(**params).usage
+        with claude.messages.stream(**params) as events:
+            return events.get_final_message().usage
+
+    written = usage()
+    assert written.cache_creation_input_tokens > 0
+    assert written.cache_read_input_tokens == 0
+    read = usage()
+    assert read.cache_read_input_tokens == written.cache_creation_input_tokens
+    assert read.cache_creation_input_tokens == 0
+    assert read.input_tokens == written.input_tokens

@@ -58,10 +58,35 @@ pub struct ChatRequest {
     pub user: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Value>,
+    /// What Anthropic's API has and chat completions does not, set by the Messages front end:
+    /// the Anthropic and Bedrock providers send it, the OpenAI kind removes it (and the
+    /// Anthropic-only parts of the messages) before sending.
+    #[schema(ignore)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anthropic: Option<AnthropicExtras>,
     // Any other field is forwarded: the schema stays open (additional properties allowed).
     #[schema(ignore)]
     #[serde(flatten)]
     pub extra: JsonObject,
+}
+
+/// Anthropic-only request settings. The blocks that have no chat equivalent travel in the
+/// messages themselves, as content parts of their own types (`thinking`, `redacted_thinking`,
+/// `document`) and as `cache_control` on parts, tool messages, system messages and tools.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnthropicExtras {
+    /// `{"type": "enabled", "budget_tokens": N}` or `{"type": "disabled"}`, as sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thinking: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<u32>,
+    /// The client's `anthropic-version` header; the provider's own when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The client's `anthropic-beta` header, passed through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
@@ -432,6 +457,25 @@ pub struct Usage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub total_tokens: u64,
+    /// The prompt tokens read from or written to the provider's prompt cache, which are billed
+    /// at their own prices; absent when the provider reported neither.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+/// OpenAI's split of the prompt tokens, with Anthropic's cache writes beside its cache reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PromptTokensDetails {
+    /// Prompt tokens read from the prompt cache.
+    #[serde(default)]
+    pub cached_tokens: u64,
+    /// Prompt tokens written to the prompt cache (Anthropic and Bedrock report them).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_creation_tokens: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 impl Usage {
@@ -440,7 +484,30 @@ impl Usage {
             prompt_tokens,
             completion_tokens,
             total_tokens: prompt_tokens + completion_tokens,
+            prompt_tokens_details: None,
         }
+    }
+
+    /// Usage whose prompt tokens include `cache_read` and `cache_write` tokens.
+    pub fn with_cache(mut self, cache_read: u64, cache_write: u64) -> Self {
+        if cache_read > 0 || cache_write > 0 {
+            self.prompt_tokens_details = Some(PromptTokensDetails {
+                cached_tokens: cache_read,
+                cache_creation_tokens: cache_write,
+            });
+        }
+        self
+    }
+
+    /// Prompt tokens read from the prompt cache.
+    pub fn cache_read_tokens(&self) -> u64 {
+        self.prompt_tokens_details.map_or(0, |d| d.cached_tokens)
+    }
+
+    /// Prompt tokens written to the prompt cache.
+    pub fn cache_write_tokens(&self) -> u64 {
+        self.prompt_tokens_details
+            .map_or(0, |d| d.cache_creation_tokens)
     }
 }
 

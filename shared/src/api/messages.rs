@@ -7,10 +7,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{ChatChunk, ChatCompletion, JsonObject, Usage};
+use super::{AnthropicExtras, ChatChunk, ChatCompletion, JsonObject, Usage};
 
-/// The Messages request fields the gateway reads; anything else (`cache_control` on blocks,
-/// `service_tier`, ...) is accepted and not forwarded.
+/// The Messages request fields the gateway reads; anything else (`service_tier`, ...) is
+/// accepted and not forwarded.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct MessagesRequest {
     pub model: String,
@@ -27,9 +27,13 @@ pub struct MessagesRequest {
     pub temperature: Option<f64>,
     #[serde(default)]
     pub top_p: Option<f64>,
-    /// Accepted; no provider kind behind the pipeline takes it, so it is not forwarded.
+    /// Forwarded to Anthropic and Bedrock models; OpenAI-kind models ignore it.
     #[serde(default)]
     pub top_k: Option<u32>,
+    /// Extended thinking, forwarded to Anthropic and Bedrock models; OpenAI-kind models ignore it.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub thinking: Option<ThinkingConfig>,
     #[serde(default)]
     #[schema(value_type = Option<Vec<Object>>)]
     pub tools: Option<Vec<ToolDefinition>>,
@@ -69,6 +73,16 @@ pub enum SystemPrompt {
 #[derive(Debug, Clone, Deserialize)]
 pub struct TextBlockParam {
     pub text: String,
+    #[serde(default)]
+    pub cache_control: Option<Value>,
+}
+
+/// Extended thinking, checked here so a bad setting is the client's 400, not the upstream's.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ThinkingConfig {
+    Enabled { budget_tokens: u32 },
+    Disabled {},
 }
 
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
@@ -97,9 +111,13 @@ pub enum MessageContent {
 pub enum ContentBlockParam {
     Text {
         text: String,
+        #[serde(default)]
+        cache_control: Option<Value>,
     },
     Image {
         source: ImageSource,
+        #[serde(default)]
+        cache_control: Option<Value>,
     },
     ToolUse {
         id: String,
@@ -113,11 +131,20 @@ pub enum ContentBlockParam {
         content: Option<ToolResultContent>,
         #[serde(default)]
         is_error: Option<bool>,
+        #[serde(default)]
+        cache_control: Option<Value>,
     },
-    /// Earlier turns' reasoning, which clients send back: no provider kind behind the pipeline
-    /// takes it in a chat request, so it is dropped from the history.
-    Thinking {},
-    RedactedThinking {},
+    /// Earlier turns' reasoning, which clients send back: passed to Anthropic and Bedrock
+    /// unchanged (a tool-use loop with thinking requires it), dropped for other models.
+    Thinking {
+        thinking: String,
+        signature: String,
+    },
+    RedactedThinking {
+        data: String,
+    },
+    /// A PDF or text document (its `source`, `title`, `context`, `citations`, `cache_control`).
+    Document(JsonObject),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -142,6 +169,8 @@ pub struct ToolDefinition {
     #[serde(default)]
     pub description: Option<String>,
     pub input_schema: Value,
+    #[serde(default)]
+    pub cache_control: Option<Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -186,27 +215,36 @@ pub struct MessageResponse {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MessageUsage {
+    /// Prompt tokens neither read from nor written to the prompt cache, as Anthropic counts.
     pub input_tokens: u64,
+    pub cache_creation_input_tokens: u64,
+    pub cache_read_input_tokens: u64,
     pub output_tokens: u64,
 }
 
 impl From<Usage> for MessageUsage {
-    /// The pipeline's prompt tokens include cache reads and writes; it keeps no split of them.
+    /// The pipeline's prompt tokens include cache reads and writes; Anthropic's `input_tokens`
+    /// does not.
     fn from(usage: Usage) -> Self {
+        let read = usage.cache_read_tokens();
+        let write = usage.cache_write_tokens();
         Self {
-            input_tokens: usage.prompt_tokens,
+            input_tokens: usage.prompt_tokens.saturating_sub(read + write),
+            cache_creation_input_tokens: write,
+            cache_read_input_tokens: read,
             output_tokens: usage.completion_tokens,
         }
     }
 }
 
-/// A stop reason in Anthropic's terms, from OpenAI's finish reason. OpenAI does not say which
-/// stop sequence matched, so a stop is always `end_turn`.
-pub fn stop_reason(finish_reason: Option<&str>) -> &'static str {
+/// A stop reason in Anthropic's terms, from OpenAI's finish reason: a stop is `stop_sequence`
+/// when the upstream named the sequence that matched, else `end_turn`.
+pub fn stop_reason(finish_reason: Option<&str>, stop_sequence: Option<&str>) -> &'static str {
     match finish_reason {
         Some("length") => "max_tokens",
         Some("tool_calls" | "function_call") => "tool_use",
         Some("content_filter") => "refusal",
+        _ if stop_sequence.is_some() => "stop_sequence",
         _ => "end_turn",
     }
 }
@@ -237,17 +275,34 @@ pub struct Untranslatable {
     pub param: &'static str,
 }
 
-fn system_text(system: Option<&SystemPrompt>) -> Option<String> {
-    match system? {
-        SystemPrompt::Text(text) => Some(text.clone()),
-        SystemPrompt::Blocks(blocks) => Some(
-            blocks
-                .iter()
-                .map(|b| b.text.as_str())
-                .collect::<Vec<_>>()
-                .join("\n\n"),
-        ),
+/// The chat system messages of a system prompt: one, unless some block carries a cache
+/// breakpoint, which then needs a message per block to keep its place.
+fn system_messages(system: Option<&SystemPrompt>, out: &mut Vec<Value>) {
+    match system {
+        None => {}
+        Some(SystemPrompt::Text(text)) => out.push(json!({"role": "system", "content": text})),
+        Some(SystemPrompt::Blocks(blocks)) if blocks.iter().any(|b| b.cache_control.is_some()) => {
+            for block in blocks {
+                let part = with_cache_control(
+                    json!({"type": "text", "text": block.text}),
+                    block.cache_control.as_ref(),
+                );
+                out.push(json!({"role": "system", "content": [part]}));
+            }
+        }
+        Some(SystemPrompt::Blocks(blocks)) => {
+            let text: Vec<&str> = blocks.iter().map(|b| b.text.as_str()).collect();
+            out.push(json!({"role": "system", "content": text.join("\n\n")}));
+        }
     }
+}
+
+/// `value` (an object) with `cache_control` set, when there is one.
+fn with_cache_control(mut value: Value, cache_control: Option<&Value>) -> Value {
+    if let (Some(cache_control), Some(object)) = (cache_control, value.as_object_mut()) {
+        object.insert("cache_control".to_owned(), cache_control.clone());
+    }
+    value
 }
 
 fn image_part(source: &ImageSource) -> Value {
@@ -258,32 +313,62 @@ fn image_part(source: &ImageSource) -> Value {
     json!({"type": "image_url", "image_url": {"url": url}})
 }
 
-fn tool_result_text(content: Option<&ToolResultContent>) -> Result<String, Untranslatable> {
-    match content {
-        None => Ok(String::new()),
-        Some(ToolResultContent::Text(text)) => Ok(text.clone()),
-        Some(ToolResultContent::Blocks(blocks)) => {
-            let mut text = Vec::with_capacity(blocks.len());
-            for block in blocks {
-                match block {
-                    ContentBlockParam::Text { text: part } => text.push(part.as_str()),
-                    _ => {
-                        return Err(Untranslatable {
-                            message: "A `tool_result` may hold only text blocks here: the chat \
-                                      pipeline sends tool results as text."
-                                .to_owned(),
-                            param: "messages",
-                        });
-                    }
-                }
+/// A `document` block as a chat content part of its own type, its fields kept for the
+/// providers that take it (the others refuse it).
+fn document_part(fields: &JsonObject) -> Value {
+    let mut part = fields.clone();
+    part.insert("type".to_owned(), json!("document"));
+    Value::Object(part)
+}
+
+/// A tool result's content: text, or text and image parts when it holds images.
+fn tool_result_content(
+    content: Option<&ToolResultContent>,
+    is_error: bool,
+) -> Result<Value, Untranslatable> {
+    // Chat tool messages have no error flag: the model reads it in the text.
+    let error_prefix = |text: &str| {
+        if is_error {
+            format!("Error: {text}")
+        } else {
+            text.to_owned()
+        }
+    };
+    let blocks = match content {
+        None => return Ok(json!(error_prefix(""))),
+        Some(ToolResultContent::Text(text)) => return Ok(json!(error_prefix(text))),
+        Some(ToolResultContent::Blocks(blocks)) => blocks,
+    };
+    let mut text = Vec::with_capacity(blocks.len());
+    let mut images = Vec::new();
+    for block in blocks {
+        match block {
+            ContentBlockParam::Text { text: part, .. } => text.push(part.as_str()),
+            ContentBlockParam::Image { source, .. } => images.push(image_part(source)),
+            _ => {
+                return Err(Untranslatable {
+                    message: "A `tool_result` may hold only text and image blocks.".to_owned(),
+                    param: "messages",
+                });
             }
-            Ok(text.join("\n"))
         }
     }
+    let text = error_prefix(&text.join("\n"));
+    if images.is_empty() {
+        return Ok(json!(text));
+    }
+    let mut parts = Vec::with_capacity(images.len() + 1);
+    if !text.is_empty() {
+        parts.push(json!({"type": "text", "text": text}));
+    }
+    parts.extend(images);
+    Ok(Value::Array(parts))
 }
 
 /// The chat messages of one Anthropic message: tool results become `tool` messages (first, as
-/// they answer the previous assistant turn), the rest one user or assistant message.
+/// they answer the previous assistant turn), the rest one user or assistant message. Blocks
+/// chat has no type for (thinking, documents) become content parts of their own types, and
+/// `cache_control` stays on the part or tool message it marks.
 fn chat_messages(message: &InputMessage, out: &mut Vec<Value>) -> Result<(), Untranslatable> {
     let role = match message.role {
         MessageRole::User => "user",
@@ -298,10 +383,44 @@ fn chat_messages(message: &InputMessage, out: &mut Vec<Value>) -> Result<(), Unt
     };
     let mut parts = Vec::new();
     let mut tool_calls = Vec::new();
+    // Whether the parts hold more than text: an assistant's content then stays parts.
+    let mut beyond_text = false;
     for block in blocks {
         match block {
-            ContentBlockParam::Text { text } => parts.push(json!({"type": "text", "text": text})),
-            ContentBlockParam::Image { source } => parts.push(image_part(source)),
+            ContentBlockParam::Text {
+                text,
+                cache_control,
+            } => {
+                beyond_text |= cache_control.is_some();
+                parts.push(with_cache_control(
+                    json!({"type": "text", "text": text}),
+                    cache_control.as_ref(),
+                ));
+            }
+            ContentBlockParam::Image {
+                source,
+                cache_control,
+            } => parts.push(with_cache_control(
+                image_part(source),
+                cache_control.as_ref(),
+            )),
+            ContentBlockParam::Document(fields) => {
+                beyond_text = true;
+                parts.push(document_part(fields));
+            }
+            ContentBlockParam::Thinking {
+                thinking,
+                signature,
+            } => {
+                beyond_text = true;
+                parts.push(
+                    json!({"type": "thinking", "thinking": thinking, "signature": signature}),
+                );
+            }
+            ContentBlockParam::RedactedThinking { data } => {
+                beyond_text = true;
+                parts.push(json!({"type": "redacted_thinking", "data": data}));
+            }
             ContentBlockParam::ToolUse { id, name, input } => tool_calls.push(json!({
                 "id": id,
                 "type": "function",
@@ -311,17 +430,14 @@ fn chat_messages(message: &InputMessage, out: &mut Vec<Value>) -> Result<(), Unt
                 tool_use_id,
                 content,
                 is_error,
+                cache_control,
             } => {
-                let text = tool_result_text(content.as_ref())?;
-                // Chat tool messages have no error flag: the model reads it in the text.
-                let text = if *is_error == Some(true) {
-                    format!("Error: {text}")
-                } else {
-                    text
-                };
-                out.push(json!({"role": "tool", "tool_call_id": tool_use_id, "content": text}));
+                let content = tool_result_content(content.as_ref(), *is_error == Some(true))?;
+                out.push(with_cache_control(
+                    json!({"role": "tool", "tool_call_id": tool_use_id, "content": content}),
+                    cache_control.as_ref(),
+                ));
             }
-            ContentBlockParam::Thinking {} | ContentBlockParam::RedactedThinking {} => {}
         }
     }
     if parts.is_empty() && tool_calls.is_empty() {
@@ -329,19 +445,19 @@ fn chat_messages(message: &InputMessage, out: &mut Vec<Value>) -> Result<(), Unt
     }
     let mut chat = JsonObject::new();
     chat.insert("role".to_owned(), json!(role));
-    if role == "assistant" {
-        // Chat assistant messages carry text, not parts.
+    if role == "assistant" && !beyond_text {
+        // Plain chat assistant messages carry text, not parts.
         let text: Vec<&str> = parts
             .iter()
             .filter_map(|p| p.get("text").and_then(Value::as_str))
             .collect();
         let content = (!text.is_empty()).then(|| text.concat());
         chat.insert("content".to_owned(), json!(content));
-        if !tool_calls.is_empty() {
-            chat.insert("tool_calls".to_owned(), Value::Array(tool_calls));
-        }
     } else {
         chat.insert("content".to_owned(), Value::Array(parts));
+    }
+    if !tool_calls.is_empty() {
+        chat.insert("tool_calls".to_owned(), Value::Array(tool_calls));
     }
     out.push(Value::Object(chat));
     Ok(())
@@ -356,7 +472,10 @@ fn chat_tools(tools: &[ToolDefinition]) -> Value {
             {
                 object.insert("description".to_owned(), json!(description));
             }
-            json!({"type": "function", "function": function})
+            with_cache_control(
+                json!({"type": "function", "function": function}),
+                tool.cache_control.as_ref(),
+            )
         })
         .collect()
 }
@@ -387,19 +506,26 @@ fn chat_conversation(
     messages: &[InputMessage],
 ) -> Result<Vec<Value>, Untranslatable> {
     let mut chat = Vec::with_capacity(messages.len() + 1);
-    if let Some(system) = system_text(system) {
-        chat.push(json!({"role": "system", "content": system}));
-    }
+    system_messages(system, &mut chat);
     for message in messages {
         chat_messages(message, &mut chat)?;
     }
     Ok(chat)
 }
 
+/// The client's `anthropic-version` and `anthropic-beta` headers.
+#[derive(Debug, Clone, Default)]
+pub struct ClientHeaders {
+    pub version: Option<String>,
+    pub beta: Option<String>,
+}
+
 impl MessagesRequest {
     /// The OpenAI chat request (as JSON) the pipeline answers for this request. A stream always
-    /// asks for usage: `message_delta` reports it.
-    pub fn to_chat_request(&self) -> Result<Value, Untranslatable> {
+    /// asks for usage: `message_delta` reports it. What chat completions has no field for goes
+    /// in `anthropic` (always present, so OpenAI-kind providers know to strip the messages'
+    /// Anthropic-only parts).
+    pub fn to_chat_request(&self, headers: &ClientHeaders) -> Result<Value, Untranslatable> {
         let mut chat = JsonObject::new();
         chat.insert("model".to_owned(), json!(self.model));
         chat.insert(
@@ -442,6 +568,19 @@ impl MessagesRequest {
             chat.insert("stream".to_owned(), json!(true));
             chat.insert("stream_options".to_owned(), json!({"include_usage": true}));
         }
+        let extras = AnthropicExtras {
+            thinking: self
+                .thinking
+                .as_ref()
+                .and_then(|t| serde_json::to_value(t).ok()),
+            top_k: self.top_k,
+            version: headers.version.clone(),
+            beta: headers.beta.clone(),
+        };
+        chat.insert(
+            "anthropic".to_owned(),
+            serde_json::to_value(extras).unwrap_or_else(|_| json!({})),
+        );
         Ok(Value::Object(chat))
     }
 }
@@ -477,6 +616,9 @@ pub fn message_from_completion(completion: &ChatCompletion) -> MessageResponse {
     let mut content = Vec::new();
     let choice = completion.choices.first();
     if let Some(message) = choice.map(|c| &c.message) {
+        if let Some(Value::Array(thinking)) = message.extra.get(THINKING_BLOCKS) {
+            content.extend(thinking.iter().cloned());
+        }
         if let Some(text) = message.content.as_deref().filter(|t| !t.is_empty()) {
             content.push(json!({"type": "text", "text": text}));
         }
@@ -489,14 +631,18 @@ pub fn message_from_completion(completion: &ChatCompletion) -> MessageResponse {
             }));
         }
     }
+    let stop_sequence = choice
+        .and_then(|c| c.extra.get(STOP_SEQUENCE))
+        .and_then(Value::as_str);
+    let finish_reason = choice.and_then(|c| c.finish_reason.as_deref());
     MessageResponse {
         id: message_id(&completion.id),
         kind: "message".to_owned(),
         role: "assistant".to_owned(),
         model: completion.model.clone(),
         content,
-        stop_reason: Some(stop_reason(choice.and_then(|c| c.finish_reason.as_deref())).to_owned()),
-        stop_sequence: None,
+        stop_reason: Some(stop_reason(finish_reason, stop_sequence).to_owned()),
+        stop_sequence: stop_sequence.map(str::to_owned),
         usage: completion.usage.map(MessageUsage::from).unwrap_or_default(),
     }
 }
@@ -515,9 +661,22 @@ pub fn sse_event(name: &str, data: &Value) -> String {
     format!("event: {name}\ndata: {data}\n\n")
 }
 
+/// Where the providers put what chat completions has no field for (see `providers::messages`):
+/// a completion message's thinking blocks, a choice's or finish chunk's matched stop sequence, a
+/// stream delta's reasoning text, thinking signature and redacted thinking, a first chunk's
+/// prompt usage.
+const THINKING_BLOCKS: &str = "thinking_blocks";
+const STOP_SEQUENCE: &str = "stop_sequence";
+const REASONING_CONTENT: &str = "reasoning_content";
+const THINKING_SIGNATURE: &str = "thinking_signature";
+const REDACTED_THINKING: &str = "redacted_thinking";
+const PROMPT_USAGE: &str = "prompt_usage";
+
 /// The content block a stream is writing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum OpenBlock {
+    /// A thinking block; it ends with its signature.
+    Thinking,
     Text,
     /// A tool call, by its index among the chat chunk's tool calls.
     Tool(u32),
@@ -534,16 +693,20 @@ pub struct EventWriter {
     /// Index of the next content block.
     blocks: u32,
     finish_reason: Option<String>,
+    stop_sequence: Option<String>,
     usage: Option<Usage>,
     pub finished: bool,
 }
 
 impl EventWriter {
-    fn start(&mut self, id: &str, model: &str, out: &mut String) {
+    fn start(&mut self, id: &str, model: &str, prompt: Option<Usage>, out: &mut String) {
         if self.started {
             return;
         }
         self.started = true;
+        // The prompt's tokens when the upstream reported them at its start (Anthropic does),
+        // else known only at the end, in `message_delta`.
+        let usage = prompt.map(MessageUsage::from).unwrap_or_default();
         let message = json!({
             "id": message_id(id),
             "type": "message",
@@ -552,8 +715,7 @@ impl EventWriter {
             "content": [],
             "stop_reason": null,
             "stop_sequence": null,
-            // Known only at the end, in `message_delta`.
-            "usage": {"input_tokens": 0, "output_tokens": 0},
+            "usage": usage,
         });
         out.push_str(&sse_event(
             "message_start",
@@ -598,13 +760,21 @@ impl EventWriter {
         if self.finished {
             return out;
         }
-        self.start(&chunk.id, &chunk.model, &mut out);
+        let prompt = chunk
+            .extra
+            .get(PROMPT_USAGE)
+            .and_then(|usage| serde_json::from_value(usage.clone()).ok());
+        self.start(&chunk.id, &chunk.model, prompt, &mut out);
         if let Some(usage) = chunk.usage {
             self.usage = Some(usage);
+        }
+        if let Some(stop) = chunk.extra.get(STOP_SEQUENCE).and_then(Value::as_str) {
+            self.stop_sequence = Some(stop.to_owned());
         }
         let Some(choice) = chunk.choices.first() else {
             return out;
         };
+        self.thinking(&choice.delta.extra, &mut out);
         if let Some(text) = choice.delta.content.as_deref().filter(|t| !t.is_empty()) {
             if self.open != Some(OpenBlock::Text) {
                 self.open_block(
@@ -642,21 +812,63 @@ impl EventWriter {
         out
     }
 
+    /// The thinking events of a delta: reasoning text opens (or continues) a thinking block, its
+    /// signature ends it, a redacted thinking block is whole at once.
+    fn thinking(&mut self, delta: &JsonObject, out: &mut String) {
+        let text = |key: &str| delta.get(key).and_then(Value::as_str);
+        if let Some(thinking) = text(REASONING_CONTENT).filter(|t| !t.is_empty()) {
+            if self.open != Some(OpenBlock::Thinking) {
+                self.open_block(
+                    OpenBlock::Thinking,
+                    json!({"type": "thinking", "thinking": "", "signature": ""}),
+                    out,
+                );
+            }
+            self.delta(json!({"type": "thinking_delta", "thinking": thinking}), out);
+        }
+        if let Some(signature) = text(THINKING_SIGNATURE) {
+            if self.open != Some(OpenBlock::Thinking) {
+                self.open_block(
+                    OpenBlock::Thinking,
+                    json!({"type": "thinking", "thinking": "", "signature": ""}),
+                    out,
+                );
+            }
+            self.delta(
+                json!({"type": "signature_delta", "signature": signature}),
+                out,
+            );
+            self.close_block(out);
+        }
+        if let Some(data) = text(REDACTED_THINKING) {
+            self.open_block(
+                OpenBlock::Thinking,
+                json!({"type": "redacted_thinking", "data": data}),
+                out,
+            );
+            self.close_block(out);
+        }
+    }
+
     /// The closing events, once the pipeline's stream is complete.
     pub fn end(&mut self) -> String {
         let mut out = String::new();
         if self.finished {
             return out;
         }
-        self.start("", "", &mut out);
+        self.start("", "", None, &mut out);
         self.close_block(&mut out);
         self.finished = true;
         let usage = self.usage.map(MessageUsage::from).unwrap_or_default();
+        let stop_sequence = self.stop_sequence.as_deref();
         out.push_str(&sse_event(
             "message_delta",
             &json!({
                 "type": "message_delta",
-                "delta": {"stop_reason": stop_reason(self.finish_reason.as_deref()), "stop_sequence": null},
+                "delta": {
+                    "stop_reason": stop_reason(self.finish_reason.as_deref(), stop_sequence),
+                    "stop_sequence": stop_sequence,
+                },
                 "usage": usage,
             }),
         ));
@@ -726,9 +938,13 @@ mod tests {
             "tools": [{"name": "look", "description": "Looks closer", "input_schema": {"type": "object"}}],
             "tool_choice": {"type": "any", "disable_parallel_tool_use": true},
             "metadata": {"user_id": "u-1"},
+            "thinking": {"type": "enabled", "budget_tokens": 2048},
             "stream": true
         }))
-        .to_chat_request()
+        .to_chat_request(&ClientHeaders {
+            version: Some("2023-06-01".to_owned()),
+            beta: Some("b-1".to_owned()),
+        })
         .unwrap();
         assert_eq!(
             chat,
@@ -736,12 +952,16 @@ mod tests {
                 "model": "m",
                 "max_tokens": 100,
                 "messages": [
-                    {"role": "system", "content": "Be brief.\n\nBe kind."},
+                    {"role": "system", "content": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}]},
+                    {"role": "system", "content": [{"type": "text", "text": "Be kind."}]},
                     {"role": "user", "content": [
                         {"type": "text", "text": "What is in this image?"},
                         {"type": "image_url", "image_url": {"url": "data:image/png;base64,aGk="}}
                     ]},
-                    {"role": "assistant", "content": "Let me look.", "tool_calls": [
+                    {"role": "assistant", "content": [
+                        {"type": "thinking", "thinking": "hm", "signature": "s"},
+                        {"type": "text", "text": "Let me look."}
+                    ], "tool_calls": [
                         {"id": "toolu_1", "type": "function", "function": {"name": "look", "arguments": "{\"zoom\":2}"}}
                     ]},
                     {"role": "tool", "tool_call_id": "toolu_1", "content": "a cat"},
@@ -756,7 +976,13 @@ mod tests {
                 "tool_choice": "required",
                 "parallel_tool_calls": false,
                 "stream": true,
-                "stream_options": {"include_usage": true}
+                "stream_options": {"include_usage": true},
+                "anthropic": {
+                    "thinking": {"type": "enabled", "budget_tokens": 2048},
+                    "top_k": 5,
+                    "version": "2023-06-01",
+                    "beta": "b-1"
+                }
             })
         );
         let parsed: ChatRequest = serde_json::from_value(chat).unwrap();
@@ -770,7 +996,7 @@ mod tests {
             "messages": [{"role": "user", "content": "hi"}],
             "tool_choice": {"type": "tool", "name": "look"}
         }))
-        .to_chat_request()
+        .to_chat_request(&ClientHeaders::default())
         .unwrap();
         assert_eq!(chat["messages"], json!([{"role": "user", "content": "hi"}]));
         assert_eq!(
@@ -779,6 +1005,55 @@ mod tests {
         );
         assert!(chat.get("parallel_tool_calls").is_none());
         assert!(chat.get("stream").is_none());
+        assert_eq!(chat["anthropic"], json!({}), "always present, even empty");
+    }
+
+    #[test]
+    fn documents_cache_breakpoints_and_image_tool_results_become_parts() {
+        let chat = request(json!({
+            "model": "m", "max_tokens": 5,
+            "tools": [{"name": "look", "input_schema": {"type": "object"}, "cache_control": {"type": "ephemeral"}}],
+            "messages": [
+                {"role": "user", "content": [
+                    {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBER"}, "title": "Report"},
+                    {"type": "text", "text": "Summarise.", "cache_control": {"type": "ephemeral"}}
+                ]},
+                {"role": "assistant", "content": [
+                    {"type": "redacted_thinking", "data": "xyz"},
+                    {"type": "tool_use", "id": "toolu_1", "name": "look", "input": {}}
+                ]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_1", "cache_control": {"type": "ephemeral"}, "content": [
+                        {"type": "text", "text": "a chart"},
+                        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "aGk="}}
+                    ]}
+                ]}
+            ]
+        }))
+        .to_chat_request(&ClientHeaders::default())
+        .unwrap();
+        assert_eq!(
+            chat["messages"],
+            json!([
+                {"role": "user", "content": [
+                    {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBER"}, "title": "Report"},
+                    {"type": "text", "text": "Summarise.", "cache_control": {"type": "ephemeral"}}
+                ]},
+                {"role": "assistant", "content": [{"type": "redacted_thinking", "data": "xyz"}], "tool_calls": [
+                    {"id": "toolu_1", "type": "function", "function": {"name": "look", "arguments": "{}"}}
+                ]},
+                {"role": "tool", "tool_call_id": "toolu_1", "cache_control": {"type": "ephemeral"}, "content": [
+                    {"type": "text", "text": "a chart"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,aGk="}}
+                ]}
+            ])
+        );
+        assert_eq!(
+            chat["tools"][0]["cache_control"],
+            json!({"type": "ephemeral"})
+        );
+        let parsed: ChatRequest = serde_json::from_value(chat).unwrap();
+        parsed.validate().unwrap();
     }
 
     #[test]
@@ -815,7 +1090,7 @@ mod tests {
                     {"type": "tool_use", "id": "call_1", "name": "look", "input": {"zoom": 2}}
                 ],
                 "stop_reason": "tool_use", "stop_sequence": null,
-                "usage": {"input_tokens": 12, "output_tokens": 7}
+                "usage": {"input_tokens": 12, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 7}
             })
         );
     }
@@ -833,11 +1108,12 @@ mod tests {
 
     #[test]
     fn finish_reasons_map_to_stop_reasons() {
-        assert_eq!(stop_reason(Some("stop")), "end_turn");
-        assert_eq!(stop_reason(Some("length")), "max_tokens");
-        assert_eq!(stop_reason(Some("tool_calls")), "tool_use");
-        assert_eq!(stop_reason(Some("content_filter")), "refusal");
-        assert_eq!(stop_reason(None), "end_turn");
+        assert_eq!(stop_reason(Some("stop"), None), "end_turn");
+        assert_eq!(stop_reason(Some("stop"), Some("END")), "stop_sequence");
+        assert_eq!(stop_reason(Some("length"), None), "max_tokens");
+        assert_eq!(stop_reason(Some("tool_calls"), None), "tool_use");
+        assert_eq!(stop_reason(Some("content_filter"), None), "refusal");
+        assert_eq!(stop_reason(None, None), "end_turn");
     }
 
     #[test]
@@ -932,9 +1208,79 @@ mod tests {
         assert_eq!(events[9].1["index"], 1);
         assert_eq!(
             events[10].1,
-            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null}, "usage": {"input_tokens": 9, "output_tokens": 4}})
+            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null}, "usage": {"input_tokens": 9, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 4}})
         );
         assert_eq!(writer.end(), "", "a finished stream writes nothing more");
+    }
+
+    #[test]
+    fn thinking_prompt_usage_and_the_stop_sequence_become_their_events() {
+        let mut writer = EventWriter::default();
+        let mut out = String::new();
+        for c in [
+            json!({"id": "c1", "model": "m", "choices": [{"index": 0, "delta": {"role": "assistant"}}],
+                "prompt_usage": {"prompt_tokens": 30, "completion_tokens": 0, "total_tokens": 30,
+                    "prompt_tokens_details": {"cached_tokens": 20, "cache_creation_tokens": 4}}}),
+            json!({"id": "c1", "choices": [{"index": 0, "delta": {"redacted_thinking": "opaque"}}]}),
+            json!({"id": "c1", "choices": [{"index": 0, "delta": {"reasoning_content": "Hm"}}]}),
+            json!({"id": "c1", "choices": [{"index": 0, "delta": {"thinking_signature": "sig"}}]}),
+            json!({"id": "c1", "choices": [{"index": 0, "delta": {"content": "Hi"}}]}),
+            json!({"id": "c1", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "stop_sequence": "END"}),
+        ] {
+            out.push_str(&writer.chunk(&chunk(c)));
+        }
+        out.push_str(&writer.end());
+        let events = events(&out);
+        assert_eq!(
+            events[0].1["message"]["usage"],
+            json!({"input_tokens": 6, "cache_creation_input_tokens": 4, "cache_read_input_tokens": 20, "output_tokens": 0})
+        );
+        let blocks: Vec<(&str, &Value)> = events
+            .iter()
+            .filter(|(name, _)| name.starts_with("content_block_"))
+            .map(|(name, data)| {
+                let detail = match name.as_str() {
+                    "content_block_start" => &data["content_block"],
+                    "content_block_delta" => &data["delta"],
+                    _ => &data["index"],
+                };
+                (name.as_str(), detail)
+            })
+            .collect();
+        assert_eq!(
+            blocks,
+            [
+                (
+                    "content_block_start",
+                    &json!({"type": "redacted_thinking", "data": "opaque"})
+                ),
+                ("content_block_stop", &json!(0)),
+                (
+                    "content_block_start",
+                    &json!({"type": "thinking", "thinking": "", "signature": ""})
+                ),
+                (
+                    "content_block_delta",
+                    &json!({"type": "thinking_delta", "thinking": "Hm"})
+                ),
+                (
+                    "content_block_delta",
+                    &json!({"type": "signature_delta", "signature": "sig"})
+                ),
+                ("content_block_stop", &json!(1)),
+                ("content_block_start", &json!({"type": "text", "text": ""})),
+                (
+                    "content_block_delta",
+                    &json!({"type": "text_delta", "text": "Hi"})
+                ),
+                ("content_block_stop", &json!(2)),
+            ]
+        );
+        let (_, delta) = &events[events.len() - 2];
+        assert_eq!(
+            delta["delta"],
+            json!({"stop_reason": "stop_sequence", "stop_sequence": "END"})
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@ use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::api::{ChatRequest, JsonObject, Message, Stop, Tool};
+use crate::api::{AnthropicExtras, ChatRequest, JsonObject, Message, Stop, Tool};
 
 pub type CacheKey = [u8; 32];
 
@@ -33,10 +33,33 @@ struct CanonicalRequest<'a> {
     parallel_tool_calls: Option<bool>,
     response_format: Option<&'a serde_json::Value>,
     extra: &'a JsonObject,
+    /// Anthropic-only settings that change an answer (thinking, `top_k`, betas). Absent
+    /// otherwise, so the keys of other requests are unchanged and a Messages request shares its
+    /// key with the equal chat request; the API version does not change what a model answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    anthropic: Option<AnthropicKey<'a>>,
     /// A RAG answer's retrieval: collection, its version and the chunk ids. Absent otherwise,
     /// so the keys of other requests are unchanged.
     #[serde(skip_serializing_if = "Option::is_none")]
     retrieval: Option<&'a Value>,
+}
+
+#[derive(Serialize)]
+struct AnthropicKey<'a> {
+    thinking: Option<&'a Value>,
+    top_k: Option<u32>,
+    beta: Option<&'a str>,
+}
+
+impl<'a> AnthropicKey<'a> {
+    fn of(extras: &'a AnthropicExtras) -> Option<Self> {
+        let key = Self {
+            thinking: extras.thinking.as_ref(),
+            top_k: extras.top_k,
+            beta: extras.beta.as_deref(),
+        };
+        (key.thinking.is_some() || key.top_k.is_some() || key.beta.is_some()).then_some(key)
+    }
 }
 
 /// Hashes a request for the cache. `partition` is the tenant, or `None` for a global cache.
@@ -110,6 +133,7 @@ fn canonical_text(
         parallel_tool_calls: request.parallel_tool_calls,
         response_format: request.response_format.as_ref(),
         extra: &request.extra,
+        anthropic: request.anthropic.as_ref().and_then(AnthropicKey::of),
         retrieval,
     };
     // Through a JSON value, then written canonically: objects with sorted keys at every depth and
@@ -211,6 +235,26 @@ mod tests {
             &request(base.clone()),
         );
         assert_ne!(k(&base, "t"), versioned);
+    }
+
+    #[test]
+    fn anthropic_thinking_and_top_k_change_the_key() {
+        let base = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+        let k = |v: serde_json::Value| cache_key(Some("t"), "p", "m", None, &request(v));
+        let mut thinking = base.clone();
+        thinking["anthropic"] = json!({"thinking": {"type": "enabled", "budget_tokens": 1024}});
+        let mut top_k = base.clone();
+        top_k["anthropic"] = json!({"top_k": 5});
+        assert_ne!(k(base.clone()), k(thinking.clone()));
+        assert_ne!(k(base.clone()), k(top_k.clone()));
+        assert_ne!(k(thinking), k(top_k));
+        let mut version_only = base.clone();
+        version_only["anthropic"] = json!({"version": "2023-06-01"});
+        assert_eq!(
+            k(base),
+            k(version_only),
+            "the API version changes no answer"
+        );
     }
 
     #[test]

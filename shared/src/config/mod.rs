@@ -243,6 +243,7 @@ mod tests {
         let price = Price {
             input_per_mtok: 2.0,
             output_per_mtok: 8.0,
+            ..Price::default()
         };
         assert!((price.cost_usd(500_000, 250_000) - 3.0).abs() < 1e-9);
     }

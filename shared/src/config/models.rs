@@ -4,6 +4,7 @@
 use serde::Deserialize;
 
 use super::guard::GuardSettings;
+use crate::api::Usage;
 
 /// The largest `max_dimensions` a model may declare (and so the largest vector a request can
 /// make the gateway allocate per input).
@@ -294,12 +295,42 @@ pub struct Price {
     pub input_per_mtok: f64,
     #[serde(default)]
     pub output_per_mtok: f64,
+    /// Prompt tokens read from the provider's prompt cache; default a tenth of the input price
+    /// (Anthropic's ratio).
+    #[serde(default)]
+    pub cache_read_per_mtok: Option<f64>,
+    /// Prompt tokens written to the provider's prompt cache; default 1.25 times the input price
+    /// (Anthropic's five-minute cache).
+    #[serde(default)]
+    pub cache_write_per_mtok: Option<f64>,
 }
+
+/// Anthropic's cache prices as multiples of the input price.
+const CACHE_READ_RATIO: f64 = 0.1;
+const CACHE_WRITE_RATIO: f64 = 1.25;
 
 impl Price {
     pub fn cost_usd(&self, input_tokens: u64, output_tokens: u64) -> f64 {
         (input_tokens as f64 * self.input_per_mtok + output_tokens as f64 * self.output_per_mtok)
             / 1_000_000.0
+    }
+
+    /// The cost of a call's usage: its cache reads and writes (part of its prompt tokens) at the
+    /// cache prices, the rest of the prompt at the input price.
+    pub fn usage_cost_usd(&self, usage: &Usage) -> f64 {
+        let read = usage.cache_read_tokens().min(usage.prompt_tokens);
+        let write = usage
+            .cache_write_tokens()
+            .min(usage.prompt_tokens.saturating_sub(read));
+        let uncached = usage.prompt_tokens - read - write;
+        let read_price = self
+            .cache_read_per_mtok
+            .unwrap_or(self.input_per_mtok * CACHE_READ_RATIO);
+        let write_price = self
+            .cache_write_per_mtok
+            .unwrap_or(self.input_per_mtok * CACHE_WRITE_RATIO);
+        self.cost_usd(uncached, usage.completion_tokens)
+            + (read as f64 * read_price + write as f64 * write_price) / 1_000_000.0
     }
 }
 

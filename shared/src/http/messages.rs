@@ -19,8 +19,8 @@ use serde_json::Value;
 
 use super::handlers::{AuthorizedKey, body_error};
 use crate::api::messages::{
-    CountTokensRequest, CountTokensResponse, EventWriter, MessageResponse, MessagesRequest,
-    Untranslatable, error_body, message_from_completion,
+    ClientHeaders, CountTokensRequest, CountTokensResponse, EventWriter, MessageResponse,
+    MessagesRequest, Untranslatable, error_body, message_from_completion,
 };
 use crate::api::{ChatChunk, ChatCompletion, ChatRequest};
 use crate::config::ModelKind;
@@ -30,6 +30,8 @@ use crate::state::Gateway;
 
 /// The header Anthropic's clients send with every request.
 pub(crate) const ANTHROPIC_VERSION: &str = "anthropic-version";
+/// The header naming the beta features a client opts into.
+const ANTHROPIC_BETA: &str = "anthropic-beta";
 
 /// Most bytes of a pipeline answer read to translate it (the providers' own caps are lower).
 const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
@@ -57,9 +59,25 @@ fn untranslatable(error: Untranslatable) -> ApiError {
     ApiError::bad_request(error.message).with_param(error.param)
 }
 
+/// The client's `anthropic-version` and `anthropic-beta`, for Anthropic upstreams.
+fn client_headers(headers: &HeaderMap) -> ClientHeaders {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    ClientHeaders {
+        version: text(ANTHROPIC_VERSION),
+        beta: text(ANTHROPIC_BETA),
+    }
+}
+
 /// The chat request body the pipeline answers for a Messages request.
-fn chat_body(request: &MessagesRequest) -> Result<Vec<u8>, ApiError> {
-    let chat = request.to_chat_request().map_err(untranslatable)?;
+fn chat_body(request: &MessagesRequest, headers: &HeaderMap) -> Result<Vec<u8>, ApiError> {
+    let chat = request
+        .to_chat_request(&client_headers(headers))
+        .map_err(untranslatable)?;
     serde_json::to_vec(&chat)
         .map_err(|e| ApiError::internal(format!("cannot encode the chat request: {e}")))
 }
@@ -83,7 +101,7 @@ pub(crate) async fn create_message(
     let answer = async {
         let body = body.map_err(body_error)?;
         let request: MessagesRequest = parse_request(&body)?;
-        let chat = chat_body(&request)?;
+        let chat = chat_body(&request, &headers)?;
         let response = pipeline::chat::chat(&gateway, &key, &headers, &chat, deadline).await?;
         as_message(response).await
     };

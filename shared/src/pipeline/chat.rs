@@ -245,6 +245,7 @@ async fn answer(
     let leader = leader.filter(|_| std::ptr::eq(answer.deployment, primary));
     match answer.outcome {
         Outcome::Complete(completion) => {
+            let completion = *completion;
             let usage = completion
                 .usage
                 .unwrap_or_else(|| Usage::new(prompt_estimate, 0));

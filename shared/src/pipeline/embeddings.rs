@@ -409,6 +409,7 @@ async fn embed_inputs(
         Price {
             input_per_mtok: cost_usd * 1_000_000.0 / upstream_tokens as f64,
             output_per_mtok: 0.0,
+            ..Price::default()
         }
     } else {
         served_model.price

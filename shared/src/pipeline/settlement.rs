@@ -40,7 +40,7 @@ impl Settlement {
     /// Bills a call that is over at its own model's price, so a later call served by another
     /// model (a retry that fell back) is billed at that one's.
     pub(crate) fn bank(&mut self, usage: Usage, price: Price, model: &str) {
-        let cost = price.cost_usd(usage.prompt_tokens, usage.completion_tokens);
+        let cost = price.usage_cost_usd(&usage);
         METRICS.record_usage(model, usage.prompt_tokens, usage.completion_tokens, cost);
         self.banked_cost += cost;
         self.banked_tokens += usage.total_tokens;
@@ -52,16 +52,13 @@ impl Settlement {
     pub(crate) fn finish(mut self, usage: Usage, price: Price, model: &str) -> f64 {
         self.price = price;
         self.observed = usage;
-        let own = price.cost_usd(usage.prompt_tokens, usage.completion_tokens);
+        let own = price.usage_cost_usd(&usage);
         METRICS.record_usage(model, usage.prompt_tokens, usage.completion_tokens, own);
         self.settle()
     }
 
     pub(crate) fn settle(&mut self) -> f64 {
-        let cost = self.banked_cost
-            + self
-                .price
-                .cost_usd(self.observed.prompt_tokens, self.observed.completion_tokens);
+        let cost = self.banked_cost + self.price.usage_cost_usd(&self.observed);
         if let Some(reservation) = self.reservation.take() {
             let limiter = Arc::clone(&self.limiter);
             let tokens = self.banked_tokens + self.observed.total_tokens;
@@ -152,7 +149,27 @@ mod tests {
         Price {
             input_per_mtok,
             output_per_mtok,
+            ..Price::default()
         }
+    }
+
+    #[tokio::test]
+    async fn cache_reads_and_writes_are_billed_at_the_cache_prices() {
+        let recorder = Arc::new(Recorder::default());
+        // 100 prompt tokens: 60 read from the cache, 30 written to it, 10 uncached.
+        let usage = Usage::new(100, 10).with_cache(60, 30);
+        let defaults =
+            settlement(&recorder, price(1e6, 2e6)).finish(usage, price(1e6, 2e6), "cached");
+        let expected = 10.0 + 0.1 * 60.0 + 1.25 * 30.0 + 2.0 * 10.0;
+        assert!((defaults - expected).abs() < 1e-9, "{defaults}");
+        let declared = Price {
+            cache_read_per_mtok: Some(0.5e6),
+            cache_write_per_mtok: Some(2e6),
+            ..price(1e6, 2e6)
+        };
+        let cost = settlement(&recorder, declared).finish(usage, declared, "cached");
+        let expected = 10.0 + 0.5 * 60.0 + 2.0 * 30.0 + 2.0 * 10.0;
+        assert!((cost - expected).abs() < 1e-9, "{cost}");
     }
 
     #[tokio::test]

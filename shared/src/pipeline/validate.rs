@@ -202,7 +202,7 @@ pub(crate) async fn ensure_valid<'g>(
         first.usage.completion_tokens + second.completion_tokens,
     ));
     Ok(Checked {
-        completion,
+        completion: *completion,
         usage: second,
         model: answer.model,
         deployment: answer.deployment,

@@ -7,11 +7,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::messages::{
-    self, Block, ChunkWriter, Conversation, FinishReason, Image, Reply, Speaker, ToolChoice,
+    self, Block, CACHE_CONTROL, ChunkWriter, Conversation, FinishReason, Image, REASONING_CONTENT,
+    REDACTED_THINKING, Reply, Speaker, THINKING_SIGNATURE, ToolChoice,
 };
 use super::{ChatProvider, ChunkStream, ProviderError, ProviderErrorKind, transport};
 use crate::api::{
-    ChatChunk, ChatCompletion, ChatRequest, EmbeddingRequest, EmbeddingResponse, Usage,
+    AnthropicExtras, ChatChunk, ChatCompletion, ChatRequest, EmbeddingRequest, EmbeddingResponse,
+    Usage,
 };
 use crate::config::{ProviderConfig, Timeouts};
 
@@ -56,15 +58,33 @@ impl AnthropicProvider {
         })
     }
 
-    async fn send(&self, body: &MessagesRequest<'_>) -> Result<reqwest::Response, ProviderError> {
+    /// Sends `body` with the client's `anthropic-version` (the provider's own when it sent none)
+    /// and `anthropic-beta` from `extras`.
+    async fn send(
+        &self,
+        body: &MessagesRequest<'_>,
+        extras: Option<&AnthropicExtras>,
+    ) -> Result<reqwest::Response, ProviderError> {
         let body = serde_json::to_vec(body)
             .map_err(|e| ProviderError::new(ProviderErrorKind::BadRequest, e.to_string()))?;
+        let header = |name: &str, value: &str| {
+            HeaderValue::from_str(value).map_err(|_| {
+                messages::bad_request(format!("the `{name}` header is not a valid header value"))
+            })
+        };
+        let version = match extras.and_then(|e| e.version.as_deref()) {
+            Some(version) => header("anthropic-version", version)?,
+            None => self.version.clone(),
+        };
         let mut request = self
             .http
             .post(&self.messages_url)
             .header(CONTENT_TYPE, "application/json")
-            .header("anthropic-version", self.version.clone())
+            .header("anthropic-version", version)
             .body(body);
+        if let Some(beta) = extras.and_then(|e| e.beta.as_deref()) {
+            request = request.header("anthropic-beta", header("anthropic-beta", beta)?);
+        }
         if let Some(key) = &self.api_key {
             request = request.header("x-api-key", key.clone());
         }
@@ -75,7 +95,7 @@ impl AnthropicProvider {
 impl ChatProvider for AnthropicProvider {
     async fn chat(&self, request: &ChatRequest) -> Result<ChatCompletion, ProviderError> {
         let body = to_messages_request(request, false)?;
-        let response = self.send(&body).await?;
+        let response = self.send(&body, request.anthropic.as_ref()).await?;
         let bytes = transport::read_body(response, &self.timeouts).await?;
         let message: MessagesResponse = serde_json::from_slice(&bytes).map_err(|e| {
             ProviderError::new(
@@ -88,8 +108,9 @@ impl ChatProvider for AnthropicProvider {
 
     async fn chat_stream(&self, request: &ChatRequest) -> Result<ChunkStream, ProviderError> {
         let body = to_messages_request(request, true)?;
-        let response = self.send(&body).await?;
+        let response = self.send(&body, request.anthropic.as_ref()).await?;
         let mut translator = StreamTranslator::new(&request.model);
+        translator.report_prompt_usage = request.anthropic.is_some();
         let chunks = transport::sse_events(response, &self.timeouts).filter_map(move |event| {
             std::future::ready(match event {
                 Err(e) => Some(Err(e)),
@@ -151,13 +172,18 @@ fn stream_error(data: &str) -> ProviderError {
 struct MessagesRequest<'a> {
     model: &'a str,
     max_tokens: u32,
+    /// Text, or text blocks when some carry a cache breakpoint.
     #[serde(skip_serializing_if = "Option::is_none")]
-    system: Option<String>,
+    system: Option<Value>,
     messages: Vec<MessageParam>,
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_k: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thinking: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     stop_sequences: Option<Vec<String>>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -176,22 +202,98 @@ struct MessageParam {
     content: Vec<Value>,
 }
 
-fn block_json(block: &Block<'_>) -> Value {
-    match block {
-        Block::Text(text) => json!({"type": "text", "text": text}),
-        Block::Image(Image::Base64 { media_type, data }) => {
+fn image_json(image: &Image<'_>) -> Value {
+    match image {
+        Image::Base64 { media_type, data } => {
             json!({"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}})
         }
-        Block::Image(Image::Url(url)) => {
-            json!({"type": "image", "source": {"type": "url", "url": url}})
-        }
+        Image::Url(url) => json!({"type": "image", "source": {"type": "url", "url": url}}),
+    }
+}
+
+/// The block's JSON; none for a cache point, which marks the block before it instead.
+fn block_json(block: &Block<'_>) -> Option<Value> {
+    Some(match block {
+        Block::Text(text) => json!({"type": "text", "text": text}),
+        Block::Image(image) => image_json(image),
         Block::ToolUse { id, name, input } => {
             json!({"type": "tool_use", "id": id, "name": name, "input": input})
         }
-        Block::ToolResult { tool_use_id, text } => {
+        Block::ToolResult {
+            tool_use_id,
+            text,
+            images,
+        } if images.is_empty() => {
             json!({"type": "tool_result", "tool_use_id": tool_use_id, "content": text})
         }
+        Block::ToolResult {
+            tool_use_id,
+            text,
+            images,
+        } => {
+            let mut content: Vec<Value> = Vec::with_capacity(images.len() + 1);
+            if !text.is_empty() {
+                content.push(json!({"type": "text", "text": text}));
+            }
+            content.extend(images.iter().map(image_json));
+            json!({"type": "tool_result", "tool_use_id": tool_use_id, "content": content})
+        }
+        Block::Thinking {
+            thinking,
+            signature,
+        } => json!({"type": "thinking", "thinking": thinking, "signature": signature}),
+        Block::RedactedThinking { data } => json!({"type": "redacted_thinking", "data": data}),
+        Block::Document(fields) => {
+            let mut document = (*fields).clone();
+            document.remove(CACHE_CONTROL);
+            document.insert("type".to_owned(), json!("document"));
+            Value::Object(document)
+        }
+        Block::CachePoint(_) => return None,
+    })
+}
+
+/// The blocks' JSON, each cache point set as the `cache_control` of the block before it.
+fn blocks_json(blocks: &[Block<'_>]) -> Vec<Value> {
+    let mut out: Vec<Value> = Vec::with_capacity(blocks.len());
+    for block in blocks {
+        match (block, out.last_mut().and_then(Value::as_object_mut)) {
+            (Block::CachePoint(cache_control), Some(previous)) => {
+                previous.insert(CACHE_CONTROL.to_owned(), (*cache_control).clone());
+            }
+            _ => out.extend(block_json(block)),
+        }
     }
+    out
+}
+
+/// The system prompt: one text, or text blocks when some carry a cache breakpoint.
+fn system_json(conversation: &Conversation<'_>) -> Option<Value> {
+    let system = &conversation.system;
+    if system.is_empty() {
+        return None;
+    }
+    if conversation.system_cache.is_empty() {
+        return Some(Value::String(system.join("\n\n")));
+    }
+    let blocks = system
+        .iter()
+        .enumerate()
+        .filter(|(_, text)| !text.is_empty())
+        .map(|(index, text)| {
+            let mut block = json!({"type": "text", "text": text});
+            let cache_control = conversation
+                .system_cache
+                .iter()
+                .find(|(cached, _)| *cached == index);
+            if let (Some((_, cache_control)), Some(object)) = (cache_control, block.as_object_mut())
+            {
+                object.insert(CACHE_CONTROL.to_owned(), (*cache_control).clone());
+            }
+            block
+        })
+        .collect();
+    Some(Value::Array(blocks))
 }
 
 fn tool_choice_json(choice: ToolChoice<'_>, parallel: Option<bool>) -> Value {
@@ -222,32 +324,40 @@ fn to_messages_request(
                 Speaker::User => "user",
                 Speaker::Assistant => "assistant",
             },
-            content: turn.blocks.iter().map(block_json).collect(),
+            content: blocks_json(&turn.blocks),
         })
         .collect();
+    let system = system_json(&conversation);
     let tools: Vec<Value> = conversation
         .tools
         .into_iter()
         .map(|spec| {
             let mut tool = json!({"name": spec.name, "input_schema": spec.schema});
-            if let (Some(description), Some(object)) = (spec.description, tool.as_object_mut()) {
-                object.insert(
-                    "description".to_owned(),
-                    Value::String(description.to_owned()),
-                );
+            if let Some(object) = tool.as_object_mut() {
+                if let Some(description) = spec.description {
+                    object.insert(
+                        "description".to_owned(),
+                        Value::String(description.to_owned()),
+                    );
+                }
+                if let Some(cache_control) = spec.cache_control {
+                    object.insert(CACHE_CONTROL.to_owned(), cache_control.clone());
+                }
             }
             tool
         })
         .collect();
-    let system = &conversation.system;
     let sampling = conversation.sampling;
+    let extras = request.anthropic.as_ref();
     Ok(MessagesRequest {
         model: &request.model,
         max_tokens: sampling.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
-        system: (!system.is_empty()).then(|| system.join("\n\n")),
+        system,
         messages,
         temperature: sampling.temperature,
         top_p: sampling.top_p,
+        top_k: extras.and_then(|e| e.top_k),
+        thinking: extras.and_then(|e| e.thinking.clone()),
         stop_sequences: sampling.stop,
         stream,
         tools: (!tools.is_empty()).then_some(tools),
@@ -267,6 +377,8 @@ struct MessagesResponse {
     #[serde(default)]
     stop_reason: Option<String>,
     #[serde(default)]
+    stop_sequence: Option<String>,
+    #[serde(default)]
     usage: AnthropicUsage,
 }
 
@@ -281,6 +393,16 @@ enum ContentBlock {
         name: String,
         #[serde(default)]
         input: Value,
+    },
+    Thinking {
+        #[serde(default)]
+        thinking: String,
+        #[serde(default)]
+        signature: String,
+    },
+    RedactedThinking {
+        #[serde(default)]
+        data: String,
     },
     #[serde(other)]
     Other,
@@ -325,9 +447,15 @@ fn from_messages_response(message: MessagesResponse) -> ChatCompletion {
         match block {
             ContentBlock::Text { text } => reply.push_text(&text),
             ContentBlock::ToolUse { id, name, input } => reply.push_tool_use(id, name, &input),
+            ContentBlock::Thinking {
+                thinking,
+                signature,
+            } => reply.push_thinking(&thinking, &signature),
+            ContentBlock::RedactedThinking { data } => reply.push_redacted_thinking(&data),
             ContentBlock::Other => {}
         }
     }
+    reply.stop_sequence = message.stop_sequence;
     let usage = message.usage.prompt_usage(message.usage.output_tokens);
     reply.into_completion(
         message.id,
@@ -343,6 +471,9 @@ struct StreamTranslator {
     input: AnthropicUsage,
     output_tokens: u64,
     finished: bool,
+    /// Whether the first chunk carries the prompt usage of `message_start` (for the Messages
+    /// front end's own `message_start`).
+    report_prompt_usage: bool,
 }
 
 #[derive(Deserialize)]
@@ -387,6 +518,12 @@ enum BlockDelta {
     InputJsonDelta {
         partial_json: String,
     },
+    ThinkingDelta {
+        thinking: String,
+    },
+    SignatureDelta {
+        signature: String,
+    },
     #[serde(other)]
     Other,
 }
@@ -395,6 +532,8 @@ enum BlockDelta {
 struct MessageDeltaBody {
     #[serde(default)]
     stop_reason: Option<String>,
+    #[serde(default)]
+    stop_sequence: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -410,6 +549,7 @@ impl StreamTranslator {
             input: AnthropicUsage::default(),
             output_tokens: 0,
             finished: false,
+            report_prompt_usage: false,
         }
     }
 
@@ -440,6 +580,10 @@ impl StreamTranslator {
                 }
                 self.input = message.usage;
                 self.output_tokens = message.usage.output_tokens;
+                if self.report_prompt_usage {
+                    let prompt = self.input.prompt_usage(0);
+                    return Some(Ok(self.chunks.role_with_prompt_usage(prompt)));
+                }
                 Some(Ok(self.chunks.role()))
             }
             StreamEvent::ContentBlockStart {
@@ -450,11 +594,21 @@ impl StreamTranslator {
                 self.finished = started.is_err();
                 Some(started)
             }
+            StreamEvent::ContentBlockStart {
+                content_block: ContentBlock::RedactedThinking { data },
+                ..
+            } => Some(Ok(self.chunks.thinking(REDACTED_THINKING, data))),
             StreamEvent::ContentBlockStart { .. } => None,
             StreamEvent::ContentBlockDelta { index, delta } => match delta {
                 BlockDelta::TextDelta { text } => Some(Ok(self.chunks.text(text))),
                 BlockDelta::InputJsonDelta { partial_json } => {
                     self.chunks.tool_arguments(&index, partial_json).map(Ok)
+                }
+                BlockDelta::ThinkingDelta { thinking } => {
+                    Some(Ok(self.chunks.thinking(REASONING_CONTENT, thinking)))
+                }
+                BlockDelta::SignatureDelta { signature } => {
+                    Some(Ok(self.chunks.thinking(THINKING_SIGNATURE, signature)))
                 }
                 BlockDelta::Other => None,
             },
@@ -463,7 +617,7 @@ impl StreamTranslator {
                     self.output_tokens = usage.output_tokens;
                 }
                 let reason = finish_reason(delta.stop_reason.as_deref());
-                Some(Ok(self.chunks.finish(reason)))
+                Some(Ok(self.chunks.finish(reason, delta.stop_sequence)))
             }
             StreamEvent::MessageStop => {
                 self.finished = true;
@@ -537,7 +691,7 @@ mod tests {
         assert_eq!(choice.message.content.as_deref(), Some("Checking."));
         let calls = choice.message.tool_calls.as_ref().unwrap();
         assert_eq!(calls[0].function.arguments, r#"{"city":"Paris"}"#);
-        assert_eq!(completion.usage, Some(Usage::new(12, 5)));
+        assert_eq!(completion.usage, Some(Usage::new(12, 5).with_cache(2, 0)));
     }
 
     #[test]

@@ -12,9 +12,9 @@ use serde_json::{Value, json};
 
 use super::{ProviderError, ProviderErrorKind};
 use crate::api::{
-    AssistantMessage, ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, Content, Delta,
-    FunctionCall, FunctionCallDelta, JsonObject, MAX_TOOL_CALLS, Role, ToolCall, ToolCallDelta,
-    Usage,
+    AssistantMessage, ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, Content,
+    ContentPart, Delta, FunctionCall, FunctionCallDelta, JsonObject, MAX_TOOL_CALLS, Message, Role,
+    ToolCall, ToolCallDelta, Usage,
 };
 use crate::clock::now_secs;
 
@@ -28,6 +28,9 @@ pub(crate) struct Conversation<'a> {
     /// The text of each system or developer message, in order, blank ones included: Anthropic
     /// joins them into one prompt, Bedrock leaves the blank ones out.
     pub system: Vec<String>,
+    /// The system prompts (by index in `system`) a cache breakpoint follows, and its
+    /// `cache_control`: Anthropic marks that block, Bedrock adds a cache point after it.
+    pub system_cache: Vec<(usize, &'a Value)>,
     /// Alternating user and assistant turns, none empty.
     pub turns: Vec<Turn<'a>>,
     /// The function tools the model may call.
@@ -64,7 +67,22 @@ pub(crate) enum Block<'a> {
         tool_use_id: &'a str,
         /// Possibly empty: a tool may answer nothing.
         text: String,
+        /// Images the tool answered with, after its text.
+        images: Vec<Image<'a>>,
     },
+    /// An earlier answer's reasoning, sent back unchanged (its signature proves it).
+    Thinking {
+        thinking: &'a str,
+        signature: &'a str,
+    },
+    /// An earlier answer's encrypted reasoning, sent back unchanged.
+    RedactedThinking {
+        data: &'a str,
+    },
+    /// Anthropic's `document` block (a PDF or text source) without its `type`.
+    Document(&'a JsonObject),
+    /// A prompt-cache breakpoint after the block before it, with its `cache_control`.
+    CachePoint(&'a Value),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -81,6 +99,8 @@ pub(crate) struct ToolSpec<'a> {
     pub description: Option<&'a str>,
     /// The JSON schema of the arguments; an object with no declared properties when absent.
     pub schema: Value,
+    /// A prompt-cache breakpoint after this tool.
+    pub cache_control: Option<&'a Value>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +134,7 @@ impl<'a> Conversation<'a> {
             return Err(bad_request(format!("{vendor} models support only n = 1")).with_param("n"));
         }
         let mut system = Vec::new();
+        let mut system_cache = Vec::new();
         let mut turns: Vec<Turn<'a>> = Vec::with_capacity(request.messages.len());
         let mut has_tool_blocks = false;
         for message in &request.messages {
@@ -121,6 +142,9 @@ impl<'a> Conversation<'a> {
                 Role::System | Role::Developer => {
                     if let Some(content) = &message.content {
                         system.push(content.text());
+                        if let Some(cache_control) = cache_control_of(message, content) {
+                            system_cache.push((system.len() - 1, cache_control));
+                        }
                     }
                     continue;
                 }
@@ -147,13 +171,22 @@ impl<'a> Conversation<'a> {
                         .as_ref()
                         .map(Content::text)
                         .unwrap_or_default();
+                    let images = tool_result_images(message.content.as_ref())?;
                     let tool_use_id = message
                         .tool_call_id
                         .as_deref()
                         .or(message.name.as_deref())
                         .unwrap_or_default();
                     has_tool_blocks = true;
-                    (Speaker::User, vec![Block::ToolResult { tool_use_id, text }])
+                    let mut blocks = vec![Block::ToolResult {
+                        tool_use_id,
+                        text,
+                        images,
+                    }];
+                    if let Some(cache_control) = message.extra.get(CACHE_CONTROL) {
+                        blocks.push(Block::CachePoint(cache_control));
+                    }
+                    (Speaker::User, blocks)
                 }
             };
             if blocks.is_empty() {
@@ -170,18 +203,20 @@ impl<'a> Conversation<'a> {
             .tools
             .iter()
             .flatten()
-            .filter_map(|tool| tool.function.as_ref())
-            .map(|function| ToolSpec {
+            .filter_map(|tool| Some((tool.function.as_ref()?, tool.extra.get(CACHE_CONTROL))))
+            .map(|(function, cache_control)| ToolSpec {
                 name: &function.name,
                 description: function.description.as_deref(),
                 schema: function
                     .parameters
                     .clone()
                     .unwrap_or_else(|| json!({"type": "object"})),
+                cache_control,
             })
             .collect();
         Ok(Self {
             system,
+            system_cache,
             turns,
             tools,
             tool_choice: request
@@ -224,22 +259,67 @@ fn content_blocks<'a>(
         Some(Content::Parts(parts)) => {
             let mut blocks = Vec::with_capacity(parts.len());
             for part in parts {
+                let before = blocks.len();
                 match (part.kind.as_str(), &part.text, &part.image_url) {
                     ("text", Some(text), _) if !text.is_empty() => blocks.push(Block::Text(text)),
                     ("image_url", _, Some(image)) => {
                         blocks.push(Block::Image(Image::from_url(&image.url)?));
                     }
                     ("text", _, _) => {}
+                    ("thinking", _, _) => blocks.push(Block::Thinking {
+                        thinking: extra_str(part, "thinking"),
+                        signature: extra_str(part, "signature"),
+                    }),
+                    ("redacted_thinking", _, _) => blocks.push(Block::RedactedThinking {
+                        data: extra_str(part, "data"),
+                    }),
+                    ("document", _, _) => blocks.push(Block::Document(&part.extra)),
                     (other, _, _) => {
                         return Err(bad_request(format!(
                             "content part type `{other}` is not supported by {vendor} models"
                         )));
                     }
                 }
+                if blocks.len() > before
+                    && let Some(cache_control) = part.extra.get(CACHE_CONTROL)
+                {
+                    blocks.push(Block::CachePoint(cache_control));
+                }
             }
             Ok(blocks)
         }
     }
+}
+
+/// The key of Anthropic's prompt-cache breakpoints, on content parts, tool messages, system
+/// messages and tools.
+pub(crate) const CACHE_CONTROL: &str = "cache_control";
+
+fn extra_str<'a>(part: &'a ContentPart, key: &str) -> &'a str {
+    part.extra
+        .get(key)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+/// The `cache_control` of a system message: on the message, or on its last part.
+fn cache_control_of<'a>(message: &'a Message, content: &'a Content) -> Option<&'a Value> {
+    message.extra.get(CACHE_CONTROL).or_else(|| match content {
+        Content::Parts(parts) => parts.last()?.extra.get(CACHE_CONTROL),
+        Content::Text(_) => None,
+    })
+}
+
+/// The images of a tool message whose content is parts (text parts become its text).
+fn tool_result_images(content: Option<&Content>) -> Result<Vec<Image<'_>>, ProviderError> {
+    let Some(Content::Parts(parts)) = content else {
+        return Ok(Vec::new());
+    };
+    parts
+        .iter()
+        .filter_map(|part| part.image_url.as_ref())
+        .map(|image| Image::from_url(&image.url))
+        .collect()
 }
 
 impl<'a> Image<'a> {
@@ -278,7 +358,7 @@ impl FinishReason {
 
 /// Usage in OpenAI's terms: cache reads and writes are prompt tokens too.
 pub(crate) fn usage(input: u64, cache_read: u64, cache_write: u64, output: u64) -> Usage {
-    Usage::new(input + cache_read + cache_write, output)
+    Usage::new(input + cache_read + cache_write, output).with_cache(cache_read, cache_write)
 }
 
 /// A whole answer's text and tool calls, collected block by block.
@@ -286,9 +366,36 @@ pub(crate) fn usage(input: u64, cache_read: u64, cache_write: u64, output: u64) 
 pub(crate) struct Reply {
     text: String,
     tool_calls: Vec<ToolCall>,
+    /// Thinking and redacted thinking blocks, in Anthropic's shape.
+    thinking: Vec<Value>,
+    /// The stop sequence that ended the answer, when the vendor names it.
+    pub stop_sequence: Option<String>,
 }
 
+/// Where a completion's message keeps its thinking blocks (Anthropic's shape, signatures
+/// included), which the Messages front end returns; chat clients see their text in
+/// `reasoning_content`.
+pub(crate) const THINKING_BLOCKS: &str = "thinking_blocks";
+pub(crate) const REASONING_CONTENT: &str = "reasoning_content";
+/// A stream's thinking signature and redacted thinking, in a chunk's delta.
+pub(crate) const THINKING_SIGNATURE: &str = "thinking_signature";
+pub(crate) const REDACTED_THINKING: &str = "redacted_thinking";
+/// Where a completion's choice, or a stream's finish chunk, names the stop sequence that matched.
+pub(crate) const STOP_SEQUENCE: &str = "stop_sequence";
+/// Where a stream's first chunk carries the prompt usage the vendor reported at its start.
+pub(crate) const PROMPT_USAGE: &str = "prompt_usage";
+
 impl Reply {
+    pub(crate) fn push_thinking(&mut self, thinking: &str, signature: &str) {
+        self.thinking
+            .push(json!({"type": "thinking", "thinking": thinking, "signature": signature}));
+    }
+
+    pub(crate) fn push_redacted_thinking(&mut self, data: &str) {
+        self.thinking
+            .push(json!({"type": "redacted_thinking", "data": data}));
+    }
+
     pub(crate) fn push_text(&mut self, text: &str) {
         self.text.push_str(text);
     }
@@ -313,7 +420,25 @@ impl Reply {
         finish_reason: FinishReason,
         usage: Option<Usage>,
     ) -> ChatCompletion {
-        let Self { text, tool_calls } = self;
+        let Self {
+            text,
+            tool_calls,
+            thinking,
+            stop_sequence,
+        } = self;
+        let mut message_extra = JsonObject::new();
+        if !thinking.is_empty() {
+            let reasoning: String = thinking
+                .iter()
+                .filter_map(|block| block.get("thinking").and_then(Value::as_str))
+                .collect();
+            message_extra.insert(REASONING_CONTENT.to_owned(), Value::String(reasoning));
+            message_extra.insert(THINKING_BLOCKS.to_owned(), Value::Array(thinking));
+        }
+        let mut choice_extra = JsonObject::new();
+        if let Some(stop) = stop_sequence {
+            choice_extra.insert(STOP_SEQUENCE.to_owned(), Value::String(stop));
+        }
         ChatCompletion {
             id,
             object: "chat.completion".to_owned(),
@@ -325,11 +450,11 @@ impl Reply {
                     role: "assistant".to_owned(),
                     content: (!text.is_empty() || tool_calls.is_empty()).then_some(text),
                     tool_calls: (!tool_calls.is_empty()).then_some(tool_calls),
-                    extra: JsonObject::new(),
+                    extra: message_extra,
                 },
                 finish_reason: Some(finish_reason.as_str().to_owned()),
                 logprobs: None,
-                extra: JsonObject::new(),
+                extra: choice_extra,
             }],
             usage,
             extra: JsonObject::new(),
@@ -381,6 +506,23 @@ impl<BlockIndex: Eq + Hash> ChunkWriter<BlockIndex> {
             },
             None,
         )
+    }
+
+    /// The first chunk, carrying the prompt usage the vendor reported before any output.
+    pub(crate) fn role_with_prompt_usage(&self, usage: Usage) -> ChatChunk {
+        let mut chunk = self.role();
+        if let Ok(usage) = serde_json::to_value(usage) {
+            chunk.extra.insert(PROMPT_USAGE.to_owned(), usage);
+        }
+        chunk
+    }
+
+    /// A piece of reasoning text, a thinking block's signature, or a redacted thinking block:
+    /// `key` names which, in the delta.
+    pub(crate) fn thinking(&self, key: &str, text: String) -> ChatChunk {
+        let mut delta = Delta::default();
+        delta.extra.insert(key.to_owned(), Value::String(text));
+        self.chunk(delta, None)
     }
 
     pub(crate) fn text(&self, text: String) -> ChatChunk {
@@ -447,8 +589,14 @@ impl<BlockIndex: Eq + Hash> ChunkWriter<BlockIndex> {
         self.chunk(delta, None)
     }
 
-    pub(crate) fn finish(&self, reason: FinishReason) -> ChatChunk {
-        self.chunk(Delta::default(), Some(reason))
+    pub(crate) fn finish(&self, reason: FinishReason, stop_sequence: Option<String>) -> ChatChunk {
+        let mut chunk = self.chunk(Delta::default(), Some(reason));
+        if let Some(stop) = stop_sequence {
+            chunk
+                .extra
+                .insert(STOP_SEQUENCE.to_owned(), Value::String(stop));
+        }
+        chunk
     }
 
     /// The last chunk: no choices, only the usage.

@@ -8,7 +8,12 @@ use serde::Deserialize;
 
 use super::transport;
 use super::{ChatProvider, ChunkStream, ProviderError, ProviderErrorKind};
-use crate::api::{ChatChunk, ChatCompletion, ChatRequest, EmbeddingRequest, EmbeddingResponse};
+use std::borrow::Cow;
+
+use super::messages::CACHE_CONTROL;
+use crate::api::{
+    ChatChunk, ChatCompletion, ChatRequest, Content, EmbeddingRequest, EmbeddingResponse, Role,
+};
 use crate::config::{ProviderConfig, ProviderKind, Timeouts};
 
 pub struct OpenAiProvider {
@@ -152,7 +157,7 @@ impl ChatProvider for OpenAiProvider {
     async fn chat(&self, request: &ChatRequest) -> Result<ChatCompletion, ProviderError> {
         let url = self.endpoint(&request.model, "chat/completions");
         let response = transport::send(
-            self.post(url, Self::encode(request)?),
+            self.post(url, Self::encode(&*without_anthropic_parts(request)?)?),
             &self.timeouts,
             parse_error,
         )
@@ -169,7 +174,7 @@ impl ChatProvider for OpenAiProvider {
     async fn chat_stream(&self, request: &ChatRequest) -> Result<ChunkStream, ProviderError> {
         let url = self.endpoint(&request.model, "chat/completions");
         let response = transport::send(
-            self.post(url, Self::encode(request)?),
+            self.post(url, Self::encode(&*without_anthropic_parts(request)?)?),
             &self.timeouts,
             parse_error,
         )
@@ -210,6 +215,52 @@ impl ChatProvider for OpenAiProvider {
 
 /// One `data:` payload of an OpenAI stream: a chunk, or an error object sent mid-stream. A chunk
 /// keeps its text (when it is one line), which the relay forwards instead of serialising it again.
+/// The request without what only Anthropic's API takes, which a Messages client may have sent:
+/// its settings, thinking blocks and cache breakpoints are dropped; documents and tool results
+/// with images, which OpenAI's API cannot take, are refused naming the block.
+fn without_anthropic_parts(request: &ChatRequest) -> Result<Cow<'_, ChatRequest>, ProviderError> {
+    if request.anthropic.is_none() {
+        return Ok(Cow::Borrowed(request));
+    }
+    let refuse = |what: &str| {
+        ProviderError::new(
+            ProviderErrorKind::BadRequest,
+            format!("{what} are not supported by this model's provider (OpenAI's API)"),
+        )
+        .with_param("messages")
+    };
+    let mut request = request.clone();
+    request.anthropic = None;
+    for tool in request.tools.iter_mut().flatten() {
+        tool.extra.remove(CACHE_CONTROL);
+    }
+    for message in &mut request.messages {
+        message.extra.remove(CACHE_CONTROL);
+        let Some(Content::Parts(parts)) = &mut message.content else {
+            continue;
+        };
+        if parts.iter().any(|part| part.kind == "document") {
+            return Err(refuse("`document` content blocks"));
+        }
+        if matches!(message.role, Role::Tool | Role::Function)
+            && parts.iter().any(|part| part.image_url.is_some())
+        {
+            return Err(refuse("`tool_result` blocks with images"));
+        }
+        parts.retain(|part| part.kind != "thinking" && part.kind != "redacted_thinking");
+        for part in parts.iter_mut() {
+            part.extra.remove(CACHE_CONTROL);
+        }
+        // OpenAI's assistant and tool messages take text; the parts were Anthropic's blocks.
+        if matches!(message.role, Role::Assistant | Role::Tool | Role::Function) {
+            let text = Content::Parts(std::mem::take(parts)).text();
+            message.content = (!text.is_empty() || message.role != Role::Assistant)
+                .then_some(Content::Text(text));
+        }
+    }
+    Ok(Cow::Owned(request))
+}
+
 fn parse_chunk(data: Bytes) -> Result<ChatChunk, ProviderError> {
     let Ok(text) = std::str::from_utf8(&data) else {
         return Err(ProviderError::new(

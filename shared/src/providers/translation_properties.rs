@@ -323,6 +323,10 @@ impl GeneratedReply {
                 + u64::from(self.cache_write_tokens),
             u64::from(self.output_tokens),
         )
+        .with_cache(
+            u64::from(self.cache_read_tokens),
+            u64::from(self.cache_write_tokens),
+        )
     }
 }
 

@@ -94,7 +94,8 @@ fn counts_against_breaker(error: &ProviderError) -> bool {
 
 /// What a chat call produced.
 pub enum Outcome {
-    Complete(ChatCompletion),
+    /// Boxed: a completion is several times the size of a stream handle.
+    Complete(Box<ChatCompletion>),
     /// A stream that has produced its first token; nothing has been sent to the client yet.
     Stream(ChunkStream),
 }
@@ -175,7 +176,7 @@ async fn call_once(
             .provider
             .chat(request)
             .await
-            .map(Outcome::Complete);
+            .map(|completion| Outcome::Complete(Box::new(completion)));
     }
     let first_token_deadline =
         tokio::time::Instant::now() + Duration::from_millis(timeouts.first_token_ms);

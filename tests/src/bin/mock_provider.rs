@@ -67,6 +67,9 @@ pub struct AppState {
     require_key: Option<String>,
     ids: AtomicU64,
     stats: Mutex<Stats>,
+    /// The Anthropic prompt prefixes cached so far (each up to its last `cache_control`), so a
+    /// repeat reads what the first request wrote.
+    prompt_cache: Mutex<std::collections::HashSet<String>>,
 }
 
 /// What tests read back from `/_mock/stats`.
@@ -95,7 +98,17 @@ impl AppState {
             require_key: args.require_key.clone(),
             ids: AtomicU64::new(1),
             stats: Mutex::default(),
+            prompt_cache: Mutex::default(),
         }
+    }
+
+    /// Whether `prefix` was cached before; it is cached from now on.
+    pub fn prompt_cached(&self, prefix: String) -> bool {
+        let mut cache = self
+            .prompt_cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        !cache.insert(prefix)
     }
 
     /// A process-unique number for response ids.

@@ -29,6 +29,7 @@ mod lambda_watch;
 mod log_secrets;
 mod malformed_bodies;
 mod messages;
+mod messages_passthrough;
 mod metrics_and_logs;
 mod output_validation;
 mod providers;

@@ -3,46 +3,15 @@
 //! framing, Anthropic's error shapes (from the key check, scopes and limits too), `x-api-key`,
 //! and one request billed and cached the same through both APIs.
 
-use crate::common::{MockUpstream, Reply, TestGateway, chat, test_config, within};
+use crate::common::anthropic::{events, message, start_gateway};
+use crate::common::{chat, within};
 use gateway::keys::{NewKey, Scope};
 use serde_json::{Value, json};
-
-async fn gateway() -> (MockUpstream, TestGateway, String) {
-    let upstream = MockUpstream::start(&[]);
-    let gateway = TestGateway::start(&test_config(&upstream.url)).await;
-    let key = gateway.plain_key().await;
-    (upstream, gateway, key)
-}
-
-fn message(model: &str, text: &str) -> Value {
-    json!({"model": model, "max_tokens": 100, "messages": [{"role": "user", "content": text}]})
-}
-
-/// The (event name, data) pairs of an Anthropic SSE body, checking each frame's framing.
-fn events(reply: &Reply) -> Vec<(String, Value)> {
-    let body = String::from_utf8_lossy(&reply.body).into_owned();
-    assert!(body.ends_with("\n\n"), "{body}");
-    body.split_terminator("\n\n")
-        .map(|frame| {
-            let (event, data) = frame
-                .split_once('\n')
-                .unwrap_or_else(|| panic!("frame without data: {frame:?}"));
-            let name = event
-                .strip_prefix("event: ")
-                .expect("event line")
-                .to_owned();
-            let data: Value = serde_json::from_str(data.strip_prefix("data: ").expect("data line"))
-                .expect("data is JSON");
-            assert_eq!(data["type"], name.as_str(), "{frame}");
-            (name, data)
-        })
-        .collect()
-}
 
 #[tokio::test]
 async fn messages_are_answered_through_openai_and_anthropic_kind_providers() {
     within(30, async {
-        let (upstream, gw, key) = gateway().await;
+        let (upstream, gw, key) = start_gateway().await;
         for (model, upstream_model) in [("gpt", "gpt-test"), ("claude", "claude-test")] {
             let mut body = message(model, "hello there");
             body["system"] = json!([{"type": "text", "text": "Be brief."}]);
@@ -91,7 +60,7 @@ async fn messages_are_answered_through_openai_and_anthropic_kind_providers() {
 #[tokio::test]
 async fn a_streamed_message_is_the_full_event_sequence_for_either_provider_kind() {
     within(30, async {
-        let (_upstream, gw, key) = gateway().await;
+        let (_upstream, gw, key) = start_gateway().await;
         for model in ["gpt", "claude"] {
             let mut body = message(model, "stream me please");
             body["stream"] = json!(true);
@@ -127,7 +96,7 @@ async fn a_streamed_message_is_the_full_event_sequence_for_either_provider_kind(
 #[tokio::test]
 async fn a_streamed_tool_call_arrives_as_input_json_deltas() {
     within(30, async {
-        let (_upstream, gw, key) = gateway().await;
+        let (_upstream, gw, key) = start_gateway().await;
         for model in ["gpt", "claude"] {
             let mut body = message(model, "What is the weather in Paris?");
             body["stream"] = json!(true);
@@ -160,7 +129,7 @@ async fn a_streamed_tool_call_arrives_as_input_json_deltas() {
 #[tokio::test]
 async fn x_api_key_authenticates_and_failures_take_anthropic_error_shapes() {
     within(30, async {
-        let (_upstream, gw, key) = gateway().await;
+        let (_upstream, gw, key) = start_gateway().await;
         let send = |headers: Vec<(&'static str, String)>, body: Value| {
             let mut request = gw
                 .http
@@ -227,7 +196,7 @@ async fn x_api_key_authenticates_and_failures_take_anthropic_error_shapes() {
 #[tokio::test]
 async fn count_tokens_and_the_anthropic_model_list() {
     within(30, async {
-        let (_upstream, gw, key) = gateway().await;
+        let (_upstream, gw, key) = start_gateway().await;
         let counted = gw
             .post(
                 "/v1/messages/count_tokens",
@@ -262,7 +231,7 @@ async fn count_tokens_and_the_anthropic_model_list() {
 #[tokio::test]
 async fn one_request_through_chat_and_messages_is_billed_the_same_and_cached_once() {
     within(30, async {
-        let (upstream, gw, _) = gateway().await;
+        let (upstream, gw, _) = start_gateway().await;
         let (chat_key, chat_record) = gw
             .key(NewKey {
                 name: "chat".into(),

@@ -102,6 +102,7 @@ impl ChatProvider for BedrockProvider {
             .set_messages(Some(parts.messages))
             .set_inference_config(parts.inference)
             .set_tool_config(parts.tools)
+            .set_additional_model_request_fields(parts.additional)
             .send();
         // The answer arrives whole once generated: allow the first-byte wait plus a body read.
         let limit = self.timeouts.first_byte_ms + self.timeouts.idle_ms;
@@ -128,6 +129,7 @@ impl ChatProvider for BedrockProvider {
             .set_messages(Some(parts.messages))
             .set_inference_config(parts.inference)
             .set_tool_config(parts.tools)
+            .set_additional_model_request_fields(parts.additional)
             .send();
         let first_byte = self.timeouts.first_byte_ms;
         let response = tokio::time::timeout(Duration::from_millis(first_byte), call)

@@ -2,16 +2,18 @@
 
 use aws_sdk_bedrockruntime::primitives::Blob;
 use aws_sdk_bedrockruntime::types::{
-    AnyToolChoice, AutoToolChoice, ContentBlock, ConversationRole, ImageBlock, ImageFormat,
-    ImageSource, InferenceConfiguration, Message as BedrockMessage, S3Location, SpecificToolChoice,
-    SystemContentBlock, Tool as BedrockTool, ToolChoice as BedrockToolChoice, ToolConfiguration,
-    ToolInputSchema, ToolResultBlock, ToolResultContentBlock, ToolSpecification, ToolUseBlock,
+    AnyToolChoice, AutoToolChoice, CachePointBlock, CachePointType, ContentBlock, ConversationRole,
+    DocumentBlock, DocumentFormat, DocumentSource, ImageBlock, ImageFormat, ImageSource,
+    InferenceConfiguration, Message as BedrockMessage, ReasoningContentBlock, ReasoningTextBlock,
+    S3Location, SpecificToolChoice, SystemContentBlock, Tool as BedrockTool,
+    ToolChoice as BedrockToolChoice, ToolConfiguration, ToolInputSchema, ToolResultBlock,
+    ToolResultContentBlock, ToolSpecification, ToolUseBlock,
 };
 use aws_smithy_types::{Document, Number};
 use base64::Engine;
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use crate::api::ChatRequest;
+use crate::api::{ChatRequest, JsonObject};
 use crate::providers::ProviderError;
 use crate::providers::messages::{
     Block, Conversation, Image, Sampling, Speaker, ToolChoice, bad_request,
@@ -24,6 +26,9 @@ pub(super) struct ConverseParts {
     pub messages: Vec<BedrockMessage>,
     pub inference: Option<InferenceConfiguration>,
     pub tools: Option<ToolConfiguration>,
+    /// Anthropic's own fields Converse has no parameter for (`thinking`, `top_k`), which Bedrock
+    /// passes to the model.
+    pub additional: Option<Document>,
 }
 
 fn build_error(e: impl std::fmt::Display) -> ProviderError {
@@ -76,6 +81,71 @@ fn image_block(image: Image<'_>) -> Result<ContentBlock, ProviderError> {
         .map_err(build_error)
 }
 
+fn cache_point() -> Result<CachePointBlock, ProviderError> {
+    CachePointBlock::builder()
+        .r#type(CachePointType::Default)
+        .build()
+        .map_err(build_error)
+}
+
+fn decode_base64(data: &str, what: &str) -> Result<Blob, ProviderError> {
+    base64::engine::general_purpose::STANDARD
+        .decode(data.trim())
+        .map(Blob::new)
+        .map_err(|e| bad_request(format!("{what} is not valid base64: {e}")))
+}
+
+/// Anthropic's `document` block (base64 PDF or plain text source) as a Converse document.
+fn document_block(fields: &JsonObject) -> Result<ContentBlock, ProviderError> {
+    let source = fields.get("source").unwrap_or(&Value::Null);
+    let text = |key: &str| source.get(key).and_then(Value::as_str);
+    let (format, source) = match (text("type"), text("media_type")) {
+        (Some("base64"), Some("application/pdf")) => (
+            DocumentFormat::Pdf,
+            DocumentSource::Bytes(decode_base64(
+                text("data").unwrap_or_default(),
+                "a document",
+            )?),
+        ),
+        (Some("text"), _) => (
+            DocumentFormat::Txt,
+            DocumentSource::Text(text("data").unwrap_or_default().to_owned()),
+        ),
+        _ => {
+            return Err(bad_request(
+                "Bedrock models accept `document` blocks with a base64 PDF or a text source",
+            )
+            .with_param("messages"));
+        }
+    };
+    // Bedrock requires a name, and allows only letters, digits, spaces and a few marks in it.
+    let name: String = fields
+        .get("title")
+        .and_then(Value::as_str)
+        .unwrap_or("document")
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '(' | ')' | '[' | ']'))
+        .take(200)
+        .collect();
+    DocumentBlock::builder()
+        .format(format)
+        .name(if name.trim().is_empty() {
+            "document".to_owned()
+        } else {
+            name
+        })
+        .source(source)
+        .set_context(
+            fields
+                .get("context")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        )
+        .build()
+        .map(ContentBlock::Document)
+        .map_err(build_error)
+}
+
 fn content_block(block: &Block<'_>) -> Result<ContentBlock, ProviderError> {
     Ok(match block {
         Block::Text(text) => ContentBlock::Text((*text).to_owned()),
@@ -88,13 +158,21 @@ fn content_block(block: &Block<'_>) -> Result<ContentBlock, ProviderError> {
                 .build()
                 .map_err(build_error)?,
         ),
-        Block::ToolResult { tool_use_id, text } => {
+        Block::ToolResult {
+            tool_use_id,
+            text,
+            images,
+        } => {
             // Bedrock rejects blank text blocks; an empty result is an empty content list.
-            let content = if text.is_empty() {
-                Vec::new()
-            } else {
-                vec![ToolResultContentBlock::Text(text.clone())]
-            };
+            let mut content = Vec::with_capacity(images.len() + 1);
+            if !text.is_empty() {
+                content.push(ToolResultContentBlock::Text(text.clone()));
+            }
+            for image in images {
+                if let ContentBlock::Image(image) = image_block(*image)? {
+                    content.push(ToolResultContentBlock::Image(image));
+                }
+            }
             ContentBlock::ToolResult(
                 ToolResultBlock::builder()
                     .tool_use_id(*tool_use_id)
@@ -103,6 +181,22 @@ fn content_block(block: &Block<'_>) -> Result<ContentBlock, ProviderError> {
                     .map_err(build_error)?,
             )
         }
+        Block::Thinking {
+            thinking,
+            signature,
+        } => ContentBlock::ReasoningContent(ReasoningContentBlock::ReasoningText(
+            ReasoningTextBlock::builder()
+                .text(*thinking)
+                .signature(*signature)
+                .build()
+                .map_err(build_error)?,
+        )),
+        // The gateway hands Bedrock's redacted reasoning bytes to clients as base64 `data`.
+        Block::RedactedThinking { data } => ContentBlock::ReasoningContent(
+            ReasoningContentBlock::RedactedContent(decode_base64(data, "redacted thinking")?),
+        ),
+        Block::Document(fields) => document_block(fields)?,
+        Block::CachePoint(_) => ContentBlock::CachePoint(cache_point()?),
     })
 }
 
@@ -130,19 +224,21 @@ fn tool_configuration(
     if conversation.tools.is_empty() || (choice_none && !conversation.has_tool_blocks) {
         return Ok(None);
     }
-    let specs = conversation
-        .tools
-        .iter()
-        .map(|spec| {
+    let mut specs = Vec::with_capacity(conversation.tools.len());
+    for spec in &conversation.tools {
+        specs.push(
             ToolSpecification::builder()
                 .name(spec.name)
                 .set_description(spec.description.map(str::to_owned))
                 .input_schema(ToolInputSchema::Json(json_to_document(&spec.schema)))
                 .build()
                 .map(BedrockTool::ToolSpec)
-                .map_err(build_error)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+                .map_err(build_error)?,
+        );
+        if spec.cache_control.is_some() {
+            specs.push(BedrockTool::CachePoint(cache_point()?));
+        }
+    }
     let choice = match conversation.tool_choice {
         Some(choice) => tool_choice(choice)?,
         None => None,
@@ -176,12 +272,15 @@ fn inference_configuration(sampling: Sampling) -> Option<InferenceConfiguration>
 
 pub(super) fn to_converse_parts(request: &ChatRequest) -> Result<ConverseParts, ProviderError> {
     let conversation = Conversation::from_request(request, "Bedrock")?;
-    let system: Vec<SystemContentBlock> = conversation
-        .system
-        .iter()
-        .filter(|text| !text.is_empty())
-        .map(|text| SystemContentBlock::Text(text.clone()))
-        .collect();
+    let mut system = Vec::with_capacity(conversation.system.len());
+    for (index, text) in conversation.system.iter().enumerate() {
+        if !text.is_empty() {
+            system.push(SystemContentBlock::Text(text.clone()));
+        }
+        if conversation.system_cache.iter().any(|(i, _)| *i == index) {
+            system.push(SystemContentBlock::CachePoint(cache_point()?));
+        }
+    }
     let messages = conversation
         .turns
         .iter()
@@ -202,7 +301,17 @@ pub(super) fn to_converse_parts(request: &ChatRequest) -> Result<ConverseParts, 
         })
         .collect::<Result<Vec<_>, _>>()?;
     let tools = tool_configuration(&conversation)?;
+    let mut additional = JsonObject::new();
+    if let Some(extras) = &request.anthropic {
+        if let Some(thinking) = &extras.thinking {
+            additional.insert("thinking".to_owned(), thinking.clone());
+        }
+        if let Some(top_k) = extras.top_k {
+            additional.insert("top_k".to_owned(), json!(top_k));
+        }
+    }
     Ok(ConverseParts {
+        additional: (!additional.is_empty()).then(|| json_to_document(&Value::Object(additional))),
         system: (!system.is_empty()).then_some(system),
         messages,
         inference: inference_configuration(conversation.sampling),

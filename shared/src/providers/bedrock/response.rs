@@ -2,9 +2,10 @@
 
 use aws_sdk_bedrockruntime::operation::converse::ConverseOutput as ConverseResponse;
 use aws_sdk_bedrockruntime::types::{
-    ContentBlock, ConverseOutput as ConverseResult, StopReason, TokenUsage,
+    ContentBlock, ConverseOutput as ConverseResult, ReasoningContentBlock, StopReason, TokenUsage,
 };
 use aws_smithy_types::{Document, Number};
+use base64::Engine;
 use serde_json::Value;
 
 use crate::api::{ChatCompletion, Usage};
@@ -50,6 +51,11 @@ pub(super) fn usage(usage: &TokenUsage) -> Usage {
     )
 }
 
+/// Redacted reasoning bytes as the base64 `data` of Anthropic's `redacted_thinking` block.
+pub(super) fn redacted_data(bytes: &aws_smithy_types::Blob) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes.as_ref())
+}
+
 pub(super) fn finish_reason(reason: &StopReason) -> FinishReason {
     match reason {
         StopReason::MaxTokens | StopReason::ModelContextWindowExceeded => FinishReason::Length,
@@ -78,6 +84,12 @@ pub(super) fn from_converse_response(
             ContentBlock::Text(text) => reply.push_text(&text),
             ContentBlock::ToolUse(tool) => {
                 reply.push_tool_use(tool.tool_use_id, tool.name, &document_to_json(&tool.input));
+            }
+            ContentBlock::ReasoningContent(ReasoningContentBlock::ReasoningText(reasoning)) => {
+                reply.push_thinking(&reasoning.text, reasoning.signature().unwrap_or_default());
+            }
+            ContentBlock::ReasoningContent(ReasoningContentBlock::RedactedContent(bytes)) => {
+                reply.push_redacted_thinking(&redacted_data(&bytes));
             }
             _ => {}
         }
@@ -162,7 +174,7 @@ mod tests {
         let calls = choice.message.tool_calls.as_ref().unwrap();
         assert_eq!(calls[0].id, "tooluse_1");
         assert_eq!(calls[0].function.arguments, r#"{"city":"Paris","days":2}"#);
-        assert_eq!(completion.usage, Some(Usage::new(15, 5)));
+        assert_eq!(completion.usage, Some(Usage::new(15, 5).with_cache(2, 3)));
     }
 }
 

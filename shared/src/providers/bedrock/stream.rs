@@ -5,13 +5,17 @@ use std::time::Duration;
 
 use aws_sdk_bedrockruntime::primitives::event_stream::EventReceiver;
 use aws_sdk_bedrockruntime::types::error::ConverseStreamOutputError;
-use aws_sdk_bedrockruntime::types::{ContentBlockDelta, ContentBlockStart, ConverseStreamOutput};
+use aws_sdk_bedrockruntime::types::{
+    ContentBlockDelta, ContentBlockStart, ConverseStreamOutput, ReasoningContentBlockDelta,
+};
 use futures_util::StreamExt;
 
 use super::errors::sdk_error;
-use super::response::{finish_reason, usage};
+use super::response::{finish_reason, redacted_data, usage};
 use crate::api::{ChatChunk, Usage};
-use crate::providers::messages::ChunkWriter;
+use crate::providers::messages::{
+    ChunkWriter, REASONING_CONTENT, REDACTED_THINKING, THINKING_SIGNATURE,
+};
 use crate::providers::{ChunkStream, ProviderError, ProviderErrorKind};
 
 /// The ConverseStream events as OpenAI chunks; a gap longer than `idle` between events ends the
@@ -114,11 +118,24 @@ impl StreamTranslator {
                         self.push(chunk);
                     }
                 }
+                Some(ContentBlockDelta::ReasoningContent(reasoning)) => {
+                    let (key, text) = match reasoning {
+                        ReasoningContentBlockDelta::Text(text) => (REASONING_CONTENT, text),
+                        ReasoningContentBlockDelta::Signature(signature) => {
+                            (THINKING_SIGNATURE, signature)
+                        }
+                        ReasoningContentBlockDelta::RedactedContent(bytes) => {
+                            (REDACTED_THINKING, redacted_data(&bytes))
+                        }
+                        _ => return,
+                    };
+                    self.push(self.chunks.thinking(key, text));
+                }
                 _ => {}
             },
             ConverseStreamOutput::MessageStop(stop) => {
                 self.stopped = true;
-                self.push(self.chunks.finish(finish_reason(&stop.stop_reason)));
+                self.push(self.chunks.finish(finish_reason(&stop.stop_reason), None));
                 self.finish_if_complete();
             }
             ConverseStreamOutput::Metadata(metadata) => {

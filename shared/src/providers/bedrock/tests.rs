@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use super::request::tests::{request, weather_request};
 use super::stream::tests::assert_tool_call_completion;
 use super::{BedrockProvider, client_config};
+use crate::api::messages::{ClientHeaders, EventWriter, MessagesRequest, message_from_completion};
 use crate::api::{ChatChunk, ChatRequest, Usage};
 use crate::config::Timeouts;
 use crate::providers::{ChatProvider, ChunkStream, ErrorSource, ProviderError, ProviderErrorKind};
@@ -174,7 +175,7 @@ async fn converse_sends_the_translated_request_and_translates_the_answer() {
         (calls[0].id.as_str(), calls[0].function.arguments.as_str()),
         ("tooluse_9", r#"{"city":"Paris"}"#)
     );
-    assert_eq!(completion.usage, Some(Usage::new(34, 12)));
+    assert_eq!(completion.usage, Some(Usage::new(34, 12).with_cache(4, 0)));
 }
 
 /// One event-stream frame as Bedrock sends it.
@@ -445,4 +446,176 @@ async fn an_unreachable_endpoint_is_a_connection_error() {
         error.to_api_error(&SOURCE).message,
         "Provider `bedrock` is unreachable or dropped the connection."
     );
+}
+
+/// A Messages request (with thinking, cache breakpoints, a document and an image tool result) as
+/// the chat request the pipeline hands Bedrock.
+fn messages_request(stream: bool) -> ChatRequest {
+    let messages: MessagesRequest = serde_json::from_value(json!({
+        "model": MODEL,
+        "max_tokens": 2000,
+        "stream": stream,
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "top_k": 5,
+        "system": [{"type": "text", "text": "Manual.", "cache_control": {"type": "ephemeral"}}],
+        "tools": [{"name": "camera", "input_schema": {"type": "object"}, "cache_control": {"type": "ephemeral"}}],
+        "messages": [
+            {"role": "user", "content": [
+                {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0="}, "title": "Manual"},
+                {"type": "text", "text": "Read it.", "cache_control": {"type": "ephemeral"}}
+            ]},
+            {"role": "assistant", "content": [
+                {"type": "thinking", "thinking": "hm", "signature": "s"},
+                {"type": "tool_use", "id": "toolu_1", "name": "camera", "input": {}}
+            ]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": [
+                    {"type": "text", "text": "a photo"},
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw=="}}
+                ]}
+            ]}
+        ]
+    }))
+    .unwrap();
+    let chat = messages.to_chat_request(&ClientHeaders::default()).unwrap();
+    serde_json::from_value(chat).unwrap()
+}
+
+#[tokio::test]
+async fn converse_takes_thinking_cache_points_documents_and_image_tool_results() {
+    let http = replay(
+        200,
+        &[
+            ("content-type", "application/json"),
+            ("x-amzn-requestid", "req-t"),
+        ],
+        json!({
+            "output": {"message": {"role": "assistant", "content": [
+                {"reasoningContent": {"reasoningText": {"text": "Let me think.", "signature": "sig-1"}}},
+                {"reasoningContent": {"redactedContent": "AAEC"}},
+                {"text": "Done."}
+            ]}},
+            "stopReason": "end_turn",
+            "usage": {"inputTokens": 5, "outputTokens": 3, "totalTokens": 17,
+                "cacheReadInputTokens": 2, "cacheWriteInputTokens": 7},
+            "metrics": {"latencyMs": 1}
+        })
+        .to_string(),
+    );
+    let completion = provider_over(http.clone())
+        .chat(&messages_request(false))
+        .await
+        .unwrap();
+    let body = sent_body(&http);
+    let cache_point = json!({"cachePoint": {"type": "default"}});
+    assert_eq!(
+        body["additionalModelRequestFields"],
+        json!({"thinking": {"type": "enabled", "budget_tokens": 1024}, "top_k": 5})
+    );
+    assert_eq!(body["system"], json!([{"text": "Manual."}, cache_point]));
+    assert_eq!(body["toolConfig"]["tools"][1], cache_point);
+    let messages = &body["messages"];
+    assert_eq!(
+        messages[0]["content"],
+        json!([
+            {"document": {"format": "pdf", "name": "Manual", "source": {"bytes": "JVBERi0="}}},
+            {"text": "Read it."},
+            cache_point
+        ])
+    );
+    assert_eq!(
+        messages[1]["content"][0],
+        json!({"reasoningContent": {"reasoningText": {"text": "hm", "signature": "s"}}})
+    );
+    assert_eq!(
+        messages[2]["content"][0],
+        json!({"toolResult": {"toolUseId": "toolu_1", "content": [
+            {"text": "a photo"},
+            {"image": {"format": "png", "source": {"bytes": "iVBORw=="}}}
+        ]}})
+    );
+
+    let message = serde_json::to_value(message_from_completion(&completion)).unwrap();
+    assert_eq!(
+        message["content"],
+        json!([
+            {"type": "thinking", "thinking": "Let me think.", "signature": "sig-1"},
+            {"type": "redacted_thinking", "data": "AAEC"},
+            {"type": "text", "text": "Done."}
+        ])
+    );
+    assert_eq!(
+        message["usage"],
+        json!({"input_tokens": 5, "cache_creation_input_tokens": 7, "cache_read_input_tokens": 2, "output_tokens": 3})
+    );
+    assert_eq!(
+        completion.choices[0].message.content.as_deref(),
+        Some("Done."),
+        "chat clients never see thinking in `content`"
+    );
+}
+
+#[tokio::test]
+async fn converse_stream_reasoning_becomes_thinking_and_signature_deltas() {
+    let http = stream_body(vec![
+        event("messageStart", json!({"role": "assistant"})),
+        event(
+            "contentBlockDelta",
+            json!({"contentBlockIndex": 0, "delta": {"reasoningContent": {"text": "Let me "}}}),
+        ),
+        event(
+            "contentBlockDelta",
+            json!({"contentBlockIndex": 0, "delta": {"reasoningContent": {"text": "think."}}}),
+        ),
+        event(
+            "contentBlockDelta",
+            json!({"contentBlockIndex": 0, "delta": {"reasoningContent": {"signature": "sig-1"}}}),
+        ),
+        event("contentBlockStop", json!({"contentBlockIndex": 0})),
+        event(
+            "contentBlockDelta",
+            json!({"contentBlockIndex": 1, "delta": {"text": "Done."}}),
+        ),
+        event("contentBlockStop", json!({"contentBlockIndex": 1})),
+        event("messageStop", json!({"stopReason": "end_turn"})),
+        event(
+            "metadata",
+            json!({"usage": {"inputTokens": 5, "outputTokens": 3, "totalTokens": 8}, "metrics": {"latencyMs": 5}}),
+        ),
+    ]);
+    let stream = provider_over(http.clone())
+        .chat_stream(&messages_request(true))
+        .await
+        .unwrap();
+    assert!(sent_body(&http)["additionalModelRequestFields"]["thinking"].is_object());
+    let mut writer = EventWriter::default();
+    let mut sse = String::new();
+    for chunk in collect(stream).await {
+        sse.push_str(&writer.chunk(&chunk.unwrap()));
+    }
+    sse.push_str(&writer.end());
+    let events: Vec<Value> = sse
+        .split_terminator("\n\n")
+        .map(|frame| serde_json::from_str(frame.split_once("\ndata: ").unwrap().1).unwrap())
+        .collect();
+    let of_type =
+        |kind: &str| -> Vec<&Value> { events.iter().filter(|e| e["type"] == kind).collect() };
+    assert_eq!(
+        of_type("content_block_start")[0]["content_block"]["type"],
+        "thinking"
+    );
+    let deltas: Vec<&Value> = of_type("content_block_delta")
+        .into_iter()
+        .map(|e| &e["delta"])
+        .collect();
+    assert_eq!(
+        deltas,
+        [
+            &json!({"type": "thinking_delta", "thinking": "Let me "}),
+            &json!({"type": "thinking_delta", "thinking": "think."}),
+            &json!({"type": "signature_delta", "signature": "sig-1"}),
+            &json!({"type": "text_delta", "text": "Done."}),
+        ]
+    );
+    assert_eq!(of_type("content_block_start")[1]["index"], 1);
 }

@@ -231,6 +231,11 @@ pub async fn messages(
             .filter_map(|m| m.get("content"))
             .map(|content| count_words(&content_text(content)))
             .sum::<usize>();
+    let thinking = thinking_budget(&request, max_tokens)?.map(|_| Thinking {
+        text: format!("The user wrote {} words.", count_words(&user_text)),
+        signature: format!("mock-signature-{}", count_words(&user_text)),
+    });
+    let cache = prompt_cache(&state, &request, messages);
     let reply = Reply::decide(
         tool_choice(field(&request, "tool_choice")),
         &tool_names,
@@ -243,7 +248,9 @@ pub async fn messages(
     let message = Message {
         id: format!("msg_mock{:016}", state.next_id()),
         model,
-        input_tokens,
+        input_tokens: input_tokens.saturating_sub(cache.tokens),
+        cache,
+        thinking,
         reply,
         report_usage: !plan.no_usage,
     };
@@ -257,6 +264,77 @@ pub async fn messages(
         plan.before_body().await;
         Json(message.body()).into_response()
     })
+}
+
+/// The thinking budget of `thinking: {"type": "enabled", "budget_tokens": N}`, checked as the
+/// real API checks it (at least 1024, below `max_tokens`).
+fn thinking_budget(request: &Value, max_tokens: u64) -> Result<Option<u64>, ApiError> {
+    let Some(thinking) = field(request, "thinking") else {
+        return Ok(None);
+    };
+    match thinking.get("type").and_then(Value::as_str) {
+        Some("disabled") => Ok(None),
+        Some("enabled") => {
+            let budget = thinking
+                .get("budget_tokens")
+                .and_then(Value::as_u64)
+                .ok_or_else(|| {
+                    ApiError::invalid("thinking.enabled.budget_tokens: Field required")
+                })?;
+            if budget < 1024 {
+                return Err(ApiError::invalid(
+                    "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024",
+                ));
+            }
+            if budget >= max_tokens {
+                return Err(ApiError::invalid(
+                    "`max_tokens` must be greater than `thinking.budget_tokens`",
+                ));
+            }
+            Ok(Some(budget))
+        }
+        _ => Err(ApiError::invalid(
+            "thinking: Input tag found using 'type' does not match",
+        )),
+    }
+}
+
+/// The cache reads or writes of a request with `cache_control` breakpoints: its prompt up to
+/// the last breakpoint (tools, then system, then messages) is written the first time and read
+/// after; its tokens are the words of that prefix's text.
+struct PromptCache {
+    tokens: usize,
+    read: bool,
+}
+
+fn prompt_cache(state: &AppState, request: &Value, messages: &[Value]) -> PromptCache {
+    let mut blocks: Vec<&Value> = Vec::new();
+    for key in ["tools", "system"] {
+        if let Some(Value::Array(items)) = field(request, key) {
+            blocks.extend(items);
+        }
+    }
+    for message in messages {
+        if let Some(Value::Array(items)) = message.get("content") {
+            blocks.extend(items);
+        }
+    }
+    let Some(last) = blocks
+        .iter()
+        .rposition(|b| b.get("cache_control").is_some())
+    else {
+        return PromptCache {
+            tokens: 0,
+            read: false,
+        };
+    };
+    let prefix = &blocks[..=last];
+    let tokens = prefix
+        .iter()
+        .map(|block| count_words(&content_text(&json!([block]))))
+        .sum();
+    let read = state.prompt_cached(json!(prefix).to_string());
+    PromptCache { tokens, read }
 }
 
 /// Rejects what the real API rejects and a translating gateway is likely to produce.
@@ -307,6 +385,16 @@ fn check_block(block: &Value) -> Result<(), String> {
             "Input tag '{kind}' found using 'type' does not match any of the expected tags: {}",
             BLOCK_TYPES.map(|t| format!("'{t}'")).join(", ")
         ));
+    }
+    if kind == "thinking"
+        && block
+            .get("signature")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+    {
+        return Err(
+            "thinking blocks must carry the signature of the answer they came from".to_owned(),
+        );
     }
     if kind == "text"
         && block
@@ -372,11 +460,20 @@ fn tool_choice(choice: Option<&Value>) -> ToolChoice {
     }
 }
 
+struct Thinking {
+    text: String,
+    signature: String,
+}
+
 /// One generated assistant message, rendered whole or as SSE events.
 struct Message<'a> {
     id: String,
     model: &'a str,
+    /// Input tokens neither read from nor written to the prompt cache.
     input_tokens: usize,
+    cache: PromptCache,
+    /// The thinking block that comes first, when thinking is enabled.
+    thinking: Option<Thinking>,
     reply: Reply,
     /// False for `no_usage`: every `usage` object is left out, as from a provider that does not
     /// report it (the gateway's parser then sees zeros).
@@ -396,11 +493,15 @@ impl Message<'_> {
     }
 
     fn usage(&self, output_tokens: usize) -> Value {
+        let (write, read) = match self.cache.read {
+            true => (0, self.cache.tokens),
+            false => (self.cache.tokens, 0),
+        };
         json!({
             "input_tokens": self.input_tokens,
             "output_tokens": output_tokens,
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
+            "cache_creation_input_tokens": write,
+            "cache_read_input_tokens": read,
         })
     }
 
@@ -438,7 +539,14 @@ impl Message<'_> {
         };
         let (stop_reason, stop_sequence) = self.stop();
         let usage = self.usage(self.reply.output_tokens());
-        self.envelope(json!([block]), Some(stop_reason), stop_sequence, usage)
+        let content = match &self.thinking {
+            Some(thinking) => json!([
+                {"type": "thinking", "thinking": thinking.text, "signature": thinking.signature},
+                block
+            ]),
+            None => json!([block]),
+        };
+        self.envelope(content, Some(stop_reason), stop_sequence, usage)
     }
 
     /// The documented sequence: message_start, content_block_start, ping, content_block_delta…,
@@ -464,26 +572,47 @@ impl Message<'_> {
         };
         let (stop_reason, stop_sequence) = self.stop();
 
-        let head = vec![
-            event(
-                "message_start",
-                json!({
-                    "type": "message_start",
-                    "message": self.envelope(json!([]), None, None, self.usage(1)),
-                }),
-            ),
-            event(
+        let mut head = vec![event(
+            "message_start",
+            json!({
+                "type": "message_start",
+                "message": self.envelope(json!([]), None, None, self.usage(1)),
+            }),
+        )];
+        // The thinking block comes first, in two pieces and then its signature.
+        let index = usize::from(self.thinking.is_some());
+        if let Some(thinking) = &self.thinking {
+            let (first, rest) = thinking.text.split_at(thinking.text.len() / 2);
+            head.push(event(
                 "content_block_start",
-                json!({"type": "content_block_start", "index": 0, "content_block": start_block}),
-            ),
-            event("ping", json!({"type": "ping"})),
-        ];
+                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": ""}}),
+            ));
+            for delta in [
+                json!({"type": "thinking_delta", "thinking": first}),
+                json!({"type": "thinking_delta", "thinking": rest}),
+                json!({"type": "signature_delta", "signature": thinking.signature}),
+            ] {
+                head.push(event(
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": 0, "delta": delta}),
+                ));
+            }
+            head.push(event(
+                "content_block_stop",
+                json!({"type": "content_block_stop", "index": 0}),
+            ));
+        }
+        head.push(event(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": index, "content_block": start_block}),
+        ));
+        head.push(event("ping", json!({"type": "ping"})));
         let content = deltas
             .into_iter()
             .map(|delta| {
                 event(
                     "content_block_delta",
-                    json!({"type": "content_block_delta", "index": 0, "delta": delta}),
+                    json!({"type": "content_block_delta", "index": index, "delta": delta}),
                 )
             })
             .collect();
@@ -500,7 +629,7 @@ impl Message<'_> {
             tail: vec![
                 event(
                     "content_block_stop",
-                    json!({"type": "content_block_stop", "index": 0}),
+                    json!({"type": "content_block_stop", "index": index}),
                 ),
                 event("message_delta", message_delta),
             ],
@@ -534,6 +663,11 @@ mod tests {
             id: "msg_x".into(),
             model: "claude",
             input_tokens: 4,
+            cache: PromptCache {
+                tokens: 0,
+                read: false,
+            },
+            thinking: None,
             reply: Reply::Text(completion.clone()),
             report_usage: true,
         };

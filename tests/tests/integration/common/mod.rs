@@ -1,6 +1,7 @@
 //! Shared by the integration tests: the mock provider as a child process, and the gateway's real
 //! router served in process on a loopback port over an embedded store in a temporary folder.
 
+pub mod anthropic;
 pub mod batch;
 pub mod local;
 pub mod moto;
