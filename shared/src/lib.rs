@@ -27,6 +27,7 @@ pub mod pipeline;
 pub mod providers;
 pub mod queue;
 pub mod rag;
+pub mod responses;
 pub mod routing;
 pub mod state;
 pub mod storage;

@@ -43,6 +43,9 @@ pub struct Gateway {
     pub ingest: Option<IngestBackends>,
     /// Collections' vectors; `None` where no vector store is configured.
     pub vectors: Option<Arc<dyn VectorStore>>,
+    /// Stored Responses API objects; `None` where no store is configured (responses are then
+    /// answered but not stored).
+    pub responses: Option<Arc<dyn crate::responses::ResponseStore>>,
     /// Chat model names bound to a collection (`[models.NAME] rag`).
     pub rag_bindings: BTreeMap<String, RagBinding>,
     /// Served chat models with a semantic cache (`[models.NAME.cache] semantic`).
@@ -84,6 +87,7 @@ impl Gateway {
             batch: None,
             ingest: None,
             vectors: None,
+            responses: None,
             rag_bindings: config
                 .models
                 .iter()

@@ -22,6 +22,7 @@ use gateway::keys::{
     ContextPolicy, DEFAULT_ROTATION_GRACE_SECS, KeyChange, NewKey, Role, Scope, rotate_key,
 };
 use gateway::pipeline::batch::PipelineRunner;
+use gateway::responses::dynamo::RESPONSES_TABLE_ENV;
 use gateway::routing::Model;
 use gateway::state::Gateway;
 use gateway::storage::dynamo::DynamoConfig;
@@ -79,9 +80,9 @@ enum Command {
         #[command(subcommand)]
         action: KeysAction,
     },
-    /// Create the DynamoDB tables for `--backend aws` where they do not exist, the audit table
-    /// too when GATEWAY_AUDIT_TABLE names one (for local emulators and debugging; on AWS the SAM
-    /// template owns them)
+    /// Create the DynamoDB tables for `--backend aws` where they do not exist, the audit and
+    /// responses tables too when GATEWAY_AUDIT_TABLE / GATEWAY_RESPONSES_TABLE name them (for
+    /// local emulators and debugging; on AWS the SAM template owns them)
     CreateTables,
     /// Submit and follow batch jobs on a running gateway, local or on AWS (an HTTP client of
     /// its Files, Uploads and Batches APIs)
@@ -271,6 +272,11 @@ async fn create_tables() -> Result<(), Failure> {
         DynamoAuditLog::create_table(&client, &audit_table).await?;
         ready.push(audit_table);
     }
+    if let Some(responses_table) = env(RESPONSES_TABLE_ENV).filter(|table| !table.trim().is_empty())
+    {
+        gateway::storage::dynamo::create_responses_table(&client, &responses_table).await?;
+        ready.push(responses_table);
+    }
     println!("tables ready: {}", ready.join(", "));
     Ok(())
 }
@@ -290,6 +296,7 @@ async fn serve(
         Some(store) => {
             gateway.batch = Some(BatchBackends::embedded(store, &data_dir, env)?);
             gateway.ingest = Some(IngestBackends::embedded(store, &data_dir, env)?);
+            gateway.responses = Some(Arc::clone(store) as _);
             Arc::new(EmbeddedVectors::new(Arc::clone(store)))
         }
         // The API only: on AWS the batch and ingest functions work their queues off. Vectors go
@@ -302,6 +309,7 @@ async fn serve(
             let dynamo = gateway::storage::dynamo::client(&sdk);
             gateway.batch = BatchBackends::aws(&sdk, &dynamo, env)?;
             gateway.ingest = IngestBackends::aws(&sdk, &dynamo, env)?;
+            gateway.responses = gateway::responses::aws(&dynamo, env);
             match S3VectorStore::from_lookup(&sdk, env)? {
                 Some(store) => Arc::new(store),
                 None => Arc::new(EmbeddedVectors::new(EmbeddedStore::open(&data_dir)?)),

@@ -3,31 +3,21 @@
 //! `expires_at`.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
 use bytes::Bytes;
-use flate2::Compression;
-use flate2::read::DeflateDecoder;
-use flate2::write::DeflateEncoder;
 
 use crate::cache::CacheStore;
 use crate::clock::now_secs;
 use crate::error::StoreError;
+use crate::storage::compressed::{StoredBody, take_body};
 use crate::storage::dynamo::{
     DynamoConfig, EXPIRES_AT, PK, backend, build_error, n, number_attr, s, string_attr,
 };
 
-const BODY: &str = "body";
-const ENCODING: &str = "enc";
-const DEFLATE: &str = "deflate";
-
-/// Bodies up to this size are stored as they are: compressing them saves little.
-const COMPRESS_OVER: usize = 4 * 1024;
 /// DynamoDB items are at most 400 KB, attribute names and the other attributes included; the
 /// body may take all but 1 KB of it.
 const MAX_STORED_BODY: usize = 400 * 1024 - 1024;
@@ -53,65 +43,13 @@ fn cache_pk(key: &[u8; 32]) -> String {
     format!("cache#{}", hex::encode(key))
 }
 
-/// A cached body as stored: deflated when that makes a large body smaller.
-#[derive(Debug, PartialEq)]
-enum StoredBody {
-    Plain(Bytes),
-    Deflated(Vec<u8>),
-}
-
-impl StoredBody {
-    fn encode(body: &Bytes) -> std::io::Result<Self> {
-        if body.len() <= COMPRESS_OVER {
-            return Ok(Self::Plain(body.clone()));
-        }
-        let mut encoder = DeflateEncoder::new(Vec::new(), Compression::default());
-        encoder.write_all(body)?;
-        let deflated = encoder.finish()?;
-        Ok(if deflated.len() < body.len() {
-            Self::Deflated(deflated)
-        } else {
-            Self::Plain(body.clone())
-        })
-    }
-
-    fn len(&self) -> usize {
-        match self {
-            Self::Plain(body) => body.len(),
-            Self::Deflated(body) => body.len(),
-        }
-    }
-}
-
-fn decode_body(stored: Vec<u8>, encoding: Option<&str>) -> Result<Bytes, StoreError> {
-    match encoding {
-        None => Ok(Bytes::from(stored)),
-        Some(DEFLATE) => {
-            let mut body = Vec::with_capacity(stored.len() * 4);
-            DeflateDecoder::new(stored.as_slice())
-                .read_to_end(&mut body)
-                .map_err(|e| StoreError::Backend(format!("corrupt cached body: {e}")))?;
-            Ok(Bytes::from(body))
-        }
-        Some(other) => Err(StoreError::Backend(format!(
-            "cached body in an unknown encoding `{other}`"
-        ))),
-    }
-}
-
 /// A body from a cache item, or None when it has expired (DynamoDB deletes expired items lazily,
 /// moto never does, so expiry is checked here).
 fn item_body(mut item: HashMap<String, AttributeValue>) -> Result<Option<Bytes>, StoreError> {
     if number_attr::<u64>(&item, EXPIRES_AT).is_none_or(|at| at <= now_secs()) {
         return Ok(None);
     }
-    let encoding = string_attr(&item, ENCODING);
-    let Some(AttributeValue::B(body)) = item.remove(BODY) else {
-        return Err(StoreError::Backend(
-            "cache item without a binary `body`".into(),
-        ));
-    };
-    decode_body(body.into_inner(), encoding.as_deref()).map(Some)
+    take_body(&mut item, "cache item").map(Some)
 }
 
 impl DynamoCacheStore {
@@ -232,12 +170,9 @@ impl CacheStore for DynamoCacheStore {
             .table_name(&self.table)
             .item(PK, s(cache_pk(key)))
             .item(EXPIRES_AT, n(now_secs() + ttl_s));
-        request = match stored {
-            StoredBody::Plain(body) => request.item(BODY, AttributeValue::B(Blob::new(body))),
-            StoredBody::Deflated(body) => request
-                .item(BODY, AttributeValue::B(Blob::new(body)))
-                .item(ENCODING, s(DEFLATE)),
-        };
+        for (name, value) in stored.into_attributes() {
+            request = request.item(name, value);
+        }
         request
             .send()
             .await
@@ -253,40 +188,5 @@ mod tests {
     #[test]
     fn item_keys_follow_the_documented_layout() {
         assert_eq!(cache_pk(&[0xab; 32]), format!("cache#{}", "ab".repeat(32)));
-    }
-
-    #[test]
-    fn large_bodies_are_deflated_and_restored() {
-        let small = Bytes::from_static(b"{\"id\":\"x\"}");
-        assert_eq!(
-            StoredBody::encode(&small).unwrap(),
-            StoredBody::Plain(small)
-        );
-
-        let large = Bytes::from("{\"content\":\"hello world\"}".repeat(1_000));
-        let StoredBody::Deflated(deflated) = StoredBody::encode(&large).unwrap() else {
-            panic!("a repetitive 25 KB body should be deflated");
-        };
-        assert!(deflated.len() < large.len() / 10);
-        assert_eq!(decode_body(deflated, Some(DEFLATE)).unwrap(), large);
-        assert!(decode_body(vec![1, 2, 3], Some("zstd")).is_err());
-    }
-
-    #[test]
-    fn incompressible_bodies_are_stored_plain() {
-        let mut state = 0x2545_f491_4f6c_dd1d_u64;
-        let noise: Vec<u8> = (0..8_192)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect();
-        let noise = Bytes::from(noise);
-        assert_eq!(
-            StoredBody::encode(&noise).unwrap(),
-            StoredBody::Plain(noise)
-        );
     }
 }

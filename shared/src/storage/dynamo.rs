@@ -135,6 +135,12 @@ pub async fn create_batch_table(client: &Client, table: &str) -> Result<(), Stor
     create_table(client, table, true).await
 }
 
+/// Creates the responses table (`pk`, on-demand, TTL on `expires_at`; see `responses::dynamo`)
+/// unless it exists, and waits until it is usable. For tests and local runs, like `create_tables`.
+pub async fn create_responses_table(client: &Client, table: &str) -> Result<(), StoreError> {
+    create_table(client, table, false).await
+}
+
 async fn create_table(client: &Client, table: &str, with_sort_key: bool) -> Result<(), StoreError> {
     let mut keys = vec![(PK, KeyType::Hash)];
     if with_sort_key {

@@ -197,6 +197,12 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
              body BLOB NOT NULL,
              expires_at INTEGER NOT NULL
          );
+         CREATE TABLE IF NOT EXISTS responses (
+             id TEXT PRIMARY KEY,
+             tenant TEXT NOT NULL,
+             doc BLOB NOT NULL,
+             expires_at INTEGER NOT NULL
+         );
          CREATE TABLE IF NOT EXISTS files (
              id TEXT PRIMARY KEY,
              tenant TEXT NOT NULL,
@@ -454,11 +460,16 @@ fn commit(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<()> {
 }
 
 fn purge_expired(conn: &Connection) {
-    if let Err(error) = conn.execute(
-        "DELETE FROM cache WHERE expires_at <= ?1",
-        params![now_secs()],
-    ) {
-        tracing::warn!(%error, "purging expired cache entries failed");
+    for (table, what) in [
+        ("cache", "cache entries"),
+        ("responses", "stored responses"),
+    ] {
+        if let Err(error) = conn.execute(
+            &format!("DELETE FROM {table} WHERE expires_at <= ?1"),
+            params![to_sql_int(now_secs())],
+        ) {
+            tracing::warn!(%error, "purging expired {what} failed");
+        }
     }
 }
 

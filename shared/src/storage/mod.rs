@@ -2,5 +2,6 @@
 //! file, connections and batching writer, and the DynamoDB client, tables and conflict handling.
 //! Nothing here knows a concern's types; each concern's SQL and items are beside its trait.
 
+pub mod compressed;
 pub mod dynamo;
 pub mod embedded;

@@ -36,5 +36,6 @@ mod rag_chat;
 mod resilience;
 mod response_cache;
 mod scopes;
+mod stored_responses;
 mod tenant_boundaries;
 mod vectors_aws;
