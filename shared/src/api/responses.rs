@@ -156,10 +156,10 @@ impl ResponsesRequest {
         if let Some(choice) = &self.tool_choice {
             chat.insert("tool_choice".to_owned(), chat_tool_choice(choice)?);
         }
-        if let Some(format) = self.text.as_ref().and_then(|t| t.get("format")) {
-            if let Some(format) = response_format(format)? {
-                chat.insert("response_format".to_owned(), format);
-            }
+        if let Some(format) = self.text.as_ref().and_then(|t| t.get("format"))
+            && let Some(format) = response_format(format)?
+        {
+            chat.insert("response_format".to_owned(), format);
         }
         let optional = [
             ("max_tokens", self.max_output_tokens.map(|m| json!(m))),
@@ -626,6 +626,8 @@ pub struct EventWriter {
     finish_reason: Option<String>,
     usage: Option<Usage>,
     pub finished: bool,
+    /// The final event was written.
+    announced: bool,
 }
 
 impl EventWriter {
@@ -641,6 +643,7 @@ impl EventWriter {
             finish_reason: None,
             usage: None,
             finished: false,
+            announced: false,
         }
     }
 
@@ -804,19 +807,24 @@ impl EventWriter {
         out
     }
 
-    /// The closing events, once the pipeline's stream is complete; the finished Response is
-    /// then `response()`.
+    /// The closing events, once the pipeline's stream is complete: `close`, then `completed`.
     pub fn end(&mut self) -> String {
+        let mut out = self.close();
+        out.push_str(&self.completed());
+        out
+    }
+
+    /// Closes the open item and finishes the Response (then `response()`), so it can be stored
+    /// before `completed` announces it.
+    pub fn close(&mut self) -> String {
         let mut out = String::new();
         if self.finished {
             return out;
         }
         self.start(&mut out);
-        let (status, _) = status_of(self.finish_reason.as_deref());
-        let item_status = if status == "incomplete" {
-            "incomplete"
-        } else {
-            "completed"
+        let item_status = match status_of(self.finish_reason.as_deref()).0 {
+            "incomplete" => "incomplete",
+            _ => "completed",
         };
         self.close_item(item_status, &mut out);
         self.finished = true;
@@ -829,10 +837,19 @@ impl EventWriter {
             self.finish_reason.as_deref(),
             self.usage,
         );
-        let kind = if status == "incomplete" {
-            "response.incomplete"
-        } else {
-            "response.completed"
+        out
+    }
+
+    /// The last event of a closed stream: `response.completed`, or `response.incomplete`.
+    pub fn completed(&mut self) -> String {
+        let mut out = String::new();
+        if !self.finished || self.announced {
+            return out;
+        }
+        self.announced = true;
+        let kind = match self.response.get("status").and_then(Value::as_str) {
+            Some("incomplete") => "response.incomplete",
+            _ => "response.completed",
         };
         let response = self.response.clone();
         self.emit(json!({"type": kind, "response": response}), &mut out);
@@ -847,6 +864,7 @@ impl EventWriter {
         }
         self.start(&mut out);
         self.finished = true;
+        self.announced = true;
         let code = error_code(status);
         self.emit(
             json!({"type": "error", "code": code, "message": message, "param": null}),

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use super::{admin, batch, collections, handlers, messages};
+use super::{admin, batch, collections, handlers, messages, responses};
 use crate::error::{ApiError, ErrorBody};
 
 #[derive(OpenApi)]
@@ -30,6 +30,9 @@ use crate::error::{ApiError, ErrorBody};
         handlers::chat_completions,
         messages::create_message,
         messages::count_tokens,
+        responses::create_response,
+        responses::get_response,
+        responses::delete_response,
         handlers::embeddings,
         admin::create_key,
         admin::list_keys,
