@@ -35,6 +35,7 @@ mod providers;
 mod rag_chat;
 mod resilience;
 mod response_cache;
+mod responses;
 mod scopes;
 mod stored_responses;
 mod tenant_boundaries;
