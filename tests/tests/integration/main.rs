@@ -39,4 +39,5 @@ mod responses;
 mod scopes;
 mod stored_responses;
 mod tenant_boundaries;
+mod three_apis;
 mod vectors_aws;
