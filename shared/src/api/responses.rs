@@ -147,6 +147,12 @@ impl ResponsesRequest {
         for (index, item) in self.input_items().iter().enumerate() {
             chat_message_of_item(item, &format!("input[{index}]"), &mut messages)?;
         }
+        if messages.is_empty() {
+            return Err(refuse(
+                "input",
+                "`input` must hold at least one item (or `previous_response_id` a conversation).",
+            ));
+        }
         let mut chat = JsonObject::new();
         chat.insert("model".to_owned(), json!(self.model));
         chat.insert("messages".to_owned(), Value::Array(messages));
@@ -1071,6 +1077,8 @@ mod tests {
                 "input[0].output",
                 "output",
             ),
+            (json!({"model": "m"}), "input", "at least one"),
+            (json!({"model": "m", "input": []}), "input", "at least one"),
         ];
         for (body, param, word) in cases {
             let error = refusal(body.clone());

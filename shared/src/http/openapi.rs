@@ -18,7 +18,8 @@ use crate::error::{ApiError, ErrorBody};
 #[openapi(
     info(
         title = "AI gateway",
-        description = "An OpenAI-compatible gateway: chat completions, embeddings, files and \
+        description = "An OpenAI-compatible gateway: chat completions (also as Anthropic's \
+                       Messages API and OpenAI's Responses API), embeddings, files and \
                        batches, collections for retrieval, and key administration. Every route \
                        but `/health` and `/openapi.json` needs a gateway key as a bearer token."
     ),
