@@ -1825,6 +1825,29 @@ def check_routes(template: Template, functions: list[Function], crate: SharedCra
                 report.drift(f"{name} lists {' '.join(key)}, which matches nothing any more: delete the entry")
 
 
+def check_stages(original: dict, template: Template, report: Report):
+    """Every stage of a REST API is one the SAM template names: SAM adds a stage called `Stage`
+    (through the deployment's `StageName`) unless the API sets `OpenApiVersion`, and that stage
+    has no access logs, throttling or usage plan, so anyone could call the API through it."""
+    report.section("[stages] REST API stages")
+    named = set()
+    for lid, resource in original.get("Resources", {}).items():
+        if resource.get("Type") == "AWS::Serverless::Api":
+            named.add((lid, template.eval((resource.get("Properties") or {}).get("StageName"))))
+    for lid, resource in template.resources.items():
+        properties = resource.get("Properties") or {}
+        if resource.get("Type") == "AWS::ApiGateway::Deployment" and "StageName" in properties:
+            api = (properties.get("RestApiId") or {}).get("Ref")
+            report.drift(f"{lid} creates the stage `{template.eval(properties['StageName'])}` of {api}, which the "
+                         f"template does not name (set `OpenApiVersion` on the API): it would have no access "
+                         f"logs, throttling or usage plan")
+        if resource.get("Type") == "AWS::ApiGateway::Stage":
+            api = (properties.get("RestApiId") or {}).get("Ref")
+            stage = template.eval(properties.get("StageName"))
+            if (api, stage) not in named:
+                report.drift(f"{lid} is a stage `{stage}` of {api} that the template does not name")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default=str(HERE.parent))
@@ -1892,6 +1915,7 @@ def main() -> int:
     for fn in functions:
         check_function(fn, template, crate, root, report, used_exemptions)
     check_routes(template, functions, crate, root, report, args.router_source)
+    check_stages(original, template, report)
     stale = sorted((scope, name) for scope, names in NOT_EXECUTED.items() for name in names
                    if (scope, name) not in used_exemptions and (scope == "*" or scope in deployed))
     if stale:

@@ -14,6 +14,9 @@ async fn main() -> Result<(), Error> {
         .load()
         .await;
     let mut setup = Setup::load(&aws, BatchPart::Included).await?;
+    // Only this function answers `/v1/responses`: the workers need no responses table.
+    setup.responses =
+        gateway::responses::dynamo_store_from_env(&gateway::storage::dynamo::client(&aws), env);
     gateway::lambda::key_setup::manage_keys(&mut setup, &aws).await?;
     let gateway = setup.gateway()?;
     gateway::lambda::serve(gateway, mode).await

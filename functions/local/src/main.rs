@@ -309,7 +309,7 @@ async fn serve(
             let dynamo = gateway::storage::dynamo::client(&sdk);
             gateway.batch = BatchBackends::aws(&sdk, &dynamo, env)?;
             gateway.ingest = IngestBackends::aws(&sdk, &dynamo, env)?;
-            gateway.responses = gateway::responses::aws(&dynamo, env);
+            gateway.responses = gateway::responses::dynamo_store_from_env(&dynamo, env);
             match S3VectorStore::from_lookup(&sdk, env)? {
                 Some(store) => Arc::new(store),
                 None => Arc::new(EmbeddedVectors::new(EmbeddedStore::open(&data_dir)?)),

@@ -62,11 +62,32 @@ pub fn batch_json(batch: &BatchRecord, counts: Counts) -> Value {
     })
 }
 
+/// The `endpoint`s a batch can run (`input::ENDPOINTS`; documented only).
+#[derive(utoipa::ToSchema)]
+#[expect(dead_code, reason = "documents a string field's values; never built")]
+pub(crate) enum BatchEndpoint {
+    #[schema(rename = "/v1/chat/completions")]
+    ChatCompletions,
+    #[schema(rename = "/v1/embeddings")]
+    Embeddings,
+}
+
+/// The only `completion_window` a batch takes (`COMPLETION_WINDOW`; documented
+/// only).
+#[derive(utoipa::ToSchema)]
+#[expect(dead_code, reason = "documents a string field's values; never built")]
+pub(crate) enum CompletionWindow {
+    #[schema(rename = "24h")]
+    Day,
+}
+
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewBatch {
     pub input_file_id: String,
+    #[schema(value_type = BatchEndpoint)]
     pub endpoint: String,
+    #[schema(value_type = CompletionWindow)]
     pub completion_window: String,
     #[serde(default)]
     pub metadata: Option<BTreeMap<String, String>>,

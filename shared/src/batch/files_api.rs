@@ -215,12 +215,24 @@ pub async fn delete_file(batch: &BatchBackends, tenant: &str, id: &str) -> Resul
     Ok(json!({"id": id, "object": "file", "deleted": true}))
 }
 
+/// The purposes a stored file may have (`PURPOSE_BATCH`; documented only).
+#[derive(utoipa::ToSchema)]
+#[expect(dead_code, reason = "documents a string field's values; never built")]
+pub(crate) enum FilePurpose {
+    /// A JSONL input of the Batches API.
+    #[schema(rename = "batch")]
+    Batch,
+}
+
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUpload {
+    #[schema(minimum = 1, maximum = 209_715_200)]
     pub bytes: u64,
+    #[schema(min_length = 1, max_length = 128)]
     pub filename: String,
     pub mime_type: String,
+    #[schema(value_type = FilePurpose)]
     pub purpose: String,
     #[serde(default)]
     pub expires_after: Option<Value>,

@@ -12,8 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use super::handlers::{AuthorizedKey, body_error};
 use super::middleware::RequestId;
+use super::openapi::OpenAiErrors;
 use crate::clock::{now_millis, now_secs};
-use crate::error::{ApiError, ErrorBody};
+use crate::error::ApiError;
 use crate::keys::audit::{self, AuditAction, AuditEntry, MAX_AUDIT_LIMIT};
 use crate::keys::edge;
 use crate::keys::{
@@ -70,7 +71,7 @@ pub(crate) struct CreatedKey {
     tag = "admin",
     summary = "Create a gateway key (`admin` scope); the secret is shown once",
     request_body(content = NewKey, content_type = "application/json"),
-    responses((status = 201, description = "The key record and its secret", body = CreatedKey, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+    responses((status = 201, description = "The key record and its secret", body = CreatedKey, headers(("x-request-id" = String, description = "The request's id, also in the logs")), links(("UpdateKey" = (operation_id = "update_key", parameters(("id" = "$response.body#/id")))), ("RotateKey" = (operation_id = "rotate_key", parameters(("id" = "$response.body#/id")))), ("RevokeKey" = (operation_id = "revoke_key", parameters(("id" = "$response.body#/id")))))), OpenAiErrors),
 )]
 pub(crate) async fn create_key(
     State(gateway): State<Arc<Gateway>>,
@@ -111,7 +112,7 @@ pub(crate) struct KeyListEntry {
     path = "/v1/admin/keys",
     tag = "admin",
     summary = "List the keys (`admin` scope)",
-    responses((status = 200, description = "`{\"object\": \"list\", \"data\": [key records with spent_usd_this_month]}`", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+    responses((status = 200, description = "`{\"object\": \"list\", \"data\": [key records with spent_usd_this_month]}`", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), OpenAiErrors),
 )]
 pub(crate) async fn list_keys(State(gateway): State<Arc<Gateway>>) -> Response {
     let result = async {
@@ -139,7 +140,7 @@ pub(crate) async fn list_keys(State(gateway): State<Arc<Gateway>>) -> Response {
     tag = "admin",
     summary = "Revoke a key (`admin` scope)",
     params(("id" = String, Path, description = "The key's id")),
-    responses((status = 200, description = "`{\"id\", \"revoked\": true}`", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+    responses((status = 200, description = "`{\"id\", \"revoked\": true}`", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), OpenAiErrors),
 )]
 pub(crate) async fn revoke_key(
     State(gateway): State<Arc<Gateway>>,
@@ -193,7 +194,7 @@ pub(crate) struct RotatedKey {
     summary = "A new secret for the same key (`admin` scope); the old one works for the grace period",
     params(("id" = String, Path, description = "The key's id")),
     request_body(content = RotateRequest, content_type = "application/json"),
-    responses((status = 200, description = "The key record, its new secret and until when the old one works", body = RotatedKey, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+    responses((status = 200, description = "The key record, its new secret and until when the old one works", body = RotatedKey, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), OpenAiErrors),
 )]
 pub(crate) async fn rotate_key(
     State(gateway): State<Arc<Gateway>>,
@@ -247,7 +248,7 @@ pub(crate) async fn rotate_key(
     summary = "Change a key's name, models, scopes, role, limits, budget, expiry or guard (`admin` scope)",
     params(("id" = String, Path, description = "The key's id")),
     request_body(content = KeyChange, content_type = "application/json"),
-    responses((status = 200, description = "The changed key record with its effective scopes", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+    responses((status = 200, description = "The changed key record with its effective scopes", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), OpenAiErrors),
 )]
 pub(crate) async fn update_key(
     State(gateway): State<Arc<Gateway>>,
@@ -299,7 +300,7 @@ pub(crate) struct AuditQuery {
     tag = "admin",
     summary = "Admin actions, newest first: who created, revoked, rotated or changed which key (`admin` scope)",
     params(AuditQuery),
-    responses((status = 200, description = "`{\"object\": \"list\", \"data\": [audit entries]}`", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+    responses((status = 200, description = "`{\"object\": \"list\", \"data\": [audit entries]}`", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), OpenAiErrors),
 )]
 pub(crate) async fn list_audit(
     State(gateway): State<Arc<Gateway>>,

@@ -13,11 +13,11 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::handlers::{AuthorizedKey, body_error};
-use super::openapi::{FileUpload, UploadPart};
+use super::openapi::{FileUpload, OpenAiErrors, UploadPart};
 use crate::batch::batches_api::NewBatch;
 use crate::batch::files_api::{self, CompleteUpload, NewUpload, not_configured};
 use crate::batch::{BatchBackends, batches_api};
-use crate::error::{ApiError, ErrorBody, ErrorKind};
+use crate::error::{ApiError, ErrorKind};
 use crate::pipeline::parse_json;
 use crate::state::Gateway;
 
@@ -72,7 +72,7 @@ async fn read_form(mut multipart: Multipart, file_field: &str) -> Result<Form, A
     tag = "files",
     summary = "Upload a file (multipart: `file`, `purpose`)",
     request_body(content = FileUpload, content_type = "multipart/form-data"),
-    responses((status = 200, description = "The file object", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+    responses((status = 200, description = "The file object", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs")), links(("GetFile" = (operation_id = "get_file", parameters(("id" = "$response.body#/id")))), ("DeleteFile" = (operation_id = "delete_file", parameters(("id" = "$response.body#/id")))), ("FileContent" = (operation_id = "file_content", parameters(("id" = "$response.body#/id")))))), OpenAiErrors),
 )]
 pub(crate) async fn create_file(
     State(gateway): State<Arc<Gateway>>,
@@ -122,7 +122,7 @@ pub(crate) struct ListQuery {
     tag = "files",
     summary = "List files",
     params(("after" = Option<String>, Query, description = "Start after this id"), ("limit" = Option<usize>, Query, description = "Page size"), ("purpose" = Option<String>, Query, description = "Only files with this purpose")),
-    responses((status = 200, description = "A list of file objects", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+    responses((status = 200, description = "A list of file objects", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), OpenAiErrors),
 )]
 pub(crate) async fn list_files(
     State(gateway): State<Arc<Gateway>>,
@@ -152,7 +152,7 @@ pub(crate) async fn list_files(
     tag = "files",
     summary = "A file object",
     params(("id" = String, Path, description = "The file's id")),
-    responses((status = 200, description = "The file object", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+    responses((status = 200, description = "The file object", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), OpenAiErrors),
 )]
 pub(crate) async fn get_file(
     State(gateway): State<Arc<Gateway>>,
@@ -168,7 +168,7 @@ pub(crate) async fn get_file(
     tag = "files",
     summary = "Delete a file",
     params(("id" = String, Path, description = "The file's id")),
-    responses((status = 200, description = "`{\"id\", \"deleted\": true}`", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+    responses((status = 200, description = "`{\"id\", \"deleted\": true}`", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), OpenAiErrors),
 )]
 pub(crate) async fn delete_file(
     State(gateway): State<Arc<Gateway>>,
@@ -184,7 +184,7 @@ pub(crate) async fn delete_file(
     tag = "files",
     summary = "A file's bytes",
     params(("id" = String, Path, description = "The file's id")),
-    responses((status = 200, description = "The file's content", content_type = "application/octet-stream", body = String, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+    responses((status = 200, description = "The file's content", content_type = "application/octet-stream", body = String, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), OpenAiErrors),
 )]
 pub(crate) async fn file_content(
     State(gateway): State<Arc<Gateway>>,
@@ -204,7 +204,7 @@ pub(crate) async fn file_content(
     tag = "files",
     summary = "Start a multi-part upload",
     request_body(content = NewUpload, content_type = "application/json"),
-    responses((status = 200, description = "The upload object", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+    responses((status = 200, description = "The upload object", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs")), links(("AddUploadPart" = (operation_id = "add_upload_part", parameters(("id" = "$response.body#/id")))), ("CompleteUpload" = (operation_id = "complete_upload", parameters(("id" = "$response.body#/id")))), ("CancelUpload" = (operation_id = "cancel_upload", parameters(("id" = "$response.body#/id")))))), OpenAiErrors),
 )]
 pub(crate) async fn create_upload(
     State(gateway): State<Arc<Gateway>>,
@@ -228,7 +228,7 @@ pub(crate) async fn create_upload(
     summary = "Add a part (multipart: `data`)",
     params(("id" = String, Path, description = "The upload's id")),
     request_body(content = UploadPart, content_type = "multipart/form-data"),
-    responses((status = 200, description = "The part object", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+    responses((status = 200, description = "The part object", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), OpenAiErrors),
 )]
 pub(crate) async fn add_upload_part(
     State(gateway): State<Arc<Gateway>>,
@@ -261,7 +261,7 @@ pub(crate) async fn add_upload_part(
     summary = "Complete an upload: its parts become a file",
     params(("id" = String, Path, description = "The upload's id")),
     request_body(content = CompleteUpload, content_type = "application/json"),
-    responses((status = 200, description = "The upload object with its file", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+    responses((status = 200, description = "The upload object with its file", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), OpenAiErrors),
 )]
 pub(crate) async fn complete_upload(
     State(gateway): State<Arc<Gateway>>,
@@ -285,7 +285,7 @@ pub(crate) async fn complete_upload(
     tag = "files",
     summary = "Cancel an upload",
     params(("id" = String, Path, description = "The upload's id")),
-    responses((status = 200, description = "The upload object", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+    responses((status = 200, description = "The upload object", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), OpenAiErrors),
 )]
 pub(crate) async fn cancel_upload(
     State(gateway): State<Arc<Gateway>>,
@@ -301,7 +301,7 @@ pub(crate) async fn cancel_upload(
     tag = "batches",
     summary = "Create a batch from an uploaded JSONL file",
     request_body(content = NewBatch, content_type = "application/json"),
-    responses((status = 200, description = "The batch object", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+    responses((status = 200, description = "The batch object", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs")), links(("GetBatch" = (operation_id = "get_batch", parameters(("id" = "$response.body#/id")))), ("CancelBatch" = (operation_id = "cancel_batch", parameters(("id" = "$response.body#/id")))), ("BatchResults" = (operation_id = "batch_results", parameters(("id" = "$response.body#/id")))))), OpenAiErrors),
 )]
 pub(crate) async fn create_batch(
     State(gateway): State<Arc<Gateway>>,
@@ -324,7 +324,7 @@ pub(crate) async fn create_batch(
     tag = "batches",
     summary = "A batch object",
     params(("id" = String, Path, description = "The batch's id")),
-    responses((status = 200, description = "The batch object", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+    responses((status = 200, description = "The batch object", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), OpenAiErrors),
 )]
 pub(crate) async fn get_batch(
     State(gateway): State<Arc<Gateway>>,
@@ -340,7 +340,7 @@ pub(crate) async fn get_batch(
     tag = "batches",
     summary = "List batches",
     params(("after" = Option<String>, Query, description = "Start after this id"), ("limit" = Option<usize>, Query, description = "Page size")),
-    responses((status = 200, description = "A list of batch objects", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+    responses((status = 200, description = "A list of batch objects", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), OpenAiErrors),
 )]
 pub(crate) async fn list_batches(
     State(gateway): State<Arc<Gateway>>,
@@ -368,7 +368,7 @@ pub(crate) async fn list_batches(
     tag = "batches",
     summary = "Cancel a batch",
     params(("id" = String, Path, description = "The batch's id")),
-    responses((status = 200, description = "The batch object", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+    responses((status = 200, description = "The batch object", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), OpenAiErrors),
 )]
 pub(crate) async fn cancel_batch(
     State(gateway): State<Arc<Gateway>>,
@@ -384,7 +384,7 @@ pub(crate) async fn cancel_batch(
     tag = "batches",
     summary = "A batch's results as JSONL",
     params(("id" = String, Path, description = "The batch's id"), ("custom_id" = Option<String>, Query, description = "Only the result with this custom_id")),
-    responses((status = 200, description = "One result object per line", content_type = "application/jsonl", body = String, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+    responses((status = 200, description = "One result object per line", content_type = "application/jsonl", body = String, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), OpenAiErrors),
 )]
 pub(crate) async fn batch_results(
     State(gateway): State<Arc<Gateway>>,

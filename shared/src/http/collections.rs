@@ -11,7 +11,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::handlers::{AuthorizedKey, body_error};
-use crate::error::{ApiError, ErrorBody};
+use super::openapi::OpenAiErrors;
+use crate::error::ApiError;
 use crate::ingest::api::{AddDocuments, CreateCollection, DEFAULT_TOP_K, QueryRequest};
 use crate::pipeline::ingest::{self, REQUEST_TIME, deadline_within};
 use crate::pipeline::retrieve::retrieve;
@@ -36,7 +37,7 @@ fn deadline(front: Option<Extension<RequestDeadline>>) -> tokio::time::Instant {
     tag = "collections",
     summary = "Create a collection",
     request_body(content = CreateCollection, content_type = "application/json"),
-    responses((status = 200, description = "The collection object", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+    responses((status = 200, description = "The collection object", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs")), links(("GetCollection" = (operation_id = "get_collection", parameters(("name" = "$response.body#/name")))), ("DeleteCollection" = (operation_id = "delete_collection", parameters(("name" = "$response.body#/name")))), ("AddDocuments" = (operation_id = "add_documents", parameters(("name" = "$response.body#/name")))), ("Query" = (operation_id = "query", parameters(("name" = "$response.body#/name")))))), OpenAiErrors),
 )]
 pub(crate) async fn create_collection(
     State(gateway): State<Arc<Gateway>>,
@@ -58,7 +59,7 @@ pub(crate) async fn create_collection(
     path = "/v1/collections",
     tag = "collections",
     summary = "List collections",
-    responses((status = 200, description = "A list of collection objects", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+    responses((status = 200, description = "A list of collection objects", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), OpenAiErrors),
 )]
 pub(crate) async fn list_collections(
     State(gateway): State<Arc<Gateway>>,
@@ -73,7 +74,7 @@ pub(crate) async fn list_collections(
     tag = "collections",
     summary = "A collection object",
     params(("name" = String, Path, description = "The collection's name")),
-    responses((status = 200, description = "The collection object", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+    responses((status = 200, description = "The collection object", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), OpenAiErrors),
 )]
 pub(crate) async fn get_collection(
     State(gateway): State<Arc<Gateway>>,
@@ -89,7 +90,7 @@ pub(crate) async fn get_collection(
     tag = "collections",
     summary = "Delete a collection and its vectors",
     params(("name" = String, Path, description = "The collection's name")),
-    responses((status = 200, description = "`{\"id\", \"deleted\": true}`", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+    responses((status = 200, description = "`{\"id\", \"deleted\": true}`", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), OpenAiErrors),
 )]
 pub(crate) async fn delete_collection(
     State(gateway): State<Arc<Gateway>>,
@@ -106,7 +107,7 @@ pub(crate) async fn delete_collection(
     summary = "Add or replace documents (chunked and embedded)",
     params(("name" = String, Path, description = "The collection's name")),
     request_body(content = AddDocuments, content_type = "application/json"),
-    responses((status = 200, description = "What each document became", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = 202, description = "Queued: the ingest job", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+    responses((status = 200, description = "What each document became", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs")), links(("GetDocument" = (operation_id = "get_document", parameters(("name" = "$request.path.name"), ("id" = "$request.body#/documents/0/id")))), ("DeleteDocument" = (operation_id = "delete_document", parameters(("name" = "$request.path.name"), ("id" = "$request.body#/documents/0/id")))))), (status = 202, description = "Queued: the ingest job", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs")), links(("GetJob" = (operation_id = "get_job", parameters(("name" = "$request.path.name"), ("id" = "$response.body#/id")))))), OpenAiErrors),
 )]
 pub(crate) async fn add_documents(
     State(gateway): State<Arc<Gateway>>,
@@ -133,7 +134,7 @@ pub(crate) async fn add_documents(
     tag = "collections",
     summary = "A document object",
     params(("name" = String, Path, description = "The collection's name"), ("id" = String, Path, description = "The document's id (may contain `/`)")),
-    responses((status = 200, description = "The document object", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+    responses((status = 200, description = "The document object", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), OpenAiErrors),
 )]
 pub(crate) async fn get_document(
     State(gateway): State<Arc<Gateway>>,
@@ -149,7 +150,7 @@ pub(crate) async fn get_document(
     tag = "collections",
     summary = "Delete a document and its chunks",
     params(("name" = String, Path, description = "The collection's name"), ("id" = String, Path, description = "The document's id (may contain `/`)")),
-    responses((status = 200, description = "`{\"id\", \"deleted\": true}`", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+    responses((status = 200, description = "`{\"id\", \"deleted\": true}`", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), OpenAiErrors),
 )]
 pub(crate) async fn delete_document(
     State(gateway): State<Arc<Gateway>>,
@@ -165,7 +166,7 @@ pub(crate) async fn delete_document(
     tag = "collections",
     summary = "An ingest job",
     params(("name" = String, Path, description = "The collection's name"), ("id" = String, Path, description = "The job's id")),
-    responses((status = 200, description = "The ingest job object", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+    responses((status = 200, description = "The ingest job object", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), OpenAiErrors),
 )]
 pub(crate) async fn get_job(
     State(gateway): State<Arc<Gateway>>,
@@ -184,7 +185,7 @@ pub(crate) async fn get_job(
     summary = "Retrieve the chunks nearest a query",
     params(("name" = String, Path, description = "The collection's name")),
     request_body(content = QueryRequest, content_type = "application/json"),
-    responses((status = 200, description = "The nearest chunks", body = Object, headers(("x-request-id" = String), ("x-gateway-cache" = String, description = "HIT or MISS: whether the retrieval cache answered"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+    responses((status = 200, description = "The nearest chunks", body = Object, headers(("x-request-id" = String), ("x-gateway-cache" = String, description = "HIT or MISS: whether the retrieval cache answered"))), OpenAiErrors),
 )]
 pub(crate) async fn query(
     State(gateway): State<Arc<Gateway>>,

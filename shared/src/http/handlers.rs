@@ -8,10 +8,11 @@ use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use super::openapi::OpenAiErrors;
 use crate::api::{
     ChatCompletion, ChatRequest, EmbeddingRequest, EmbeddingResponse, ModelEntry, ModelList,
 };
-use crate::error::{ApiError, BodyTimeout, ErrorBody, ErrorKind};
+use crate::error::{ApiError, BodyTimeout, ErrorKind};
 use crate::keys::KeyRecord;
 use crate::pipeline::{self, RequestDeadline};
 use crate::state::Gateway;
@@ -23,7 +24,7 @@ use crate::telemetry::METRICS;
     tag = "operations",
     summary = "Liveness (no key)",
     security(),
-    responses((status = 200, description = "Up", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+    responses((status = 200, description = "Up", body = Object, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), OpenAiErrors),
 )]
 pub(crate) async fn health() -> impl IntoResponse {
     axum::Json(serde_json::json!({"status": "ok"}))
@@ -36,7 +37,7 @@ pub(crate) async fn health() -> impl IntoResponse {
     path = "/metrics",
     tag = "operations",
     summary = "Prometheus metrics (`metrics` scope)",
-    responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text", body = String, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+    responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text", body = String, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), OpenAiErrors),
 )]
 pub(crate) async fn metrics() -> impl IntoResponse {
     (
@@ -69,7 +70,7 @@ pub(crate) fn body_error(rejection: BytesRejection) -> ApiError {
     path = "/v1/models",
     tag = "models",
     summary = "The models this key may use (in Anthropic's list shape when `anthropic-version` is sent)",
-    responses((status = 200, description = "The model list", body = ModelList, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+    responses((status = 200, description = "The model list", body = ModelList, headers(("x-request-id" = String, description = "The request's id, also in the logs"))), OpenAiErrors),
 )]
 pub(crate) async fn list_models(
     State(gateway): State<Arc<Gateway>>,
@@ -114,7 +115,7 @@ pub struct AuthorizedKey(pub Arc<KeyRecord>);
     tag = "chat",
     summary = "Create a chat completion",
     request_body(content = ChatRequest, content_type = "application/json"),
-    responses((status = 200, description = "The answer (JSON), or with `stream: true` a server-sent event stream of `chat.completion.chunk` objects ending with `data: [DONE]`", content((ChatCompletion = "application/json"), (String = "text/event-stream")), headers(("x-request-id" = String), ("x-gateway-cache" = String, description = "HIT, MISS or BYPASS"), ("x-gateway-provider" = String, description = "The provider that answered"), ("x-gateway-model" = String, description = "The model actually used"), ("x-gateway-cost-usd" = String, description = "The cost of the call"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+    responses((status = 200, description = "The answer (JSON), or with `stream: true` a server-sent event stream of `chat.completion.chunk` objects ending with `data: [DONE]`", content((ChatCompletion = "application/json"), (String = "text/event-stream")), headers(("x-request-id" = String), ("x-gateway-cache" = String, description = "HIT, MISS or BYPASS"), ("x-gateway-provider" = String, description = "The provider that answered"), ("x-gateway-model" = String, description = "The model actually used"), ("x-gateway-cost-usd" = String, description = "The cost of the call"))), OpenAiErrors),
 )]
 pub(crate) async fn chat_completions(
     State(gateway): State<Arc<Gateway>>,
@@ -137,7 +138,7 @@ pub(crate) async fn chat_completions(
     tag = "embeddings",
     summary = "Create embeddings",
     request_body(content = EmbeddingRequest, content_type = "application/json"),
-    responses((status = 200, description = "The vectors", body = EmbeddingResponse, headers(("x-request-id" = String), ("x-gateway-cache" = String, description = "HIT, MISS or BYPASS"), ("x-gateway-provider" = String, description = "The provider that answered"), ("x-gateway-model" = String, description = "The model actually used"), ("x-gateway-cost-usd" = String, description = "The cost of the call"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = ErrorBody)),
+    responses((status = 200, description = "The vectors", body = EmbeddingResponse, headers(("x-request-id" = String), ("x-gateway-cache" = String, description = "HIT, MISS or BYPASS"), ("x-gateway-provider" = String, description = "The provider that answered"), ("x-gateway-model" = String, description = "The model actually used"), ("x-gateway-cost-usd" = String, description = "The cost of the call"))), OpenAiErrors),
 )]
 pub(crate) async fn embeddings(
     State(gateway): State<Arc<Gateway>>,

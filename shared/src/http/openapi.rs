@@ -12,6 +12,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::{admin, batch, collections, handlers, messages, responses};
+use crate::batch::files_api::FilePurpose;
 use crate::error::{ApiError, ErrorBody};
 
 #[derive(OpenApi)]
@@ -90,6 +91,20 @@ impl Modify for GatewayKey {
     }
 }
 
+/// The error responses of every keyed OpenAI-style route, named once in each path's
+/// `responses(..)`.
+#[derive(utoipa::IntoResponses)]
+#[expect(dead_code, reason = "describes responses; never built")]
+pub(crate) enum OpenAiErrors {
+    #[response(status = "4XX", description = "Refused: OpenAI's error shape")]
+    Refused(ErrorBody<'static>),
+    #[response(
+        status = "5XX",
+        description = "Failed upstream or in the gateway: OpenAI's error shape"
+    )]
+    Failed(ErrorBody<'static>),
+}
+
 /// The multipart form of `POST /v1/files` (read by `batch::create_file`; documented only).
 #[derive(ToSchema)]
 #[expect(dead_code, reason = "describes a multipart form; never built")]
@@ -97,8 +112,7 @@ pub(crate) struct FileUpload {
     /// The file (for batches: JSONL, one request per line).
     #[schema(value_type = String, format = Binary)]
     file: Vec<u8>,
-    /// `batch` (the only purpose the Batches API reads) or another OpenAI purpose.
-    purpose: String,
+    purpose: FilePurpose,
 }
 
 /// The multipart form of `POST /v1/uploads/{id}/parts` (documented only).
@@ -111,10 +125,45 @@ pub(crate) struct UploadPart {
 
 /// The document as JSON, serialised on first use.
 static DOCUMENT: LazyLock<Result<Bytes, String>> = LazyLock::new(|| {
-    serde_json::to_vec(&ApiDoc::openapi())
+    let mut document = serde_json::to_value(ApiDoc::openapi()).map_err(|e| e.to_string())?;
+    camel_case_links(&mut document);
+    serde_json::to_vec(&document)
         .map(Bytes::from)
         .map_err(|e| e.to_string())
 });
+
+/// utoipa 5.5 writes a Link object's fields in snake case (`operation_id`); OpenAPI and the
+/// fuzzer's stateful phase read `operationId` and `requestBody`.
+fn camel_case_links(document: &mut serde_json::Value) {
+    let Some(paths) = document
+        .get_mut("paths")
+        .and_then(serde_json::Value::as_object_mut)
+    else {
+        return;
+    };
+    let links = paths
+        .values_mut()
+        .filter_map(serde_json::Value::as_object_mut)
+        .flat_map(|item| item.values_mut())
+        .filter_map(|operation| operation.get_mut("responses"))
+        .filter_map(serde_json::Value::as_object_mut)
+        .flat_map(|responses| responses.values_mut())
+        .filter_map(|response| response.get_mut("links"))
+        .filter_map(serde_json::Value::as_object_mut)
+        .flat_map(|links| links.values_mut())
+        .filter_map(serde_json::Value::as_object_mut);
+    for link in links {
+        for (snake, camel) in [
+            ("operation_id", "operationId"),
+            ("operation_ref", "operationRef"),
+            ("request_body", "requestBody"),
+        ] {
+            if let Some(value) = link.remove(snake) {
+                link.insert(camel.to_owned(), value);
+            }
+        }
+    }
+}
 
 /// This document (no key needed).
 #[utoipa::path(
@@ -279,5 +328,110 @@ mod tests {
             serde_json::json!(["model", "input"])
         );
         assert!(schemas["Error"].is_object() && schemas["NewKey"].is_object());
+    }
+
+    #[test]
+    fn keyed_operations_share_the_error_responses() {
+        let doc = document();
+        let error = serde_json::json!({"$ref": "#/components/schemas/Error"});
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                if path == "/health" || path == "/openapi.json" || path.starts_with("/v1/messages")
+                {
+                    continue;
+                }
+                for range in ["4XX", "5XX"] {
+                    assert_eq!(
+                        operation["responses"][range]["content"]["application/json"]["schema"],
+                        error,
+                        "{method} {path} {range}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn string_enums_list_what_the_handlers_accept() {
+        let doc = document();
+        let values = |name: &str| doc["components"]["schemas"][name]["enum"].clone();
+        assert_eq!(
+            values("BatchEndpoint"),
+            serde_json::json!(crate::batch::input::ENDPOINTS)
+        );
+        assert_eq!(
+            values("CompletionWindow"),
+            serde_json::json!([crate::batch::batches_api::COMPLETION_WINDOW])
+        );
+        assert_eq!(
+            values("FilePurpose"),
+            serde_json::json!([crate::batch::files_api::PURPOSE_BATCH])
+        );
+        assert_eq!(values("KeyTier"), serde_json::json!(crate::keys::TIERS));
+    }
+
+    /// Every link names an operation of the document and fills exactly its path parameters, so
+    /// the fuzzer's stateful phase can reach the `{id}` routes with real ids.
+    #[test]
+    fn response_links_reach_existing_operations_with_their_path_parameters() {
+        let doc = document();
+        let mut operations = std::collections::BTreeMap::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for operation in item.as_object().unwrap().values() {
+                let id = operation["operationId"].as_str().unwrap().to_owned();
+                let mut wanted: Vec<String> = path
+                    .split('{')
+                    .skip(1)
+                    .map(|rest| rest.split('}').next().unwrap().to_owned())
+                    .collect();
+                wanted.sort();
+                operations.insert(id, wanted);
+            }
+        }
+        let mut targets = BTreeSet::new();
+        for item in doc["paths"].as_object().unwrap().values() {
+            for operation in item.as_object().unwrap().values() {
+                for response in operation["responses"].as_object().unwrap().values() {
+                    let Some(links) = response.get("links") else {
+                        continue;
+                    };
+                    for link in links.as_object().unwrap().values() {
+                        let target = link["operationId"].as_str().unwrap();
+                        let mut given: Vec<String> = link["parameters"]
+                            .as_object()
+                            .unwrap()
+                            .keys()
+                            .cloned()
+                            .collect();
+                        given.sort();
+                        assert_eq!(Some(&given), operations.get(target), "{target}");
+                        targets.insert(target.to_owned());
+                    }
+                }
+            }
+        }
+        for id_route in [
+            "get_file",
+            "delete_file",
+            "file_content",
+            "add_upload_part",
+            "complete_upload",
+            "cancel_upload",
+            "get_batch",
+            "cancel_batch",
+            "batch_results",
+            "get_collection",
+            "delete_collection",
+            "add_documents",
+            "query",
+            "get_document",
+            "delete_document",
+            "get_job",
+            "update_key",
+            "rotate_key",
+            "revoke_key",
+        ] {
+            assert!(targets.contains(id_route), "no link reaches {id_route}");
+        }
     }
 }

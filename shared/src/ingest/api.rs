@@ -31,9 +31,12 @@ pub const DOCUMENT_ID_FIELD: &str = "document_id";
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCollection {
+    #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")]
     pub name: String,
+    #[schema(min_length = 1)]
     pub embedding_model: String,
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub dimensions: Option<u32>,
     #[serde(default)]
     pub chunking: Option<ChunkSettings>,
@@ -77,8 +80,11 @@ pub struct AddDocuments {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QueryRequest {
+    /// Not blank; at most 8 KiB (2048 characters always fit).
+    #[schema(pattern = "\\S", max_length = 2048)]
     pub query: String,
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 100)]
     pub top_k: Option<usize>,
     #[serde(default)]
     pub filter: Option<Value>,

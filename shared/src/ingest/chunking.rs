@@ -11,10 +11,9 @@
 //! unchanged document by its chunks.
 
 use std::ops::Range;
-use std::sync::LazyLock;
 
+use crate::api::tokenizer::cl100k;
 use serde::{Deserialize, Serialize};
-use tiktoken_rs::CoreBPE;
 use unicode_segmentation::UnicodeSegmentation;
 
 pub const MIN_MAX_TOKENS: u32 = 16;
@@ -35,16 +34,6 @@ const HEADING_SEPARATOR: &str = " > ";
 /// merge across a cut and so count as many tokens as the whole run, or a few more: budgets hold.
 /// A multiple of 3, the tokenizer's digit group, so that digit runs count exactly.
 const LONG_RUN_CHARS: usize = 240;
-
-/// The tokenizer of OpenAI's current embedding models, built once per process (parsing its
-/// 100k-entry table takes a while).
-static CL100K: LazyLock<Option<CoreBPE>> = LazyLock::new(|| match tiktoken_rs::cl100k_base() {
-    Ok(bpe) => Some(bpe),
-    Err(error) => {
-        tracing::error!(%error, "cl100k tokenizer failed to load; counting bytes as tokens");
-        None
-    }
-});
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChunkSettings {
@@ -103,7 +92,7 @@ pub struct Chunk {
 /// cl100k tokens in `text`, special-token markers counted as plain text. Exact, except that a
 /// run of more than `LONG_RUN_CHARS` non-space characters is counted in slices (see there).
 pub fn count_tokens(text: &str) -> usize {
-    let Some(bpe) = CL100K.as_ref() else {
+    let Some(bpe) = cl100k() else {
         // Every token spans at least one byte: an upper bound keeps budgets held.
         return text.len();
     };

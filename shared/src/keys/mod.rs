@@ -106,6 +106,18 @@ pub fn default_tenant() -> String {
 
 /// The usage plan tiers a key can be in (one API Gateway usage plan each).
 pub const TIERS: [&str; 3] = ["free", "standard", "partner"];
+
+/// [`TIERS`] for the API's description: `tier` is a string field; this lists its values.
+#[derive(utoipa::ToSchema)]
+#[expect(dead_code, reason = "documents a string field's values; never built")]
+pub(crate) enum KeyTier {
+    #[schema(rename = "free")]
+    Free,
+    #[schema(rename = "standard")]
+    Standard,
+    #[schema(rename = "partner")]
+    Partner,
+}
 /// The tier of a key created without one.
 pub const DEFAULT_TIER: &str = "standard";
 
@@ -113,6 +125,8 @@ pub const DEFAULT_TIER: &str = "standard";
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewKey {
+    /// Not blank.
+    #[schema(pattern = "\\S")]
     pub name: String,
     #[serde(default)]
     pub tenant: Option<String>,
@@ -123,11 +137,13 @@ pub struct NewKey {
     #[serde(default)]
     pub tpm: Option<u64>,
     #[serde(default)]
+    #[schema(minimum = 0)]
     pub budget_usd: Option<f64>,
     #[serde(default)]
     pub expires_at: Option<u64>,
     /// Alternative to `expires_at`: the key stops working this many days after creation.
     #[serde(default)]
+    #[schema(maximum = 100_000_000_000_000_u64)]
     pub expires_in_days: Option<u64>,
     /// Legacy shorthand for `role: "admin"`.
     #[serde(default)]
@@ -140,6 +156,7 @@ pub struct NewKey {
     pub context_policy: ContextPolicy,
     /// Usage plan tier: `free`, `standard` (the default) or `partner`.
     #[serde(default)]
+    #[schema(value_type = Option<KeyTier>)]
     pub tier: Option<String>,
     #[serde(default)]
     pub guard: GuardSettings,
@@ -287,8 +304,11 @@ fn expiry(
 /// replaces the key's, validated as at creation.
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(min_properties = 1)]
 pub struct KeyChange {
+    /// Not blank.
     #[serde(default)]
+    #[schema(pattern = "\\S")]
     pub name: Option<String>,
     #[serde(default)]
     pub models: Option<Vec<String>>,
@@ -301,10 +321,12 @@ pub struct KeyChange {
     #[serde(default)]
     pub tpm: Option<u64>,
     #[serde(default)]
+    #[schema(minimum = 0)]
     pub budget_usd: Option<f64>,
     #[serde(default)]
     pub expires_at: Option<u64>,
     #[serde(default)]
+    #[schema(maximum = 100_000_000_000_000_u64)]
     pub expires_in_days: Option<u64>,
     #[serde(default)]
     pub guard: Option<GuardSettings>,

@@ -36,6 +36,8 @@ pub struct Setup {
     pub batch: Option<BatchBackends>,
     pub ingest: Option<IngestBackends>,
     pub vectors: Option<Arc<dyn VectorStore>>,
+    /// Stored Responses API objects: set by the chat function only (the workers answer no
+    /// `/v1/responses`).
     pub responses: Option<Arc<dyn ResponseStore>>,
     /// Provider credentials from the secret (the environment is consulted after them).
     credentials: HashMap<String, String>,
@@ -45,8 +47,7 @@ impl Setup {
     /// Reads the secret and the config, and builds the AWS backends (with the batch backends
     /// when `GATEWAY_BATCH_TABLE`, `GATEWAY_BUCKET` and `GATEWAY_BATCH_QUEUE_URL` are set, the
     /// collections when `GATEWAY_COLLECTIONS_TABLE` is, and the S3 Vectors store when
-    /// `GATEWAY_VECTOR_BUCKET`, `GATEWAY_VECTOR_INDEX` and `GATEWAY_VECTOR_DIMENSION` are, and
-    /// the stored responses when `GATEWAY_RESPONSES_TABLE` is).
+    /// `GATEWAY_VECTOR_BUCKET`, `GATEWAY_VECTOR_INDEX` and `GATEWAY_VECTOR_DIMENSION` are).
     pub async fn load(aws: &aws_config::SdkConfig, batch_part: BatchPart) -> Result<Self, Error> {
         let credentials = match env("GATEWAY_PROVIDER_SECRET_ARN") {
             Some(arn) => crate::config::secrets::provider_credentials(aws, &arn).await?,
@@ -66,14 +67,13 @@ impl Setup {
         let ingest = IngestBackends::aws(aws, &dynamo, env)?;
         let vectors = S3VectorStore::from_lookup(aws, env)?
             .map(|store| Arc::new(store) as Arc<dyn VectorStore>);
-        let responses = crate::responses::aws(&dynamo, env);
         Ok(Self {
             config,
             backends,
             batch,
             ingest,
             vectors,
-            responses,
+            responses: None,
             credentials,
         })
     }

@@ -489,7 +489,7 @@ pub(crate) async fn embed(
         .with_param("rag"));
     }
     let format = request.encoding_format.unwrap_or(EncodingFormat::Float);
-    let texts = request.input.texts();
+    let texts = request.input.texts()?;
     let read = CacheRead::from_headers(headers);
     // `embed_inputs` caps it at the model's own total timeout.
     let deadline = invocation_deadline

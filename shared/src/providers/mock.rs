@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
-use super::{ChatProvider, ChunkStream, ProviderError};
+use super::{ChatProvider, ChunkStream, ProviderError, ProviderErrorKind};
 use crate::api::{
     AssistantMessage, ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, Delta,
     Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, EmbeddingVector, FunctionCall,
@@ -244,7 +244,10 @@ impl ChatProvider for MockProvider {
         let dimensions = request
             .dimensions
             .map_or(DEFAULT_DIMENSIONS, |d| d as usize);
-        let texts = request.input.texts();
+        let texts = request
+            .input
+            .texts()
+            .map_err(|e| ProviderError::new(ProviderErrorKind::BadRequest, e.message))?;
         let tokens: u64 = texts.iter().map(|t| words(t).count() as u64).sum();
         let data = texts
             .iter()

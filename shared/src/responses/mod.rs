@@ -10,7 +10,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::error::StoreError;
-use dynamo::{DynamoResponseStore, RESPONSES_TABLE_ENV};
 
 /// The largest stored document: DynamoDB items are at most 400 KB, the key and the other
 /// attributes included (the embedded store keeps the same bound, so both behave alike).
@@ -51,11 +50,11 @@ pub(crate) fn check_size(document: &[u8]) -> Result<(), StoreError> {
 
 /// On AWS, the responses table named by `GATEWAY_RESPONSES_TABLE`; `None` when it is not set
 /// (responses are then answered but not stored).
-pub fn aws(
-    dynamo: &aws_sdk_dynamodb::Client,
+pub fn dynamo_store_from_env(
+    client: &aws_sdk_dynamodb::Client,
     lookup: impl Fn(&str) -> Option<String>,
 ) -> Option<Arc<dyn ResponseStore>> {
-    lookup(RESPONSES_TABLE_ENV)
+    lookup(dynamo::RESPONSES_TABLE_ENV)
         .filter(|table| !table.trim().is_empty())
-        .map(|table| Arc::new(DynamoResponseStore::new(dynamo.clone(), table)) as _)
+        .map(|table| Arc::new(dynamo::DynamoResponseStore::new(client.clone(), table)) as _)
 }

@@ -163,6 +163,65 @@ async fn embeddings_from_an_openai_compatible_upstream_are_converted_to_base64()
     .await;
 }
 
+/// cl100k ids of "hello world" and "Hello", as LangChain's OpenAIEmbeddings sends texts.
+const HELLO_WORLD_IDS: [u32; 2] = [15339, 1917];
+const HELLO_IDS: [u32; 1] = [9906];
+
+#[tokio::test]
+async fn token_id_embeddings_reach_an_openai_upstream_as_the_texts_they_encode() {
+    within(30, async {
+        let (upstream, gw, key) = gateway().await;
+        let reply = gw
+            .post(
+                "/v1/embeddings",
+                &key,
+                &json!({"model": "gpt-embed", "input": [HELLO_WORLD_IDS, HELLO_IDS]}),
+            )
+            .await;
+        assert_eq!(
+            reply.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        assert_eq!(reply.json()["data"].as_array().unwrap().len(), 2);
+        let stats = upstream.stats().await;
+        assert_eq!(
+            stats["last_request"]["input"],
+            json!(["hello world", "Hello"])
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn token_id_embeddings_equal_their_texts_and_unknown_ids_are_refused() {
+    within(30, async {
+        let (_upstream, gw, key) = gateway().await;
+        let embed = |input: serde_json::Value| {
+            json!({"model": "mock-embed", "input": input, "encoding_format": "float"})
+        };
+        let from_text = gw
+            .post("/v1/embeddings", &key, &embed(json!("hello world")))
+            .await
+            .json();
+        let from_ids = gw
+            .post("/v1/embeddings", &key, &embed(json!(HELLO_WORLD_IDS)))
+            .await
+            .json();
+        assert_eq!(from_ids["data"][0]["embedding"], from_text["data"][0]["embedding"]);
+
+        let unknown = gw
+            .post("/v1/embeddings", &key, &embed(json!([[1, 2], [4_000_000]])))
+            .await;
+        assert_eq!(unknown.status, 400);
+        let error = &unknown.json()["error"];
+        assert_eq!(error["param"], "input");
+        assert!(error["message"].as_str().unwrap().contains("4000000"), "{error}");
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn models_lists_what_the_key_may_use() {
     within(30, async {

@@ -190,7 +190,10 @@ impl BedrockProvider {
         request: &EmbeddingRequest,
     ) -> Result<EmbeddingResponse, ProviderError> {
         let model_id = request.model.as_str();
-        let texts = request.input.texts();
+        let texts = request
+            .input
+            .texts()
+            .map_err(|e| ProviderError::new(ProviderErrorKind::BadRequest, e.message))?;
         let (vectors, prompt_tokens) = match Family::of(model_id) {
             Some(Family::Titan) => {
                 let mut calls = Vec::with_capacity(texts.len());
