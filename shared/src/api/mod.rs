@@ -1,4 +1,5 @@
-//! OpenAI wire types (and Anthropic's Messages API in `messages`) and request validation.
+//! OpenAI wire types (and Anthropic's Messages API in `messages`, OpenAI's Responses API in
+//! `responses`) and request validation.
 //!
 //! Request types name the fields the gateway reads and keep every other field in `extra`, so what
 //! an SDK sends (including fields newer than this code) is forwarded upstream, not dropped.
@@ -10,6 +11,7 @@ pub mod messages;
 mod models;
 #[cfg(test)]
 pub(crate) mod parse_properties;
+pub mod responses;
 pub mod tokenizer;
 
 pub use assembler::*;

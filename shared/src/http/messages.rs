@@ -40,8 +40,8 @@ const MAX_ERROR_BYTES: usize = 1024 * 1024;
 /// Most bytes of one pipeline SSE event held while its end has not arrived.
 const MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
 
-/// A Messages API body, refused with the path of the field at fault.
-fn parse_request<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+/// A Messages (or Responses) API body, refused with the path of the field at fault.
+pub(crate) fn parse_request<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let mut json = serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(&mut json).map_err(|error| {
         let path = error.path().to_string();

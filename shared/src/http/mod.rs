@@ -12,6 +12,8 @@
 //! | POST | `/v1/chat/completions` | `handlers::chat_completions` -> `pipeline::chat` |
 //! | POST | `/v1/messages` | `messages::create_message` -> translated -> `pipeline::chat` (`chat` scope) |
 //! | POST | `/v1/messages/count_tokens` | `messages::count_tokens` (the prompt estimate limits reserve) |
+//! | POST | `/v1/responses` | `responses::create_response` -> translated -> `pipeline::chat` (`chat` scope) |
+//! | GET, DELETE | `/v1/responses/{id}` | `responses::get_response`, `responses::delete_response` (the key's tenant's stored responses) |
 //! | POST | `/v1/embeddings` | `handlers::embeddings` -> `pipeline::embeddings` |
 //! | POST, GET | `/v1/admin/keys` | `admin::create_key`, `admin::list_keys` |
 //! | PATCH, DELETE | `/v1/admin/keys/{id}` | `admin::update_key`, `admin::revoke_key` |
@@ -48,6 +50,7 @@ pub mod handlers;
 pub mod messages;
 pub mod middleware;
 pub mod openapi;
+pub mod responses;
 pub mod scopes;
 pub mod server;
 
@@ -73,6 +76,11 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/messages", post(messages::create_message))
         .route("/v1/messages/count_tokens", post(messages::count_tokens))
+        .route("/v1/responses", post(responses::create_response))
+        .route(
+            "/v1/responses/{id}",
+            get(responses::get_response).delete(responses::delete_response),
+        )
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/admin/keys", post(create_key).get(list_keys))
         .route(

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use super::{admin, batch, collections, handlers, messages};
+use super::{admin, batch, collections, handlers, messages, responses};
 use crate::batch::files_api::FilePurpose;
 use crate::error::{ApiError, ErrorBody};
 
@@ -19,7 +19,8 @@ use crate::error::{ApiError, ErrorBody};
 #[openapi(
     info(
         title = "AI gateway",
-        description = "An OpenAI-compatible gateway: chat completions, embeddings, files and \
+        description = "An OpenAI-compatible gateway: chat completions (also as Anthropic's \
+                       Messages API and OpenAI's Responses API), embeddings, files and \
                        batches, collections for retrieval, and key administration. Every route \
                        but `/health` and `/openapi.json` needs a gateway key as a bearer token."
     ),
@@ -31,6 +32,9 @@ use crate::error::{ApiError, ErrorBody};
         handlers::chat_completions,
         messages::create_message,
         messages::count_tokens,
+        responses::create_response,
+        responses::get_response,
+        responses::delete_response,
         handlers::embeddings,
         admin::create_key,
         admin::list_keys,

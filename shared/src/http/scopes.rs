@@ -24,6 +24,11 @@ pub const ROUTE_SCOPES: &[(&str, &str, Requirement)] = &[
     ("POST", "/v1/chat/completions", Needs(Chat)),
     ("POST", "/v1/messages", Needs(Chat)),
     ("POST", "/v1/messages/count_tokens", Needs(Chat)),
+    ("POST", "/v1/responses", Needs(Chat)),
+    // Stored responses hold conversations: reading or deleting one is chat work (read-only
+    // keys, which have no `chat` scope, do not see them).
+    ("GET", "/v1/responses/{id}", Needs(Chat)),
+    ("DELETE", "/v1/responses/{id}", Needs(Chat)),
     ("POST", "/v1/embeddings", Needs(Embeddings)),
     ("POST", "/v1/admin/keys", Needs(Admin)),
     ("GET", "/v1/admin/keys", Needs(Admin)),

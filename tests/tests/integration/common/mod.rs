@@ -201,6 +201,8 @@ impl TestGateway {
         )
         .expect("gateway builds");
         let mut gateway = gateway;
+        // Stored responses, as `gateway-local` keeps them in its embedded store.
+        gateway.responses = Some(Arc::clone(&store) as _);
         configure(&mut gateway, &store, &dir);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -293,6 +295,24 @@ impl TestGateway {
         Reply::read(request.send().await.expect("gateway answers")).await
     }
 
+    pub async fn get(&self, path: &str, key: &str) -> Reply {
+        self.send(
+            self.http
+                .get(format!("{}{path}", self.url))
+                .bearer_auth(key),
+        )
+        .await
+    }
+
+    pub async fn delete(&self, path: &str, key: &str) -> Reply {
+        self.send(
+            self.http
+                .delete(format!("{}{path}", self.url))
+                .bearer_auth(key),
+        )
+        .await
+    }
+
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
         Reply::read(request.send().await.expect("gateway answers")).await
     }
@@ -341,6 +361,30 @@ impl Reply {
                     .lines()
                     .find_map(|line| line.strip_prefix("data: "))
                     .map(str::to_owned)
+            })
+            .collect()
+    }
+
+    /// The (event name, data) pairs of a named-event SSE body (Anthropic's Messages and
+    /// OpenAI's Responses streams), checking each frame's framing and that its data's `type`
+    /// is its name.
+    pub fn named_events(&self) -> Vec<(String, Value)> {
+        let body = String::from_utf8_lossy(&self.body).into_owned();
+        assert!(body.ends_with("\n\n"), "{body}");
+        body.split_terminator("\n\n")
+            .map(|frame| {
+                let (event, data) = frame
+                    .split_once('\n')
+                    .unwrap_or_else(|| panic!("frame without data: {frame:?}"));
+                let name = event
+                    .strip_prefix("event: ")
+                    .expect("event line")
+                    .to_owned();
+                let data: Value =
+                    serde_json::from_str(data.strip_prefix("data: ").expect("data line"))
+                        .expect("data is JSON");
+                assert_eq!(data["type"], name.as_str(), "{frame}");
+                (name, data)
             })
             .collect()
     }
