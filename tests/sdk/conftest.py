@@ -235,6 +235,14 @@ deployments = [{{ provider = "openai", model = "gpt-test" }}]
 [models.upstream-ratelimited]
 deployments = [{{ provider = "openai", model = "error-429" }}]
 
+# The same upstream for the other SDKs' tests: each model has its own deployments and so its own
+# circuit breaker, which the OpenAI test's 429s must not have opened for them (nor theirs for it).
+[models.upstream-ratelimited-anthropic]
+deployments = [{{ provider = "openai", model = "error-429" }}]
+
+[models.upstream-ratelimited-responses]
+deployments = [{{ provider = "openai", model = "error-429" }}]
+
 [models.upstream-too-long]
 deployments = [{{ provider = "openai", model = "error-context" }}]
 

@@ -192,7 +192,7 @@ def test_unknown_model_raises_not_found_error(claude: anthropic.Anthropic):
 def test_upstream_rate_limit_raises_rate_limit_error(claude: anthropic.Anthropic):
     with pytest.raises(anthropic.RateLimitError) as caught:
         claude.messages.create(
-            model="upstream-ratelimited", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+            model="upstream-ratelimited-anthropic", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
         )
     assert caught.value.body["error"]["type"] == "rate_limit_error"
     assert caught.value.response.headers.get("retry-after")

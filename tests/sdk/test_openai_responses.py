@@ -210,7 +210,7 @@ def test_wrong_key_raises_authentication_error(make_client):
 
 def test_upstream_rate_limit_raises_rate_limit_error(client: openai.OpenAI):
     with pytest.raises(openai.RateLimitError):
-        client.responses.create(model="upstream-ratelimited", input="hi")
+        client.responses.create(model="upstream-ratelimited-responses", input="hi")
 
 
 def test_a_stream_cut_upstream_ends_with_error_and_response_failed(client: openai.OpenAI):

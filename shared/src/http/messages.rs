@@ -13,16 +13,16 @@ use axum::extract::{Extension, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use bytes::BytesMut;
 use futures_util::{Stream, StreamExt};
 use serde_json::Value;
 
 use super::handlers::{AuthorizedKey, body_error};
+use super::pipeline_events::{PipelineEvent, pipeline_events};
 use crate::api::messages::{
     ClientHeaders, CountTokensRequest, CountTokensResponse, EventWriter, MessageResponse,
     MessagesRequest, Untranslatable, error_body, message_from_completion,
 };
-use crate::api::{ChatChunk, ChatCompletion, ChatRequest};
+use crate::api::{ChatCompletion, ChatRequest};
 use crate::config::ModelKind;
 use crate::error::ApiError;
 use crate::pipeline::{self, RequestDeadline, authorize_model, json_response, parse_json};
@@ -37,8 +37,6 @@ const ANTHROPIC_BETA: &str = "anthropic-beta";
 const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
 /// Most bytes of an error body read to reword it.
 const MAX_ERROR_BYTES: usize = 1024 * 1024;
-/// Most bytes of one pipeline SSE event held while its end has not arrived.
-const MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
 
 /// A Messages (or Responses) API body, refused with the path of the field at fault.
 pub(crate) fn parse_request<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
@@ -135,82 +133,18 @@ async fn as_message(response: Response) -> Result<Response, ApiError> {
     Ok(Response::from_parts(parts, Body::from(message)))
 }
 
-/// The status an OpenAI error `type` in a stream stands for (a stream has no status of its own).
-fn stream_error_status(error: &Value) -> u16 {
-    match error.get("type").and_then(Value::as_str) {
-        Some("invalid_request_error") => 400,
-        Some("permission_error") => 403,
-        Some("rate_limit_error") => 429,
-        _ => 500,
-    }
-}
-
-/// The events of one pipeline SSE event (`data: ...`).
-fn translate_event(writer: &mut EventWriter, event: &[u8]) -> String {
-    let text = String::from_utf8_lossy(event);
-    let Some(data) = text.lines().find_map(|line| line.strip_prefix("data:")) else {
-        return String::new();
-    };
-    let data = data.trim();
-    if data == "[DONE]" {
-        return writer.end();
-    }
-    let value: Value = match serde_json::from_str(data) {
-        Ok(value) => value,
-        Err(_) => return writer.error(500, "The gateway produced an unreadable stream event."),
-    };
-    if let Some(error) = value.get("error") {
-        let message = error
-            .get("message")
-            .and_then(Value::as_str)
-            .unwrap_or("The stream failed.");
-        return writer.error(stream_error_status(error), message);
-    }
-    match serde_json::from_value::<ChatChunk>(value) {
-        Ok(chunk) => writer.chunk(&chunk),
-        Err(_) => writer.error(500, "The gateway produced an unreadable stream chunk."),
-    }
-}
-
-struct Translation<S> {
-    upstream: S,
-    pending: BytesMut,
-    writer: EventWriter,
-}
-
 /// The pipeline's SSE body (OpenAI chunks, `[DONE]`, or an error event) as Anthropic's events.
-/// The pipeline bounds the wait for each of its events by the request's deadline.
 fn anthropic_events(body: Body) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
-    let state = Translation {
-        upstream: body.into_data_stream(),
-        pending: BytesMut::new(),
-        writer: EventWriter::default(),
-    };
-    futures_util::stream::unfold(state, |mut state| async move {
-        loop {
-            if state.writer.finished {
-                return None;
-            }
-            let mut out = String::new();
-            while let Some(end) = state.pending.windows(2).position(|w| w == b"\n\n") {
-                let event = state.pending.split_to(end + 2);
-                out.push_str(&translate_event(&mut state.writer, &event));
-            }
-            if !out.is_empty() {
-                return Some((Ok(Bytes::from(out)), state));
-            }
-            let failed = match state.upstream.next().await {
-                Some(Ok(bytes)) if state.pending.len() + bytes.len() <= MAX_EVENT_BYTES => {
-                    state.pending.extend_from_slice(&bytes);
-                    continue;
-                }
-                Some(Ok(_)) => "A stream event was too large to relay.",
-                Some(Err(_)) => "The stream failed.",
-                None => "The stream ended before the answer was complete.",
-            };
-            let error = state.writer.error(502, failed);
-            return Some((Ok(Bytes::from(error)), state));
+    pipeline_events(body).scan(EventWriter::default(), |writer, event| {
+        if writer.finished {
+            return futures_util::future::ready(None);
         }
+        let events = match event {
+            PipelineEvent::Chunk(chunk) => writer.chunk(&chunk),
+            PipelineEvent::Done => writer.end(),
+            PipelineEvent::Failed { status, message } => writer.error(status, &message),
+        };
+        futures_util::future::ready(Some(Ok(Bytes::from(events))))
     })
 }
 

@@ -50,6 +50,7 @@ pub mod handlers;
 pub mod messages;
 pub mod middleware;
 pub mod openapi;
+mod pipeline_events;
 pub mod responses;
 pub mod scopes;
 pub mod server;

@@ -19,14 +19,13 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use bytes::BytesMut;
 use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::handlers::{AuthorizedKey, body_error};
 use super::messages::parse_request;
-use crate::api::ChatChunk;
+use super::pipeline_events::{PipelineEvent, pipeline_events};
 use crate::api::ChatCompletion;
 use crate::api::responses::{
     EventWriter, ResponsesRequest, Untranslatable, new_id, response_from_completion,
@@ -40,8 +39,6 @@ use crate::state::Gateway;
 
 /// Most bytes of a pipeline answer read to translate it (the providers' own caps are lower).
 const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
-/// Most bytes of one pipeline SSE event held while its end has not arrived.
-const MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
 /// Most earlier turns a `previous_response_id` chain may hold.
 pub const MAX_CONVERSATION_TURNS: usize = 100;
 /// Most bytes of stored documents one conversation may read.
@@ -275,110 +272,42 @@ async fn as_responses(
     Ok(Response::from_parts(parts, Body::from(answer)))
 }
 
-/// The status an OpenAI error `type` in a stream stands for (a stream has no status of its own).
-fn stream_error_status(error: &Value) -> u16 {
-    match error.get("type").and_then(Value::as_str) {
-        Some("invalid_request_error") => 400,
-        Some("permission_error") => 403,
-        Some("rate_limit_error") => 429,
-        _ => 500,
-    }
-}
-
-/// What one pipeline SSE event (`data: ...`) becomes.
-enum Step {
-    Events(String),
-    /// `[DONE]`: the Response is complete, to be stored before it is announced.
-    Done,
-}
-
-fn translate_event(writer: &mut EventWriter, event: &[u8]) -> Step {
-    let text = String::from_utf8_lossy(event);
-    let Some(data) = text.lines().find_map(|line| line.strip_prefix("data:")) else {
-        return Step::Events(String::new());
-    };
-    let data = data.trim();
-    if data == "[DONE]" {
-        return Step::Done;
-    }
-    let value: Value = match serde_json::from_str(data) {
-        Ok(value) => value,
-        Err(_) => {
-            return Step::Events(
-                writer.error(500, "The gateway produced an unreadable stream event."),
-            );
-        }
-    };
-    if let Some(error) = value.get("error") {
-        let message = error
-            .get("message")
-            .and_then(Value::as_str)
-            .unwrap_or("The stream failed.");
-        return Step::Events(writer.error(stream_error_status(error), message));
-    }
-    Step::Events(match serde_json::from_value::<ChatChunk>(value) {
-        Ok(chunk) => writer.chunk(&chunk),
-        Err(_) => writer.error(500, "The gateway produced an unreadable stream chunk."),
-    })
-}
-
 struct Translation<S> {
-    upstream: S,
-    pending: BytesMut,
+    events: S,
     writer: EventWriter,
     keeper: Keeper,
 }
 
 /// The pipeline's SSE body (OpenAI chunks, `[DONE]`, or an error event) as the Responses
-/// events. The pipeline bounds the wait for each of its events by the request's deadline.
+/// events; at `[DONE]` the Response is stored before it is announced.
 fn response_events(
     body: Body,
     writer: EventWriter,
     keeper: Keeper,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
     let state = Translation {
-        upstream: body.into_data_stream(),
-        pending: BytesMut::new(),
+        events: Box::pin(pipeline_events(body)),
         writer,
         keeper,
     };
     futures_util::stream::unfold(state, |mut state| async move {
-        loop {
-            if state.writer.finished {
-                return None;
-            }
-            let mut out = String::new();
-            while let Some(end) = state.pending.windows(2).position(|w| w == b"\n\n") {
-                let event = state.pending.split_to(end + 2);
-                match translate_event(&mut state.writer, &event) {
-                    Step::Events(events) => out.push_str(&events),
-                    Step::Done => {
-                        out.push_str(&state.writer.close());
-                        if state.keeper.store.is_some()
-                            && !state.keeper.keep(state.writer.response()).await
-                        {
-                            state.writer.set_stored(false);
-                        }
-                        out.push_str(&state.writer.completed());
-                        break;
-                    }
-                }
-            }
-            if !out.is_empty() {
-                return Some((Ok(Bytes::from(out)), state));
-            }
-            let failed = match state.upstream.next().await {
-                Some(Ok(bytes)) if state.pending.len() + bytes.len() <= MAX_EVENT_BYTES => {
-                    state.pending.extend_from_slice(&bytes);
-                    continue;
-                }
-                Some(Ok(_)) => "A stream event was too large to relay.",
-                Some(Err(_)) => "The stream failed.",
-                None => "The stream ended before the answer was complete.",
-            };
-            let error = state.writer.error(502, failed);
-            return Some((Ok(Bytes::from(error)), state));
+        if state.writer.finished {
+            return None;
         }
+        let events = match state.events.next().await? {
+            PipelineEvent::Chunk(chunk) => state.writer.chunk(&chunk),
+            PipelineEvent::Done => {
+                let mut events = state.writer.close();
+                if state.keeper.store.is_some() && !state.keeper.keep(state.writer.response()).await
+                {
+                    state.writer.set_stored(false);
+                }
+                events.push_str(&state.writer.completed());
+                events
+            }
+            PipelineEvent::Failed { status, message } => state.writer.error(status, &message),
+        };
+        Some((Ok(Bytes::from(events)), state))
     })
 }
 
