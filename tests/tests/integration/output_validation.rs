@@ -16,6 +16,20 @@ kind = "mock"
 [models.shaped]
 deployments = [{ provider = "mock", model = "mock" }]
 price = { input_per_mtok = 1000000, output_per_mtok = 2000000 }
+
+# The same model under the names of the tests that count validations: the metric is per process
+# and per model, and tests run in parallel.
+[models.shaped-valid]
+deployments = [{ provider = "mock", model = "mock" }]
+price = { input_per_mtok = 1000000, output_per_mtok = 2000000 }
+
+[models.shaped-retried]
+deployments = [{ provider = "mock", model = "mock" }]
+price = { input_per_mtok = 1000000, output_per_mtok = 2000000 }
+
+[models.shaped-invalid]
+deployments = [{ provider = "mock", model = "mock" }]
+price = { input_per_mtok = 1000000, output_per_mtok = 2000000 }
 "#;
 
 fn script(answers: &[&str]) -> String {
@@ -23,8 +37,12 @@ fn script(answers: &[&str]) -> String {
 }
 
 fn shaped(answers: &[&str], schema: Value) -> Value {
+    shaped_as("shaped", answers, schema)
+}
+
+fn shaped_as(model: &str, answers: &[&str], schema: Value) -> Value {
     json!({
-        "model": "shaped",
+        "model": model,
         "temperature": 0,
         "messages": [{"role": "user", "content": script(answers)}],
         "response_format": {"type": "json_schema",
@@ -52,10 +70,10 @@ async fn started() -> (TestGateway, String, String) {
     (gw, secret, record.id)
 }
 
-fn validations(metrics: &crate::common::Metrics, result: &str) -> f64 {
+fn validations(metrics: &crate::common::Metrics, model: &str, result: &str) -> f64 {
     metrics.value(
         "gateway_output_validation_total",
-        &[("model", "shaped"), ("result", result)],
+        &[("model", model), ("result", result)],
     )
 }
 
@@ -63,12 +81,12 @@ fn validations(metrics: &crate::common::Metrics, result: &str) -> f64 {
 async fn a_matching_answer_passes_untouched() {
     within(30, async {
         let (gw, key, _) = started().await;
-        let before = validations(&gw.metrics().await, "valid");
+        let before = validations(&gw.metrics().await, "shaped-valid", "valid");
         let reply = gw
             .post(
                 "/v1/chat/completions",
                 &key,
-                &shaped(&[r#"{"x": 1, "y": 2}"#], point()),
+                &shaped_as("shaped-valid", &[r#"{"x": 1, "y": 2}"#], point()),
             )
             .await;
         assert_eq!(reply.status, 200, "{:?}", reply.body);
@@ -78,7 +96,10 @@ async fn a_matching_answer_passes_untouched() {
             r#"{"x": 1, "y": 2}"#
         );
         assert_eq!(body["usage"]["completion_tokens"], 4);
-        assert_eq!(validations(&gw.metrics().await, "valid"), before + 1.0);
+        assert_eq!(
+            validations(&gw.metrics().await, "shaped-valid", "valid"),
+            before + 1.0
+        );
     })
     .await;
 }
@@ -87,8 +108,12 @@ async fn a_matching_answer_passes_untouched() {
 async fn an_invalid_answer_is_asked_for_again_and_both_calls_are_billed() {
     within(30, async {
         let (gw, key, key_id) = started().await;
-        let before = validations(&gw.metrics().await, "retried_valid");
-        let body = shaped(&["Sure! {x: 1}", r#"{"x": 1, "y": 2}"#], point());
+        let before = validations(&gw.metrics().await, "shaped-retried", "retried_valid");
+        let body = shaped_as(
+            "shaped-retried",
+            &["Sure! {x: 1}", r#"{"x": 1, "y": 2}"#],
+            point(),
+        );
         let reply = gw.post("/v1/chat/completions", &key, &body).await;
         assert_eq!(reply.status, 200, "{:?}", reply.body);
         let answer = reply.json();
@@ -110,7 +135,7 @@ async fn an_invalid_answer_is_asked_for_again_and_both_calls_are_billed() {
         let cost: f64 = reply.header("x-gateway-cost-usd").unwrap().parse().unwrap();
         assert!((cost - billed).abs() < 1e-6, "{cost}");
         assert_eq!(
-            validations(&gw.metrics().await, "retried_valid"),
+            validations(&gw.metrics().await, "shaped-retried", "retried_valid"),
             before + 1.0
         );
         // The valid answer is what the cache holds.
@@ -125,8 +150,8 @@ async fn an_invalid_answer_is_asked_for_again_and_both_calls_are_billed() {
 async fn an_answer_invalid_twice_is_an_error_naming_the_pointer_and_is_not_cached() {
     within(30, async {
         let (gw, key, key_id) = started().await;
-        let before = validations(&gw.metrics().await, "invalid");
-        let body = shaped(&[r#"{"x": 1, "y": "two"}"#], point());
+        let before = validations(&gw.metrics().await, "shaped-invalid", "invalid");
+        let body = shaped_as("shaped-invalid", &[r#"{"x": 1, "y": "two"}"#], point());
         let reply = gw.post("/v1/chat/completions", &key, &body).await;
         assert_eq!(reply.status, 502, "{:?}", reply.body);
         let error = &reply.json()["error"];
@@ -136,7 +161,10 @@ async fn an_answer_invalid_twice_is_an_error_naming_the_pointer_and_is_not_cache
         let message = error["message"].as_str().unwrap();
         assert!(message.contains("at `/y`"), "{message}");
         assert!(!String::from_utf8_lossy(&reply.body).contains("choices"));
-        assert_eq!(validations(&gw.metrics().await, "invalid"), before + 1.0);
+        assert_eq!(
+            validations(&gw.metrics().await, "shaped-invalid", "invalid"),
+            before + 1.0
+        );
         // Both calls are billed: 4 completion words each, and the prompts.
         assert!(gw.spent(&key_id).await > 16.0);
         let again = gw.post("/v1/chat/completions", &key, &body).await;
