@@ -25,6 +25,7 @@ use serde_json::{Value, json};
 
 use super::handlers::{AuthorizedKey, body_error};
 use super::messages::parse_request;
+use super::openapi::OpenAiErrors;
 use super::pipeline_events::{PipelineEvent, pipeline_events};
 use crate::api::ChatCompletion;
 use crate::api::responses::{
@@ -196,7 +197,7 @@ impl Keeper {
     tag = "responses",
     summary = "Create a response (OpenAI's Responses API, for any chat model)",
     request_body(content = ResponsesRequest, content_type = "application/json"),
-    responses((status = 200, description = "The Response (JSON), or with `stream: true` the Responses server-sent event sequence (`response.created` ... `response.completed`)", content((Object = "application/json"), (String = "text/event-stream")), headers(("x-request-id" = String), ("x-gateway-cache" = String, description = "HIT, MISS or BYPASS"), ("x-gateway-provider" = String, description = "The provider that answered"), ("x-gateway-model" = String, description = "The model actually used"), ("x-gateway-cost-usd" = String, description = "The cost of the call"))), (status = "4XX", description = "Refused: OpenAI's error shape", body = crate::error::ErrorBody), (status = "5XX", description = "Failed upstream or in the gateway: OpenAI's error shape", body = crate::error::ErrorBody)),
+    responses((status = 200, description = "The Response (JSON), or with `stream: true` the Responses server-sent event sequence (`response.created` ... `response.completed`)", content((Object = "application/json"), (String = "text/event-stream")), headers(("x-request-id" = String), ("x-gateway-cache" = String, description = "HIT, MISS or BYPASS"), ("x-gateway-provider" = String, description = "The provider that answered"), ("x-gateway-model" = String, description = "The model actually used"), ("x-gateway-cost-usd" = String, description = "The cost of the call"))), OpenAiErrors),
 )]
 pub(crate) async fn create_response(
     State(gateway): State<Arc<Gateway>>,
@@ -332,7 +333,7 @@ async fn stored(gateway: &Gateway, tenant: &str, id: &str) -> Result<StoredTurn,
     tag = "responses",
     summary = "A stored response (the key's tenant's)",
     params(("id" = String, Path, description = "The response id (`resp_...`)")),
-    responses((status = 200, description = "The Response", body = Object, headers(("x-request-id" = String))), (status = 404, description = "No such response for this tenant (unknown, expired, deleted or another tenant's)", body = crate::error::ErrorBody), (status = "4XX", description = "Refused: OpenAI's error shape", body = crate::error::ErrorBody), (status = "5XX", description = "Failed in the gateway: OpenAI's error shape", body = crate::error::ErrorBody)),
+    responses((status = 200, description = "The Response", body = Object, headers(("x-request-id" = String))), (status = 404, description = "No such response for this tenant (unknown, expired, deleted or another tenant's)", body = crate::error::ErrorBody), OpenAiErrors),
 )]
 pub(crate) async fn get_response(
     State(gateway): State<Arc<Gateway>>,
@@ -355,7 +356,7 @@ pub(crate) async fn get_response(
     tag = "responses",
     summary = "Delete a stored response (the key's tenant's)",
     params(("id" = String, Path, description = "The response id (`resp_...`)")),
-    responses((status = 200, description = "Deleted: `{\"id\": ..., \"object\": \"response\", \"deleted\": true}`", body = Object, headers(("x-request-id" = String))), (status = 404, description = "No such response for this tenant (unknown, expired, deleted or another tenant's)", body = crate::error::ErrorBody), (status = "4XX", description = "Refused: OpenAI's error shape", body = crate::error::ErrorBody), (status = "5XX", description = "Failed in the gateway: OpenAI's error shape", body = crate::error::ErrorBody)),
+    responses((status = 200, description = "Deleted: `{\"id\": ..., \"object\": \"response\", \"deleted\": true}`", body = Object, headers(("x-request-id" = String))), (status = 404, description = "No such response for this tenant (unknown, expired, deleted or another tenant's)", body = crate::error::ErrorBody), OpenAiErrors),
 )]
 pub(crate) async fn delete_response(
     State(gateway): State<Arc<Gateway>>,

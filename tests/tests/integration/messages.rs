@@ -3,7 +3,7 @@
 //! framing, Anthropic's error shapes (from the key check, scopes and limits too), `x-api-key`,
 //! and one request billed and cached the same through both APIs.
 
-use crate::common::anthropic::{events, message, start_gateway};
+use crate::common::anthropic::{message, start_gateway};
 use crate::common::{chat, within};
 use gateway::keys::{NewKey, Scope};
 use serde_json::{Value, json};
@@ -72,7 +72,7 @@ async fn a_streamed_message_is_the_full_event_sequence_for_either_provider_kind(
                     .unwrap()
                     .starts_with("text/event-stream")
             );
-            let events = events(&reply);
+            let events = reply.named_events();
             let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
             assert_eq!(names[..3], ["message_start", "ping", "content_block_start"]);
             assert_eq!(
@@ -104,7 +104,7 @@ async fn a_streamed_tool_call_arrives_as_input_json_deltas() {
                 "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]
             }}]);
             let reply = gw.post("/v1/messages", &key, &body).await;
-            let events = events(&reply);
+            let events = reply.named_events();
             let start = events
                 .iter()
                 .find(|(_, d)| d["content_block"]["type"] == "tool_use")

@@ -4,7 +4,7 @@
 //! test checks what the Anthropic-shaped mock RECEIVED and what the client got back; for an
 //! OpenAI-kind model, what is dropped and what is refused.
 
-use crate::common::anthropic::{events, message, start_gateway};
+use crate::common::anthropic::{message, start_gateway};
 use crate::common::within;
 use gateway::keys::NewKey;
 use serde_json::{Value, json};
@@ -84,7 +84,7 @@ async fn a_streamed_thinking_block_arrives_as_thinking_and_signature_deltas() {
         body["stream"] = json!(true);
         let reply = gw.post("/v1/messages", &key, &body).await;
         assert_eq!(reply.status, 200);
-        let events = events(&reply);
+        let events = reply.named_events();
         let (_, start) = &events[0];
         assert!(
             start["message"]["usage"]["input_tokens"].as_u64().unwrap() > 0,
@@ -211,7 +211,7 @@ async fn cache_breakpoints_reach_anthropic_and_cache_usage_is_reported_and_price
         let mut streamed = body.clone();
         streamed["stream"] = json!(true);
         let second = gw.post_with("/v1/messages", &key, &streamed, &fresh).await;
-        let events = events(&second);
+        let events = second.named_events();
         let start_usage = &events[0].1["message"]["usage"];
         assert_eq!(start_usage["cache_read_input_tokens"], cached_tokens);
         assert_eq!(start_usage["cache_creation_input_tokens"], 0);
@@ -318,7 +318,10 @@ async fn top_k_stop_sequences_metadata_documents_and_image_tool_results_reach_an
 
         let mut streamed = body.clone();
         streamed["stream"] = json!(true);
-        let events = events(&gw.post("/v1/messages", &key, &streamed).await);
+        let events = gw
+            .post("/v1/messages", &key, &streamed)
+            .await
+            .named_events();
         let (_, delta) = &events[events.len() - 2];
         assert_eq!(
             delta["delta"],
