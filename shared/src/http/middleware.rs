@@ -17,7 +17,7 @@ use crate::clock::now_secs;
 use crate::error::{ApiError, ErrorKind};
 use crate::pipeline::{UpstreamTime, X_GATEWAY_CACHE, X_GATEWAY_MODEL, X_REQUEST_ID};
 use crate::state::Gateway;
-use crate::telemetry::{EMF, Emf, RequestFacts};
+use crate::telemetry::{EMF, Emf, METRICS, RequestFacts};
 
 /// Resolves the bearer key of every route but `/health`, unless a front (the API Gateway
 /// authorizer) already did, then checks that the key holds the scope of the matched route (the
@@ -75,12 +75,9 @@ pub(crate) fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
 
-/// On Lambda, one EMF line per request (latency, time to first token, overhead, cache, errors);
-/// a stream's line is written when it ends. Elsewhere this does nothing.
-pub(crate) async fn cloudwatch_metrics(request: Request, next: Next) -> Response {
-    let Some(emf) = EMF.as_ref() else {
-        return next.run(request).await;
-    };
+/// Per request: the Prometheus request metrics and, on Lambda, one EMF line (latency, time to
+/// first token, overhead, cache, errors); a stream's are recorded when it ends.
+pub(crate) async fn request_metrics(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let response = next.run(request).await;
     let headers_after = started.elapsed();
@@ -107,7 +104,7 @@ pub(crate) async fn cloudwatch_metrics(request: Request, next: Next) -> Response
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     if !streamed {
-        Emf::write(&emf.request_line(&facts));
+        record(&facts);
         return response;
     }
     // Streams are held until their first token, so the headers leave with it.
@@ -115,7 +112,7 @@ pub(crate) async fn cloudwatch_metrics(request: Request, next: Next) -> Response
     let (parts, body) = response.into_parts();
     let at_end = futures_util::stream::once(async move {
         facts.latency_ms = millis(started.elapsed());
-        Emf::write(&emf.request_line(&facts));
+        record(&facts);
         None
     })
     .filter_map(std::future::ready);
@@ -123,6 +120,13 @@ pub(crate) async fn cloudwatch_metrics(request: Request, next: Next) -> Response
         parts,
         Body::from_stream(body.into_data_stream().chain(at_end)),
     )
+}
+
+fn record(facts: &RequestFacts) {
+    METRICS.record_request(facts);
+    if let Some(emf) = EMF.as_ref() {
+        Emf::write(&emf.request_line(facts));
+    }
 }
 
 /// The request's `x-request-id`, for handlers that record it (the audit log).

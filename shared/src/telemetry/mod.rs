@@ -8,6 +8,7 @@ use std::sync::atomic::AtomicU64;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::error::StoreError;
@@ -54,6 +55,14 @@ type Labels = Vec<(&'static str, String)>;
 
 pub struct Metrics {
     registry: Registry,
+    /// Answered requests by HTTP status.
+    pub requests: Family<Labels, Counter>,
+    /// Whole responses (streams: until their end), seconds.
+    pub request_seconds: Histogram,
+    /// Streams: until the first token left for the client, seconds.
+    pub time_to_first_token_seconds: Histogram,
+    /// Time spent in the gateway itself (latency minus the provider's part), seconds.
+    pub overhead_seconds: Histogram,
     /// Provider calls by deployment and outcome (`ok` or the error class).
     pub attempts: Family<Labels, Counter>,
     /// Retries of a deployment, by reason.
@@ -82,9 +91,22 @@ pub struct Metrics {
     pub output_validation: Family<Labels, Counter>,
 }
 
+/// From 5 ms (a cache hit) to two minutes (a long stream).
+const LATENCY_BUCKETS_SECONDS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+/// The gateway's own part is sub-millisecond when healthy; the top buckets catch store stalls.
+const OVERHEAD_BUCKETS_SECONDS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
+];
+
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let mut registry = Registry::with_prefix("gateway");
     let metrics = Metrics {
+        requests: Family::default(),
+        request_seconds: Histogram::new(LATENCY_BUCKETS_SECONDS),
+        time_to_first_token_seconds: Histogram::new(LATENCY_BUCKETS_SECONDS),
+        overhead_seconds: Histogram::new(OVERHEAD_BUCKETS_SECONDS),
         attempts: Family::default(),
         retries: Family::default(),
         fallbacks: Family::default(),
@@ -100,6 +122,26 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         output_validation: Family::default(),
         registry: Registry::default(),
     };
+    registry.register(
+        "requests",
+        "Answered requests by HTTP status",
+        metrics.requests.clone(),
+    );
+    registry.register(
+        "request_duration_seconds",
+        "Whole responses, streams until their end",
+        metrics.request_seconds.clone(),
+    );
+    registry.register(
+        "time_to_first_token_seconds",
+        "Streams until their first token",
+        metrics.time_to_first_token_seconds.clone(),
+    );
+    registry.register(
+        "overhead_seconds",
+        "Time spent in the gateway itself: latency minus the provider's part",
+        metrics.overhead_seconds.clone(),
+    );
     registry.register(
         "provider_attempts",
         "Provider calls by outcome",
@@ -176,6 +218,18 @@ impl Metrics {
     pub fn count(family: &Family<Labels, Counter>, labels: &[(&'static str, &str)]) {
         let labels: Labels = labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
         family.get_or_create(&labels).inc();
+    }
+
+    /// One answered request's latency facts (a stream's when it ends).
+    pub fn record_request(&self, facts: &RequestFacts) {
+        Self::count(&self.requests, &[("status", &facts.status.to_string())]);
+        self.request_seconds.observe(facts.latency_ms / 1000.0);
+        if let Some(ttft) = facts.time_to_first_token_ms {
+            self.time_to_first_token_seconds.observe(ttft / 1000.0);
+        }
+        if let Some(overhead) = facts.overhead_ms {
+            self.overhead_seconds.observe(overhead / 1000.0);
+        }
     }
 
     pub fn record_usage(&self, model: &str, input: u64, output: u64, cost_usd: f64) {
@@ -473,6 +527,34 @@ mod tests {
         );
         assert!(
             text.contains("gateway_tokens_total{model=\"m\",direction=\"output\"} 4"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn requests_render_as_a_status_counter_and_latency_histograms() {
+        METRICS.record_request(&RequestFacts {
+            status: 418,
+            latency_ms: 40.0,
+            time_to_first_token_ms: Some(20.0),
+            overhead_ms: Some(0.3),
+            ..RequestFacts::default()
+        });
+        let text = METRICS.render();
+        assert!(
+            text.contains("gateway_requests_total{status=\"418\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gateway_request_duration_seconds_bucket{le=\"0.05\"}"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gateway_time_to_first_token_seconds_count"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gateway_overhead_seconds_bucket{le=\"0.0005\"}"),
             "{text}"
         );
     }
