@@ -18,7 +18,8 @@ For every Lambda function of the template (an `AWS::Serverless::Function` whose
 
 And for the route table (see `check_routes`): every route of the shared axum router (method and
 path) is a path and method of each REST API that fronts it, integrated with a function that serves
-the router, streamed and behind the key authorizer; and every such API operation is a route the
+that route (the `Routes` variant its `main` names: the route groups of that variant's arm in
+`http::router_for`), streamed and behind the key authorizer; and every such API operation is a route the
 router serves. Deliberate differences are listed in `ROUTES_NOT_ON_API`, `ROUTERS_NOT_ON_LAMBDA`,
 `API_WITHOUT_ROUTE` and `PUBLIC_OPERATIONS`, each with its reason.
 
@@ -76,7 +77,11 @@ so SAM's Globals, generated roles and expanded policy templates are what is chec
 functions are evaluated with the parameters' defaults (override with --parameter NAME=VALUE),
 IAM wildcards are honoured, Deny statements win, and of the AWS managed policies only those in
 `MANAGED_POLICIES` are known. The report also notes, without failing, variables the template sets
-but the code does not read and actions a role grants that the code does not call (yet).
+but the code does not read. Least privilege, the reverse of 3.: every action a role allows, on
+every resource it names, is one its function's code calls there (or its event source polls), on
+no resource of the template (or outside it) that the code does not act on; Bedrock models are
+the ARNs the `BedrockModelArns` parameter lists. And only the function serving the router's
+admin routes (`Routes::Admin`) may create, change or delete keys (`check_key_writers`).
 
 Usage: contract.py [--root DIR] [--template FILE] [--translated FILE] [--parameter NAME=VALUE]...
                    [--router-source PATH]... [--quiet]
@@ -214,10 +219,32 @@ NOT_EXECUTED = {
         "SqsQueue::delete": "Lambda's event source mapping deletes what the batch function handled",
     },
     "chat": {
+        "DynamoKeyStore::insert": "keys are created by the admin function (Routes::Admin); the chat function serves Routes::DataPlane",
+        "DynamoKeyStore::upsert": "the chat function never writes keys (GATEWAY_ADMIN_KEY is applied by the admin function)",
+        "DynamoKeyStore::list": "listing keys is an admin route, served by the admin function",
+        "DynamoKeyStore::update": "revoke and PATCH are admin routes, served by the admin function",
+        "DynamoKeyStore::rotate": "rotation is an admin route, served by the admin function",
+        "DynamoKeyStore::read_key_attr": "used by upsert, revoke and get_by_id (the batch worker's) only",
+        "DynamoKeyStore::read_current": "used by the key writes (update, rotate) only",
+        "transact_put": "builds the parts of key writes (insert, upsert), the admin function's",
+        "transact_delete": "builds the parts of key writes (upsert), the admin function's",
+        "DynamoAuditLog::*": "Backends::aws builds an audit log the chat function never writes or reads (admin routes only)",
         "SqsQueue::receive": "Lambda's event source mapping receives for the batch function; receive serves gateway-local's worker and tests",
         "SqsQueue::delete": "Lambda's event source mapping deletes what the batch function handled",
         "SqsQueue::dead_letter": "only the batch worker dead-letters; the chat function enqueues batches",
     },
+}
+
+NOT_EXECUTED["admin"] = {
+    **{name: "the admin function builds Backends::aws only: no batch, ingest, files, queue or vector backends"
+       for name in ("BatchBackends::*", "BatchSettings::*", "IngestBackends::*", "IngestSettings::*",
+                    "S3VectorStore::*", "DynamoBatchStore::*", "DynamoCollectionStore::*", "S3Bodies::*",
+                    "SqsQueue::*")},
+    "BedrockProvider::*": "the admin function never calls a model (it keeps the built-in mock models)",
+    "DynamoCacheStore::*": "the admin routes answer no model request: the cache is never read or written",
+    "DynamoLimiter::admit": "the admin routes read spend only (spent_usd): no request is admitted or settled",
+    "DynamoLimiter::update_item": "the admin routes read spend only (spent_usd): no request is admitted or settled",
+    "DynamoLimiter::transact_update": "the admin routes read spend only (spent_usd): no request is admitted or settled",
 }
 
 # --------------------------------------------------------------------------- route table
@@ -370,7 +397,28 @@ MANAGED_POLICIES = {
 }
 
 PARTITION, REGION, ACCOUNT, STACK = "aws", "us-east-1", "123456789012", "contract-stack"
-OTHER_REGION = "us-west-2"  # Bedrock providers may name another region, and inference profiles route across regions
+OTHER_REGION = "us-west-2"
+
+# The template parameter listing the Bedrock model (and inference profile) ARNs the gateway config
+# uses: the models are configured in the gateway's TOML, which the template cannot read, so the
+# operator names them here and the roles allow exactly these.
+BEDROCK_MODELS_PARAMETER = "BedrockModelArns"
+# A model no configuration names, in the stack's region and another: no role may invoke it.
+UNCONFIGURED_MODELS = [f"arn:{PARTITION}:bedrock:{r}::foundation-model/contract.unconfigured-model-v1:0"
+                       for r in (REGION, OTHER_REGION)]
+
+
+def bedrock_models(template: "Template") -> list:
+    if BEDROCK_MODELS_PARAMETER not in template.parameters:
+        return []
+    return [arn for arn in template.ref(BEDROCK_MODELS_PARAMETER) if arn]
+
+
+# What creates, changes or deletes a key: writes to the keys table, and to the API Gateway keys
+# that mirror them in the usage plans. Only the function serving ADMIN_ROUTES may do either.
+KEY_TABLE_WRITES = ("dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:BatchWriteItem")
+EDGE_KEY_WRITES = ("apigateway:POST", "apigateway:DELETE", "apigateway:PATCH", "apigateway:PUT")
+ADMIN_ROUTES = "admin_routes"
 
 
 # --------------------------------------------------------------------------- Rust sources
@@ -1021,7 +1069,11 @@ class Template:
         if name in pseudo:
             return pseudo[name]
         if name in self.parameters:
-            return self.values[name]
+            value = self.values[name]
+            kind = self.parameters[name].get("Type", "")
+            if value is not None and (kind == "CommaDelimitedList" or kind.startswith("List<")):
+                return [v.strip() for v in value.split(",")]
+            return value
         resource = self.resources.get(name)
         if resource is None:
             raise KeyError(f"Ref to unknown `{name}`")
@@ -1190,7 +1242,8 @@ class Role:
     def add(self, template: Template, document):
         statements = template.eval(document).get("Statement", [])
         for st in statements if isinstance(statements, list) else [statements]:
-            self.statements.append(st)
+            if st is not None:  # a statement left out through `!Ref AWS::NoValue`
+                self.statements.append(st)
 
     @staticmethod
     def _list(value):
@@ -1331,9 +1384,7 @@ def resource_samples(template: Template, kind: str, fn_resources: dict) -> tuple
     if kind == "*":
         return ["*"], "all"
     if kind == "bedrock-model":
-        return [f"arn:{PARTITION}:bedrock:{REGION}::foundation-model/anthropic.claude-3-haiku-20240307-v1:0",
-                f"arn:{PARTITION}:bedrock:{OTHER_REGION}::foundation-model/anthropic.claude-3-haiku-20240307-v1:0",
-                f"arn:{PARTITION}:bedrock:{REGION}:{ACCOUNT}:inference-profile/us.anthropic.claude-3-haiku-20240307-v1:0"], "all"
+        return bedrock_models(template), "all"
     if kind == "secret":  # the variable's value: a secret of the template, or one passed in as a parameter
         values = fn_resources.get("secret-values", [])
         return values or [f"arn:{PARTITION}:secretsmanager:{REGION}:{ACCOUNT}:secret:unnamed"], "all"
@@ -1433,6 +1484,7 @@ def check_function(fn: Function, template: Template, crate: SharedCrate, root: P
             report.drift(f"{role.lid} does not allow {action} on the function's log group {log_group}")
 
     # Event sources polled with the function's role.
+    polled = []  # (action, (queue ARN,))
     for lid, resource in template.resources.items():
         if resource["Type"] != "AWS::Lambda::EventSourceMapping":
             continue
@@ -1442,6 +1494,7 @@ def check_function(fn: Function, template: Template, crate: SharedCrate, root: P
         source_arn = template.eval(p.get("EventSourceArn"))
         if ":sqs:" in str(source_arn):
             for action in ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"):
+                polled.append((action, (source_arn,)))
                 if role.allows(action, source_arn):
                     report.ok(f"{action} on {source_arn} (event source {lid})")
                 else:
@@ -1451,7 +1504,6 @@ def check_function(fn: Function, template: Template, crate: SharedCrate, root: P
     calls = aws_calls(sources, resolver)
     table_env = {v for v in reads if variable_kind(v) and "AWS::DynamoDB::Table" in variable_kind(v)[0] and v in env}
     required: dict[tuple, list] = {}  # (action, samples tuple, mode, label) -> [where]
-    used_actions = set()
     for call in calls:
         if call.unmapped:
             report.drift(f"{call.where}: `.{call.operation}()` on a {call.service} client is not in the contract's "
@@ -1462,7 +1514,6 @@ def check_function(fn: Function, template: Template, crate: SharedCrate, root: P
             if skip:
                 report.info("skipped", f"{action} ({call.where}, .{call.operation}): {skip}")
                 continue
-            used_actions.add(action)
             if kind == "table":
                 if call.tables:
                     for var in call.tables:
@@ -1481,6 +1532,10 @@ def check_function(fn: Function, template: Template, crate: SharedCrate, root: P
                     required.setdefault(key, []).append(call.where)
             else:
                 samples, mode = resource_samples(template, kind, fn_resources)
+                if kind == "bedrock-model" and not samples:
+                    report.info("note", f"{action} ({call.where}): no Bedrock model is configured "
+                                f"({BEDROCK_MODELS_PARAMETER} is empty), so the role allows none")
+                    continue
                 label = kind if not samples else ", ".join(samples) if len(samples) < 4 else f"{len(samples)} resources"
                 required.setdefault((action, tuple(samples), mode, label), []).append(call.where)
 
@@ -1498,11 +1553,82 @@ def check_function(fn: Function, template: Template, crate: SharedCrate, root: P
             detail = "" if mode == "any" or len(missing) == len(samples) else f" (refused: {', '.join(missing)})"
             report.drift(f"{role.lid} does not allow {action} on {label}{detail}; called at {where}")
 
-    granted = {a for a in role.granted() if not a.startswith("logs:") and "*" not in a}
-    poll = {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"}
-    unused = sorted(a for a in granted - used_actions - poll if not any(wildcard(a, u, True) for u in used_actions))
-    if unused:
-        report.info("note", f"granted but not called by this code (yet): {', '.join(unused)}")
+    check_exact_grants(template, role, [(a, samples) for (a, samples, _, _) in required] + polled, report)
+
+
+def template_samples(template: Template) -> list:
+    """Sample ARNs of every resource of the template a role could name, and of resources outside
+    it: a grant that covers one of them the code does not need is wider than the code."""
+    samples = list(UNCONFIGURED_MODELS)
+    for lid, r in template.resources.items():
+        kind = r["Type"]
+        if kind in ("AWS::DynamoDB::Table", "AWS::SQS::Queue"):
+            samples.append(template.getatt(lid, "Arn"))
+        elif kind == "AWS::S3::Bucket":
+            samples += [template.getatt(lid, "Arn"), f"{template.getatt(lid, 'Arn')}/contract/sample-object"]
+        elif kind == "AWS::S3Vectors::Index":
+            samples.append(template.getatt(lid, "IndexArn"))
+        elif kind == "AWS::SecretsManager::Secret":
+            samples.append(template.ref(lid))
+    samples += [f"arn:{PARTITION}:dynamodb:{REGION}:{ACCOUNT}:table/another-stacks-table",
+                f"arn:{PARTITION}:apigateway:{REGION}::/usageplans/another-plan/keys",
+                f"arn:{PARTITION}:apigateway:{REGION}::/restapis/another-api"]
+    return samples
+
+
+def check_exact_grants(template: Template, role: "Role", needed: list, report: Report):
+    """The reverse of "allows what it calls": every action the role allows, on every resource it
+    names, is one the function's code calls there (or its event source polls), and the resource
+    pattern covers nothing else of the template (or outside it) that the code does not act on."""
+    outsiders = template_samples(template)
+    for st in role.statements:
+        if st.get("Effect") != "Allow":
+            continue
+        for action in Role._list(st.get("Action")):
+            if action.lower().startswith("logs:"):
+                continue  # the log group check above
+            wanted = {s for a, samples in needed if wildcard(action, a, True) for s in samples}
+            for resource in Role._list(st.get("Resource")):
+                if not any(wildcard(resource, s) for s in wanted):
+                    report.drift(f"{role.lid} allows {action} on {resource}, which this function's code never "
+                                 "calls there: remove the grant (least privilege)")
+                    continue
+                wider = sorted(o for o in outsiders if o not in wanted and wildcard(resource, o))
+                if wider:
+                    report.drift(f"{role.lid} allows {action} on {resource}, which also covers "
+                                 f"{', '.join(wider[:3])}{' ...' if len(wider) > 3 else ''}: name only what the code acts on")
+                else:
+                    report.ok(f"grant {action} on {resource}: called by the code")
+
+
+def check_key_writers(template: Template, functions: list, served_by: dict, report: Report):
+    """Only the function serving the admin routes may create, change or delete keys: the chat
+    function (every other route) and the workers read keys, nothing more."""
+    report.section("[key writers] functions whose role may create, change or delete keys")
+    admins = sorted(lid for lid, groups in served_by.items() if ADMIN_ROUTES in groups)
+    if not admins:
+        report.drift(f"no function serves `{ADMIN_ROUTES}`: the admin routes have no function of their own")
+    keys_tables = set()
+    for fn in functions:
+        env = ((template.resources[fn.lid].get("Properties") or {}).get("Environment") or {}).get("Variables") or {}
+        if "GATEWAY_KEYS_TABLE" in env:
+            keys_tables |= {r for r in template.references(env["GATEWAY_KEYS_TABLE"]) if r in template.resources}
+    tables = [template.getatt(lid, "Arn") for lid in sorted(keys_tables)]
+    edge = [f"arn:{PARTITION}:apigateway:{REGION}::/apikeys", f"arn:{PARTITION}:apigateway:{REGION}::/apikeys/sampleid"]
+    for fn in functions:
+        role_ref = (template.resources[fn.lid].get("Properties") or {}).get("Role")
+        if not (isinstance(role_ref, dict) and "Fn::GetAtt" in role_ref):
+            continue
+        role = Role(template, role_ref["Fn::GetAtt"][0])
+        writes = sorted({f"{a} on {t}" for a in KEY_TABLE_WRITES for t in tables if role.allows(a, t)}
+                        | {f"{a} on {e}" for a in EDGE_KEY_WRITES for e in edge if role.allows(a, e)})
+        if fn.lid in admins:
+            report.ok(f"{fn.lid} serves the admin routes: it may write keys ({len(writes)} grants)")
+        elif writes:
+            report.drift(f"{fn.lid} does not serve the admin routes but its role {role.lid} may write keys: "
+                         f"{', '.join(writes)}")
+        else:
+            report.ok(f"{fn.lid} ({role.lid}) cannot create, change or delete keys")
 
 
 # --------------------------------------------------------------------------- routes
@@ -1519,6 +1645,7 @@ class Route:
     method: str  # GET, POST, ... or ANY
     path: str  # as written in the router
     where: list
+    group: str = ""  # the function of the router files that declares it (`admin_routes`, ...)
 
 
 def router_files(root: Path, given: list[str]) -> list[Path]:
@@ -1618,8 +1745,40 @@ def read_routes(files: list[Path], root: Path, report: Report) -> tuple[list[Rou
                              "post(..).get(..), on(MethodFilter::X, ..), any(..), ...)")
                 continue
             for method in methods:
-                routes.setdefault((method, path), Route(method, path, [])).where.append(where)
+                route = routes.setdefault((method, path), Route(method, path, [], fn.name if fn else ""))
+                route.where.append(where)
     return list(routes.values()), skipped
+
+
+ROUTES_ARM = re.compile(r"\bRoutes\s*::\s*([A-Z]\w*)\s*=>")
+GROUP_CALL = re.compile(r"\b([a-z_]\w*)\s*\(\s*\)")
+
+
+def route_sets(files: list[Path], groups: set) -> dict[str, set]:
+    """`Routes` variant -> the route groups (functions declaring routes) it serves, read from the
+    arms of the `match routes { Routes::X => (...), ... }` of the router files."""
+    sets: dict[str, set] = {}
+    for path in files:
+        code, _ = strip_tests(*lex(path.read_text(encoding="utf-8")))
+        arms = list(ROUTES_ARM.finditer(code))
+        for i, arm in enumerate(arms):
+            end = arms[i + 1].start() if i + 1 < len(arms) else code.find("};", arm.end())
+            called = {m.group(1) for m in GROUP_CALL.finditer(code[arm.end():end])}
+            sets.setdefault(arm.group(1), set()).update(called & groups)
+    return sets
+
+
+FUNCTION_ROUTES = re.compile(r"\bRoutes\s*::\s*([A-Z]\w*)")
+
+
+def served_variants(fn: "Function", crate: "SharedCrate", root: Path) -> set:
+    """The `Routes` variants a function serves: named in its own crate's sources (its `main`
+    picks one), or `All` when its code calls `http::router`, the router with every route."""
+    own = [s for s in function_sources(fn, crate, root) if s.module is None]
+    variants = {m.group(1) for s in own for m in FUNCTION_ROUTES.finditer(s.code)}
+    if any("http" in path[:-1] and path[-1] == "router" for s in own for path in paths_in(s)):
+        variants.add("All")
+    return variants
 
 
 def sample_request(path: str) -> list[str]:
@@ -1702,21 +1861,19 @@ def api_operations(template: Template) -> dict[str, dict[str, dict[str, Operatio
     return apis
 
 
-def router_functions(functions: list[Function], crate: SharedCrate, root: Path) -> list[Function]:
-    """The deployed functions whose code reaches `http::router` (the shared router)."""
-    found = []
+def router_functions(functions: list[Function], crate: SharedCrate, root: Path, sets: dict) -> dict[str, set]:
+    """Logical id -> the route groups it serves, for the deployed functions that serve the shared
+    router (their `main` names a `Routes` variant)."""
+    found = {}
     for fn in functions:
-        for source in function_sources(fn, crate, root):
-            if source.module and source.module[0] == "http":
-                continue
-            if any("http" in path[:-1] and "router" in path[path.index("http") + 1:] for path in paths_in(source)):
-                found.append(fn)
-                break
+        groups = set().union(*(sets.get(v, set()) for v in served_variants(fn, crate, root)))
+        if groups:
+            found[fn.lid] = groups
     return found
 
 
 def check_routes(template: Template, functions: list[Function], crate: SharedCrate, root: Path, report: Report,
-                 router_sources: list[str]):
+                 router_sources: list[str], served_by: dict):
     files = router_files(root, router_sources)
     shown = ", ".join(str(f.relative_to(root)) if f.is_relative_to(root) else str(f) for f in files)
     report.section(f"[routes] the shared router ({shown or 'no files'}) against the REST API")
@@ -1731,13 +1888,21 @@ def check_routes(template: Template, functions: list[Function], crate: SharedCra
     if not routes:
         report.drift(f"no `.route(` call found in {shown}: the contract cannot read the router")
         return
-    serving = {fn.lid for fn in router_functions(functions, crate, root)}
-    if not serving:
-        report.drift("no function of the template reaches `http::router` (the contract looks for that path in "
-                     "each function's reachable code): the route table cannot be checked")
+    sets = route_sets(files, {r.group for r in routes})
+    if not sets:
+        report.drift("no `Routes::X => (..)` arm found in the router files: the contract cannot tell which "
+                     "function serves which routes")
         return
-    report.info("router", f"served by {', '.join(sorted(serving))}; routes: "
-                + ", ".join(f"{r.method} {r.path}" for r in sorted(routes, key=lambda r: (r.path, r.method))))
+    groups_of = router_functions(functions, crate, root, sets)
+    serving = set(groups_of)
+    if not serving:
+        report.drift("no function of the template names a `Routes` variant in its own sources (the route set its "
+                     "`main` serves): the route table cannot be checked")
+        return
+    for lid, groups in sorted(groups_of.items()):
+        report.info("router", f"{lid} serves " + ", ".join(
+            f"{r.method} {r.path}" for r in sorted(routes, key=lambda r: (r.path, r.method)) if r.group in groups))
+    served_by.update(groups_of)
     apis = {lid: paths for lid, paths in api_operations(template).items()
             if any(op.function in serving for ops in paths.values() for op in ops.values())}
     for lid in sorted(r for r, res in template.resources.items()
@@ -1781,9 +1946,9 @@ def check_routes(template: Template, functions: list[Function], crate: SharedCra
                 report.drift(f"{label} is served by the router ({where}) but missing from {api}: {why}, so on AWS "
                              f"it is a 404. Add it to the API's paths in infra/template.yaml like its neighbours "
                              "(or, if deliberate, to ROUTES_NOT_ON_API with the reason)")
-            elif op.function not in serving:
-                report.drift(f"{label} ({where}): {api} sends {op.method} {op.path} to "
-                             f"{op.function or op.uri or 'no Lambda function'}, which does not serve the router")
+            elif route.group not in groups_of.get(op.function, set()):
+                report.drift(f"{label} ({where}, in `{route.group}`): {api} sends {op.method} {op.path} to "
+                             f"{op.function or op.uri or 'no Lambda function'}, which does not serve that route")
             else:
                 report.ok(f"{label} -> {api} {op.method} {op.path} ({op.function})")
 
@@ -1914,7 +2079,9 @@ def main() -> int:
 
     for fn in functions:
         check_function(fn, template, crate, root, report, used_exemptions)
-    check_routes(template, functions, crate, root, report, args.router_source)
+    served_by: dict[str, set] = {}  # logical id -> route groups, filled by check_routes
+    check_routes(template, functions, crate, root, report, args.router_source, served_by)
+    check_key_writers(template, functions, served_by, report)
     check_stages(original, template, report)
     stale = sorted((scope, name) for scope, names in NOT_EXECUTED.items() for name in names
                    if (scope, name) not in used_exemptions and (scope == "*" or scope in deployed))

@@ -2,6 +2,7 @@
 //! API), a Function URL or an ALB, over the AWS backends. Everything is built once per
 //! container, before the first invocation, over one AWS config.
 
+use gateway::http::Routes;
 use gateway::lambda::ResponseMode;
 use gateway::lambda::setup::{BatchPart, Setup, env};
 use lambda_http::Error;
@@ -17,7 +18,7 @@ async fn main() -> Result<(), Error> {
     // Only this function answers `/v1/responses`: the workers need no responses table.
     setup.responses =
         gateway::responses::dynamo_store_from_env(&gateway::storage::dynamo::client(&aws), env);
-    gateway::lambda::key_setup::manage_keys(&mut setup, &aws).await?;
     let gateway = setup.gateway()?;
-    gateway::lambda::serve(gateway, mode).await
+    // Key management is the admin function's: this role cannot write keys.
+    gateway::lambda::serve(gateway, mode, Routes::DataPlane).await
 }

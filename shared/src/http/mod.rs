@@ -1,7 +1,8 @@
 //! THE router, for Lambda and the local server alike.
 //!
 //! Route table (every route but `/health` and `/openapi.json` needs a gateway key; on AWS each is an explicit path of
-//! the API in `infra/template.yaml`, checked by `infra/contract.py`):
+//! the API in `infra/template.yaml`, checked by `infra/contract.py`; the chat function serves
+//! `Routes::DataPlane`, the admin function `Routes::Admin` (`/v1/admin/*`)):
 //!
 //! | method | path | handler |
 //! |---|---|---|
@@ -39,9 +40,9 @@
 //!
 //! Layers, outermost first: `request_id` (every response carries `x-request-id`; a tracing span
 //! per request), `messages::anthropic_errors` (errors in Anthropic's shape on the Messages routes
-//! and on an Anthropic client's model list), the body limit (`server.max_body_bytes`), then on the keyed routes
-//! `request_metrics` (Prometheus request metrics; EMF on Lambda) and `authenticate` (the key, then the scope the matched
-//! route needs, from the table in `scopes`).
+//! and on an Anthropic client's model list), the body limit (`server.max_body_bytes`), then on
+//! the keyed routes `request_metrics` (Prometheus request metrics; EMF on Lambda) and
+//! `authenticate` (the key, then the scope the matched route needs, from the table in `scopes`).
 
 pub mod admin;
 pub mod batch;
@@ -70,9 +71,71 @@ use crate::state::Gateway;
 
 pub use handlers::AuthorizedKey;
 
+/// Which routes a process answers. The local server and the tests answer all of them; on AWS the
+/// data plane and key management are two functions with a role each, so the chat function's role
+/// cannot create, change or delete keys (`infra/template.yaml`, checked by `infra/contract.py`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routes {
+    All,
+    /// Everything but `/v1/admin/*` (the chat function).
+    DataPlane,
+    /// `/v1/admin/*` only (the admin function).
+    Admin,
+}
+
+/// Every route: the local server and the tests.
 pub fn router(gateway: Arc<Gateway>) -> Router {
+    router_for(gateway, Routes::All)
+}
+
+pub fn router_for(gateway: Arc<Gateway>, routes: Routes) -> Router {
     let max_body = gateway.max_body_bytes;
-    let authenticated = Router::new()
+    let (public, keyed) = match routes {
+        Routes::All => (public_routes(), data_plane_routes().merge(admin_routes())),
+        Routes::DataPlane => (public_routes(), data_plane_routes()),
+        Routes::Admin => (Router::new(), admin_routes()),
+    };
+    let authenticated = keyed
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&gateway),
+            authenticate,
+        ))
+        .route_layer(axum::middleware::from_fn(request_metrics));
+    public
+        .merge(authenticated)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            max_body,
+            declared_length,
+        ))
+        .layer(axum::middleware::from_fn(messages::anthropic_errors))
+        .layer(axum::middleware::from_fn(request_id))
+        .with_state(gateway)
+}
+
+/// The routes that need no key.
+fn public_routes() -> Router<Arc<Gateway>> {
+    Router::new()
+        .route("/health", get(health))
+        .route("/openapi.json", get(openapi::openapi_json))
+}
+
+/// Key management and the audit trail: the only routes that write keys.
+fn admin_routes() -> Router<Arc<Gateway>> {
+    Router::new()
+        .route("/v1/admin/keys", post(create_key).get(list_keys))
+        .route(
+            "/v1/admin/keys/{id}",
+            axum::routing::patch(update_key).delete(revoke_key),
+        )
+        .route("/v1/admin/keys/{id}/rotate", post(rotate_key))
+        .route("/v1/admin/audit", get(list_audit))
+}
+
+fn data_plane_routes() -> Router<Arc<Gateway>> {
+    Router::new()
         .route("/v1/models", get(list_models))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/messages", post(messages::create_message))
@@ -83,13 +146,6 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
             get(responses::get_response).delete(responses::delete_response),
         )
         .route("/v1/embeddings", post(embeddings))
-        .route("/v1/admin/keys", post(create_key).get(list_keys))
-        .route(
-            "/v1/admin/keys/{id}",
-            axum::routing::patch(update_key).delete(revoke_key),
-        )
-        .route("/v1/admin/keys/{id}/rotate", post(rotate_key))
-        .route("/v1/admin/audit", get(list_audit))
         .route("/v1/files", post(batch::create_file).get(batch::list_files))
         .route(
             "/v1/files/{id}",
@@ -129,25 +185,6 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
             get(collections::get_job),
         )
         .route("/metrics", get(metrics))
-        .route_layer(axum::middleware::from_fn_with_state(
-            Arc::clone(&gateway),
-            authenticate,
-        ))
-        .route_layer(axum::middleware::from_fn(request_metrics));
-    Router::new()
-        .route("/health", get(health))
-        .route("/openapi.json", get(openapi::openapi_json))
-        .merge(authenticated)
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(max_body))
-        .layer(axum::middleware::from_fn_with_state(
-            max_body,
-            declared_length,
-        ))
-        .layer(axum::middleware::from_fn(messages::anthropic_errors))
-        .layer(axum::middleware::from_fn(request_id))
-        .with_state(gateway)
 }
 
 /// `/metrics` alone and without a key, for a listener of its own on a private network (the

@@ -181,9 +181,13 @@ pub async fn handle(
 }
 
 /// Runs the Lambda runtime loop with the shared router over `gateway`.
-pub async fn serve(gateway: Arc<Gateway>, mode: ResponseMode) -> Result<(), Error> {
+pub async fn serve(
+    gateway: Arc<Gateway>,
+    mode: ResponseMode,
+    routes: crate::http::Routes,
+) -> Result<(), Error> {
     let background = gateway.background.clone();
-    let router = crate::http::router(gateway);
+    let router = crate::http::router_for(gateway, routes);
     lambda_runtime::run(lambda_runtime::service_fn(
         move |event: LambdaEvent<LambdaRequest>| {
             handle(router.clone(), background.clone(), mode, event)

@@ -1,7 +1,7 @@
 //! What the `chat`, `batch` and `ingest` functions build the same way, once per container:
 //! provider credentials from the secret, the config, the AWS backends with the batch backends (not
 //! for the ingest function), the collections and the vector store the stack names. Key management
-//! (`key_setup`) is the chat function's alone.
+//! (`key_setup`) is the admin function's alone.
 
 use std::collections::HashMap;
 use std::sync::Arc;

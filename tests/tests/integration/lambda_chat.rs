@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use gateway::backends::Backends;
 use gateway::config::Config;
+use gateway::http::Routes;
 use gateway::keys::KeyStore;
 use gateway::keys::{KeyRecord, NewKey, generate_key};
 use gateway::lambda::{ResponseMode, handle};
@@ -506,6 +507,65 @@ deployments = [{ provider = "slow", model = "slow" }]
                 }
             }
         }
+    })
+    .await;
+}
+
+/// On AWS the chat function serves every route but `/v1/admin/*` and the admin function only
+/// those, each with a role of its own (only the admin role may write keys): a request that
+/// reaches the other function is that function's 404, never served.
+#[tokio::test]
+async fn the_chat_and_admin_functions_split_the_routes() {
+    within(30, async {
+        let mut setup = setup().await;
+        let gateway = Arc::clone(&setup.gateway);
+        let fixture = "apigw_proxy_request.json";
+        let chat = |key: &str| {
+            event(
+                fixture,
+                "POST",
+                "/v1/chat/completions",
+                Some(key),
+                Some(&completion_request(false)),
+            )
+        };
+        let list_keys = |key: &str| event(fixture, "GET", "/v1/admin/keys", Some(key), None);
+        let key = setup.key.clone();
+
+        setup.router = gateway::http::router_for(Arc::clone(&gateway), Routes::DataPlane);
+        let answer = invoke(&setup, chat(&key)).await;
+        assert_eq!(
+            answer.status, 200,
+            "chat on the chat function: {}",
+            answer.body
+        );
+        let answer = invoke(&setup, list_keys(&key)).await;
+        assert_eq!(
+            answer.status, 404,
+            "admin route on the chat function: {}",
+            answer.body
+        );
+
+        setup.router = gateway::http::router_for(gateway, Routes::Admin);
+        let answer = invoke(&setup, list_keys(&key)).await;
+        // The route is there: a key without the admin scope is refused by it, not a 404.
+        assert_eq!(
+            answer.status, 403,
+            "admin route on the admin function: {}",
+            answer.body
+        );
+        let answer = invoke(&setup, chat(&key)).await;
+        assert_eq!(
+            answer.status, 404,
+            "chat on the admin function: {}",
+            answer.body
+        );
+        let answer = invoke(&setup, event(fixture, "GET", "/health", None, None)).await;
+        assert_eq!(
+            answer.status, 404,
+            "health on the admin function: {}",
+            answer.body
+        );
     })
     .await;
 }
