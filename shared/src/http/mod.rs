@@ -40,7 +40,7 @@
 //! Layers, outermost first: `request_id` (every response carries `x-request-id`; a tracing span
 //! per request), `messages::anthropic_errors` (errors in Anthropic's shape on the Messages routes
 //! and on an Anthropic client's model list), the body limit (`server.max_body_bytes`), then on the keyed routes
-//! `cloudwatch_metrics` (EMF on Lambda) and `authenticate` (the key, then the scope the matched
+//! `request_line` (one line per request: EMF on Lambda) and `authenticate` (the key, then the scope the matched
 //! route needs, from the table in `scopes`).
 
 pub mod admin;
@@ -63,7 +63,7 @@ use axum::routing::{get, post};
 
 use admin::{create_key, list_audit, list_keys, revoke_key, rotate_key, update_key};
 use handlers::{chat_completions, embeddings, health, list_models, metrics};
-use middleware::{authenticate, cloudwatch_metrics, declared_length, request_id};
+use middleware::{authenticate, declared_length, request_id, request_line};
 
 use crate::error::{ApiError, ErrorKind};
 use crate::state::Gateway;
@@ -133,7 +133,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
             Arc::clone(&gateway),
             authenticate,
         ))
-        .route_layer(axum::middleware::from_fn(cloudwatch_metrics));
+        .route_layer(axum::middleware::from_fn(request_line));
     Router::new()
         .route("/health", get(health))
         .route("/openapi.json", get(openapi::openapi_json))
