@@ -299,7 +299,7 @@ CONFIG = """\
 max_attempts = 2
 backoff_base_ms = 10
 backoff_max_ms = 20
-breaker = {{ consecutive_failures = 1000, failure_rate = 1.0, window = 20, min_requests = 1000, open_ms = 1000 }}
+breaker = {{ consecutive_failures = 1000, failure_rate = 1.0, window = 1000, min_requests = 1000, open_ms = 1000 }}
 
 [providers.upstream]
 kind = "openai"
@@ -328,6 +328,14 @@ class Gateway:
     def __init__(self, bin_dir: Path, function_name: str, work: Path, first_token_ms: int):
         self.work = work
         self.processes = []
+        try:
+            self.start(bin_dir, function_name, first_token_ms)
+        except BaseException:
+            self.stop()
+            raise
+
+    def start(self, bin_dir: Path, function_name: str, first_token_ms: int):
+        work = self.work
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("GATEWAY_", "OPENAI_", "ANTHROPIC_", "MOCK_", "AWS_"))}
         env["RUST_LOG"] = "warn"
@@ -460,8 +468,8 @@ def scenarios(gateway: Gateway, template) -> list:
     statuses, quiet = gateway.run([dict(model="healthy")] * 4 + [dict(model="failing")] * 3)
     statuses, slow_first = gateway.run([dict(model="slow-first-token", stream=True)] * 20)
     assert statuses == [200] * 20, statuses
-    statuses, slow_gateway = gateway.run([dict(model="healthy", prompt_bytes=SLOW_PROMPT_BYTES)] * 20)
-    assert statuses == [200] * 20, statuses
+    statuses, slow_gateway = gateway.run([dict(model="healthy", prompt_bytes=SLOW_PROMPT_BYTES)] * 10)
+    assert statuses == [200] * 10, statuses
 
     authorizer_failure = json.loads((HERE / "emf" / "authorizer-failure.json").read_text())
     authorizer_failure["FunctionName"] = template.ref("AuthorizerFunction")
@@ -501,11 +509,12 @@ def scenarios(gateway: Gateway, template) -> list:
 
 # A prompt this large keeps the gateway itself busy (parsing, token estimate, guards) for longer
 # than the overhead threshold the test sets, while the mock provider answers at once.
-SLOW_PROMPT_BYTES = 2_000_000
+SLOW_PROMPT_BYTES = 400_000
 
-# The template's defaults but for the overhead threshold: a debug build's overhead on a large
-# prompt is the slow gateway here, so the threshold sits between it and the healthy run's.
-TEST_PARAMETERS = {"GatewayOverheadP95ThresholdMs": "100"}
+# The template's defaults but for the overhead threshold: the gateway here is a debug build on
+# a shared CI machine, whose healthy p95 overhead reached 1.3 s under load (release on Lambda:
+# milliseconds) and whose overhead on 400 KB prompts was about 12 s; the threshold sits between.
+TEST_PARAMETERS = {"GatewayOverheadP95ThresholdMs": "4000"}
 
 
 def binaries_dir(given: str | None) -> Path:
