@@ -17,7 +17,7 @@ use crate::clock::now_secs;
 use crate::error::{ApiError, ErrorKind};
 use crate::pipeline::{UpstreamTime, X_GATEWAY_CACHE, X_GATEWAY_MODEL, X_REQUEST_ID};
 use crate::state::Gateway;
-use crate::telemetry::{EMF, Emf, METRICS, RequestFacts};
+use crate::telemetry::{EMF, Emf, METRICS, RequestFacts, RequestTrace, TraceFields};
 
 /// Resolves the bearer key of every route but `/health`, unless a front (the API Gateway
 /// authorizer) already did, then checks that the key holds the scope of the matched route (the
@@ -47,6 +47,12 @@ pub(crate) async fn authenticate(
         .extensions()
         .get::<MatchedPath>()
         .map(MatchedPath::as_str);
+    if let Some(trace) = RequestTrace::current() {
+        trace.update(|t| {
+            t.key_id = Some(key.id.clone());
+            t.tenant = Some(key.tenant.clone());
+        });
+    }
     if let Err(error) = scopes::authorize(&key, request.method(), route) {
         return unread_body_closes(&request, error.into_response());
     }
@@ -75,11 +81,17 @@ pub(crate) fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
 
-/// Per request: the Prometheus request metrics and, on Lambda, one EMF line (latency, time to
-/// first token, overhead, cache, errors); a stream's are recorded when it ends.
-pub(crate) async fn request_metrics(request: Request, next: Next) -> Response {
+/// One line per request (latency, time to first token, overhead, cache, errors, provider calls,
+/// usage, who asked): on Lambda an EMF line on stdout, elsewhere an info event with target
+/// `request`; and the Prometheus request metrics. A stream's are recorded when it ends.
+pub(crate) async fn request_line(request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let response = next.run(request).await;
+    let request_id = request
+        .extensions()
+        .get::<RequestId>()
+        .map(|RequestId(id)| String::from_utf8_lossy(id.as_bytes()).into_owned());
+    let trace = Arc::new(RequestTrace::default());
+    let response = RequestTrace::scope(Arc::clone(&trace), next.run(request)).await;
     let headers_after = started.elapsed();
     let header = |name: &HeaderName| {
         response
@@ -98,13 +110,16 @@ pub(crate) async fn request_metrics(request: Request, next: Next) -> Response {
             .get::<UpstreamTime>()
             .map(|UpstreamTime(upstream)| millis(headers_after.saturating_sub(*upstream))),
         cache: header(&X_GATEWAY_CACHE),
+        request_id,
+        trace: TraceFields::default(),
     };
     let streamed = response
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     if !streamed {
-        record(&facts);
+        facts.trace = trace.snapshot();
+        write_request_line(&facts);
         return response;
     }
     // Streams are held until their first token, so the headers leave with it.
@@ -112,7 +127,8 @@ pub(crate) async fn request_metrics(request: Request, next: Next) -> Response {
     let (parts, body) = response.into_parts();
     let at_end = futures_util::stream::once(async move {
         facts.latency_ms = millis(started.elapsed());
-        record(&facts);
+        facts.trace = trace.snapshot();
+        write_request_line(&facts);
         None
     })
     .filter_map(std::future::ready);
@@ -122,10 +138,32 @@ pub(crate) async fn request_metrics(request: Request, next: Next) -> Response {
     )
 }
 
-fn record(facts: &RequestFacts) {
+fn write_request_line(facts: &RequestFacts) {
     METRICS.record_request(facts);
-    if let Some(emf) = EMF.as_ref() {
-        Emf::write(&emf.request_line(facts));
+    match EMF.as_ref() {
+        Some(emf) => Emf::write(&emf.request_line(facts)),
+        None => tracing::info!(
+            target: "request",
+            request_id = facts.request_id.as_deref(),
+            key_id = facts.trace.key_id.as_deref(),
+            tenant = facts.trace.tenant.as_deref(),
+            model = facts.model.as_deref(),
+            deployment = facts.trace.deployment.as_deref(),
+            status = facts.status,
+            error_type = facts.error_type(),
+            broken_stream = facts.trace.broken_stream.as_deref(),
+            latency_ms = facts.latency_ms,
+            overhead_ms = facts.overhead_ms,
+            time_to_first_token_ms = facts.time_to_first_token_ms,
+            attempts = facts.trace.attempts,
+            retries = facts.trace.retries,
+            fallbacks = facts.trace.fallbacks,
+            input_tokens = facts.trace.input_tokens,
+            output_tokens = facts.trace.output_tokens,
+            cost_usd = facts.trace.cost_usd,
+            cache = facts.cache.as_deref(),
+            "request"
+        ),
     }
 }
 

@@ -41,8 +41,9 @@
 //! Layers, outermost first: `request_id` (every response carries `x-request-id`; a tracing span
 //! per request), `messages::anthropic_errors` (errors in Anthropic's shape on the Messages routes
 //! and on an Anthropic client's model list), the body limit (`server.max_body_bytes`), then on
-//! the keyed routes `request_metrics` (Prometheus request metrics; EMF on Lambda) and
-//! `authenticate` (the key, then the scope the matched route needs, from the table in `scopes`).
+//! the keyed routes `request_line` (one line per request: EMF on Lambda, a `request` event
+//! elsewhere; the Prometheus request metrics) and `authenticate` (the key, then the scope the
+//! matched route needs, from the table in `scopes`).
 
 pub mod admin;
 pub mod batch;
@@ -64,7 +65,7 @@ use axum::routing::{get, post};
 
 use admin::{create_key, list_audit, list_keys, revoke_key, rotate_key, update_key};
 use handlers::{chat_completions, embeddings, health, list_models, metrics};
-use middleware::{authenticate, declared_length, request_id, request_metrics};
+use middleware::{authenticate, declared_length, request_id, request_line};
 
 use crate::error::{ApiError, ErrorKind};
 use crate::state::Gateway;
@@ -100,7 +101,7 @@ pub fn router_for(gateway: Arc<Gateway>, routes: Routes) -> Router {
             Arc::clone(&gateway),
             authenticate,
         ))
-        .route_layer(axum::middleware::from_fn(request_metrics));
+        .route_layer(axum::middleware::from_fn(request_line));
     public
         .merge(authenticated)
         .fallback(not_found)

@@ -40,6 +40,7 @@ use serde_json::json;
 use crate::error::ErrorKind;
 use crate::keys::KeyStore;
 use crate::keys::{Authenticator, KeyRecord, Scope};
+use crate::telemetry::{EMF, Emf};
 
 /// How long the authorizer trusts a key record it read, in milliseconds.
 pub const KEY_CACHE_TTL_ENV: &str = "GATEWAY_KEY_CACHE_TTL_MS";
@@ -96,7 +97,13 @@ impl KeyAuthorizer {
         request: &ApiGatewayCustomAuthorizerRequestTypeRequest,
     ) -> Result<ApiGatewayCustomAuthorizerResponse, AuthorizerError> {
         let now = crate::clock::now_secs();
-        self.authorize(request, now).await
+        let decision = self.authorize(request, now).await;
+        // Lambda counts the 401 answer as a function error too: this metric is the one that
+        // tells the authorizer's own failures from rejected keys.
+        if let (Err(AuthorizerError::Failure(_)), Some(emf)) = (&decision, EMF.as_ref()) {
+            Emf::write(&emf.authorizer_failure_line());
+        }
+        decision
     }
 
     /// Decides one request at `now_secs` (epoch seconds).

@@ -32,7 +32,7 @@ use crate::keys::KeyRecord;
 use crate::limits::Estimate;
 use crate::routing::{self, Model, Outcome, ServedModel};
 use crate::state::Gateway;
-use crate::telemetry::{METRICS, Metrics};
+use crate::telemetry::{METRICS, Metrics, RequestTrace};
 
 pub(crate) async fn chat(
     gateway: &Gateway,
@@ -297,6 +297,7 @@ async fn answer(
                 provider: answer.deployment.provider_name.clone(),
                 upstream_model: answer.deployment.model.clone(),
                 span: tracing::Span::current(),
+                trace: RequestTrace::current(),
                 leader,
                 background: gateway.background.clone(),
                 cache_ttl_s: answer.model.cache_ttl_s,

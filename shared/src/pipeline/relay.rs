@@ -19,7 +19,7 @@ use crate::cache::Leader;
 use crate::error::{ApiError, ErrorKind};
 use crate::guard::schema::OutputSchema;
 use crate::providers::{ChunkStream, ErrorSource, ProviderError, ProviderErrorKind};
-use crate::telemetry::{METRICS, Metrics};
+use crate::telemetry::{METRICS, RequestTrace};
 
 /// Most bytes of SSE events a detached relay holds for a client that does not read them.
 pub(crate) const DETACHED_BACKLOG_BYTES: usize = 16 * 1024 * 1024;
@@ -43,6 +43,8 @@ pub(crate) struct StreamRelay {
     /// The request's span: a stream fails after the handler has returned, and its log line
     /// must still carry the request id.
     pub(crate) span: tracing::Span,
+    /// The request's trace, for the same reason: a broken stream is the request's failure.
+    pub(crate) trace: Option<Arc<RequestTrace>>,
     pub(crate) leader: Option<Leader>,
     pub(crate) background: Background,
     pub(crate) cache_ttl_s: u64,
@@ -218,7 +220,7 @@ impl StreamRelay {
                 "stream broken after it started"
             );
         });
-        Metrics::count(&METRICS.broken_streams, &[("reason", reason)]);
+        METRICS.record_broken_stream(self.trace.as_deref(), reason);
         self.leader = None;
         self.settlement = None;
         sse_error(&error)

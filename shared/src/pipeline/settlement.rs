@@ -8,7 +8,7 @@ use crate::background::Background;
 use crate::config::Price;
 use crate::limits::{Limiter, Reservation};
 use crate::state::Gateway;
-use crate::telemetry::METRICS;
+use crate::telemetry::{METRICS, RequestTrace};
 
 /// Holds an admitted request's reservation until its real usage is known. Settling happens off
 /// the response path; a request dropped midway (client gone, error) settles what it observed.
@@ -22,6 +22,9 @@ pub(crate) struct Settlement {
     /// the model that served it.
     banked_cost: f64,
     banked_tokens: u64,
+    /// The request's trace, taken when it was admitted: a stream settles after its handler
+    /// has returned.
+    trace: Option<Arc<RequestTrace>>,
 }
 
 impl Settlement {
@@ -34,6 +37,7 @@ impl Settlement {
             observed: Usage::default(),
             banked_cost: 0.0,
             banked_tokens: 0,
+            trace: RequestTrace::current(),
         }
     }
 
@@ -41,7 +45,13 @@ impl Settlement {
     /// model (a retry that fell back) is billed at that one's.
     pub(crate) fn bank(&mut self, usage: Usage, price: Price, model: &str) {
         let cost = price.usage_cost_usd(&usage);
-        METRICS.record_usage(model, usage.prompt_tokens, usage.completion_tokens, cost);
+        METRICS.record_usage(
+            self.trace.as_deref(),
+            model,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            cost,
+        );
         self.banked_cost += cost;
         self.banked_tokens += usage.total_tokens;
         self.observed = Usage::default();
@@ -53,7 +63,13 @@ impl Settlement {
         self.price = price;
         self.observed = usage;
         let own = price.usage_cost_usd(&usage);
-        METRICS.record_usage(model, usage.prompt_tokens, usage.completion_tokens, own);
+        METRICS.record_usage(
+            self.trace.as_deref(),
+            model,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            own,
+        );
         self.settle()
     }
 
@@ -142,6 +158,7 @@ mod tests {
             observed: Usage::default(),
             banked_cost: 0.0,
             banked_tokens: 0,
+            trace: None,
         }
     }
 

@@ -15,7 +15,7 @@ use crate::config::RoutingConfig;
 use crate::error::ApiError;
 use crate::keys::KeyRecord;
 use crate::providers::{ChunkStream, ProviderError, ProviderErrorKind};
-use crate::telemetry::{METRICS, Metrics};
+use crate::telemetry::METRICS;
 
 /// How long to wait before retrying: the provider's `Retry-After` when it gives one (None when
 /// it asks for more than the cap: better to move on than to hold the request), else exponential
@@ -299,10 +299,7 @@ pub async fn execute<'g, A: Attempt>(
                 if let Ok(mut breaker) = deployment.health.breaker.lock() {
                     note_transition(deployment, breaker.record(true, Instant::now()));
                 }
-                Metrics::count(
-                    &METRICS.attempts,
-                    &[("provider", provider), ("outcome", "ok")],
-                );
+                METRICS.record_attempt(provider, &deployment.label(), "ok");
                 return Ok(Answer {
                     outcome,
                     model: current,
@@ -312,10 +309,7 @@ pub async fn execute<'g, A: Attempt>(
             Err(error) => error,
         };
         let label = error_label(error.kind);
-        Metrics::count(
-            &METRICS.attempts,
-            &[("provider", provider), ("outcome", label)],
-        );
+        METRICS.record_attempt(provider, &deployment.label(), label);
         if counts_against_breaker(&error)
             && let Ok(mut breaker) = deployment.health.breaker.lock()
         {
@@ -363,7 +357,7 @@ pub async fn execute<'g, A: Attempt>(
                     tried.clear();
                 }
                 if step == Next::Elsewhere && other_here {
-                    Metrics::count(&METRICS.retries, &[("reason", label)]);
+                    METRICS.record_retry(label);
                     continue;
                 }
                 let Some(wait) = backoff(config, retries, retry_after) else {
@@ -381,7 +375,7 @@ pub async fn execute<'g, A: Attempt>(
                     break;
                 }
                 retries += 1;
-                Metrics::count(&METRICS.retries, &[("reason", label)]);
+                METRICS.record_retry(label);
                 tokio::time::sleep(wait).await;
             }
         }
@@ -397,10 +391,7 @@ pub async fn execute<'g, A: Attempt>(
 
 fn note_fallback(from: &ServedModel, to: &ServedModel, reason: &str) {
     tracing::info!(from = %from.name, to = %to.name, reason, "falling back");
-    Metrics::count(
-        &METRICS.fallbacks,
-        &[("from", &from.name), ("to", &to.name), ("reason", reason)],
-    );
+    METRICS.record_fallback(&from.name, &to.name, reason);
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use rand::Rng;
 
 use super::registry::{Deployment, ServedModel};
 use crate::config::BreakerConfig;
-use crate::telemetry::{METRICS, Metrics};
+use crate::telemetry::METRICS;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BreakerState {
@@ -200,12 +200,9 @@ impl DeploymentHealth {
 
 pub(crate) fn note_transition(deployment: &Deployment, state: Option<BreakerState>) {
     if let Some(state) = state {
-        let name = format!("{}/{}", deployment.provider_name, deployment.model);
+        let name = deployment.label();
         tracing::warn!(deployment = %name, state = state.label(), "circuit breaker changed state");
-        Metrics::count(
-            &METRICS.breaker_transitions,
-            &[("deployment", &name), ("state", state.label())],
-        );
+        METRICS.record_breaker_transition(&name, state.label());
     }
 }
 

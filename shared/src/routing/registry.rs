@@ -25,6 +25,11 @@ pub struct Deployment {
 }
 
 impl Deployment {
+    /// `provider/model`, as metrics and logs name a deployment.
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.provider_name, self.model)
+    }
+
     /// This deployment as the source of an error answered for the public model `model`.
     pub fn error_source<'a>(&'a self, model: &'a str) -> ErrorSource<'a> {
         ErrorSource {

@@ -2,8 +2,8 @@
 //! and on Lambda the same facts as CloudWatch Embedded Metric Format lines on stdout: CloudWatch
 //! turns them into metrics with no API call on the request path.
 
-use std::sync::LazyLock;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, LazyLock, Mutex};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -232,9 +232,27 @@ impl Metrics {
         }
     }
 
-    pub fn record_usage(&self, model: &str, input: u64, output: u64, cost_usd: f64) {
-        if let Some(emf) = EMF.as_ref() {
-            Emf::write(&emf.usage_line(model, input, output, cost_usd));
+    /// Tokens and cost billed to `model`: into the request's own line when `trace` is the
+    /// request being answered, else (batch items) a line of their own.
+    pub fn record_usage(
+        &self,
+        trace: Option<&RequestTrace>,
+        model: &str,
+        input: u64,
+        output: u64,
+        cost_usd: f64,
+    ) {
+        match trace {
+            Some(trace) => trace.update(|t| {
+                t.input_tokens += input;
+                t.output_tokens += output;
+                t.cost_usd += cost_usd;
+            }),
+            None => {
+                if let Some(emf) = EMF.as_ref() {
+                    Emf::write(&emf.usage_line(model, input, output, cost_usd));
+                }
+            }
         }
         let model_label = || vec![("model", model.to_owned())];
         let mut input_labels = model_label();
@@ -244,6 +262,125 @@ impl Metrics {
         output_labels.push(("direction", "output".to_owned()));
         self.tokens.get_or_create(&output_labels).inc_by(output);
         self.cost_usd.get_or_create(&model_label()).inc_by(cost_usd);
+    }
+
+    /// One provider call of `deployment` (`provider/model`) and its outcome (`ok` or the error
+    /// class).
+    pub fn record_attempt(&self, provider: &str, deployment: &str, outcome: &str) {
+        Metrics::count(
+            &self.attempts,
+            &[("provider", provider), ("outcome", outcome)],
+        );
+        let failed = outcome != "ok";
+        match RequestTrace::current() {
+            Some(trace) => trace.update(|t| {
+                t.attempts += 1;
+                t.failed_attempts += u32::from(failed);
+                t.deployment = Some(deployment.to_owned());
+            }),
+            None => emit_event(&[("ProviderAttempts", 1)], failed, deployment),
+        }
+    }
+
+    /// A retry (of the same deployment or another deployment of the model), by reason.
+    pub fn record_retry(&self, reason: &str) {
+        Metrics::count(&self.retries, &[("reason", reason)]);
+        match RequestTrace::current() {
+            Some(trace) => trace.update(|t| t.retries += 1),
+            None => emit_event(&[("Retries", 1)], false, ""),
+        }
+    }
+
+    /// A move from model `from` to its fallback `to`, by reason.
+    pub fn record_fallback(&self, from: &str, to: &str, reason: &str) {
+        Metrics::count(
+            &self.fallbacks,
+            &[("from", from), ("to", to), ("reason", reason)],
+        );
+        match RequestTrace::current() {
+            Some(trace) => trace.update(|t| t.fallbacks += 1),
+            None => emit_event(&[("Fallbacks", 1)], false, ""),
+        }
+    }
+
+    /// A circuit breaker state change: rare, so always a line of its own.
+    pub fn record_breaker_transition(&self, deployment: &str, state: &str) {
+        Metrics::count(
+            &self.breaker_transitions,
+            &[("deployment", deployment), ("state", state)],
+        );
+        if let Some(emf) = EMF.as_ref() {
+            Emf::write(&emf.breaker_line(deployment, state));
+        }
+    }
+
+    /// A stream that broke after its first token: the request answered 200 but failed.
+    pub fn record_broken_stream(&self, trace: Option<&RequestTrace>, reason: &str) {
+        Metrics::count(&self.broken_streams, &[("reason", reason)]);
+        match trace {
+            Some(trace) => trace.update(|t| t.broken_stream = Some(reason.to_owned())),
+            None => emit_event(&[("BrokenStreams", 1)], false, ""),
+        }
+    }
+}
+
+/// An event outside any request (a batch item's provider call): a line of its own.
+fn emit_event(counts: &[(&str, u32)], failed: bool, deployment: &str) {
+    if let Some(emf) = EMF.as_ref() {
+        Emf::write(&emf.event_line(counts, failed, deployment));
+    }
+}
+
+tokio::task_local! {
+    static CURRENT_REQUEST: Arc<RequestTrace>;
+}
+
+/// What one request did while it was handled (who asked, provider calls, retries, fallbacks,
+/// usage, a broken stream), gathered for its one EMF and log line.
+#[derive(Debug, Default)]
+pub struct RequestTrace {
+    fields: Mutex<TraceFields>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct TraceFields {
+    pub key_id: Option<String>,
+    pub tenant: Option<String>,
+    /// The deployment (`provider/model`) of the last provider call.
+    pub deployment: Option<String>,
+    pub attempts: u32,
+    pub failed_attempts: u32,
+    pub retries: u32,
+    pub fallbacks: u32,
+    /// Why a stream broke after its first token.
+    pub broken_stream: Option<String>,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_usd: f64,
+}
+
+impl RequestTrace {
+    /// The trace of the request whose handler is running, if any.
+    pub fn current() -> Option<Arc<RequestTrace>> {
+        CURRENT_REQUEST.try_with(Arc::clone).ok()
+    }
+
+    /// Runs `work` (a request's handler) with `trace` as the current trace.
+    pub async fn scope<F: Future>(trace: Arc<RequestTrace>, work: F) -> F::Output {
+        CURRENT_REQUEST.scope(trace, work).await
+    }
+
+    pub fn update(&self, change: impl FnOnce(&mut TraceFields)) {
+        if let Ok(mut fields) = self.fields.lock() {
+            change(&mut fields);
+        }
+    }
+
+    pub fn snapshot(&self) -> TraceFields {
+        self.fields
+            .lock()
+            .map(|fields| fields.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -279,6 +416,25 @@ pub struct RequestFacts {
     pub overhead_ms: Option<f64>,
     /// `HIT`, `MISS` or `BYPASS`.
     pub cache: Option<String>,
+    pub request_id: Option<String>,
+    pub trace: TraceFields,
+}
+
+impl RequestFacts {
+    /// Whose fault a failed request is: `client` (a 4xx but 429), `provider` (the provider
+    /// failed: 502, 504, or a stream broken after its first token), `gateway` (any other 5xx).
+    pub fn error_type(&self) -> Option<&'static str> {
+        if self.trace.broken_stream.is_some() {
+            return Some("provider");
+        }
+        match self.status {
+            429 => None,
+            400..=499 => Some("client"),
+            502 | 504 => Some("provider"),
+            500..=599 => Some("gateway"),
+            _ => None,
+        }
+    }
 }
 
 impl Emf {
@@ -308,12 +464,28 @@ impl Emf {
         serde_json::json!({"Namespace": self.namespace, "Dimensions": dimensions, "Metrics": metrics})
     }
 
-    /// The EMF line for one answered request.
+    /// The one line of an answered request: its metrics, and as plain properties what an
+    /// operator needs to find it (request id, key, tenant, deployment, status, error type).
+    /// Never a prompt, an answer or a key.
     pub fn request_line(&self, facts: &RequestFacts) -> String {
+        let trace = &facts.trace;
         let mut fields = serde_json::Map::new();
         let mut metrics = vec![("Latency", "Milliseconds"), ("Requests", "Count")];
         fields.insert("Latency".into(), facts.latency_ms.into());
         fields.insert("Requests".into(), 1.into());
+        fields.insert("Status".into(), facts.status.into());
+        let properties = [
+            ("RequestId", &facts.request_id),
+            ("KeyId", &trace.key_id),
+            ("Tenant", &trace.tenant),
+            ("Deployment", &trace.deployment),
+            ("BrokenStream", &trace.broken_stream),
+        ];
+        for (name, value) in properties {
+            if let Some(value) = value {
+                fields.insert(name.into(), value.clone().into());
+            }
+        }
         if let Some(ttft) = facts.time_to_first_token_ms {
             metrics.push(("TimeToFirstToken", "Milliseconds"));
             fields.insert("TimeToFirstToken".into(), ttft.into());
@@ -328,13 +500,33 @@ impl Emf {
             Some("BYPASS") => Some("CacheBypass"),
             _ => None,
         };
-        if let Some(name) = cache_metric {
-            metrics.push((name, "Count"));
-            fields.insert(name.into(), 1.into());
+        let rate_limited = facts.status == 429;
+        let broken = trace.broken_stream.is_some();
+        let counts = [
+            (cache_metric, 1),
+            (rate_limited.then_some("RateLimited"), 1),
+            (broken.then_some("BrokenStreams"), 1),
+            ((trace.retries > 0).then_some("Retries"), trace.retries),
+            (
+                (trace.fallbacks > 0).then_some("Fallbacks"),
+                trace.fallbacks,
+            ),
+        ];
+        for (name, count) in counts {
+            if let Some(name) = name {
+                metrics.push((name, "Count"));
+                fields.insert(name.into(), count.into());
+            }
         }
-        if facts.status == 429 {
-            metrics.push(("RateLimited", "Count"));
-            fields.insert("RateLimited".into(), 1.into());
+        if trace.input_tokens > 0 || trace.output_tokens > 0 || trace.cost_usd > 0.0 {
+            metrics.extend([
+                ("InputTokens", "Count"),
+                ("OutputTokens", "Count"),
+                ("CostUsd", "None"),
+            ]);
+            fields.insert("InputTokens".into(), trace.input_tokens.into());
+            fields.insert("OutputTokens".into(), trace.output_tokens.into());
+            fields.insert("CostUsd".into(), trace.cost_usd.into());
         }
         let mut directives = Vec::new();
         if let Some(model) = &facts.model {
@@ -344,12 +536,12 @@ impl Emf {
         } else {
             directives.push(self.directive(serde_json::json!([["FunctionName"]]), &metrics));
         }
-        if facts.status >= 400 && facts.status != 429 {
-            let error_type = match facts.status {
-                400..=499 => "client",
-                502 | 504 => "provider",
-                _ => "gateway",
-            };
+        if trace.attempts > 0 {
+            fields.insert("ProviderAttempts".into(), trace.attempts.into());
+            fields.insert("ProviderFailures".into(), trace.failed_attempts.into());
+            directives.push(self.attempts_directive(trace.deployment.is_some()));
+        }
+        if let Some(error_type) = facts.error_type() {
             fields.insert("ErrorType".into(), error_type.into());
             fields.insert("Errors".into(), 1.into());
             directives.push(self.directive(
@@ -360,8 +552,78 @@ impl Emf {
                 ]),
                 &[("Errors", "Count")],
             ));
+            // The gateway's and the providers' failures, not the client's: what the error
+            // rate alarm watches.
+            if error_type != "client" {
+                fields.insert("Failures".into(), 1.into());
+                directives.push(self.directive(
+                    serde_json::json!([["FunctionName"]]),
+                    &[("Failures", "Count")],
+                ));
+            }
         }
         self.line(directives, fields)
+    }
+
+    /// Provider calls and failed calls, by function and by deployment.
+    fn attempts_directive(&self, by_deployment: bool) -> serde_json::Value {
+        let dimensions = if by_deployment {
+            serde_json::json!([["FunctionName"], ["Deployment"]])
+        } else {
+            serde_json::json!([["FunctionName"]])
+        };
+        self.directive(
+            dimensions,
+            &[("ProviderAttempts", "Count"), ("ProviderFailures", "Count")],
+        )
+    }
+
+    /// Counts of something that happened outside a request (a batch item's provider call).
+    pub fn event_line(&self, counts: &[(&str, u32)], failed: bool, deployment: &str) -> String {
+        let mut fields = serde_json::Map::new();
+        let mut directives = Vec::new();
+        let mut metrics = Vec::new();
+        for (name, count) in counts {
+            if *name == "ProviderAttempts" {
+                fields.insert("ProviderAttempts".into(), (*count).into());
+                fields.insert("ProviderFailures".into(), u32::from(failed).into());
+                fields.insert("Deployment".into(), deployment.into());
+                directives.push(self.attempts_directive(true));
+            } else {
+                fields.insert((*name).into(), (*count).into());
+                metrics.push((*name, "Count"));
+            }
+        }
+        if !metrics.is_empty() {
+            directives.push(self.directive(serde_json::json!([["FunctionName"]]), &metrics));
+        }
+        self.line(directives, fields)
+    }
+
+    /// A circuit breaker's state change, by function and by new state (`open`, `half_open`,
+    /// `closed`).
+    pub fn breaker_line(&self, deployment: &str, state: &str) -> String {
+        let mut fields = serde_json::Map::new();
+        fields.insert("BreakerTransitions".into(), 1.into());
+        fields.insert("Deployment".into(), deployment.into());
+        fields.insert("BreakerState".into(), state.into());
+        let directive = self.directive(
+            serde_json::json!([["FunctionName"], ["FunctionName", "BreakerState"]]),
+            &[("BreakerTransitions", "Count")],
+        );
+        self.line(vec![directive], fields)
+    }
+
+    /// An authorizer invocation that failed for a reason of ours (the key store unreachable,
+    /// a malformed event): API Gateway answers 500. Rejected keys (401) are not counted.
+    pub fn authorizer_failure_line(&self) -> String {
+        let mut fields = serde_json::Map::new();
+        fields.insert("AuthorizerFailures".into(), 1.into());
+        let directive = self.directive(
+            serde_json::json!([["FunctionName"]]),
+            &[("AuthorizerFailures", "Count")],
+        );
+        self.line(vec![directive], fields)
     }
 
     /// The EMF line for the usage and cost billed to a model.
@@ -489,6 +751,7 @@ mod tests {
             time_to_first_token_ms: Some(3.0),
             overhead_ms: Some(0.2),
             cache: Some("MISS".into()),
+            ..RequestFacts::default()
         }))
         .unwrap();
         assert_eq!(line["FunctionName"], "gw-chat");
@@ -516,10 +779,189 @@ mod tests {
         assert_eq!(usage["CostUsd"], 0.25);
     }
 
+    fn chat_emf() -> Emf {
+        Emf {
+            namespace: "AiGateway".into(),
+            function: "gw-chat".into(),
+        }
+    }
+
+    fn metric_names(directive: &serde_json::Value) -> Vec<&str> {
+        directive["Metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["Name"].as_str().unwrap())
+            .collect()
+    }
+
+    /// The directives of a line that count `metric`.
+    fn directives_of<'a>(line: &'a serde_json::Value, metric: &str) -> Vec<&'a serde_json::Value> {
+        line["_aws"]["CloudWatchMetrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| metric_names(d).contains(&metric))
+            .collect()
+    }
+
+    #[test]
+    fn a_stream_broken_after_its_first_token_is_a_provider_failure() {
+        let facts = RequestFacts {
+            model: Some("gpt".into()),
+            status: 200,
+            trace: TraceFields {
+                broken_stream: Some("incomplete".into()),
+                ..TraceFields::default()
+            },
+            ..RequestFacts::default()
+        };
+        let line: serde_json::Value =
+            serde_json::from_str(&chat_emf().request_line(&facts)).unwrap();
+        assert_eq!(line["ErrorType"], "provider");
+        assert_eq!(line["Failures"], 1);
+        assert_eq!(line["BrokenStreams"], 1);
+        assert_eq!(line["BrokenStream"], "incomplete");
+        assert_eq!(
+            directives_of(&line, "Failures")[0]["Dimensions"],
+            serde_json::json!([["FunctionName"]])
+        );
+    }
+
+    #[test]
+    fn client_errors_and_rate_limits_are_not_failures() {
+        for status in [400, 401, 404, 429] {
+            let facts = RequestFacts {
+                status,
+                ..RequestFacts::default()
+            };
+            let line: serde_json::Value =
+                serde_json::from_str(&chat_emf().request_line(&facts)).unwrap();
+            assert!(line.get("Failures").is_none(), "{status}: {line}");
+            assert!(directives_of(&line, "Failures").is_empty(), "{status}");
+        }
+        for (status, error_type) in [(500, "gateway"), (503, "gateway"), (502, "provider")] {
+            let facts = RequestFacts {
+                status,
+                ..RequestFacts::default()
+            };
+            let line: serde_json::Value =
+                serde_json::from_str(&chat_emf().request_line(&facts)).unwrap();
+            assert_eq!(line["ErrorType"], error_type);
+            assert_eq!(line["Failures"], 1, "{status}");
+        }
+    }
+
+    #[test]
+    fn the_request_line_carries_provider_calls_usage_and_who_asked() {
+        let facts = RequestFacts {
+            model: Some("gpt".into()),
+            status: 200,
+            request_id: Some("req_1".into()),
+            trace: TraceFields {
+                key_id: Some("key_1".into()),
+                tenant: Some("acme".into()),
+                deployment: Some("openai/gpt-4o".into()),
+                attempts: 3,
+                failed_attempts: 2,
+                retries: 1,
+                fallbacks: 1,
+                input_tokens: 10,
+                output_tokens: 5,
+                cost_usd: 0.25,
+                ..TraceFields::default()
+            },
+            ..RequestFacts::default()
+        };
+        let line: serde_json::Value =
+            serde_json::from_str(&chat_emf().request_line(&facts)).unwrap();
+        for (name, value) in [
+            ("RequestId", serde_json::json!("req_1")),
+            ("KeyId", serde_json::json!("key_1")),
+            ("Tenant", serde_json::json!("acme")),
+            ("Deployment", serde_json::json!("openai/gpt-4o")),
+            ("ProviderAttempts", serde_json::json!(3)),
+            ("ProviderFailures", serde_json::json!(2)),
+            ("Retries", serde_json::json!(1)),
+            ("Fallbacks", serde_json::json!(1)),
+            ("OutputTokens", serde_json::json!(5)),
+            ("CostUsd", serde_json::json!(0.25)),
+            ("Status", serde_json::json!(200)),
+        ] {
+            assert_eq!(line[name], value, "{name}");
+        }
+        assert_eq!(
+            directives_of(&line, "ProviderAttempts")[0]["Dimensions"],
+            serde_json::json!([["FunctionName"], ["Deployment"]])
+        );
+        assert_eq!(
+            directives_of(&line, "CostUsd")[0]["Dimensions"],
+            serde_json::json!([["FunctionName"], ["Model"]])
+        );
+        assert!(line.get("Errors").is_none());
+    }
+
+    #[tokio::test]
+    async fn provider_calls_in_a_request_count_into_its_trace() {
+        let trace = Arc::new(RequestTrace::default());
+        RequestTrace::scope(Arc::clone(&trace), async {
+            METRICS.record_attempt("openai", "openai/gpt-4o", "server_error");
+            METRICS.record_retry("server_error");
+            METRICS.record_attempt("openai", "openai/gpt-4o-mini", "ok");
+            METRICS.record_fallback("a", "b", "server_error");
+            METRICS.record_usage(RequestTrace::current().as_deref(), "m", 3, 4, 0.5);
+        })
+        .await;
+        let fields = trace.snapshot();
+        assert_eq!((fields.attempts, fields.failed_attempts), (2, 1));
+        assert_eq!((fields.retries, fields.fallbacks), (1, 1));
+        assert_eq!(fields.deployment.as_deref(), Some("openai/gpt-4o-mini"));
+        assert_eq!((fields.input_tokens, fields.output_tokens), (3, 4));
+        assert!(RequestTrace::current().is_none());
+    }
+
+    #[test]
+    fn events_outside_a_request_and_breaker_changes_have_lines_of_their_own() {
+        let emf = chat_emf();
+        let attempt: serde_json::Value =
+            serde_json::from_str(&emf.event_line(&[("ProviderAttempts", 1)], true, "openai/gpt"))
+                .unwrap();
+        assert_eq!(attempt["ProviderFailures"], 1);
+        assert_eq!(attempt["Deployment"], "openai/gpt");
+        assert_eq!(directives_of(&attempt, "ProviderAttempts").len(), 1);
+        let retry: serde_json::Value =
+            serde_json::from_str(&emf.event_line(&[("Retries", 1)], false, "")).unwrap();
+        assert_eq!(directives_of(&retry, "Retries").len(), 1);
+        let breaker: serde_json::Value =
+            serde_json::from_str(&emf.breaker_line("openai/gpt", "open")).unwrap();
+        assert_eq!(breaker["BreakerState"], "open");
+        assert_eq!(
+            directives_of(&breaker, "BreakerTransitions")[0]["Dimensions"],
+            serde_json::json!([["FunctionName"], ["FunctionName", "BreakerState"]])
+        );
+    }
+
+    /// infra/alarms.py feeds this file to the alarms as the authorizer's failure: it must stay
+    /// what the code writes (but the timestamp).
+    #[test]
+    fn the_alarm_tests_authorizer_line_is_the_one_the_code_writes() {
+        let emf = Emf {
+            namespace: "AiGateway".into(),
+            function: "authorizer".into(),
+        };
+        let mut written: serde_json::Value =
+            serde_json::from_str(&emf.authorizer_failure_line()).unwrap();
+        written["_aws"]["Timestamp"] = 0.into();
+        let fixture: serde_json::Value =
+            serde_json::from_str(include_str!("../../../infra/emf/authorizer-failure.json"))
+                .unwrap();
+        assert_eq!(written, fixture);
+    }
+
     #[test]
     fn counters_render_in_prometheus_text() {
         Metrics::count(&METRICS.retries, &[("reason", "rate_limited")]);
-        METRICS.record_usage("m", 3, 4, 0.5);
+        METRICS.record_usage(None, "m", 3, 4, 0.5);
         let text = METRICS.render();
         assert!(
             text.contains("gateway_retries_total{reason=\"rate_limited\"}"),
