@@ -4,6 +4,9 @@
 
 use gateway::lambda::ResponseMode;
 use gateway::lambda::setup::{BatchPart, Setup, env};
+use std::sync::Arc;
+
+use gateway::usage::dynamo::DynamoUsageStore;
 use lambda_http::Error;
 
 #[tokio::main]
@@ -15,8 +18,10 @@ async fn main() -> Result<(), Error> {
         .await;
     let mut setup = Setup::load(&aws, BatchPart::Included).await?;
     // Only this function answers `/v1/responses`: the workers need no responses table.
-    setup.responses =
-        gateway::responses::dynamo_store_from_env(&gateway::storage::dynamo::client(&aws), env);
+    let dynamo = gateway::storage::dynamo::client(&aws);
+    setup.responses = gateway::responses::dynamo_store_from_env(&dynamo, env);
+    // Only this function serves usage reports: the workers only write usage, at settlement.
+    setup.usage = Some(Arc::new(DynamoUsageStore::from_env(dynamo)?));
     gateway::lambda::key_setup::manage_keys(&mut setup, &aws).await?;
     let gateway = setup.gateway()?;
     gateway::lambda::serve(gateway, mode).await

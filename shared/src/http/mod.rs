@@ -19,6 +19,8 @@
 //! | PATCH, DELETE | `/v1/admin/keys/{id}` | `admin::update_key`, `admin::revoke_key` |
 //! | POST | `/v1/admin/keys/{id}/rotate` | `admin::rotate_key` (`{"grace_seconds": N}`) |
 //! | GET | `/v1/admin/audit` | `admin::list_audit` (`?limit=N`) |
+//! | GET | `/v1/admin/usage` | `usage::admin_usage` (`?key=&from=&to=&format=csv`; by key, day and model) |
+//! | GET | `/v1/usage` | `usage::own_usage` (`usage` scope; `?from=&to=`; the calling key's by day and model) |
 //! | POST, GET | `/v1/files` | `batch::create_file` (multipart), `batch::list_files` |
 //! | GET, DELETE | `/v1/files/{id}` | `batch::get_file`, `batch::delete_file` |
 //! | GET | `/v1/files/{id}/content` | `batch::file_content` |
@@ -54,6 +56,7 @@ mod pipeline_events;
 pub mod responses;
 pub mod scopes;
 pub mod server;
+pub mod usage;
 
 use std::sync::Arc;
 
@@ -90,6 +93,8 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         )
         .route("/v1/admin/keys/{id}/rotate", post(rotate_key))
         .route("/v1/admin/audit", get(list_audit))
+        .route("/v1/admin/usage", get(usage::admin_usage))
+        .route("/v1/usage", get(usage::own_usage))
         .route("/v1/files", post(batch::create_file).get(batch::list_files))
         .route(
             "/v1/files/{id}",
