@@ -20,6 +20,12 @@ pub fn now_millis() -> u64 {
 /// Days since 1970-01-01 to (year, month), by Howard Hinnant's civil-from-days algorithm; a date
 /// crate would be the only reason to pull one in.
 fn civil_from_days(days: i64) -> (i64, u32) {
+    let (year, month, _) = date_from_days(days);
+    (year, month)
+}
+
+/// Days since 1970-01-01 to (year, month, day of the month).
+fn date_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -28,7 +34,7 @@ fn civil_from_days(days: i64) -> (i64, u32) {
     let mp = (5 * doy + 2) / 153;
     let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month)
+    (year, month, (doy - (153 * mp + 2) / 5 + 1) as u32)
 }
 
 /// (year, month) to days since 1970-01-01 of its first day; the inverse of the above.
@@ -40,6 +46,39 @@ fn days_from_civil(year: i64, month: u32) -> i64 {
     let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     era * 146_097 + doe - 719_468
+}
+
+/// The UTC calendar day of a time, as days since 1970-01-01.
+pub fn day_of(now_secs: u64) -> u32 {
+    u32::try_from(now_secs / 86_400).unwrap_or(u32::MAX)
+}
+
+/// A day (days since 1970-01-01) as `YYYY-MM-DD`.
+pub fn format_day(day: u32) -> String {
+    let (year, month, day) = date_from_days(i64::from(day));
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+/// `YYYY-MM-DD` (a real calendar date, from 1970 on) to days since 1970-01-01.
+pub fn parse_day(text: &str) -> Option<u32> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 10 || bytes.get(4) != Some(&b'-') || bytes.get(7) != Some(&b'-') {
+        return None;
+    }
+    let number = |range: std::ops::Range<usize>| -> Option<u32> {
+        let part = text.get(range)?;
+        part.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| part.parse().ok())?
+    };
+    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
+    if year < 1970 || !(1..=12).contains(&month) || day == 0 {
+        return None;
+    }
+    let first = days_from_civil(i64::from(year), month);
+    let days = first + i64::from(day) - 1;
+    // A day past the month's end lands in the next month.
+    (date_from_days(days).1 == month).then(|| u32::try_from(days).ok())?
 }
 
 /// The UTC calendar month of a time, as YYYYMM.

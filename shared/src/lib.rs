@@ -32,4 +32,5 @@ pub mod routing;
 pub mod state;
 pub mod storage;
 pub mod telemetry;
+pub mod usage;
 pub mod vectors;

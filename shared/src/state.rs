@@ -35,6 +35,9 @@ pub struct Gateway {
     pub background: Background,
     pub edge: Arc<dyn EdgeKeys>,
     pub audit: Arc<dyn crate::keys::audit::AuditLog>,
+    /// Usage per key, day and model, read back for the usage reports (the limiter writes it);
+    /// `None` where reports are not served (the usage routes then answer 404).
+    pub usage: Option<Arc<dyn crate::usage::UsageStore>>,
     /// Batch jobs' store, file bodies and queue; `None` where they are not configured (the
     /// batch routes then answer 404).
     pub batch: Option<BatchBackends>,
@@ -84,6 +87,7 @@ impl Gateway {
             background: Background::default(),
             edge: backends.edge,
             audit: backends.audit,
+            usage: None,
             batch: None,
             ingest: None,
             vectors: None,

@@ -1,4 +1,5 @@
-//! The `admin` Lambda: key management and the audit trail (`/v1/admin/*` of the shared router).
+//! The `admin` Lambda: key management, the audit trail and the usage report over every key
+//! (`/v1/admin/*` of the shared router).
 //! A function of its own so that only its role may create, change or delete keys; the chat
 //! function serves every other route. Built once per container, over one AWS config.
 
@@ -10,6 +11,7 @@ use gateway::http::Routes;
 use gateway::lambda::ResponseMode;
 use gateway::lambda::setup::env;
 use gateway::state::Gateway;
+use gateway::usage::dynamo::DynamoUsageStore;
 use lambda_http::Error;
 
 #[tokio::main]
@@ -26,7 +28,10 @@ async fn main() -> Result<(), Error> {
     }
     let mut backends = Backends::aws(&aws)?;
     gateway::lambda::key_setup::manage_keys(&mut backends, &aws).await?;
-    let gateway = Gateway::new(&config, backends, &env)?;
+    let mut gateway = Gateway::new(&config, backends, &env)?;
+    // The usage report over every key (`GET /v1/admin/usage`).
+    let usage = DynamoUsageStore::from_env(gateway::storage::dynamo::client(&aws))?;
+    gateway.usage = Some(Arc::new(usage));
     // Answered the way the REST API's streaming integration invokes it.
     gateway::lambda::serve(Arc::new(gateway), ResponseMode::Auto, Routes::Admin).await
 }

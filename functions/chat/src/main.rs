@@ -5,6 +5,9 @@
 use gateway::http::Routes;
 use gateway::lambda::ResponseMode;
 use gateway::lambda::setup::{BatchPart, Setup, env};
+use std::sync::Arc;
+
+use gateway::usage::dynamo::DynamoUsageStore;
 use lambda_http::Error;
 
 #[tokio::main]
@@ -16,8 +19,10 @@ async fn main() -> Result<(), Error> {
         .await;
     let mut setup = Setup::load(&aws, BatchPart::Included).await?;
     // Only this function answers `/v1/responses`: the workers need no responses table.
-    setup.responses =
-        gateway::responses::dynamo_store_from_env(&gateway::storage::dynamo::client(&aws), env);
+    let dynamo = gateway::storage::dynamo::client(&aws);
+    setup.responses = gateway::responses::dynamo_store_from_env(&dynamo, env);
+    // Usage reports of the calling key (the workers only write usage, at settlement).
+    setup.usage = Some(Arc::new(DynamoUsageStore::from_env(dynamo)?));
     let gateway = setup.gateway()?;
     // Key management is the admin function's: this role cannot write keys.
     gateway::lambda::serve(gateway, mode, Routes::DataPlane).await

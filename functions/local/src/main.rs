@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use gateway::backends::Backends;
 use gateway::batch::BatchBackends;
 use gateway::batch::worker::Worker;
-use gateway::clock::{now_millis, now_secs};
+use gateway::clock::{day_of, now_millis, now_secs};
 use gateway::config::{Config, ServerConfig};
 use gateway::ingest::backends::IngestBackends;
 use gateway::keys::audit::{AUDIT_TABLE_ENV, AuditAction, AuditEntry, DynamoAuditLog};
@@ -27,6 +27,8 @@ use gateway::routing::Model;
 use gateway::state::Gateway;
 use gateway::storage::dynamo::DynamoConfig;
 use gateway::storage::embedded::EmbeddedStore;
+use gateway::usage::dynamo::DynamoUsageStore;
+use gateway::usage::{UsageQuery, UsageStore, to_csv, to_table};
 use gateway::vectors::VectorStore;
 use gateway::vectors::embedded::EmbeddedVectors;
 use gateway::vectors::s3::S3VectorStore;
@@ -95,6 +97,22 @@ enum Command {
     /// Ingest the .txt and .md files under a directory into a collection of a running gateway,
     /// local or on AWS (an HTTP client of its collections API)
     Ingest(ingest_cli::IngestArgs),
+    /// Usage and spend by key, day and billed model, from the store (`--backend`): a table, or
+    /// CSV with --csv
+    Usage {
+        /// One key's id [default: every key]
+        #[arg(long)]
+        key: Option<String>,
+        /// First day, YYYY-MM-DD (UTC) [default: the first of --to's month]
+        #[arg(long)]
+        from: Option<String>,
+        /// Last day, YYYY-MM-DD (UTC), at most 366 days after --from [default: today]
+        #[arg(long)]
+        to: Option<String>,
+        /// CSV instead of a table
+        #[arg(long)]
+        csv: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -221,6 +239,9 @@ async fn main() {
         Some(Command::CreateTables) => create_tables().await,
         Some(Command::Batch { connection, action }) => batch_cli::run(connection, action).await,
         Some(Command::Ingest(args)) => ingest_cli::run(args).await,
+        Some(Command::Usage { key, from, to, csv }) => {
+            usage(cli.backend, &cli.data_dir, key, from, to, csv).await
+        }
     };
     if let Err(error) = result {
         eprintln!("gateway-local: {error}");
@@ -297,6 +318,7 @@ async fn serve(
             gateway.batch = Some(BatchBackends::embedded(store, &data_dir, env)?);
             gateway.ingest = Some(IngestBackends::embedded(store, &data_dir, env)?);
             gateway.responses = Some(Arc::clone(store) as _);
+            gateway.usage = Some(Arc::clone(store) as _);
             Arc::new(EmbeddedVectors::new(Arc::clone(store)))
         }
         // The API only: on AWS the batch and ingest functions work their queues off. Vectors go
@@ -310,6 +332,7 @@ async fn serve(
             gateway.batch = BatchBackends::aws(&sdk, &dynamo, env)?;
             gateway.ingest = IngestBackends::aws(&sdk, &dynamo, env)?;
             gateway.responses = gateway::responses::dynamo_store_from_env(&dynamo, env);
+            gateway.usage = Some(Arc::new(DynamoUsageStore::from_env(dynamo.clone())?));
             match S3VectorStore::from_lookup(&sdk, env)? {
                 Some(store) => Arc::new(store),
                 None => Arc::new(EmbeddedVectors::new(EmbeddedStore::open(&data_dir)?)),
@@ -450,6 +473,37 @@ async fn shutdown_signal() {
         () = ctrl_c => {}
         () = terminate => {}
     }
+}
+
+/// Prints the usage report `GET /v1/admin/usage` answers, from the store.
+async fn usage(
+    backend: Backend,
+    data_dir: &Path,
+    key: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    csv: bool,
+) -> Result<(), Failure> {
+    let query = UsageQuery::parse(key, from.as_deref(), to.as_deref(), day_of(now_secs()))
+        .map_err(|e| e.message)?;
+    let store: Arc<dyn UsageStore> = match backend {
+        Backend::Embedded => EmbeddedStore::open(data_dir)?,
+        Backend::Aws => {
+            let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .load()
+                .await;
+            Arc::new(DynamoUsageStore::from_env(
+                gateway::storage::dynamo::client(&sdk),
+            )?)
+        }
+    };
+    let rows = store.usage(&query).await?;
+    if csv {
+        print!("{}", to_csv(&rows));
+    } else {
+        print!("{}", to_table(&rows));
+    }
+    Ok(())
 }
 
 async fn keys(action: KeysAction, backend: Backend, data_dir: &Path) -> Result<(), Failure> {

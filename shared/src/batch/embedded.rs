@@ -16,7 +16,8 @@ use crate::error::StoreError;
 use crate::limits::from_nano_usd;
 use crate::limits::local::Spend;
 use crate::storage::embedded::{
-    EmbeddedStore, decode_record as decode, encode_record, failed, from_sql_int, to_sql_int,
+    EmbeddedStore, add_usage, decode_record as decode, encode_record, failed, from_sql_int,
+    to_sql_int,
 };
 
 /// Prefixes a backend failure with what the store was doing.
@@ -321,6 +322,7 @@ impl BatchStore for EmbeddedStore {
                     item.month,
                     from_nano_usd(item.nano_usd)
                 ])?;
+                add_usage(&tx, &item.key_id, item.day, &item.usage)?;
             }
             tx.commit()?;
             Ok(Ok(Some(counts)))

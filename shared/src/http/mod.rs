@@ -20,6 +20,8 @@
 //! | PATCH, DELETE | `/v1/admin/keys/{id}` | `admin::update_key`, `admin::revoke_key` |
 //! | POST | `/v1/admin/keys/{id}/rotate` | `admin::rotate_key` (`{"grace_seconds": N}`) |
 //! | GET | `/v1/admin/audit` | `admin::list_audit` (`?limit=N`) |
+//! | GET | `/v1/admin/usage` | `usage::admin_usage` (`?key=&from=&to=&format=csv`; by key, day and model) |
+//! | GET | `/v1/usage` | `usage::own_usage` (`usage` scope; `?from=&to=`; the calling key's by day and model) |
 //! | POST, GET | `/v1/files` | `batch::create_file` (multipart), `batch::list_files` |
 //! | GET, DELETE | `/v1/files/{id}` | `batch::get_file`, `batch::delete_file` |
 //! | GET | `/v1/files/{id}/content` | `batch::file_content` |
@@ -56,6 +58,7 @@ mod pipeline_events;
 pub mod responses;
 pub mod scopes;
 pub mod server;
+pub mod usage;
 
 use std::sync::Arc;
 
@@ -133,6 +136,7 @@ fn admin_routes() -> Router<Arc<Gateway>> {
         )
         .route("/v1/admin/keys/{id}/rotate", post(rotate_key))
         .route("/v1/admin/audit", get(list_audit))
+        .route("/v1/admin/usage", get(usage::admin_usage))
 }
 
 fn data_plane_routes() -> Router<Arc<Gateway>> {
@@ -147,6 +151,7 @@ fn data_plane_routes() -> Router<Arc<Gateway>> {
             get(responses::get_response).delete(responses::delete_response),
         )
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/usage", get(usage::own_usage))
         .route("/v1/files", post(batch::create_file).get(batch::list_files))
         .route(
             "/v1/files/{id}",

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use super::{admin, batch, collections, handlers, messages, responses};
+use super::{admin, batch, collections, handlers, messages, responses, usage};
 use crate::batch::files_api::FilePurpose;
 use crate::error::{ApiError, ErrorBody};
 
@@ -42,6 +42,8 @@ use crate::error::{ApiError, ErrorBody};
         admin::update_key,
         admin::rotate_key,
         admin::list_audit,
+        usage::admin_usage,
+        usage::own_usage,
         batch::create_file,
         batch::list_files,
         batch::get_file,

@@ -16,7 +16,9 @@ pub enum Requirement {
 }
 
 use Requirement::{AnyKey, Needs};
-use Scope::{Admin, Batches, BatchesRead, Chat, Collections, CollectionsRead, Embeddings, Metrics};
+use Scope::{
+    Admin, Batches, BatchesRead, Chat, Collections, CollectionsRead, Embeddings, Metrics, Usage,
+};
 
 /// (method, route path as the router declares it, requirement).
 pub const ROUTE_SCOPES: &[(&str, &str, Requirement)] = &[
@@ -36,6 +38,8 @@ pub const ROUTE_SCOPES: &[(&str, &str, Requirement)] = &[
     ("DELETE", "/v1/admin/keys/{id}", Needs(Admin)),
     ("POST", "/v1/admin/keys/{id}/rotate", Needs(Admin)),
     ("GET", "/v1/admin/audit", Needs(Admin)),
+    ("GET", "/v1/admin/usage", Needs(Admin)),
+    ("GET", "/v1/usage", Needs(Usage)),
     ("POST", "/v1/files", Needs(Batches)),
     ("GET", "/v1/files", Needs(BatchesRead)),
     ("GET", "/v1/files/{id}", Needs(BatchesRead)),

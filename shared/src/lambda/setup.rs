@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::ingest::backends::IngestBackends;
 use crate::responses::ResponseStore;
 use crate::state::Gateway;
+use crate::usage::UsageStore;
 use crate::vectors::VectorStore;
 use crate::vectors::s3::S3VectorStore;
 
@@ -39,6 +40,8 @@ pub struct Setup {
     /// Stored Responses API objects: set by the chat function only (the workers answer no
     /// `/v1/responses`).
     pub responses: Option<Arc<dyn ResponseStore>>,
+    /// Usage reports: set by the chat function only (the workers serve no report).
+    pub usage: Option<Arc<dyn UsageStore>>,
     /// Provider credentials from the secret (the environment is consulted after them).
     credentials: HashMap<String, String>,
 }
@@ -74,6 +77,7 @@ impl Setup {
             ingest,
             vectors,
             responses: None,
+            usage: None,
             credentials,
         })
     }
@@ -86,6 +90,7 @@ impl Setup {
         gateway.ingest = self.ingest;
         gateway.vectors = self.vectors;
         gateway.responses = self.responses;
+        gateway.usage = self.usage;
         Ok(Arc::new(gateway))
     }
 }

@@ -40,6 +40,8 @@ use crate::storage::dynamo::{
     DynamoConfig, EXPIRES_AT, FailurePolicy, PK, Rejection, SK, WriteError, condition_failed, n,
     number_attr, raced, rejection, retry_on_conflict, s, sdk_message,
 };
+use crate::usage::dynamo::{usage_sk, usage_update};
+use crate::usage::{Billed, ModelUsage};
 
 const REQUESTS: &str = "requests";
 const TOKENS: &str = "tokens";
@@ -311,8 +313,8 @@ fn tokens_settlement(reservation: &Reservation, used: u64) -> Option<CounterUpda
 }
 
 /// The settlement of spend as an update of the reservation's `month#` item.
-fn spend_settlement(reservation: &Reservation, cost_usd: f64) -> Option<CounterUpdate> {
-    let settlement = reservation.spend_settlement(cost_usd)?;
+fn spend_settlement(reservation: &Reservation, nano_usd: i64) -> Option<CounterUpdate> {
+    let settlement = reservation.spend_settlement(nano_usd)?;
     let mut update = CounterUpdate::new(month_sk(reservation.month));
     update.name("#committed", COMMITTED);
     update.name("#spent", SPENT);
@@ -320,6 +322,18 @@ fn spend_settlement(reservation: &Reservation, cost_usd: f64) -> Option<CounterU
     update.value(":spent", n(settlement.spent));
     update.expression = "ADD #committed :delta, #spent :spent".to_owned();
     Some(update)
+}
+
+/// One model's usage added to its `usage#` item for the reservation's day.
+fn usage_settlement(reservation: &Reservation, usage: &ModelUsage) -> CounterUpdate {
+    let (expression, names, values) = usage_update(&reservation.key_id, usage);
+    CounterUpdate {
+        sk: usage_sk(reservation.day, &usage.model),
+        expression: expression.to_owned(),
+        condition: None,
+        names,
+        values,
+    }
 }
 
 #[async_trait]
@@ -367,13 +381,23 @@ impl Limiter for DynamoLimiter {
         }
     }
 
-    async fn settle(&self, reservation: Reservation, tokens: u64, cost_usd: f64) {
+    async fn settle(&self, reservation: Reservation, billed: Billed) {
         // A window that has ended no longer limits anything: its tokens are left as they are.
-        let tokens_update = tokens_settlement(&reservation, tokens)
+        let tokens_update = tokens_settlement(&reservation, billed.tokens)
             .filter(|_| now_secs() / 60 == reservation.minute);
-        let spend_update = spend_settlement(&reservation, cost_usd);
+        let spend_update = spend_settlement(&reservation, billed.nano_usd());
+        let usage_updates: Vec<CounterUpdate> = billed
+            .models
+            .iter()
+            .map(|usage| usage_settlement(&reservation, usage))
+            .collect();
         let key_id = &reservation.key_id;
         tokio::join!(
+            futures_util::future::join_all(
+                usage_updates
+                    .into_iter()
+                    .map(|update| self.settle_update(key_id, update))
+            ),
             async {
                 if let Some(update) = tokens_update {
                     self.settle_update(key_id, update).await;
@@ -418,6 +442,7 @@ mod tests {
             key_id: Arc::from("key_1"),
             minute: 29_000_000,
             month: 202_611,
+            day: 20_139,
             tokens,
             nano_usd: to_nano_usd(cost_usd),
         }
@@ -521,14 +546,14 @@ mod tests {
         assert_eq!(tokens_settlement(&reservation(0, 0.0), 10), None);
         assert_eq!(tokens_settlement(&reservation(10, 0.0), 10), None);
 
-        let spend = spend_settlement(&reservation(0, 0.6), 0.25).unwrap();
+        let spend = spend_settlement(&reservation(0, 0.6), 250_000_000).unwrap();
         assert_eq!(spend.sk, "month#202611");
         assert_eq!(spend.expression, "ADD #committed :delta, #spent :spent");
         assert_eq!(spend.values[":delta"], n(-350_000_000));
         assert_eq!(spend.values[":spent"], n(250_000_000));
         // A key without a budget still records its spend, in both counters.
-        let unbudgeted = spend_settlement(&reservation(0, 0.0), 0.25).unwrap();
+        let unbudgeted = spend_settlement(&reservation(0, 0.0), 250_000_000).unwrap();
         assert_eq!(unbudgeted.values[":delta"], n(250_000_000));
-        assert_eq!(spend_settlement(&reservation(0, 0.0), 0.0), None);
+        assert_eq!(spend_settlement(&reservation(0, 0.0), 0), None);
     }
 }

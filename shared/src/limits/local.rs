@@ -13,6 +13,7 @@ use crate::limits::{
     BUDGET, Estimate, LimitError, Limiter, Plan, Reservation, from_nano_usd, to_nano_usd,
 };
 use crate::storage::embedded::{EmbeddedStore, Write};
+use crate::usage::{Billed, ModelUsage};
 
 /// Where an in-process limiter persists spend; the embedded store implements it.
 /// Spend of one key in one month, in nano-dollars.
@@ -21,6 +22,9 @@ pub struct Spend {
     pub key_id: String,
     pub month: u32,
     pub nano_usd: i64,
+    /// The day its usage is recorded under, and the usage per model.
+    pub day: u32,
+    pub usage: Vec<ModelUsage>,
 }
 
 tokio::task_local! {
@@ -31,22 +35,21 @@ tokio::task_local! {
     pub static ITEM_SPEND: RefCell<Vec<Spend>>;
 }
 
-/// Records spend in the item's collection when the batch worker set one; false otherwise.
-pub fn collect_item_spend(key_id: &str, month: u32, nano_usd: i64) -> bool {
-    ITEM_SPEND
-        .try_with(|spend| {
-            spend.borrow_mut().push(Spend {
-                key_id: key_id.to_owned(),
-                month,
-                nano_usd,
-            });
-        })
-        .is_ok()
+/// Records spend in the item's collection when the batch worker set one; gives it back
+/// otherwise.
+pub fn collect_item_spend(spend: Spend) -> Option<Spend> {
+    let mut spend = Some(spend);
+    let collected = ITEM_SPEND.try_with(|collection| {
+        if let Some(spend) = spend.take() {
+            collection.borrow_mut().push(spend);
+        }
+    });
+    if collected.is_ok() { None } else { spend }
 }
 
 pub trait SpendSink: Send + Sync {
-    /// Records spend without waiting for it to reach disk.
-    fn record(&self, key_id: &str, month: u32, nano_usd: i64);
+    /// Records a request's spend and usage without waiting for it to reach disk.
+    fn record(&self, spend: Spend);
 }
 
 /// One key's counters: the current minute's, and the current month's in nano-dollars, as the
@@ -146,8 +149,9 @@ impl Limiter for LocalLimiter {
         Ok(reservation)
     }
 
-    async fn settle(&self, reservation: Reservation, tokens: u64, cost_usd: f64) {
-        let spend = reservation.spend_settlement(cost_usd);
+    async fn settle(&self, reservation: Reservation, billed: Billed) {
+        let tokens = billed.tokens;
+        let spend = reservation.spend_settlement(billed.nano_usd());
         if let Ok(mut windows) = self.windows.lock()
             && let Some(window) = windows.get_mut(&reservation.key_id)
         {
@@ -164,10 +168,16 @@ impl Limiter for LocalLimiter {
                 window.spent_nano += spend.spent;
             }
         }
-        if let (Some(spend), Some(sink)) = (spend, &self.spend)
-            && spend.spent > 0
+        if let Some(sink) = &self.spend
+            && !billed.models.is_empty()
         {
-            sink.record(&reservation.key_id, reservation.month, spend.spent);
+            sink.record(Spend {
+                key_id: reservation.key_id.to_string(),
+                month: reservation.month,
+                nano_usd: spend.map_or(0, |spend| spend.spent),
+                day: reservation.day,
+                usage: billed.models,
+            });
         }
     }
 
@@ -186,25 +196,27 @@ impl Limiter for LocalLimiter {
 
 /// Spend goes to the embedded store's `spend` table, in USD as its column always held it.
 impl SpendSink for EmbeddedStore {
-    fn record(&self, key_id: &str, month: u32, nano_usd: i64) {
-        if collect_item_spend(key_id, month, nano_usd) {
-            return;
+    fn record(&self, spend: Spend) {
+        if let Some(spend) = collect_item_spend(spend) {
+            self.send(Write::Spend {
+                key_id: spend.key_id,
+                month: spend.month,
+                usd: from_nano_usd(spend.nano_usd),
+                day: spend.day,
+                usage: spend.usage,
+            });
         }
-        self.send(Write::Spend {
-            key_id: key_id.to_owned(),
-            month,
-            usd: from_nano_usd(nano_usd),
-        });
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::{now_secs, secs_until_next_month};
+    use crate::clock::{day_of, now_secs, secs_until_next_month};
     use crate::limits::RPM;
-    use crate::limits::tests::key;
+    use crate::limits::tests::{billed, key};
     use crate::storage::embedded::test_dir;
+    use crate::usage::{UsageQuery, UsageStore};
 
     #[test]
     fn months_are_utc_calendar_months() {
@@ -257,7 +269,7 @@ mod tests {
         let first = limiter.acquire(&k, big, 0).await.unwrap();
         assert!(limiter.acquire(&k, big, 1).await.is_err());
         // It used 10 of the 80 it reserved: the rest goes back to the window.
-        limiter.settle(first, 10, 0.0).await;
+        limiter.settle(first, billed(10, 0.0)).await;
         assert!(limiter.acquire(&k, big, 2).await.is_ok());
     }
 
@@ -285,13 +297,13 @@ mod tests {
         // 0.8 is reserved while those run: 0.4 more does not fit, 0.15 does.
         assert!(refused_by_budget(limiter.acquire(&k, est(0.4), 0).await));
         let c = limiter.acquire(&k, est(0.15), 0).await.unwrap();
-        limiter.settle(a, 0, 0.3).await;
-        limiter.settle(b, 0, 0.3).await;
-        limiter.settle(c, 0, 0.0).await;
+        limiter.settle(a, billed(0, 0.3)).await;
+        limiter.settle(b, billed(0, 0.3)).await;
+        limiter.settle(c, billed(0, 0.0)).await;
         assert!((limiter.spent_usd("key_1", 0).await.unwrap() - 0.6).abs() < 1e-9);
         // 0.4 is left: an estimate of exactly that fits.
         let d = limiter.acquire(&k, est(0.4), 0).await.unwrap();
-        limiter.settle(d, 0, 0.4).await;
+        limiter.settle(d, billed(0, 0.4)).await;
         // Nothing is left: even a request estimated at nothing is refused.
         assert!(refused_by_budget(limiter.acquire(&k, est(0.0), 0).await));
     }
@@ -300,11 +312,43 @@ mod tests {
     fn spend_is_written_in_the_background() {
         let dir = test_dir("spend");
         let store = EmbeddedStore::open(&dir).unwrap();
-        store.record("key_1", month_of(now_secs()), 250_000_000);
-        store.record("key_1", month_of(now_secs()), 500_000_000);
+        let spend = |nano_usd| Spend {
+            key_id: "key_1".into(),
+            month: month_of(now_secs()),
+            nano_usd,
+            day: day_of(now_secs()),
+            usage: vec![ModelUsage {
+                model: "m".into(),
+                requests: 1,
+                input_tokens: 3,
+                output_tokens: 2,
+                nano_usd,
+            }],
+        };
+        store.record(spend(250_000_000));
+        store.record(spend(500_000_000));
         store.flush();
-        let spend = store.spend_this_month().unwrap();
-        assert!((spend[&("key_1".to_owned(), month_of(now_secs()))] - 0.75).abs() < 1e-9);
+        let spent = store.spend_this_month().unwrap();
+        assert!((spent[&("key_1".to_owned(), month_of(now_secs()))] - 0.75).abs() < 1e-9);
+        let today = day_of(now_secs());
+        let query = UsageQuery {
+            key_id: None,
+            from: today,
+            to: today,
+        };
+        let rows = futures_util::FutureExt::now_or_never(store.usage(&query))
+            .unwrap()
+            .unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            (
+                rows[0].requests,
+                rows[0].input_tokens,
+                rows[0].output_tokens
+            ),
+            (2, 6, 4)
+        );
+        assert_eq!(rows[0].cost_nano_usd, 750_000_000);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -322,7 +366,7 @@ mod tests {
                 .acquire(&k, request, 0)
                 .await
                 .unwrap_or_else(|e| panic!("request {n} refused: {e:?}"));
-            limiter.settle(reservation, 0, 0.003).await;
+            limiter.settle(reservation, billed(0, 0.003)).await;
         }
         assert!(refused_by_budget(limiter.acquire(&k, request, 0).await));
         assert_eq!(limiter.spent_usd("key_1", 0).await.unwrap(), 0.06);

@@ -14,9 +14,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::clock::{month_of, secs_until_next_month};
+use crate::clock::{day_of, month_of, secs_until_next_month};
 use crate::error::ApiError;
 use crate::keys::KeyRecord;
+use crate::usage::Billed;
 
 /// What a request is expected to consume, known before it runs.
 #[derive(Debug, Clone, Copy, Default)]
@@ -102,6 +103,7 @@ impl Plan {
             key_id,
             minute: now_secs / 60,
             month: month_of(now_secs),
+            day: day_of(now_secs),
             tokens: self.window.as_ref().map_or(0, WindowCheck::reserved_tokens),
             nano_usd: self.budget.as_ref().map_or(0, |budget| budget.reserve_nano),
         }
@@ -152,6 +154,8 @@ pub struct Reservation {
     pub key_id: Arc<str>,
     pub minute: u64,
     pub month: u32,
+    /// The UTC day (days since 1970-01-01) its usage is recorded under.
+    pub day: u32,
     /// Tokens added to the minute's counter; 0 for a key without TPM (or admitted unchecked).
     pub tokens: u64,
     /// Nano-dollars added to the month's committed spend; 0 for a key without a budget (or
@@ -180,10 +184,9 @@ impl Reservation {
         Some(i64::try_from(change).unwrap_or(if change < 0 { i64::MIN } else { i64::MAX }))
     }
 
-    /// The change to the month's spend counters; a key without a budget still records its spend.
-    /// `None` when nothing was reserved or spent.
-    pub fn spend_settlement(&self, cost_usd: f64) -> Option<SpendSettlement> {
-        let spent = to_nano_usd(cost_usd);
+    /// The change to the month's spend counters for a request that cost `spent` nano-dollars;
+    /// a key without a budget still records its spend. `None` when nothing was reserved or spent.
+    pub fn spend_settlement(&self, spent: i64) -> Option<SpendSettlement> {
         (self.nano_usd != 0 || spent != 0).then_some(SpendSettlement {
             committed_change: spent - self.nano_usd,
             spent,
@@ -257,9 +260,9 @@ pub trait Limiter: Send + Sync {
         now_secs: u64,
     ) -> Result<Reservation, LimitError>;
 
-    /// Replaces the reservation with what the request really used. Never fails the request:
-    /// errors are logged.
-    async fn settle(&self, reservation: Reservation, tokens: u64, cost_usd: f64);
+    /// Replaces the reservation with what the request really used, and records its usage per
+    /// model for the reservation's day. Never fails the request: errors are logged.
+    async fn settle(&self, reservation: Reservation, billed: Billed);
 
     /// Spend recorded this month for a key, in USD.
     async fn spent_usd(&self, key_id: &str, now_secs: u64) -> Result<f64, LimitError>;
@@ -279,6 +282,11 @@ mod tests {
             budget_usd,
             ..KeyRecord::default()
         }
+    }
+
+    /// One request billed to model `m`, its tokens all input.
+    pub(super) fn billed(tokens: u64, cost_usd: f64) -> Billed {
+        Billed::one("m", tokens, 0, to_nano_usd(cost_usd))
     }
 
     pub(super) fn estimate(tokens: u64, cost_usd: f64) -> Estimate {
@@ -372,7 +380,7 @@ mod tests {
         assert_eq!(reservation.month, month_of(1_800_000_000));
         assert_eq!(reservation.tokens_change(10), None);
         assert_eq!(
-            reservation.spend_settlement(0.1),
+            reservation.spend_settlement(100_000_000),
             Some(SpendSettlement {
                 committed_change: -150_000_000,
                 spent: 100_000_000
@@ -383,7 +391,7 @@ mod tests {
         assert_eq!((reservation.tokens, reservation.nano_usd), (80, 0));
         assert_eq!(reservation.tokens_change(10), Some(-70));
         assert_eq!(reservation.tokens_change(80), None);
-        assert_eq!(reservation.spend_settlement(0.0), None);
+        assert_eq!(reservation.spend_settlement(0), None);
     }
 
     #[test]

@@ -135,7 +135,7 @@ async fn answer(
         .acquire(key, estimate, now)
         .await
         .map_err(|e| e.to_api_error())?;
-    let mut settlement = Settlement::new(gateway, reservation, route.price);
+    let mut settlement = Settlement::new(gateway, reservation, route.price, &route.name);
     settlement.observed.prompt_tokens = prompt_estimate;
 
     let preferred = routing::choose(route, &[], Instant::now());
@@ -285,7 +285,7 @@ async fn answer(
             Ok(response)
         }
         Outcome::Stream(chunks) => {
-            settlement.price = answer.model.price;
+            settlement.bill_to(answer.model.price, &answer.model.name);
             let leads = leader.is_some();
             let relay = StreamRelay {
                 upstream: chunks,

@@ -353,7 +353,7 @@ async fn embed_inputs(
         )
         .await
         .map_err(|e| e.to_api_error())?;
-    let mut settlement = Settlement::new(gateway, reservation, model.price);
+    let mut settlement = Settlement::new(gateway, reservation, model.price, &model.name);
 
     let per_call = inputs_per_call(gateway, model);
     // Collected first: a closure inside the stream would make the future's lifetimes too
@@ -426,7 +426,7 @@ async fn embed_inputs(
         });
     }
     if let Some(error) = failure {
-        settlement.price = billed_price;
+        settlement.bill_to(billed_price, &served_model.name);
         settlement.observed = Usage::new(upstream_tokens, 0);
         return Err(error);
     }

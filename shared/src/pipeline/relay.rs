@@ -262,7 +262,7 @@ impl StreamRelay {
             validate::count(&self.model, "valid");
         }
         if let Some(settlement) = self.settlement.take() {
-            let price = settlement.price;
+            let price = settlement.price();
             settlement.finish(usage, price, &self.model);
         }
         if let Some(leader) = self.leader.take().filter(|_| !truncated)

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use crate::api::Usage;
 use crate::background::Background;
 use crate::config::Price;
-use crate::limits::{Limiter, Reservation};
+use crate::limits::{Limiter, Reservation, from_nano_usd, to_nano_usd};
 use crate::state::Gateway;
 use crate::telemetry::{METRICS, RequestTrace};
+use crate::usage::{Billed, ModelUsage};
 
 /// Holds an admitted request's reservation until its real usage is known. Settling happens off
 /// the response path; a request dropped midway (client gone, error) settles what it observed.
@@ -16,43 +17,73 @@ pub(crate) struct Settlement {
     pub(crate) limiter: Arc<dyn Limiter>,
     pub(crate) background: Background,
     pub(crate) reservation: Option<Reservation>,
-    pub(crate) price: Price,
+    /// The price and name of the model the current call is billed to.
+    price: Price,
+    model: String,
     pub(crate) observed: Usage,
     /// Calls that are over (a first answer that failed validation), each billed at the price of
     /// the model that served it.
-    banked_cost: f64,
+    banked: Vec<ModelUsage>,
     banked_tokens: u64,
     /// The request's trace, taken when it was admitted: a stream settles after its handler
     /// has returned.
     trace: Option<Arc<RequestTrace>>,
 }
 
+/// A call's usage billed at `price` to `model`; `requests` is 1 for the call that answers.
+fn billed_call(usage: &Usage, price: Price, model: &str, requests: u64) -> ModelUsage {
+    ModelUsage {
+        model: model.to_owned(),
+        requests,
+        input_tokens: usage.prompt_tokens,
+        output_tokens: usage.completion_tokens,
+        nano_usd: to_nano_usd(price.usage_cost_usd(usage)),
+    }
+}
+
 impl Settlement {
-    pub(crate) fn new(gateway: &Gateway, reservation: Reservation, price: Price) -> Self {
+    pub(crate) fn new(
+        gateway: &Gateway,
+        reservation: Reservation,
+        price: Price,
+        model: &str,
+    ) -> Self {
         Self {
             limiter: Arc::clone(&gateway.limiter),
             background: gateway.background.clone(),
             reservation: Some(reservation),
             price,
+            model: model.to_owned(),
             observed: Usage::default(),
-            banked_cost: 0.0,
+            banked: Vec::new(),
             banked_tokens: 0,
             trace: RequestTrace::current(),
         }
     }
 
+    /// Bills the current call (and a drop before `finish`) at `price` to `model`: the one that
+    /// serves it, which a fallback may have changed.
+    pub(crate) fn bill_to(&mut self, price: Price, model: &str) {
+        self.price = price;
+        model.clone_into(&mut self.model);
+    }
+
+    pub(crate) fn price(&self) -> Price {
+        self.price
+    }
+
     /// Bills a call that is over at its own model's price, so a later call served by another
     /// model (a retry that fell back) is billed at that one's.
     pub(crate) fn bank(&mut self, usage: Usage, price: Price, model: &str) {
-        let cost = price.usage_cost_usd(&usage);
+        let call = billed_call(&usage, price, model, 0);
         METRICS.record_usage(
             self.trace.as_deref(),
             model,
             usage.prompt_tokens,
             usage.completion_tokens,
-            cost,
+            from_nano_usd(call.nano_usd),
         );
-        self.banked_cost += cost;
+        self.banked.push(call);
         self.banked_tokens += usage.total_tokens;
         self.observed = Usage::default();
     }
@@ -60,7 +91,7 @@ impl Settlement {
     /// Settles with the last call's usage, billed at `price` to `model`; returns the cost of
     /// every call of the request.
     pub(crate) fn finish(mut self, usage: Usage, price: Price, model: &str) -> f64 {
-        self.price = price;
+        self.bill_to(price, model);
         self.observed = usage;
         let own = price.usage_cost_usd(&usage);
         METRICS.record_usage(
@@ -73,13 +104,30 @@ impl Settlement {
         self.settle()
     }
 
+    /// Settles what was observed; returns the cost of every call of the request, the exact sum
+    /// of what is recorded per model.
     pub(crate) fn settle(&mut self) -> f64 {
-        let cost = self.banked_cost + self.price.usage_cost_usd(&self.observed);
+        let own = billed_call(&self.observed, self.price, &self.model, 1);
+        let mut models = std::mem::take(&mut self.banked);
+        // A retry answered by the model of the call before it: one line per model.
+        match models.iter_mut().find(|line| line.model == own.model) {
+            Some(line) => {
+                line.requests += own.requests;
+                line.input_tokens += own.input_tokens;
+                line.output_tokens += own.output_tokens;
+                line.nano_usd += own.nano_usd;
+            }
+            None => models.push(own),
+        }
+        let billed = Billed {
+            tokens: self.banked_tokens + self.observed.total_tokens,
+            models,
+        };
+        let cost = from_nano_usd(billed.nano_usd());
         if let Some(reservation) = self.reservation.take() {
             let limiter = Arc::clone(&self.limiter);
-            let tokens = self.banked_tokens + self.observed.total_tokens;
             finish_in_background(&self.background, async move {
-                limiter.settle(reservation, tokens, cost).await
+                limiter.settle(reservation, billed).await
             });
         }
         cost
@@ -119,7 +167,7 @@ mod tests {
 
     /// Keeps what each settlement reports.
     #[derive(Default)]
-    struct Recorder(Mutex<Vec<(u64, f64)>>);
+    struct Recorder(Mutex<Vec<Billed>>);
 
     #[async_trait]
     impl Limiter for Recorder {
@@ -132,8 +180,8 @@ mod tests {
             unreachable!("settlement never admits")
         }
 
-        async fn settle(&self, _: Reservation, tokens: u64, cost_usd: f64) {
-            self.0.lock().unwrap().push((tokens, cost_usd));
+        async fn settle(&self, _: Reservation, billed: Billed) {
+            self.0.lock().unwrap().push(billed);
         }
 
         async fn spent_usd(&self, _: &str, _: u64) -> Result<f64, LimitError> {
@@ -146,6 +194,7 @@ mod tests {
             key_id: "key_1".into(),
             minute: 0,
             month: 0,
+            day: 0,
             tokens: 0,
             nano_usd: 0,
         };
@@ -155,8 +204,9 @@ mod tests {
             background: Background::default(),
             reservation: Some(reservation),
             price,
+            model: "route".to_owned(),
             observed: Usage::default(),
-            banked_cost: 0.0,
+            banked: Vec::new(),
             banked_tokens: 0,
             trace: None,
         }
@@ -199,7 +249,28 @@ mod tests {
         let first = 10.0 + 2.0 * 5.0;
         let retry = 10.0 * 20.0 + 20.0 * 4.0;
         assert!((cost - (first + retry)).abs() < 1e-9, "{cost}");
-        assert_eq!(*recorder.0.lock().unwrap(), vec![(39, first + retry)]);
+        let settled = recorder.0.lock().unwrap();
+        let [billed] = settled.as_slice() else {
+            panic!("{settled:?}")
+        };
+        assert_eq!(billed.tokens, 39);
+        // Each model is recorded with what it served; the request counts for the one that
+        // answered.
+        let lines: Vec<(&str, u64, u64, u64, i64)> = billed
+            .models
+            .iter()
+            .map(|m| {
+                let (name, requests) = (m.model.as_str(), m.requests);
+                (name, requests, m.input_tokens, m.output_tokens, m.nano_usd)
+            })
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                ("cheap", 0, 10, 5, to_nano_usd(first)),
+                ("dear", 1, 20, 4, to_nano_usd(retry))
+            ]
+        );
     }
 
     #[tokio::test]
@@ -208,6 +279,14 @@ mod tests {
         let mut request = settlement(&recorder, price(1e6, 1e6));
         request.bank(Usage::new(10, 5), price(1e6, 2e6), "cheap");
         drop(request);
-        assert_eq!(*recorder.0.lock().unwrap(), vec![(15, 20.0)]);
+        let settled = recorder.0.lock().unwrap();
+        assert_eq!(settled.len(), 1);
+        assert_eq!(
+            (settled[0].tokens, settled[0].nano_usd()),
+            (15, to_nano_usd(20.0))
+        );
+        // The dropped request still counts, for the model it was billed to, with nothing used.
+        assert_eq!(settled[0].models[1].model, "route");
+        assert_eq!(settled[0].models[1].requests, 1);
     }
 }

@@ -190,7 +190,7 @@ pub(crate) async fn ensure_valid<'g>(
         .unwrap_or_else(|| Usage::new(retry_estimate, 0));
     // The retry is billed at the price of the model that answered it, which a fallback may
     // have changed.
-    settlement.price = answer.model.price;
+    settlement.bill_to(answer.model.price, &answer.model.name);
     settlement.observed = second;
     if let Err(failed) = check(schema, &completion) {
         count(&answer.model.name, "invalid");

@@ -29,6 +29,7 @@ use tokio::sync::Notify;
 
 use crate::clock::{month_of, now_secs};
 use crate::error::StoreError;
+use crate::usage::ModelUsage;
 
 /// How long the writer collects writes before committing them together.
 const BATCH_WINDOW: Duration = Duration::from_millis(100);
@@ -50,6 +51,8 @@ pub(crate) enum Write {
         key_id: String,
         month: u32,
         usd: f64,
+        day: u32,
+        usage: Vec<ModelUsage>,
     },
     Flush(mpsc::SyncSender<()>),
 }
@@ -192,6 +195,17 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
              usd REAL NOT NULL,
              PRIMARY KEY (key_id, month)
          );
+         CREATE TABLE IF NOT EXISTS usage (
+             key_id TEXT NOT NULL,
+             day INTEGER NOT NULL,
+             model TEXT NOT NULL,
+             requests INTEGER NOT NULL,
+             input_tokens INTEGER NOT NULL,
+             output_tokens INTEGER NOT NULL,
+             nano_usd INTEGER NOT NULL,
+             PRIMARY KEY (key_id, day, model)
+         );
+         CREATE INDEX IF NOT EXISTS usage_day ON usage (day);
          CREATE TABLE IF NOT EXISTS cache (
              key BLOB PRIMARY KEY,
              body BLOB NOT NULL,
@@ -427,7 +441,10 @@ fn commit(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<()> {
     // Spend adds up per key and month: one row update each, however many requests the batch has.
     let mut spend: HashMap<(&str, u32), f64> = HashMap::new();
     for write in batch {
-        if let Write::Spend { key_id, month, usd } = write {
+        if let Write::Spend {
+            key_id, month, usd, ..
+        } = write
+        {
             *spend.entry((key_id.as_str(), *month)).or_default() += usd;
         }
     }
@@ -449,7 +466,10 @@ fn commit(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<()> {
                 } => {
                     put_cache.execute(params![&key[..], &body[..], expires_at])?;
                 }
-                Write::Spend { .. } | Write::Flush(_) => {}
+                Write::Spend {
+                    key_id, day, usage, ..
+                } => add_usage(&tx, key_id, *day, usage)?,
+                Write::Flush(_) => {}
             }
         }
         for ((key_id, month), usd) in spend {
@@ -457,6 +477,36 @@ fn commit(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<()> {
         }
     }
     tx.commit()
+}
+
+/// Adds a request's usage to its key's and day's rows, one per model.
+pub(crate) fn add_usage(
+    conn: &Connection,
+    key_id: &str,
+    day: u32,
+    usage: &[ModelUsage],
+) -> rusqlite::Result<()> {
+    let mut add = conn.prepare_cached(
+        "INSERT INTO usage (key_id, day, model, requests, input_tokens, output_tokens, nano_usd)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (key_id, day, model) DO UPDATE SET
+             requests = requests + excluded.requests,
+             input_tokens = input_tokens + excluded.input_tokens,
+             output_tokens = output_tokens + excluded.output_tokens,
+             nano_usd = nano_usd + excluded.nano_usd",
+    )?;
+    for line in usage {
+        add.execute(params![
+            key_id,
+            day,
+            line.model,
+            to_sql_int(line.requests),
+            to_sql_int(line.input_tokens),
+            to_sql_int(line.output_tokens),
+            line.nano_usd
+        ])?;
+    }
+    Ok(())
 }
 
 fn purge_expired(conn: &Connection) {

@@ -503,7 +503,7 @@ async fn limiters_in_different_containers_share_the_counts() {
             .acquire(&spender, estimate(0, 0.5), now_secs())
             .await
             .expect("admitted");
-        limiters[0].settle(reservation, 0, 0.25).await;
+        limiters[0].settle(reservation, billed(0, 0.25)).await;
         let seen_elsewhere = limiters[1]
             .spent_usd("key_spender", now_secs())
             .await
@@ -535,7 +535,7 @@ async fn tpm_reserves_then_settles_to_actual_usage() {
             other => panic!("expected a TPM refusal, got {other:?}"),
         }
         // It used 10 of the 80 it reserved: the rest goes back to the window.
-        limiter.settle(first, 10, 0.0).await;
+        limiter.settle(first, billed(10, 0.0)).await;
         assert!(limiter.acquire(&key, estimate(80, 0.0), now).await.is_ok());
         assert_eq!(
             refused_limit(limiter.acquire(&key, estimate(20, 0.0), now).await),
@@ -586,9 +586,9 @@ async fn budget_admits_only_requests_whose_estimate_fits_in_what_is_left() {
             .acquire(&key, estimate(0, 0.15), now)
             .await
             .expect("c");
-        limiter.settle(a, 0, 0.3).await;
-        limiter.settle(b, 0, 0.3).await;
-        limiter.settle(c, 0, 0.0).await;
+        limiter.settle(a, billed(0, 0.3)).await;
+        limiter.settle(b, billed(0, 0.3)).await;
+        limiter.settle(c, billed(0, 0.0)).await;
         let spent = limiter.spent_usd("key_budget", now).await.unwrap();
         assert!((spent - 0.6).abs() < 1e-9, "{spent}");
         // 0.4 is left: an estimate of exactly that fits, and then nothing is left, not even for a
@@ -597,7 +597,7 @@ async fn budget_admits_only_requests_whose_estimate_fits_in_what_is_left() {
             .acquire(&key, estimate(0, 0.4), now)
             .await
             .expect("d");
-        limiter.settle(d, 0, 0.4).await;
+        limiter.settle(d, billed(0, 0.4)).await;
         assert_eq!(
             refused_limit(limiter.acquire(&key, estimate(0, 0.0), now).await),
             BUDGET
@@ -623,8 +623,8 @@ async fn a_budget_refusal_does_not_consume_rpm_or_tpm() {
         for _ in 0..5 {
             assert_eq!(refused_limit(limiter.acquire(&key, est, now).await), BUDGET);
         }
-        limiter.settle(a, 100, 0.1).await;
-        limiter.settle(b, 100, 0.1).await;
+        limiter.settle(a, billed(100, 0.1)).await;
+        limiter.settle(b, billed(100, 0.1)).await;
         // Five budget refusals later the window still holds two requests and 200 tokens: a third
         // request with 800 tokens fits exactly, which it would not had the refusals counted.
         assert!(limiter.acquire(&key, estimate(800, 0.1), now).await.is_ok());
@@ -710,7 +710,7 @@ async fn limits_fail_open_when_configured() {
                 .await
                 .expect("admitted unchecked");
             // Settling against the unreachable table logs and returns.
-            limiter.settle(reservation, 5, 0.001).await;
+            limiter.settle(reservation, billed(5, 0.001)).await;
         }
     })
     .await;
@@ -733,7 +733,7 @@ async fn usage_admitted_unchecked_is_still_recorded() {
         // The table is back by the time the response ends: the spend is recorded, nothing is
         // released that was never reserved.
         let limiter = DynamoLimiter::new(tables.client.clone(), &config);
-        limiter.settle(reservation, 0, 0.75).await;
+        limiter.settle(reservation, billed(0, 0.75)).await;
         let spent = limiter
             .spent_usd("key_recovered", now_secs())
             .await
@@ -753,4 +753,9 @@ async fn usage_admitted_unchecked_is_still_recorded() {
         );
     })
     .await;
+}
+
+/// One request billed to model `m`, its tokens all input.
+fn billed(tokens: u64, cost_usd: f64) -> gateway::usage::Billed {
+    gateway::usage::Billed::one("m", tokens, 0, gateway::limits::to_nano_usd(cost_usd))
 }

@@ -399,9 +399,9 @@ impl Limiter for SlowSettle {
         self.0.acquire(key, estimate, now_secs).await
     }
 
-    async fn settle(&self, reservation: Reservation, tokens: u64, cost_usd: f64) {
+    async fn settle(&self, reservation: Reservation, billed: gateway::usage::Billed) {
         tokio::time::sleep(SETTLE_TAKES).await;
-        self.0.settle(reservation, tokens, cost_usd).await;
+        self.0.settle(reservation, billed).await;
     }
 
     async fn spent_usd(&self, key_id: &str, now_secs: u64) -> Result<f64, LimitError> {

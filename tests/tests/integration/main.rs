@@ -41,4 +41,5 @@ mod scopes;
 mod stored_responses;
 mod tenant_boundaries;
 mod three_apis;
+mod usage;
 mod vectors_aws;

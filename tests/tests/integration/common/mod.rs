@@ -203,6 +203,7 @@ impl TestGateway {
         let mut gateway = gateway;
         // Stored responses, as `gateway-local` keeps them in its embedded store.
         gateway.responses = Some(Arc::clone(&store) as _);
+        gateway.usage = Some(Arc::clone(&store) as _);
         configure(&mut gateway, &store, &dir);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
