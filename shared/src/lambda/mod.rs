@@ -25,8 +25,10 @@ use lambda_http::request::{LambdaRequest, RequestOrigin};
 use lambda_http::{Adapter, Context, Error, LambdaEvent, RequestExt, Service, StreamAdapter};
 use lambda_runtime::tower::ServiceExt;
 use lambda_runtime::{FunctionResponse, StreamResponse};
+use sha2::{Digest, Sha256};
 
 use crate::background::Background;
+use crate::error::ApiError;
 use crate::http::AuthorizedKey;
 use crate::keys::KeyRecord;
 use crate::pipeline::RequestDeadline;
@@ -59,18 +61,77 @@ impl ResponseMode {
         match self {
             ResponseMode::Stream => true,
             ResponseMode::Buffered => false,
-            ResponseMode::Auto => match (event.request_origin(), event) {
-                (RequestOrigin::ApiGatewayV1, _) => true,
-                // Function URLs send v2 events from a `*.lambda-url.*` domain.
-                (RequestOrigin::ApiGatewayV2, LambdaRequest::ApiGatewayV2(v2)) => v2
-                    .request_context
-                    .domain_name
-                    .as_deref()
-                    .is_some_and(|d| d.contains(".lambda-url.")),
+            ResponseMode::Auto => match event.request_origin() {
+                RequestOrigin::ApiGatewayV1 => true,
+                RequestOrigin::ApiGatewayV2 => is_function_url(event),
                 _ => false,
             },
         }
     }
+}
+
+/// Function URLs send v2 events from a `*.lambda-url.*` domain (also behind CloudFront, which
+/// sends the origin's own Host).
+fn is_function_url(event: &LambdaRequest) -> bool {
+    let LambdaRequest::ApiGatewayV2(v2) = event else {
+        return false;
+    };
+    v2.request_context
+        .domain_name
+        .as_deref()
+        .is_some_and(|d| d.contains(".lambda-url."))
+}
+
+/// The header the template's CloudFront distribution adds to every request for the Function URL.
+pub const ORIGIN_VERIFY_HEADER: &str = "x-gateway-origin-verify";
+
+/// Which Function URL requests are answered. Behind CloudFront (`GATEWAY_ORIGIN_SECRET`, set by
+/// the template's `EnableCloudFront`) only those carrying the distribution's secret origin header,
+/// so nobody skips its WAF by calling the URL directly; other fronts are not concerned.
+#[derive(Clone, Copy, Default)]
+pub struct OriginCheck {
+    secret_digest: Option<[u8; 32]>,
+}
+
+impl OriginCheck {
+    pub fn from_env() -> Self {
+        Self::new(std::env::var("GATEWAY_ORIGIN_SECRET").ok().as_deref())
+    }
+
+    /// No check without a secret (or with an empty one).
+    pub fn new(secret: Option<&str>) -> Self {
+        Self {
+            secret_digest: secret
+                .filter(|s| !s.is_empty())
+                .map(|s| Sha256::digest(s.as_bytes()).into()),
+        }
+    }
+
+    /// Digests are compared, not the values, so the time taken says nothing about the secret.
+    fn admits(&self, event: &LambdaRequest) -> bool {
+        let Some(expected) = self.secret_digest else {
+            return true;
+        };
+        let LambdaRequest::ApiGatewayV2(v2) = event else {
+            return true;
+        };
+        if !is_function_url(event) {
+            return true;
+        }
+        v2.headers
+            .get(ORIGIN_VERIFY_HEADER)
+            .is_some_and(|value| <[u8; 32]>::from(Sha256::digest(value.as_bytes())) == expected)
+    }
+}
+
+/// Answers every request of an invocation the origin check refused.
+fn refused_origin_router() -> Router {
+    Router::new().fallback(|| async {
+        ApiError::forbidden(
+            "this function URL answers only requests through the gateway's CloudFront distribution",
+        )
+        .with_code("origin_not_allowed")
+    })
 }
 
 /// The key record an API Gateway REQUEST authorizer put in the request context (as JSON under
@@ -153,6 +214,7 @@ pub async fn handle(
     router: Router,
     background: Background,
     mode: ResponseMode,
+    origin: OriginCheck,
     event: LambdaEvent<LambdaRequest>,
 ) -> Result<
     FunctionResponse<
@@ -162,6 +224,11 @@ pub async fn handle(
     Error,
 > {
     let streams = mode.streams(&event.payload);
+    let router = if origin.admits(&event.payload) {
+        router
+    } else {
+        refused_origin_router()
+    };
     let authorized = authorized_key(&event.payload).map(|record| AuthorizedKey(Arc::new(record)));
     let router =
         router.map_request(move |request| with_invocation_facts(request, authorized.clone()));
@@ -188,9 +255,10 @@ pub async fn serve(
 ) -> Result<(), Error> {
     let background = gateway.background.clone();
     let router = crate::http::router_for(gateway, routes);
+    let origin = OriginCheck::from_env();
     lambda_runtime::run(lambda_runtime::service_fn(
         move |event: LambdaEvent<LambdaRequest>| {
-            handle(router.clone(), background.clone(), mode, event)
+            handle(router.clone(), background.clone(), mode, origin, event)
         },
     ))
     .await

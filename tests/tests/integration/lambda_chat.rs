@@ -13,7 +13,7 @@ use gateway::config::Config;
 use gateway::http::Routes;
 use gateway::keys::KeyStore;
 use gateway::keys::{KeyRecord, NewKey, generate_key};
-use gateway::lambda::{ResponseMode, handle};
+use gateway::lambda::{ORIGIN_VERIFY_HEADER, OriginCheck, ResponseMode, handle};
 use gateway::limits::{Estimate, LimitError, Limiter, Reservation};
 use gateway::state::Gateway;
 use gateway::storage::embedded::EmbeddedStore;
@@ -144,10 +144,20 @@ async fn invoke(setup: &Setup, payload: Value) -> Answer {
 }
 
 async fn invoke_with(setup: &Setup, payload: Value, context: Context) -> Answer {
+    invoke_through(setup, payload, context, OriginCheck::default()).await
+}
+
+async fn invoke_through(
+    setup: &Setup,
+    payload: Value,
+    context: Context,
+    origin: OriginCheck,
+) -> Answer {
     let response = handle(
         setup.router.clone(),
         setup.background.clone(),
         ResponseMode::Auto,
+        origin,
         lambda_event(payload, context),
     )
     .await
@@ -377,6 +387,37 @@ async fn health_answers_without_a_key() {
         .await;
         assert_eq!(answer.status, 200);
         assert!(answer.body.contains("ok"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn behind_cloudfront_the_function_url_answers_only_with_the_origin_secret() {
+    within(30, async {
+        let setup = setup().await;
+        let origin = OriginCheck::new(Some("origin-secret-from-the-template"));
+        let through = |payload: Value| invoke_through(&setup, payload, Context::default(), origin);
+        let health = |name: &str| event(name, "GET", "/health", None, None);
+
+        let direct = through(health("lambda_function_url_request.json")).await;
+        assert_eq!(direct.status, 403, "{}", direct.body);
+        let error: Value = serde_json::from_str(&direct.body).expect("an OpenAI error body");
+        assert_eq!(error["error"]["code"], "origin_not_allowed");
+        assert!(!direct.body.contains("origin-secret"), "{}", direct.body);
+
+        let mut wrong = health("lambda_function_url_request.json");
+        wrong["headers"][ORIGIN_VERIFY_HEADER] = json!("a-guess");
+        assert_eq!(through(wrong).await.status, 403);
+
+        let mut via_cloudfront = health("lambda_function_url_request.json");
+        via_cloudfront["headers"][ORIGIN_VERIFY_HEADER] = json!("origin-secret-from-the-template");
+        let answer = through(via_cloudfront).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert!(answer.streamed, "the Function URL still streams");
+
+        // API Gateway invokes the function itself, never through the URL: no header needed.
+        let rest = through(health("apigw_proxy_request.json")).await;
+        assert_eq!(rest.status, 200, "{}", rest.body);
     })
     .await;
 }
