@@ -2,6 +2,7 @@
 
 mod batch_cli;
 mod ingest_cli;
+mod replay;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -95,6 +96,13 @@ enum Command {
     /// Ingest the .txt and .md files under a directory into a collection of a running gateway,
     /// local or on AWS (an HTTP client of its collections API)
     Ingest(ingest_cli::IngestArgs),
+    /// Replay a trace of chat requests in process (embedded store in a temporary folder, the
+    /// built-in mock model, or --config's models with no provider credentials), with the cache
+    /// on and off, and report hit rate, tokens, cost and what the cache saved
+    Replay(replay::ReplayArgs),
+    /// Write a trace for `replay` to standard output: Zipf-distributed repeats of distinct
+    /// prompts
+    TraceGen(replay::TraceGenArgs),
 }
 
 #[derive(Subcommand)]
@@ -221,6 +229,14 @@ async fn main() {
         Some(Command::CreateTables) => create_tables().await,
         Some(Command::Batch { connection, action }) => batch_cli::run(connection, action).await,
         Some(Command::Ingest(args)) => ingest_cli::run(args).await,
+        Some(Command::Replay(args)) => match cli.config {
+            Some(path) => match load_config(Some(&path)) {
+                Ok(config) => replay::replay(args, config).await,
+                Err(error) => Err(error),
+            },
+            None => replay::replay(args, Config::built_in(|_| None)).await,
+        },
+        Some(Command::TraceGen(args)) => replay::trace_gen(args),
     };
     if let Err(error) = result {
         eprintln!("gateway-local: {error}");
@@ -287,7 +303,7 @@ async fn serve(
     backend: Backend,
     data_dir: PathBuf,
 ) -> Result<(), Failure> {
-    gateway::telemetry::init_logging();
+    let traces = gateway::telemetry::otlp::init_logging_and_traces(&env);
     let config = load_config(config_path.as_ref())?;
     let (backends, embedded) = open_backends(backend, &data_dir).await?;
     let first_run_key = bootstrap_keys(&backends).await?;
@@ -349,6 +365,9 @@ async fn serve(
     .await;
     if let Some(store) = embedded {
         store.flush();
+    }
+    if let Some(traces) = traces {
+        traces.shutdown();
     }
     Ok(())
 }
