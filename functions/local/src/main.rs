@@ -2,6 +2,7 @@
 
 mod batch_cli;
 mod ingest_cli;
+mod replay;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -113,6 +114,13 @@ enum Command {
         #[arg(long)]
         csv: bool,
     },
+    /// Replay a trace of chat requests in process (embedded store in a temporary folder, the
+    /// built-in mock model, or --config's models with no provider credentials), with the cache
+    /// on and off, and report hit rate, tokens, cost and what the cache saved
+    Replay(replay::ReplayArgs),
+    /// Write a trace for `replay` to standard output: Zipf-distributed repeats of distinct
+    /// prompts
+    TraceGen(replay::TraceGenArgs),
 }
 
 #[derive(Subcommand)]
@@ -242,6 +250,14 @@ async fn main() {
         Some(Command::Usage { key, from, to, csv }) => {
             usage(cli.backend, &cli.data_dir, key, from, to, csv).await
         }
+        Some(Command::Replay(args)) => match cli.config {
+            Some(path) => match load_config(Some(&path)) {
+                Ok(config) => replay::replay(args, config).await,
+                Err(error) => Err(error),
+            },
+            None => replay::replay(args, Config::built_in(|_| None)).await,
+        },
+        Some(Command::TraceGen(args)) => replay::trace_gen(args),
     };
     if let Err(error) = result {
         eprintln!("gateway-local: {error}");
@@ -308,7 +324,7 @@ async fn serve(
     backend: Backend,
     data_dir: PathBuf,
 ) -> Result<(), Failure> {
-    gateway::telemetry::init_logging();
+    let traces = gateway::telemetry::otlp::init_logging_and_traces(&env);
     let config = load_config(config_path.as_ref())?;
     let (backends, embedded) = open_backends(backend, &data_dir).await?;
     let first_run_key = bootstrap_keys(&backends).await?;
@@ -372,6 +388,9 @@ async fn serve(
     .await;
     if let Some(store) = embedded {
         store.flush();
+    }
+    if let Some(traces) = traces {
+        traces.shutdown();
     }
     Ok(())
 }

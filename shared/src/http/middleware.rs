@@ -32,6 +32,7 @@ pub(crate) async fn authenticate(
         None => match gateway
             .auth
             .authenticate(request.headers(), now_secs())
+            .instrument(tracing::info_span!(target: crate::telemetry::SPAN_TARGET, "auth"))
             .await
         {
             Ok(key) => {

@@ -8,6 +8,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::Value;
+use tracing::Instrument;
 
 use super::guard::screen_chat;
 use super::pii;
@@ -32,7 +33,7 @@ use crate::keys::KeyRecord;
 use crate::limits::Estimate;
 use crate::routing::{self, Model, Outcome, ServedModel};
 use crate::state::Gateway;
-use crate::telemetry::{METRICS, Metrics, RequestTrace};
+use crate::telemetry::{METRICS, Metrics, RequestTrace, SPAN_TARGET};
 
 pub(crate) async fn chat(
     gateway: &Gateway,
@@ -86,6 +87,7 @@ pub(crate) async fn chat(
         &mut pii,
         invocation_deadline,
     )
+    .instrument(tracing::info_span!(target: SPAN_TARGET, "retrieval"))
     .await?;
     let headers = &*pii.cache_headers(headers);
     let response = answer(
@@ -133,6 +135,7 @@ async fn answer(
     let reservation = gateway
         .limiter
         .acquire(key, estimate, now)
+        .instrument(tracing::info_span!(target: SPAN_TARGET, "limits"))
         .await
         .map_err(|e| e.to_api_error())?;
     let mut settlement = Settlement::new(gateway, reservation, route.price, &route.name);
@@ -167,8 +170,14 @@ async fn answer(
             set_header(&mut response, &X_GATEWAY_COST, "0");
             Ok::<Response, ApiError>(response)
         };
-        match gateway.cache.lookup(exact_key, deadline).await {
-            Lookup::Hit(body) => return serve_cached(body, CACHE_HIT, settlement),
+        let cache_span =
+            tracing::info_span!(target: SPAN_TARGET, "cache", result = tracing::field::Empty);
+        let lookup = gateway.cache.lookup(exact_key, deadline);
+        match lookup.instrument(cache_span.clone()).await {
+            Lookup::Hit(body) => {
+                cache_span.record("result", CACHE_HIT);
+                return serve_cached(body, CACHE_HIT, settlement);
+            }
             Lookup::Miss(mut guard) => {
                 let semantic = gateway.semantic_caches.get(&route.name).and_then(|config| {
                     let scope = SemanticScope::of(
@@ -182,9 +191,11 @@ async fn answer(
                     Some((config, scope))
                 });
                 if let Some((config, scope)) = semantic {
-                    match semantic::lookup(gateway, key, config, scope, &route.name, deadline).await
-                    {
+                    let lookup =
+                        semantic::lookup(gateway, key, config, scope, &route.name, deadline);
+                    match lookup.instrument(cache_span.clone()).await {
                         Semantic::Hit(body) => {
+                            cache_span.record("result", SEMANTIC_HIT);
                             // Identical requests waiting on this one look again on their own.
                             drop(guard);
                             return serve_cached(body, SEMANTIC_HIT, settlement);
@@ -196,9 +207,11 @@ async fn answer(
                         Semantic::Miss(None) => {}
                     }
                 }
+                cache_span.record("result", "MISS");
                 leader = Some(guard);
             }
             Lookup::DeadlinePassed => {
+                cache_span.record("result", "deadline");
                 return Err(ApiError::new(
                     ErrorKind::Timeout,
                     "The request's deadline passed while an identical request was being answered.",

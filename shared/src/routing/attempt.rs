@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use rand::Rng;
+use tracing::Instrument;
 
 use super::health::{choose, note_transition};
 use super::registry::{Deployment, Registry, ServedModel};
@@ -282,7 +283,17 @@ pub async fn execute<'g, A: Attempt>(
         attempts_here += 1;
         deployment.health.in_flight.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let result = match tokio::time::timeout_at(deadline, attempt.call(deployment)).await {
+        let span = tracing::info_span!(
+            target: crate::telemetry::SPAN_TARGET,
+            "provider_attempt",
+            model = %current.name,
+            provider = %deployment.provider_name,
+            deployment = %deployment.model,
+            attempt = attempts,
+            outcome = tracing::field::Empty,
+        );
+        let call = tokio::time::timeout_at(deadline, attempt.call(deployment));
+        let result = match call.instrument(span.clone()).await {
             Ok(result) => result,
             Err(_) => Err(ProviderError::new(
                 ProviderErrorKind::Timeout,
@@ -299,6 +310,7 @@ pub async fn execute<'g, A: Attempt>(
                 if let Ok(mut breaker) = deployment.health.breaker.lock() {
                     note_transition(deployment, breaker.record(true, Instant::now()));
                 }
+                span.record("outcome", "ok");
                 METRICS.record_attempt(provider, &deployment.label(), "ok");
                 return Ok(Answer {
                     outcome,
@@ -309,6 +321,7 @@ pub async fn execute<'g, A: Attempt>(
             Err(error) => error,
         };
         let label = error_label(error.kind);
+        span.record("outcome", label);
         METRICS.record_attempt(provider, &deployment.label(), label);
         if counts_against_breaker(&error)
             && let Ok(mut breaker) = deployment.health.breaker.lock()

@@ -13,8 +13,40 @@ use prometheus_client::registry::Registry;
 
 use crate::error::StoreError;
 
+#[cfg(feature = "otlp")]
+pub mod otlp;
+
+/// The target of the spans that make a request's trace (auth, limits, cache, retrieval, each
+/// provider attempt): exported over OTLP when gateway-local has an endpoint, and never in the
+/// log lines (the current span of a log line stays the request's, with its `request_id`).
+/// Disabled, such a span costs one check of its callsite.
+pub const SPAN_TARGET: &str = "gateway::trace";
+
 /// Installs the JSON log subscriber; safe to call more than once (later calls do nothing).
 pub fn init_logging() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let _ = tracing_subscriber::registry().with(log_layer()).try_init();
+}
+
+/// JSON log lines on stderr, filtered by `log_filter`.
+fn log_layer<S>() -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
+    use tracing_subscriber::Layer;
+    tracing_subscriber::fmt::layer()
+        .json()
+        .with_writer(std::io::stderr)
+        // The request's span (its `request_id`) on every line written while it is handled.
+        .with_current_span(true)
+        .with_span_list(false)
+        .with_filter(log_filter())
+}
+
+/// What the log lines show: RUST_LOG (default `info`), less the capped targets' bodies and the
+/// trace spans.
+fn log_filter() -> tracing_subscriber::EnvFilter {
     let spec = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
     let mut filter = tracing_subscriber::EnvFilter::try_new(&spec)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -28,14 +60,10 @@ pub fn init_logging() {
             filter = filter.add_directive(directive);
         }
     }
-    let _ = tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // The request's span (its `request_id`) on every line written while it is handled.
-        .with_current_span(true)
-        .with_span_list(false)
-        .try_init();
+    if let Ok(directive) = format!("{SPAN_TARGET}=off").parse() {
+        filter = filter.add_directive(directive);
+    }
+    filter
 }
 
 /// Targets held at `info` whatever RUST_LOG asks for the gateway (prefixes: `aws_sdk_` covers

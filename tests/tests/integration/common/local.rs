@@ -139,6 +139,22 @@ impl LocalServer {
         let _ = self.child.wait();
     }
 
+    /// Stops the process as an operator would (SIGTERM) and waits up to 20 s for it to exit,
+    /// having flushed what it holds.
+    pub fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "SIGTERM sent");
+        for _ in 0..200 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                assert!(status.success(), "gateway-local exited with {status}");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("gateway-local did not exit within 20 s of SIGTERM");
+    }
+
     /// Every line the process has written so far, on stdout (after its banner) and stderr.
     pub fn output(&self) -> Vec<String> {
         self.logs.lock().map(|l| l.clone()).unwrap_or_default()
