@@ -152,6 +152,8 @@ OPTIONAL_ON_LAMBDA = {
 
 # Variables the template may set to "" because the code treats empty as unset.
 EMPTY_MEANS_DEFAULT = {
+    "GATEWAY_ORIGIN_VERIFY": "set only with EnableCloudFront (the distribution's origin header value); "
+    "unset means no CloudFront front, so Function URL requests are not checked for it",
     "GATEWAY_CONFIG": "empty = the built-in config (sam build packages only the binary, so there is no file by default)",
 }
 

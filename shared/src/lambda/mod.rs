@@ -85,7 +85,7 @@ fn is_function_url(event: &LambdaRequest) -> bool {
 /// The header the template's CloudFront distribution adds to every request for the Function URL.
 pub const ORIGIN_VERIFY_HEADER: &str = "x-gateway-origin-verify";
 
-/// Which Function URL requests are answered. Behind CloudFront (`GATEWAY_ORIGIN_SECRET`, set by
+/// Which Function URL requests are answered. Behind CloudFront (`GATEWAY_ORIGIN_VERIFY`, set by
 /// the template's `EnableCloudFront`) only those carrying the distribution's secret origin header,
 /// so nobody skips its WAF by calling the URL directly; other fronts are not concerned.
 #[derive(Clone, Copy, Default)]
@@ -95,7 +95,7 @@ pub struct OriginCheck {
 
 impl OriginCheck {
     pub fn from_env() -> Self {
-        Self::new(std::env::var("GATEWAY_ORIGIN_SECRET").ok().as_deref())
+        Self::new(std::env::var("GATEWAY_ORIGIN_VERIFY").ok().as_deref())
     }
 
     /// No check without a secret (or with an empty one).
