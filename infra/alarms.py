@@ -441,7 +441,7 @@ def healthy_aws(template, rejected_keys: int) -> list:
     table = lambda lid: {"TableName": template.ref(lid)}  # noqa: E731
     queue = lambda lid: {"QueueName": template.getatt(lid, "QueueName")}  # noqa: E731
     points = [("AWS/Lambda", "Errors", fn("AuthorizerFunction"), [rejected_keys])]
-    for lid in ("ChatFunction", "IngestFunction", "BatchFunction"):
+    for lid in ("ChatFunction", "AdminFunction", "IngestFunction", "BatchFunction"):
         points.append(("AWS/Lambda", "Errors", fn(lid), [0]))
     for lid in ("KeysTable", "LimitsTable", "CacheTable", "ResponsesTable", "AuditTable", "BatchTable",
                 "CollectionsTable"):

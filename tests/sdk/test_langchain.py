@@ -10,10 +10,10 @@ offline and the same everywhere.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
+import os
+import re
 import shutil
-import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
@@ -25,7 +25,6 @@ from conftest import REPO
 if TYPE_CHECKING:
     from conftest import Key, Stack
 
-CARGO_METADATA_TIMEOUT_S = 60
 
 EMBED_TEXTS = [
     "the quick brown fox jumps over the lazy dog",
@@ -35,20 +34,16 @@ EMBED_TEXTS = [
 
 
 def _tiktoken_rs_assets() -> Path:
-    """The assets folder of the tiktoken-rs source that Cargo.lock pins (fetched by the build)."""
-    result = subprocess.run(
-        ["cargo", "metadata", "--format-version", "1", "--locked", "--offline"],
-        cwd=REPO,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=CARGO_METADATA_TIMEOUT_S,
-    )
-    assert result.returncode == 0, f"cargo metadata failed (build first):\n{result.stderr}"
-    packages = json.loads(result.stdout)["packages"]
-    manifests = [p["manifest_path"] for p in packages if p["name"] == "tiktoken-rs"]
-    assert len(manifests) == 1, f"expected one tiktoken-rs in Cargo.lock, found {manifests}"
-    return Path(manifests[0]).parent / "assets"
+    """The assets folder of the tiktoken-rs source that Cargo.lock pins, from Cargo's registry
+    cache (the build fetched it). Read from the lock file rather than `cargo metadata`, which
+    needs every locked package downloaded, those of other platforms too."""
+    lock = (REPO / "Cargo.lock").read_text()
+    versions = re.findall(r'name = "tiktoken-rs"\nversion = "([^"]+)"', lock)
+    assert len(versions) == 1, f"expected one tiktoken-rs in Cargo.lock, found {versions}"
+    cargo_home = Path(os.environ.get("CARGO_HOME") or Path.home() / ".cargo")
+    sources = sorted(cargo_home.glob(f"registry/src/*/tiktoken-rs-{versions[0]}/assets"))
+    assert sources, f"tiktoken-rs {versions[0]} is not in {cargo_home}/registry/src (build first)"
+    return sources[0]
 
 
 def _cl100k_address_and_sha256() -> tuple[str, str]:
