@@ -234,6 +234,8 @@ NOT_EXECUTED = {
         "SqsQueue::receive": "Lambda's event source mapping receives for the batch function; receive serves gateway-local's worker and tests",
         "SqsQueue::delete": "Lambda's event source mapping deletes what the batch function handled",
         "SqsQueue::dead_letter": "only the batch worker dead-letters; the chat function enqueues batches",
+        "DynamoUsageStore::every_key_page": "the usage report over every key is an admin route "
+        "(GET /v1/admin/usage), served by the admin function; GET /v1/usage always names the calling key",
     },
 }
 

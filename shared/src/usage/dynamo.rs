@@ -112,6 +112,59 @@ fn too_many() -> StoreError {
     ))
 }
 
+/// One page of items and where the next one starts.
+type Page = (
+    Vec<HashMap<String, AttributeValue>>,
+    Option<HashMap<String, AttributeValue>>,
+);
+
+impl DynamoUsageStore {
+    /// One key's rows: a Query of its partition.
+    async fn key_page(
+        &self,
+        key_id: &str,
+        range: (&AttributeValue, &AttributeValue),
+        start: Option<HashMap<String, AttributeValue>>,
+    ) -> Result<Page, StoreError> {
+        let output = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("#pk = :pk AND #sk BETWEEN :from AND :to")
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_names("#sk", SK)
+            .expression_attribute_values(":pk", s(format!("key#{key_id}")))
+            .expression_attribute_values(":from", range.0.clone())
+            .expression_attribute_values(":to", range.1.clone())
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|e| backend("Query on the limits table (usage)", &e))?;
+        Ok((output.items.unwrap_or_default(), output.last_evaluated_key))
+    }
+
+    /// Every key's rows: a Scan (the admin report only).
+    async fn every_key_page(
+        &self,
+        range: (&AttributeValue, &AttributeValue),
+        start: Option<HashMap<String, AttributeValue>>,
+    ) -> Result<Page, StoreError> {
+        let output = self
+            .client
+            .scan()
+            .table_name(&self.table)
+            .filter_expression("#sk BETWEEN :from AND :to")
+            .expression_attribute_names("#sk", SK)
+            .expression_attribute_values(":from", range.0.clone())
+            .expression_attribute_values(":to", range.1.clone())
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|e| backend("Scan of the limits table (usage)", &e))?;
+        Ok((output.items.unwrap_or_default(), output.last_evaluated_key))
+    }
+}
+
 #[async_trait]
 impl UsageStore for DynamoUsageStore {
     async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
@@ -122,38 +175,8 @@ impl UsageStore for DynamoUsageStore {
         let mut start: Option<HashMap<String, AttributeValue>> = None;
         loop {
             let (items, next) = match &query.key_id {
-                Some(key_id) => {
-                    let output = self
-                        .client
-                        .query()
-                        .table_name(&self.table)
-                        .key_condition_expression("#pk = :pk AND #sk BETWEEN :from AND :to")
-                        .expression_attribute_names("#pk", PK)
-                        .expression_attribute_names("#sk", SK)
-                        .expression_attribute_values(":pk", s(format!("key#{key_id}")))
-                        .expression_attribute_values(":from", from.clone())
-                        .expression_attribute_values(":to", to.clone())
-                        .set_exclusive_start_key(start.take())
-                        .send()
-                        .await
-                        .map_err(|e| backend("Query on the limits table (usage)", &e))?;
-                    (output.items.unwrap_or_default(), output.last_evaluated_key)
-                }
-                None => {
-                    let output = self
-                        .client
-                        .scan()
-                        .table_name(&self.table)
-                        .filter_expression("#sk BETWEEN :from AND :to")
-                        .expression_attribute_names("#sk", SK)
-                        .expression_attribute_values(":from", from.clone())
-                        .expression_attribute_values(":to", to.clone())
-                        .set_exclusive_start_key(start.take())
-                        .send()
-                        .await
-                        .map_err(|e| backend("Scan of the limits table (usage)", &e))?;
-                    (output.items.unwrap_or_default(), output.last_evaluated_key)
-                }
+                Some(key_id) => self.key_page(key_id, (&from, &to), start.take()).await?,
+                None => self.every_key_page((&from, &to), start.take()).await?,
             };
             rows.extend(items.iter().filter_map(row));
             if rows.len() > MAX_REPORT_ROWS {
