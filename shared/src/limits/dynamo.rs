@@ -1,22 +1,28 @@
 //! Limits counted in DynamoDB (the limits table), exact across any number of processes.
 //!
-//! - `pk = "key#<key id>"`, `sk = "minute#<epoch minute>"`: `requests` (N), `tokens` (N),
-//!   `expires_at` (the end of the next minute).
-//! - `pk = "key#<key id>"`, `sk = "month#<YYYYMM>"`: `committed_nano_usd` (N, spent plus
-//!   in-flight reservations), `spent_nano_usd` (N). Month items carry no `expires_at`: they are
-//!   the spend history.
+//! One item per key holds every counter: `pk = "key#<key id>"`, `sk = "limits"`, with
+//! `window_minute` (N, the epoch minute the window counters belong to), `requests` and `tokens`
+//! (N), `budget_month` (N, YYYYMM), `committed_nano_usd` (N, spent plus in-flight reservations)
+//! and `spent_nano_usd` (N) for that month. Spend history lives in the per-day usage items
+//! (`usage#...`, shared/src/usage/dynamo.rs), so the item only needs the current windows.
 //!
-//! Exactness: every admission is one conditional write. RPM and TPM share the minute item
-//! (`ADD requests :one, tokens :t` on condition `requests < :rpm AND tokens <= :tpm - :t`); the
-//! budget keeps `committed = spent + in-flight reservations` in one attribute, because a condition
-//! cannot add two attributes (`ADD committed :estimate` on condition `committed <= :budget_left`,
-//! `budget - estimate` worked out here: a request must fit in what is left of the budget). A key
-//! with both writes the two items in one transaction, so a request refused by its budget does not
-//! consume RPM or TPM. Money is counted in integer nano-dollars, so `ADD` is exact and a cheap
-//! request (a few micro-dollars) is not rounded away. Writes that meet a transaction in progress
-//! are retried (the SDK does not). One key's minute item is a single item, so a single key is
+//! Cost and exactness: an admission is one conditional UpdateItem of that item (1 write unit),
+//! and so is a settlement. The admission `ADD`s the request, its tokens and its estimate on
+//! condition that the item's windows are the current ones and its counters admit it, as
+//! `WindowCheck::refusal` and `BudgetCheck::admits` say (a condition cannot add two attributes,
+//! so the budget is checked as `committed <= budget - estimate`, worked out here). One write
+//! means a request refused by any limit consumes nothing. When the condition fails, the item
+//! as it was (`ReturnValuesOnConditionCheckFailure::AllOld`) tells a refusal from a window that
+//! has ended; the latter is written again, starting the ended window anew (`SET` on condition
+//! that the item's window is older), which a racing writer can do only once. So the first request
+//! of a minute (or month) pays a second write; every other admission pays one. Money is counted in
+//! integer nano-dollars, so `ADD` is exact. One key's counters are one item, so a single key is
 //! admitted at most at DynamoDB's per-item write rate (about 1 000 a second): sharding it would
 //! give up exactness.
+//!
+//! Tables written by earlier versions kept the month in a `month#<YYYYMM>` item: when a key's
+//! item does not exist yet, that item's spend is carried into the new one, so an upgrade in the
+//! middle of a month does not reset budgets.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,117 +31,109 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::operation::update_item::{UpdateItemError, UpdateItemOutput};
-use aws_sdk_dynamodb::types::{
-    AttributeValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
-};
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 
-use crate::clock::{month_of, now_secs};
+use crate::clock::month_of;
 use crate::keys::KeyRecord;
 use crate::limits::{
-    BUDGET, BudgetCheck, Estimate, LimitError, Limiter, Plan, RPM, Reservation, TPM, WindowCheck,
-    from_nano_usd,
+    BUDGET, Estimate, LimitError, Limiter, Plan, Reservation, SpendSettlement, from_nano_usd,
 };
 use crate::storage::dynamo::{
-    DynamoConfig, EXPIRES_AT, FailurePolicy, PK, Rejection, SK, WriteError, condition_failed, n,
-    number_attr, raced, rejection, retry_on_conflict, s, sdk_message,
+    DynamoConfig, FailurePolicy, PK, Rejection, SK, WriteError, n, number_attr, rejection,
+    retry_on_conflict, s, sdk_message,
 };
 use crate::usage::dynamo::{usage_sk, usage_update};
 use crate::usage::{Billed, ModelUsage};
 
+const COUNTERS_SK: &str = "limits";
+const MINUTE: &str = "window_minute";
 const REQUESTS: &str = "requests";
 const TOKENS: &str = "tokens";
+const MONTH: &str = "budget_month";
 const COMMITTED: &str = "committed_nano_usd";
 const SPENT: &str = "spent_nano_usd";
+
+/// Writes of one admission or settlement: the fast path, then at most a window started anew and
+/// a couple of races with other writers doing the same.
+const STATE_ATTEMPTS: usize = 4;
 
 fn limits_pk(key_id: &str) -> String {
     format!("key#{key_id}")
 }
 
-fn minute_sk(minute: u64) -> String {
-    format!("minute#{minute}")
-}
-
-fn month_sk(month: u32) -> String {
+/// The month item of earlier versions, read once per key to carry its spend over.
+fn legacy_month_sk(month: u32) -> String {
     format!("month#{month}")
 }
 
-/// The window half of a plan as an update of the `minute#` item: `ADD` the request (and its
-/// tokens) on condition that the counters as they are admit it, as `WindowCheck::refusal` says.
-fn window_update(check: &WindowCheck, minute: u64) -> CounterUpdate {
-    let mut update = CounterUpdate::new(minute_sk(minute));
-    update.name("#requests", REQUESTS);
-    update.name("#expires_at", EXPIRES_AT);
-    update.value(":one", n(1));
-    // Kept a minute past the window's end, then deleted by TTL.
-    update.value(":expires_at", n((minute + 2) * 60));
-    let mut add = "ADD #requests :one".to_owned();
-    let mut conditions = Vec::new();
-    if let Some(rpm) = check.rpm {
-        conditions.push("(attribute_not_exists(#requests) OR #requests < :rpm)");
-        update.value(":rpm", n(rpm));
+/// A key's counters as a refused write found them; absent attributes read as an item that has
+/// never counted that window.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Counters {
+    exists: bool,
+    minute: Option<u64>,
+    requests: u64,
+    tokens: u64,
+    month: Option<u32>,
+    committed: i64,
+}
+
+impl Counters {
+    fn read(item: Option<&HashMap<String, AttributeValue>>) -> Self {
+        let Some(item) = item else {
+            return Self::default();
+        };
+        Self {
+            exists: true,
+            minute: number_attr(item, MINUTE),
+            requests: number_attr(item, REQUESTS).unwrap_or(0),
+            tokens: number_attr(item, TOKENS).unwrap_or(0),
+            month: number_attr(item, MONTH),
+            committed: number_attr(item, COMMITTED).unwrap_or(0),
+        }
     }
-    if let Some(tokens_left) = check.tokens_left() {
-        add.push_str(", #tokens :tokens");
-        conditions.push("(attribute_not_exists(#tokens) OR #tokens <= :tpm_left)");
-        update.name("#tokens", TOKENS);
-        update.value(":tokens", n(check.reserved_tokens()));
-        update.value(":tpm_left", n(tokens_left));
+
+    fn window(&self, minute: u64) -> Window {
+        window_state(self.minute.map(u128::from), u128::from(minute))
     }
-    update.expression = format!("{add} SET #expires_at = :expires_at");
-    update.condition = Some(conditions.join(" AND "));
-    update
+
+    fn budget(&self, month: u32) -> Window {
+        window_state(self.month.map(u128::from), u128::from(month))
+    }
 }
 
-/// Which window limit refused, from the `minute#` item as it was when the condition failed.
-fn window_refusal(
-    check: &WindowCheck,
-    old: Option<&HashMap<String, AttributeValue>>,
-) -> &'static str {
-    let counter = |name| {
-        old.and_then(|item| number_attr::<u64>(item, name))
-            .unwrap_or(0)
-    };
-    // Without the old item, the only limit the key has, or TPM (RPM is seen in any item).
-    check
-        .refusal(counter(REQUESTS), counter(TOKENS))
-        .unwrap_or(if check.tpm.is_some() { TPM } else { RPM })
+/// Where the item's window stands against the one a write is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Window {
+    /// The same window: add to its counters.
+    Current,
+    /// The item holds an older window (or none): start this one anew.
+    Ended,
+    /// The item is already in a later window (the writer's clock is behind, or a settlement
+    /// arrives after its window ended).
+    Later,
 }
 
-/// The budget half of a plan as an update of the `month#` item. A condition cannot add, so
-/// `committed + reserve <= budget` is checked as `committed <= BudgetCheck::committed_at_most`.
-fn budget_update(check: &BudgetCheck, month: u32) -> CounterUpdate {
-    let mut update = CounterUpdate::new(month_sk(month));
-    update.name("#committed", COMMITTED);
-    update.value(":reserve", n(check.reserve_nano));
-    update.value(":budget_left", n(check.committed_at_most()));
-    update.expression = "ADD #committed :reserve".to_owned();
-    update.condition =
-        Some("attribute_not_exists(#committed) OR #committed <= :budget_left".to_owned());
-    update
+fn window_state(item: Option<u128>, this: u128) -> Window {
+    match item {
+        Some(item) if item == this => Window::Current,
+        Some(item) if item > this => Window::Later,
+        _ => Window::Ended,
+    }
 }
 
-/// One update of a limits-table item, sent alone (UpdateItem) or in a transaction.
-#[derive(Debug, Clone, PartialEq)]
+/// One UpdateItem of a key's counters, built from parts.
+#[derive(Debug, Clone, Default, PartialEq)]
 struct CounterUpdate {
-    sk: String,
-    expression: String,
-    condition: Option<String>,
+    set: Vec<&'static str>,
+    add: Vec<&'static str>,
+    conditions: Vec<&'static str>,
     names: HashMap<String, String>,
     values: HashMap<String, AttributeValue>,
 }
 
 impl CounterUpdate {
-    fn new(sk: String) -> Self {
-        Self {
-            sk,
-            expression: String::new(),
-            condition: None,
-            names: HashMap::new(),
-            values: HashMap::new(),
-        }
-    }
-
     fn name(&mut self, placeholder: &str, attribute: &str) {
         self.names
             .insert(placeholder.to_owned(), attribute.to_owned());
@@ -144,29 +142,167 @@ impl CounterUpdate {
     fn value(&mut self, placeholder: &str, value: AttributeValue) {
         self.values.insert(placeholder.to_owned(), value);
     }
-}
 
-/// What refused an admission's update, to tell the client which limit.
-enum Refusal {
-    Window(WindowCheck),
-    Budget,
-}
+    fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty()
+    }
 
-impl Refusal {
-    fn limit(&self, old: Option<&HashMap<String, AttributeValue>>) -> &'static str {
-        match self {
-            Refusal::Window(check) => window_refusal(check, old),
-            Refusal::Budget => BUDGET,
+    fn expression(&self) -> String {
+        let mut clauses = Vec::new();
+        if !self.set.is_empty() {
+            clauses.push(format!("SET {}", self.set.join(", ")));
         }
+        if !self.add.is_empty() {
+            clauses.push(format!("ADD {}", self.add.join(", ")));
+        }
+        clauses.join(" ")
+    }
+
+    fn condition(&self) -> Option<String> {
+        (!self.conditions.is_empty()).then(|| self.conditions.join(" AND "))
+    }
+
+    /// The names and values the expression and condition use: DynamoDB refuses a request that
+    /// defines one it does not use, and the parts above define theirs together.
+    fn used_placeholders(&self) -> (HashMap<String, String>, HashMap<String, AttributeValue>) {
+        let text = format!(
+            "{} {}",
+            self.expression(),
+            self.condition().unwrap_or_default()
+        );
+        let used: std::collections::HashSet<&str> = text
+            .split(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '#' | ':')))
+            .collect();
+        let names = self
+            .names
+            .iter()
+            .filter(|(placeholder, _)| used.contains(placeholder.as_str()))
+            .map(|(placeholder, name)| (placeholder.clone(), name.clone()))
+            .collect();
+        let values = self
+            .values
+            .iter()
+            .filter(|(placeholder, _)| used.contains(placeholder.as_str()))
+            .map(|(placeholder, value)| (placeholder.clone(), value.clone()))
+            .collect();
+        (names, values)
+    }
+
+    /// The minute window: adds the request (and its tokens) to the current window on condition
+    /// that its counters admit it, or starts an ended window with this request alone.
+    fn window(&mut self, plan: &Plan, minute: u64, state: Window) {
+        let Some(check) = &plan.window else {
+            return;
+        };
+        self.name("#minute", MINUTE);
+        self.name("#requests", REQUESTS);
+        self.name("#tokens", TOKENS);
+        self.value(":minute", n(minute));
+        self.value(":one", n(1));
+        self.value(":tokens", n(check.reserved_tokens()));
+        if state == Window::Current {
+            self.conditions.push("#minute = :minute");
+            self.add.push("#requests :one");
+            if let Some(rpm) = check.rpm {
+                self.conditions.push("#requests < :rpm");
+                self.value(":rpm", n(rpm));
+            }
+            if let Some(tokens_left) = check.tokens_left() {
+                self.add.push("#tokens :tokens");
+                self.conditions.push("#tokens <= :tpm_left");
+                self.value(":tpm_left", n(tokens_left));
+            }
+        } else {
+            // `Plan::new` refused a request no empty window admits.
+            self.conditions
+                .push("(attribute_not_exists(#minute) OR #minute < :minute)");
+            self.set
+                .extend(["#minute = :minute", "#requests = :one", "#tokens = :tokens"]);
+        }
+    }
+
+    /// The month: adds the estimate to what is committed on condition that it fits in what is
+    /// left, or starts an ended month with it (and what `carried` says was spent before).
+    fn budget(&mut self, plan: &Plan, month: u32, state: Window, carried: i64) {
+        let Some(check) = &plan.budget else {
+            return;
+        };
+        self.month(month);
+        if state == Window::Current {
+            self.conditions.push("#month = :month");
+            self.conditions.push("#committed <= :budget_left");
+            self.add.push("#committed :reserve");
+            self.value(":reserve", n(check.reserve_nano));
+            self.value(":budget_left", n(check.committed_at_most()));
+        } else {
+            self.start_month(check.reserve_nano.saturating_add(carried), carried);
+        }
+    }
+
+    /// Settles a reservation's spend: the change to the current month, or an ended month started
+    /// with it (a key without a budget has admissions that never touched the month).
+    fn spend(&mut self, settlement: SpendSettlement, month: u32, state: Window, carried: i64) {
+        self.month(month);
+        match state {
+            Window::Current => {
+                self.conditions.push("#month = :month");
+                self.add.extend(["#committed :delta", "#spent :spent"]);
+                self.value(":delta", n(settlement.committed_change));
+                self.value(":spent", n(settlement.spent));
+            }
+            Window::Ended => {
+                let spent = settlement.spent.saturating_add(carried);
+                self.start_month(spent, spent);
+            }
+            // The month it was reserved in has ended: only the usage items keep it.
+            Window::Later => {}
+        }
+    }
+
+    fn month(&mut self, month: u32) {
+        self.name("#month", MONTH);
+        self.name("#committed", COMMITTED);
+        self.name("#spent", SPENT);
+        self.value(":month", n(month));
+    }
+
+    fn start_month(&mut self, committed: i64, spent: i64) {
+        self.conditions
+            .push("(attribute_not_exists(#month) OR #month < :month)");
+        self.set.extend([
+            "#month = :month",
+            "#committed = :committed",
+            "#spent = :spent_start",
+        ]);
+        self.value(":committed", n(committed));
+        self.value(":spent_start", n(spent));
+    }
+
+    /// Settles a reservation's tokens: only while its minute is the item's window (an ended
+    /// window no longer limits anything).
+    fn tokens(&mut self, change: i64, minute: u64) {
+        self.name("#minute", MINUTE);
+        self.name("#tokens", TOKENS);
+        self.value(":minute", n(minute));
+        self.value(":tokens_delta", n(change));
+        self.conditions.push("#minute = :minute");
+        self.add.push("#tokens :tokens_delta");
     }
 }
 
+/// How one conditional write of a key's counters ended.
+enum Written {
+    Done,
+    /// The condition did not hold; the item as it was then.
+    Refused(Counters),
+}
+
 /// Limits counted in DynamoDB, exact across any number of processes: each admission is one
-/// conditional write (or one transaction of two).
+/// conditional write of the key's item (two when it starts a new minute or month).
 ///
 /// A `Reservation` from this limiter records what it holds in the table: `tokens` are the
-/// tokens added to the minute item (0 for a key without TPM) and `cost_usd` the estimate added
-/// to `committed` (0 for a key without a budget). An admission under the open failure policy
+/// tokens added to the window (0 for a key without TPM) and `nano_usd` the estimate added to
+/// `committed` (0 for a key without a budget). An admission under the open failure policy
 /// holds nothing, so settling it just records the real usage: no sentinel is needed.
 pub struct DynamoLimiter {
     client: Client,
@@ -183,43 +319,20 @@ impl DynamoLimiter {
         }
     }
 
-    /// Applies the updates atomically; `Ok(Some(limit))` when a condition refused them.
-    async fn admit(
-        &self,
-        key_id: &str,
-        updates: &[(CounterUpdate, Refusal)],
-    ) -> Result<Option<&'static str>, String> {
+    /// One conditional UpdateItem of the key's item, retried while it meets a transaction.
+    async fn write(&self, key_id: &str, update: &CounterUpdate) -> Result<Written, String> {
         let pk = limits_pk(key_id);
         let pk = pk.as_str();
-        retry_on_conflict("admitting a request", || async move {
-            if let [(update, refusal)] = updates {
-                return match self.update_item(pk, update.clone(), true).await {
-                    Ok(_) => Ok(None),
-                    Err(error) => match rejection(&error) {
-                        Some(Rejection::Condition(_)) => Ok(Some(refusal.limit(old_item(&error)))),
-                        Some(Rejection::Conflict) => Err(WriteError::Conflict),
-                        None => Err(WriteError::Backend(sdk_message(
-                            "UpdateItem on the limits table",
-                            &error,
-                        ))),
-                    },
-                };
-            }
-            let mut transaction = self.client.transact_write_items();
-            for (update, _) in updates {
-                transaction = transaction.transact_items(self.transact_update(pk, update.clone())?);
-            }
-            match transaction.send().await {
-                Ok(_) => Ok(None),
+        retry_on_conflict("writing a key's limits", || async move {
+            match self.update_item(pk, update).await {
+                Ok(()) => Ok(Written::Done),
                 Err(error) => match rejection(&error) {
-                    Some(Rejection::Condition(reasons)) => Ok(updates
-                        .iter()
-                        .zip(reasons)
-                        .find(|(_, reason)| condition_failed(reason))
-                        .map(|((_, refusal), reason)| refusal.limit(reason.item()))),
+                    Some(Rejection::Condition(_)) => {
+                        Ok(Written::Refused(Counters::read(old_item(&error))))
+                    }
                     Some(Rejection::Conflict) => Err(WriteError::Conflict),
                     None => Err(WriteError::Backend(sdk_message(
-                        "TransactWriteItems on the limits table",
+                        "UpdateItem on the limits table",
                         &error,
                     ))),
                 },
@@ -231,64 +344,169 @@ impl DynamoLimiter {
     async fn update_item(
         &self,
         pk: &str,
-        update: CounterUpdate,
-        return_old_on_refusal: bool,
-    ) -> Result<UpdateItemOutput, SdkError<UpdateItemError, HttpResponse>> {
-        let mut request = self
-            .client
+        update: &CounterUpdate,
+    ) -> Result<(), SdkError<UpdateItemError, HttpResponse>> {
+        let (names, values) = update.used_placeholders();
+        self.client
             .update_item()
             .table_name(&self.table)
             .key(PK, s(pk))
-            .key(SK, s(update.sk))
-            .update_expression(update.expression)
-            .set_condition_expression(update.condition)
-            .set_expression_attribute_names(Some(update.names))
-            .set_expression_attribute_values(Some(update.values));
-        if return_old_on_refusal {
-            request = request.return_values_on_condition_check_failure(
-                ReturnValuesOnConditionCheckFailure::AllOld,
-            );
-        }
-        request.send().await
-    }
-
-    fn transact_update(
-        &self,
-        pk: &str,
-        update: CounterUpdate,
-    ) -> Result<TransactWriteItem, WriteError> {
-        let update = Update::builder()
-            .table_name(&self.table)
-            .key(PK, s(pk))
-            .key(SK, s(update.sk))
-            .update_expression(update.expression)
-            .set_condition_expression(update.condition)
-            .set_expression_attribute_names(Some(update.names))
-            .set_expression_attribute_values(Some(update.values))
+            .key(SK, s(COUNTERS_SK))
+            .update_expression(update.expression())
+            .set_condition_expression(update.condition())
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .build()?;
-        Ok(TransactWriteItem::builder().update(update).build())
+            .send()
+            .await
+            .map(|_| ())
     }
 
-    /// An unconditional counter update at settlement, retried on conflicts and logged on failure.
-    async fn settle_update(&self, key_id: &str, update: CounterUpdate) {
-        let pk = limits_pk(key_id);
-        let pk = pk.as_str();
-        let update = &update;
-        let result = retry_on_conflict("settling a request", || async move {
-            raced(
-                "UpdateItem on the limits table",
-                self.update_item(pk, update.clone(), false).await,
-            )
+    /// What an earlier version's `month#` item recorded as spent this month (0 without one).
+    async fn legacy_spent(&self, key_id: &str, month: u32) -> Result<i64, String> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PK, s(limits_pk(key_id)))
+            .key(SK, s(legacy_month_sk(month)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk_message("GetItem on the limits table", &e))?;
+        Ok(output
+            .item()
+            .and_then(|item| number_attr::<i64>(item, SPENT))
+            .unwrap_or(0))
+    }
+
+    /// Admits and reserves under `plan`: `Ok(Err(limit))` when a limit refuses.
+    async fn admit(
+        &self,
+        plan: &Plan,
+        reservation: &mut Reservation,
+    ) -> Result<Result<(), &'static str>, String> {
+        let key_id = Arc::clone(&reservation.key_id);
+        // The fast path assumes the item is in this minute and month.
+        let (mut window, mut month) = (Window::Current, Window::Current);
+        let mut carried = None;
+        for _ in 0..STATE_ATTEMPTS {
+            let mut update = CounterUpdate::default();
+            update.window(plan, reservation.minute, window);
+            update.budget(plan, reservation.month, month, carried.unwrap_or(0));
+            let Written::Refused(found) = self.write(&key_id, &update).await? else {
+                return Ok(Ok(()));
+            };
+            // A process whose clock is behind counts in the item's later window.
+            if let (Window::Later, Some(later)) = (found.window(reservation.minute), found.minute) {
+                reservation.minute = later;
+            }
+            if let (Window::Later, Some(later)) = (found.budget(reservation.month), found.month) {
+                reservation.month = later;
+            }
+            window = found.window(reservation.minute);
+            month = found.budget(reservation.month);
+            let window_current = plan.window.is_none() || window == Window::Current;
+            let month_current = plan.budget.is_none() || month == Window::Current;
+            if window_current
+                && let Some(limit) = plan
+                    .window
+                    .as_ref()
+                    .and_then(|check| check.refusal(found.requests, found.tokens))
+            {
+                return Ok(Err(limit));
+            }
+            if month_current
+                && plan
+                    .budget
+                    .as_ref()
+                    .is_some_and(|check| !check.admits(found.committed))
+            {
+                return Ok(Err(BUDGET));
+            }
+            if let Some(check) = plan.budget.as_ref().filter(|_| !found.exists)
+                && carried.is_none()
+            {
+                let spent = self.legacy_spent(&key_id, reservation.month).await?;
+                if !check.admits(spent) {
+                    return Ok(Err(BUDGET));
+                }
+                carried = Some(spent);
+            }
+        }
+        Err(format!(
+            "admitting a request: the key's limits item kept changing under {STATE_ATTEMPTS} attempts"
+        ))
+    }
+
+    /// Replaces the reservation's tokens and estimate with what the request used.
+    async fn settle_counters(
+        &self,
+        reservation: &Reservation,
+        tokens_change: Option<i64>,
+        spend: Option<SpendSettlement>,
+    ) -> Result<(), String> {
+        let (mut tokens_change, mut month) = (tokens_change, Window::Current);
+        let mut carried = None;
+        for _ in 0..STATE_ATTEMPTS {
+            let mut update = CounterUpdate::default();
+            if let Some(change) = tokens_change {
+                update.tokens(change, reservation.minute);
+            }
+            if let Some(settlement) = spend {
+                update.spend(settlement, reservation.month, month, carried.unwrap_or(0));
+            }
+            if update.is_empty() {
+                return Ok(());
+            }
+            let Written::Refused(found) = self.write(&reservation.key_id, &update).await? else {
+                return Ok(());
+            };
+            if found.window(reservation.minute) != Window::Current {
+                tokens_change = None;
+            }
+            month = found.budget(reservation.month);
+            if !found.exists && carried.is_none() {
+                carried = Some(
+                    self.legacy_spent(&reservation.key_id, reservation.month)
+                        .await?,
+                );
+            }
+        }
+        Err(format!(
+            "settling a request: the key's limits item kept changing under {STATE_ATTEMPTS} attempts"
+        ))
+    }
+
+    /// One model's usage added to its `usage#` item for the reservation's day.
+    async fn record_usage(&self, reservation: &Reservation, usage: &ModelUsage) {
+        let (expression, names, values) = usage_update(&reservation.key_id, usage);
+        let pk = limits_pk(&reservation.key_id);
+        let sk = usage_sk(reservation.day, &usage.model);
+        let (pk, sk) = (pk.as_str(), sk.as_str());
+        let (names, values) = (&names, &values);
+        let result = retry_on_conflict("recording usage", || async move {
+            self.client
+                .update_item()
+                .table_name(&self.table)
+                .key(PK, s(pk))
+                .key(SK, s(sk))
+                .update_expression(expression)
+                .set_expression_attribute_names(Some(names.clone()))
+                .set_expression_attribute_values(Some(values.clone()))
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|error| match rejection(&error) {
+                    Some(_) => WriteError::Conflict,
+                    None => {
+                        WriteError::Backend(sdk_message("UpdateItem on the limits table", &error))
+                    }
+                })
         })
         .await;
         if let Err(error) = result {
-            tracing::error!(
-                %error,
-                key_id,
-                item = %update.sk,
-                "settling usage failed: the reservation stays counted and the usage is not recorded"
-            );
+            tracing::error!(%error, key_id = %reservation.key_id, item = sk, "recording usage failed");
         }
     }
 }
@@ -299,40 +517,6 @@ fn old_item<R>(error: &SdkError<UpdateItemError, R>) -> Option<&HashMap<String, 
     match error.as_service_error() {
         Some(UpdateItemError::ConditionalCheckFailedException(failed)) => failed.item(),
         _ => None,
-    }
-}
-
-/// The settlement of TPM as an update of the reservation's `minute#` item.
-fn tokens_settlement(reservation: &Reservation, used: u64) -> Option<CounterUpdate> {
-    let change = reservation.tokens_change(used)?;
-    let mut update = CounterUpdate::new(minute_sk(reservation.minute));
-    update.name("#tokens", TOKENS);
-    update.value(":delta", n(change));
-    update.expression = "ADD #tokens :delta".to_owned();
-    Some(update)
-}
-
-/// The settlement of spend as an update of the reservation's `month#` item.
-fn spend_settlement(reservation: &Reservation, nano_usd: i64) -> Option<CounterUpdate> {
-    let settlement = reservation.spend_settlement(nano_usd)?;
-    let mut update = CounterUpdate::new(month_sk(reservation.month));
-    update.name("#committed", COMMITTED);
-    update.name("#spent", SPENT);
-    update.value(":delta", n(settlement.committed_change));
-    update.value(":spent", n(settlement.spent));
-    update.expression = "ADD #committed :delta, #spent :spent".to_owned();
-    Some(update)
-}
-
-/// One model's usage added to its `usage#` item for the reservation's day.
-fn usage_settlement(reservation: &Reservation, usage: &ModelUsage) -> CounterUpdate {
-    let (expression, names, values) = usage_update(&reservation.key_id, usage);
-    CounterUpdate {
-        sk: usage_sk(reservation.day, &usage.model),
-        expression: expression.to_owned(),
-        condition: None,
-        names,
-        values,
     }
 }
 
@@ -347,24 +531,12 @@ impl Limiter for DynamoLimiter {
         let plan =
             Plan::new(key, estimate).map_err(|limit| LimitError::exceeded(limit, now_secs))?;
         let mut reservation = plan.reservation(Arc::from(key.id.as_str()), now_secs);
-        // Minute item first: when both refuse, RPM and TPM are reported before the budget, as
-        // `Plan` orders them.
-        let mut updates = Vec::new();
-        if let Some(window) = plan.window {
-            updates.push((
-                window_update(&window, reservation.minute),
-                Refusal::Window(window),
-            ));
-        }
-        if let Some(budget) = plan.budget {
-            updates.push((budget_update(&budget, reservation.month), Refusal::Budget));
-        }
-        if updates.is_empty() {
+        if plan.window.is_none() && plan.budget.is_none() {
             return Ok(reservation);
         }
-        match self.admit(&key.id, &updates).await {
-            Ok(None) => Ok(reservation),
-            Ok(Some(limit)) => Err(LimitError::exceeded(limit, now_secs)),
+        match self.admit(&plan, &mut reservation).await {
+            Ok(Ok(())) => Ok(reservation),
+            Ok(Err(limit)) => Err(LimitError::exceeded(limit, now_secs)),
             Err(error) => match self.failure_policy {
                 FailurePolicy::Closed => Err(LimitError::Unavailable(error)),
                 FailurePolicy::Open => {
@@ -382,52 +554,54 @@ impl Limiter for DynamoLimiter {
     }
 
     async fn settle(&self, reservation: Reservation, billed: Billed) {
-        // A window that has ended no longer limits anything: its tokens are left as they are.
-        let tokens_update = tokens_settlement(&reservation, billed.tokens)
-            .filter(|_| now_secs() / 60 == reservation.minute);
-        let spend_update = spend_settlement(&reservation, billed.nano_usd());
-        let usage_updates: Vec<CounterUpdate> = billed
-            .models
-            .iter()
-            .map(|usage| usage_settlement(&reservation, usage))
-            .collect();
-        let key_id = &reservation.key_id;
+        let tokens_change = reservation.tokens_change(billed.tokens);
+        let spend = reservation.spend_settlement(billed.nano_usd());
+        let reservation = &reservation;
         tokio::join!(
             futures_util::future::join_all(
-                usage_updates
-                    .into_iter()
-                    .map(|update| self.settle_update(key_id, update))
+                billed
+                    .models
+                    .iter()
+                    .map(|usage| self.record_usage(reservation, usage))
             ),
             async {
-                if let Some(update) = tokens_update {
-                    self.settle_update(key_id, update).await;
-                }
-            },
-            async {
-                if let Some(update) = spend_update {
-                    self.settle_update(key_id, update).await;
+                if let Err(error) = self
+                    .settle_counters(reservation, tokens_change, spend)
+                    .await
+                {
+                    tracing::error!(
+                        %error,
+                        key_id = %reservation.key_id,
+                        "settling limits failed: the reservation stays counted"
+                    );
                 }
             },
         );
     }
 
     async fn spent_usd(&self, key_id: &str, now_secs: u64) -> Result<f64, LimitError> {
+        let month = month_of(now_secs);
         let output = self
             .client
             .get_item()
             .table_name(&self.table)
             .key(PK, s(limits_pk(key_id)))
-            .key(SK, s(month_sk(month_of(now_secs))))
+            .key(SK, s(COUNTERS_SK))
             .consistent_read(true)
             .send()
             .await
             .map_err(|e| LimitError::Unavailable(sdk_message("GetItem on the limits table", &e)))?;
-        Ok(from_nano_usd(
-            output
-                .item()
-                .and_then(|item| number_attr::<i64>(item, SPENT))
-                .unwrap_or(0),
-        ))
+        let spent = match output.item() {
+            Some(item) if number_attr::<u32>(item, MONTH) == Some(month) => {
+                number_attr::<i64>(item, SPENT).unwrap_or(0)
+            }
+            Some(_) => 0,
+            None => self
+                .legacy_spent(key_id, month)
+                .await
+                .map_err(LimitError::Unavailable)?,
+        };
+        Ok(from_nano_usd(spent))
     }
 }
 
@@ -435,125 +609,131 @@ impl Limiter for DynamoLimiter {
 mod tests {
     use super::*;
     use crate::limits::tests::{estimate, key};
-    use crate::limits::to_nano_usd;
 
-    fn reservation(tokens: u64, cost_usd: f64) -> Reservation {
-        Reservation {
-            key_id: Arc::from("key_1"),
-            minute: 29_000_000,
-            month: 202_611,
-            day: 20_139,
-            tokens,
-            nano_usd: to_nano_usd(cost_usd),
-        }
+    fn plan(
+        rpm: Option<u64>,
+        tpm: Option<u64>,
+        budget: Option<f64>,
+        tokens: u64,
+        cost: f64,
+    ) -> Plan {
+        Plan::new(&key(rpm, tpm, budget), estimate(tokens, cost)).unwrap()
+    }
+
+    fn item(pairs: &[(&str, i64)]) -> HashMap<String, AttributeValue> {
+        pairs
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), n(value)))
+            .collect()
     }
 
     #[test]
-    fn item_keys_follow_the_documented_layout() {
-        assert_eq!(limits_pk("key_9"), "key#key_9");
-        assert_eq!(minute_sk(29_000_000), "minute#29000000");
-        assert_eq!(month_sk(202_611), "month#202611");
-    }
-
-    #[test]
-    fn window_condition_covers_only_the_limits_the_key_has() {
-        let rpm_only = window_update(
-            &WindowCheck {
-                rpm: Some(50),
-                tpm: None,
-            },
-            7,
-        );
-        assert_eq!(rpm_only.sk, "minute#7");
+    fn the_fast_path_adds_to_the_current_windows_on_one_condition() {
+        let mut update = CounterUpdate::default();
+        let both = plan(Some(50), Some(1000), Some(1.0), 300, 0.6);
+        update.window(&both, 7, Window::Current);
+        update.budget(&both, 202_612, Window::Current, 0);
         assert_eq!(
-            rpm_only.expression,
-            "ADD #requests :one SET #expires_at = :expires_at"
+            update.expression(),
+            "ADD #requests :one, #tokens :tokens, #committed :reserve"
         );
         assert_eq!(
-            rpm_only.condition.as_deref(),
-            Some("(attribute_not_exists(#requests) OR #requests < :rpm)")
-        );
-        assert_eq!(rpm_only.values[":rpm"], n(50));
-        assert_eq!(rpm_only.values[":expires_at"], n(9 * 60));
-        assert!(!rpm_only.values.contains_key(":tokens"));
-
-        let both = window_update(
-            &WindowCheck {
-                rpm: Some(50),
-                tpm: Some((1000, 300)),
-            },
-            7,
-        );
-        assert_eq!(
-            both.expression,
-            "ADD #requests :one, #tokens :tokens SET #expires_at = :expires_at"
-        );
-        assert_eq!(
-            both.condition.as_deref(),
+            update.condition().as_deref(),
             Some(
-                "(attribute_not_exists(#requests) OR #requests < :rpm) AND \
-                 (attribute_not_exists(#tokens) OR #tokens <= :tpm_left)"
+                "#minute = :minute AND #requests < :rpm AND #tokens <= :tpm_left AND \
+                 #month = :month AND #committed <= :budget_left"
             )
         );
-        assert_eq!(both.values[":tokens"], n(300));
-        assert_eq!(both.values[":tpm_left"], n(700));
-    }
+        let (names, values) = update.used_placeholders();
+        assert_eq!(values[":tpm_left"], n(700));
+        assert_eq!(values[":budget_left"], n(400_000_000));
+        assert_eq!(values[":reserve"], n(600_000_000));
+        assert!(!names.contains_key("#spent") && !values.contains_key(":committed"));
 
-    #[test]
-    fn budget_condition_requires_the_estimate_to_fit_in_what_is_left() {
-        let plan = Plan::new(&key(None, None, Some(1.0)), estimate(0, 0.6)).unwrap();
-        let update = budget_update(&plan.budget.unwrap(), 202_611);
-        assert_eq!(update.sk, "month#202611");
-        assert_eq!(update.expression, "ADD #committed :reserve");
+        // RPM alone: no token counter is read or written.
+        let mut rpm_only = CounterUpdate::default();
+        rpm_only.window(&plan(Some(5), None, None, 10, 0.0), 7, Window::Current);
+        assert_eq!(rpm_only.expression(), "ADD #requests :one");
         assert_eq!(
-            update.condition.as_deref(),
-            Some("attribute_not_exists(#committed) OR #committed <= :budget_left")
+            rpm_only.condition().as_deref(),
+            Some("#minute = :minute AND #requests < :rpm")
         );
-        assert_eq!(update.values[":reserve"], n(600_000_000));
-        assert_eq!(update.values[":budget_left"], n(400_000_000));
-        assert_eq!(update.names["#committed"], COMMITTED);
-        // A free request needs some budget left all the same.
-        let free = Plan::new(&key(None, None, Some(1.0)), estimate(0, 0.0)).unwrap();
+        let (names, values) = rpm_only.used_placeholders();
+        assert!(!names.contains_key("#tokens") && !values.contains_key(":tokens"));
+    }
+
+    #[test]
+    fn an_ended_window_starts_anew_once() {
+        let mut update = CounterUpdate::default();
+        let both = plan(Some(50), Some(1000), Some(1.0), 300, 0.6);
+        update.window(&both, 8, Window::Ended);
+        update.budget(&both, 202_701, Window::Ended, 5);
         assert_eq!(
-            budget_update(&free.budget.unwrap(), 202_611).values[":budget_left"],
-            n(999_999_999)
+            update.expression(),
+            "SET #minute = :minute, #requests = :one, #tokens = :tokens, #month = :month, \
+             #committed = :committed, #spent = :spent_start"
+        );
+        assert_eq!(
+            update.condition().as_deref(),
+            Some(
+                "(attribute_not_exists(#minute) OR #minute < :minute) AND \
+                 (attribute_not_exists(#month) OR #month < :month)"
+            )
+        );
+        let (_, values) = update.used_placeholders();
+        assert_eq!(values[":committed"], n(600_000_005));
+        assert_eq!(values[":spent_start"], n(5));
+    }
+
+    #[test]
+    fn settlement_corrects_only_the_windows_still_current() {
+        let settlement = SpendSettlement {
+            committed_change: -350,
+            spent: 250,
+        };
+        let mut update = CounterUpdate::default();
+        update.tokens(-70, 7);
+        update.spend(settlement, 202_612, Window::Current, 0);
+        assert_eq!(
+            update.expression(),
+            "ADD #tokens :tokens_delta, #committed :delta, #spent :spent"
+        );
+        assert_eq!(
+            update.condition().as_deref(),
+            Some("#minute = :minute AND #month = :month")
+        );
+        // The month it was reserved in has ended: nothing left to write.
+        let mut late = CounterUpdate::default();
+        late.spend(settlement, 202_612, Window::Later, 0);
+        assert!(late.is_empty());
+        // A key without a budget starting its month at settlement.
+        let mut first = CounterUpdate::default();
+        first.spend(settlement, 202_612, Window::Ended, 0);
+        let (_, values) = first.used_placeholders();
+        assert_eq!(
+            (&values[":committed"], &values[":spent_start"]),
+            (&n(250), &n(250))
         );
     }
 
     #[test]
-    fn the_old_item_tells_which_window_limit_refused() {
-        let check = WindowCheck {
-            rpm: Some(2),
-            tpm: Some((100, 80)),
-        };
-        let item = |requests: u64| HashMap::from([(REQUESTS.to_owned(), n(requests))]);
-        assert_eq!(window_refusal(&check, Some(&item(2))), RPM);
-        assert_eq!(window_refusal(&check, Some(&item(1))), TPM);
-        let rpm_only = WindowCheck {
-            rpm: Some(2),
-            tpm: None,
-        };
-        assert_eq!(window_refusal(&rpm_only, None), RPM);
-    }
-
-    #[test]
-    fn settlement_replaces_only_what_was_reserved() {
-        let tokens = tokens_settlement(&reservation(80, 0.0), 10).unwrap();
-        assert_eq!(tokens.sk, "minute#29000000");
-        assert_eq!(tokens.values[":delta"], n(-70));
-        assert_eq!(tokens.condition, None);
-        // Nothing reserved in the window (no TPM, or admitted unchecked): nothing to correct.
-        assert_eq!(tokens_settlement(&reservation(0, 0.0), 10), None);
-        assert_eq!(tokens_settlement(&reservation(10, 0.0), 10), None);
-
-        let spend = spend_settlement(&reservation(0, 0.6), 250_000_000).unwrap();
-        assert_eq!(spend.sk, "month#202611");
-        assert_eq!(spend.expression, "ADD #committed :delta, #spent :spent");
-        assert_eq!(spend.values[":delta"], n(-350_000_000));
-        assert_eq!(spend.values[":spent"], n(250_000_000));
-        // A key without a budget still records its spend, in both counters.
-        let unbudgeted = spend_settlement(&reservation(0, 0.0), 250_000_000).unwrap();
-        assert_eq!(unbudgeted.values[":delta"], n(250_000_000));
-        assert_eq!(spend_settlement(&reservation(0, 0.0), 0), None);
+    fn the_item_as_found_tells_its_windows_apart() {
+        let found = Counters::read(Some(&item(&[
+            (MINUTE, 7),
+            (REQUESTS, 3),
+            (TOKENS, 40),
+            (MONTH, 202_612),
+            (COMMITTED, 9),
+        ])));
+        assert!(found.exists);
+        assert_eq!((found.requests, found.tokens, found.committed), (3, 40, 9));
+        assert_eq!(found.window(7), Window::Current);
+        assert_eq!(found.window(8), Window::Ended);
+        assert_eq!(found.window(6), Window::Later);
+        assert_eq!(found.budget(202_701), Window::Ended);
+        let missing = Counters::read(None);
+        assert!(!missing.exists);
+        assert_eq!(missing.window(7), Window::Ended);
+        assert_eq!(missing.budget(202_612), Window::Ended);
     }
 }

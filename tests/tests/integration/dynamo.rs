@@ -755,6 +755,141 @@ async fn usage_admitted_unchecked_is_still_recorded() {
     .await;
 }
 
+/// The limits-table items of a key other than its usage rows.
+async fn counter_items(tables: &Tables, key_id: &str) -> Vec<HashMap<String, AttributeValue>> {
+    let output = tables
+        .client
+        .query()
+        .table_name(&tables.config.limits_table)
+        .key_condition_expression("pk = :pk")
+        .expression_attribute_values(":pk", AttributeValue::S(format!("key#{key_id}")))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap();
+    output
+        .items()
+        .iter()
+        .filter(|item| !item["sk"].as_s().unwrap().starts_with("usage#"))
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn one_item_per_key_holds_every_counter_and_new_windows_start_anew() {
+    within(60, async {
+        let tables = Tables::create("limits-one-item").await;
+        let limiter = tables.limiter();
+        let key = limited_key("key_one_item", Some(2), Some(1_000), Some(1.0));
+        let now = gateway::clock::month_start_secs(202_611) + 600;
+        let a = limiter
+            .acquire(&key, estimate(100, 0.4), now)
+            .await
+            .expect("a");
+        limiter
+            .acquire(&key, estimate(100, 0.4), now)
+            .await
+            .expect("b");
+        assert_eq!(
+            refused_limit(limiter.acquire(&key, estimate(100, 0.1), now).await),
+            RPM
+        );
+        limiter.settle(a, billed(100, 0.3)).await;
+        // The next minute counts from zero; the month still holds 0.3 spent + 0.4 reserved.
+        limiter
+            .acquire(&key, estimate(100, 0.3), now + 60)
+            .await
+            .expect("next minute");
+        assert_eq!(
+            refused_limit(limiter.acquire(&key, estimate(100, 0.1), now + 60).await),
+            BUDGET
+        );
+        // The next month starts with nothing committed.
+        let next_month = gateway::clock::month_start_secs(202_612) + 5;
+        limiter
+            .acquire(&key, estimate(100, 0.9), next_month)
+            .await
+            .expect("next month");
+        assert_eq!(
+            limiter.spent_usd("key_one_item", next_month).await.unwrap(),
+            0.0
+        );
+        let items = counter_items(&tables, "key_one_item").await;
+        assert_eq!(items.len(), 1, "every counter in one item: {items:?}");
+        assert_eq!(items[0]["sk"].as_s().unwrap(), "limits");
+        assert_eq!(items[0]["budget_month"].as_n().unwrap(), "202612");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_settlement_after_its_minute_ended_leaves_the_new_window_alone() {
+    within(60, async {
+        let tables = Tables::create("limits-late-settle").await;
+        let limiter = tables.limiter();
+        let key = limited_key("key_late", None, Some(100), None);
+        let now = start_of_this_minute();
+        let first = limiter
+            .acquire(&key, estimate(80, 0.0), now)
+            .await
+            .expect("first");
+        limiter
+            .acquire(&key, estimate(90, 0.0), now + 60)
+            .await
+            .expect("next minute");
+        // The first request used 10 of its 80 tokens, but its minute has ended: the new window
+        // keeps its 90, and 20 more do not fit.
+        limiter.settle(first, billed(10, 0.0)).await;
+        assert_eq!(
+            refused_limit(limiter.acquire(&key, estimate(20, 0.0), now + 60).await),
+            TPM
+        );
+        assert!(
+            limiter
+                .acquire(&key, estimate(10, 0.0), now + 60)
+                .await
+                .is_ok()
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_upgrade_carries_the_months_spend_from_the_earlier_month_item() {
+    within(60, async {
+        let tables = Tables::create("limits-legacy").await;
+        let now = now_secs();
+        let month = gateway::clock::month_of(now);
+        tables
+            .client
+            .put_item()
+            .table_name(&tables.config.limits_table)
+            .item("pk", AttributeValue::S("key#key_legacy".into()))
+            .item("sk", AttributeValue::S(format!("month#{month}")))
+            .item("committed_nano_usd", AttributeValue::N("900000000".into()))
+            .item("spent_nano_usd", AttributeValue::N("900000000".into()))
+            .send()
+            .await
+            .unwrap();
+        let limiter = tables.limiter();
+        let spent = limiter.spent_usd("key_legacy", now).await.unwrap();
+        assert!((spent - 0.9).abs() < 1e-9, "{spent}");
+        let key = limited_key("key_legacy", None, None, Some(1.0));
+        assert_eq!(
+            refused_limit(limiter.acquire(&key, estimate(0, 0.2), now).await),
+            BUDGET
+        );
+        let reservation = limiter
+            .acquire(&key, estimate(0, 0.05), now)
+            .await
+            .expect("fits");
+        limiter.settle(reservation, billed(0, 0.05)).await;
+        let spent = limiter.spent_usd("key_legacy", now).await.unwrap();
+        assert!((spent - 0.95).abs() < 1e-9, "{spent}");
+    })
+    .await;
+}
+
 /// One request billed to model `m`, its tokens all input.
 fn billed(tokens: u64, cost_usd: f64) -> gateway::usage::Billed {
     gateway::usage::Billed::one("m", tokens, 0, gateway::limits::to_nano_usd(cost_usd))
