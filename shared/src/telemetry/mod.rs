@@ -465,6 +465,17 @@ impl RequestFacts {
     }
 }
 
+/// The request line's metrics that are also counted by model (what the dashboard's per-model
+/// widgets read); the others are by function only.
+const BY_MODEL: [&str; 6] = [
+    "Requests",
+    "Latency",
+    "TimeToFirstToken",
+    "InputTokens",
+    "OutputTokens",
+    "CostUsd",
+];
+
 impl Emf {
     fn line(
         &self,
@@ -559,8 +570,17 @@ impl Emf {
         let mut directives = Vec::new();
         if let Some(model) = &facts.model {
             fields.insert("Model".into(), model.clone().into());
+            // Every metric and dimension set is a custom metric CloudWatch bills monthly: only
+            // the per-model views (traffic, latency, tokens, cost) get the Model dimension.
+            let (by_model, by_function): (Vec<_>, Vec<_>) = metrics
+                .into_iter()
+                .partition(|(name, _)| BY_MODEL.contains(name));
             directives
-                .push(self.directive(serde_json::json!([["FunctionName"], ["Model"]]), &metrics));
+                .push(self.directive(serde_json::json!([["FunctionName"], ["Model"]]), &by_model));
+            if !by_function.is_empty() {
+                directives
+                    .push(self.directive(serde_json::json!([["FunctionName"]]), &by_function));
+            }
         } else {
             directives.push(self.directive(serde_json::json!([["FunctionName"]]), &metrics));
         }
@@ -792,14 +812,19 @@ mod tests {
             directives[0]["Dimensions"],
             serde_json::json!([["FunctionName"], ["Model"]])
         );
-        let names: Vec<&str> = directives[0]["Metrics"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["Name"].as_str().unwrap())
-            .collect();
-        assert!(names.contains(&"TimeToFirstToken") && names.contains(&"GatewayOverhead"));
-        assert_eq!(directives[1]["Metrics"][0]["Name"], "Errors");
+        assert_eq!(
+            metric_names(&directives[0]),
+            ["Latency", "Requests", "TimeToFirstToken"]
+        );
+        assert_eq!(
+            directives[1]["Dimensions"],
+            serde_json::json!([["FunctionName"]])
+        );
+        assert_eq!(
+            metric_names(&directives[1]),
+            ["GatewayOverhead", "CacheMiss"]
+        );
+        assert_eq!(directives[2]["Metrics"][0]["Name"], "Errors");
 
         let usage: serde_json::Value =
             serde_json::from_str(&emf.usage_line("gpt", 10, 5, 0.25)).unwrap();
