@@ -26,7 +26,7 @@ use crate::usage::Billed;
 
 /// Checks and reserves one admission. KEYS: the minute hash, the month hash. ARGV: the RPM limit,
 /// the most tokens the minute may hold (TPM less the reservation), the tokens reserved, the
-/// minute hash's expiry (epoch seconds), the most the month may have committed, the nano-dollars
+/// seconds until the minute hash expires, the most the month may have committed, the nano-dollars
 /// reserved; a limit the key does not have is `-` (not a number), and the window is untouched
 /// without RPM and TPM. Returns 0 when admitted, else the refusing limit: 1 RPM, 2 TPM, 3 budget.
 const ADMIT: &str = r"
@@ -47,7 +47,7 @@ end
 if window then
   redis.call('HINCRBY', KEYS[1], 'requests', 1)
   redis.call('HINCRBY', KEYS[1], 'tokens', ARGV[3])
-  redis.call('EXPIREAT', KEYS[1], ARGV[4])
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
 end
 return 0
 ";
@@ -121,8 +121,9 @@ impl Limiter for RedisLimiter {
             .arg(limit_arg(window.and_then(|check| check.rpm)))
             .arg(limit_arg(window.and_then(|check| check.tokens_left())))
             .arg(reservation.tokens)
-            // Kept a minute past the window's end, as the DynamoDB limiter's TTL does.
-            .arg((reservation.minute + 2) * 60)
+            // Kept a minute past the window's end, as the DynamoDB limiter's TTL does; counted
+            // from the gateway's clock, so a Redis clock that differs does not matter.
+            .arg(((reservation.minute + 2) * 60).saturating_sub(now_secs))
             .arg(limit_arg(
                 plan.budget
                     .as_ref()
