@@ -1,5 +1,5 @@
 //! The bundle of backends an entrypoint hands to the gateway: embedded (one SQLite file, limits in
-//! process) or AWS (DynamoDB).
+//! process), AWS (DynamoDB), or Redis (limits and response cache in Redis, the rest embedded).
 
 use std::sync::Arc;
 
@@ -42,6 +42,24 @@ impl Backends {
             cache: store.clone(),
             edge: Arc::new(NoEdgeKeys),
             audit: store.clone(),
+        })
+    }
+
+    /// Limits and the response cache in Redis, shared by every process on it; keys, the audit
+    /// trail and usage rows stay in the embedded store.
+    #[cfg(feature = "redis")]
+    pub fn redis(
+        store: &Arc<EmbeddedStore>,
+        redis: &crate::storage::redis::Redis,
+    ) -> Result<Self, StoreError> {
+        let usage: Arc<dyn SpendSink> = store.clone();
+        Ok(Self {
+            limiter: Arc::new(crate::limits::redis::RedisLimiter::new(
+                redis.clone(),
+                Some(usage),
+            )),
+            cache: Arc::new(crate::cache::redis::RedisCacheStore::new(redis.clone())),
+            ..Self::embedded(store)?
         })
     }
 

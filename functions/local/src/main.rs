@@ -55,8 +55,9 @@ struct Cli {
         global = true
     )]
     data_dir: PathBuf,
-    /// `embedded` (SQLite in --data-dir) or `aws` (the DynamoDB tables named by
-    /// GATEWAY_KEYS_TABLE, GATEWAY_LIMITS_TABLE and GATEWAY_CACHE_TABLE, as on Lambda)
+    /// `embedded` (SQLite in --data-dir), `aws` (the DynamoDB tables named by
+    /// GATEWAY_KEYS_TABLE, GATEWAY_LIMITS_TABLE and GATEWAY_CACHE_TABLE, as on Lambda) or `redis`
+    /// (limits and response cache in the Redis GATEWAY_REDIS_URL names, the rest in --data-dir)
     #[arg(
         long,
         env = "GATEWAY_BACKEND",
@@ -72,6 +73,7 @@ struct Cli {
 enum Backend {
     Embedded,
     Aws,
+    Redis,
 }
 
 #[derive(Subcommand)]
@@ -285,6 +287,11 @@ async fn open_backends(
         Backend::Embedded => {
             let store = EmbeddedStore::open(data_dir)?;
             Ok((Backends::embedded(&store)?, Some(store)))
+        }
+        Backend::Redis => {
+            let store = EmbeddedStore::open(data_dir)?;
+            let redis = gateway::storage::redis::Redis::from_env()?;
+            Ok((Backends::redis(&store, &redis)?, Some(store)))
         }
         Backend::Aws => {
             let mut backends = Backends::aws_from_env().await?;
@@ -506,7 +513,8 @@ async fn usage(
     let query = UsageQuery::parse(key, from.as_deref(), to.as_deref(), day_of(now_secs()))
         .map_err(|e| e.message)?;
     let store: Arc<dyn UsageStore> = match backend {
-        Backend::Embedded => EmbeddedStore::open(data_dir)?,
+        // Usage rows stay in the embedded store with the Redis backend.
+        Backend::Embedded | Backend::Redis => EmbeddedStore::open(data_dir)?,
         Backend::Aws => {
             let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
                 .load()

@@ -5,6 +5,8 @@ pub mod dynamo;
 pub mod embedded;
 pub mod key;
 pub mod near_miss;
+#[cfg(feature = "redis")]
+pub mod redis;
 pub mod semantic;
 
 use std::collections::HashMap;

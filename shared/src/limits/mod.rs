@@ -9,6 +9,8 @@
 
 pub mod dynamo;
 pub mod local;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 use std::sync::Arc;
 

@@ -5,3 +5,5 @@
 pub mod compressed;
 pub mod dynamo;
 pub mod embedded;
+#[cfg(feature = "redis")]
+pub mod redis;

@@ -35,6 +35,7 @@ mod otlp_traces;
 mod output_validation;
 mod providers;
 mod rag_chat;
+mod redis_backend;
 mod replay;
 mod resilience;
 mod response_cache;

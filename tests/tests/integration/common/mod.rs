@@ -5,6 +5,7 @@ pub mod anthropic;
 pub mod batch;
 pub mod local;
 pub mod moto;
+pub mod redis;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
