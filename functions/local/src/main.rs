@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use gateway::backends::Backends;
 use gateway::batch::BatchBackends;
 use gateway::batch::worker::Worker;
+use gateway::cache::memcached::MemcachedCacheStore;
 use gateway::clock::{day_of, now_millis, now_secs};
 use gateway::config::{Config, ServerConfig};
 use gateway::ingest::backends::IngestBackends;
@@ -326,7 +327,12 @@ async fn serve(
 ) -> Result<(), Failure> {
     let traces = gateway::telemetry::otlp::init_logging_and_traces(&env);
     let config = load_config(config_path.as_ref())?;
-    let (backends, embedded) = open_backends(backend, &data_dir).await?;
+    let (mut backends, embedded) = open_backends(backend, &data_dir).await?;
+    if let Some(memcached) = &config.cache.memcached {
+        let address = memcached.resolve_address(env)?;
+        tracing::info!(%address, "response cache in memcached");
+        backends.cache = Arc::new(MemcachedCacheStore::new(address, memcached));
+    }
     let first_run_key = bootstrap_keys(&backends).await?;
     let mut gateway = Gateway::new(&config, backends, &env)?;
     let vectors: Arc<dyn VectorStore> = match &embedded {

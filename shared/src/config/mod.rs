@@ -24,7 +24,7 @@ pub use models::{
     ProviderConfig, ProviderKind, RagBinding, RouteConfig, RouteStrategy, SemanticCacheConfig,
     Timeouts,
 };
-pub use routing::{BreakerConfig, CacheConfig, CachePartition, RoutingConfig};
+pub use routing::{BreakerConfig, CacheConfig, CachePartition, MemcachedConfig, RoutingConfig};
 pub use server::ServerConfig;
 
 #[derive(Debug, Clone, Deserialize)]

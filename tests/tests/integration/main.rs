@@ -28,6 +28,7 @@ mod lambda_chat;
 mod lambda_watch;
 mod log_secrets;
 mod malformed_bodies;
+mod memcached;
 mod messages;
 mod messages_passthrough;
 mod metrics_and_logs;
