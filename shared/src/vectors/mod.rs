@@ -8,6 +8,7 @@
 
 pub mod embedded;
 mod filter;
+pub mod pinecone;
 pub mod s3;
 
 use serde_json::{Map, Value};

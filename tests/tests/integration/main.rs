@@ -46,3 +46,4 @@ mod tenant_boundaries;
 mod three_apis;
 mod usage;
 mod vectors_aws;
+mod vectors_pinecone;
