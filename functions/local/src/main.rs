@@ -31,6 +31,7 @@ use gateway::storage::dynamo::DynamoConfig;
 use gateway::storage::embedded::EmbeddedStore;
 use gateway::usage::dynamo::DynamoUsageStore;
 use gateway::usage::{UsageQuery, UsageStore, to_csv, to_table};
+use gateway::vectors::CollectionStores;
 use gateway::vectors::VectorStore;
 use gateway::vectors::embedded::EmbeddedVectors;
 use gateway::vectors::s3::S3VectorStore;
@@ -361,6 +362,7 @@ async fn serve(
             }
         }
     };
+    let vectors = CollectionStores::configured(&config.vectors, vectors, env)?;
     gateway.vectors = Some(vectors);
     let gateway = Arc::new(gateway);
     // Queued ingests run in process over the embedded queue, as the ingest function does on AWS.

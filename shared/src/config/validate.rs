@@ -8,6 +8,7 @@ use super::{
 impl Config {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         self.server.validate()?;
+        self.vectors.validate()?;
         if let Some(memcached) = &self.cache.memcached {
             memcached.validate()?;
         }
