@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use gateway::backends::Backends;
 use gateway::batch::BatchBackends;
 use gateway::batch::worker::Worker;
+use gateway::cache::memcached::MemcachedCacheStore;
 use gateway::clock::{day_of, now_millis, now_secs};
 use gateway::config::{Config, ServerConfig};
 use gateway::ingest::backends::IngestBackends;
@@ -30,6 +31,7 @@ use gateway::storage::dynamo::DynamoConfig;
 use gateway::storage::embedded::EmbeddedStore;
 use gateway::usage::dynamo::DynamoUsageStore;
 use gateway::usage::{UsageQuery, UsageStore, to_csv, to_table};
+use gateway::vectors::CollectionStores;
 use gateway::vectors::VectorStore;
 use gateway::vectors::embedded::EmbeddedVectors;
 use gateway::vectors::s3::S3VectorStore;
@@ -333,7 +335,12 @@ async fn serve(
 ) -> Result<(), Failure> {
     let traces = gateway::telemetry::otlp::init_logging_and_traces(&env);
     let config = load_config(config_path.as_ref())?;
-    let (backends, embedded) = open_backends(backend, &data_dir).await?;
+    let (mut backends, embedded) = open_backends(backend, &data_dir).await?;
+    if let Some(memcached) = &config.cache.memcached {
+        let address = memcached.resolve_address(env)?;
+        tracing::info!(%address, "response cache in memcached");
+        backends.cache = Arc::new(MemcachedCacheStore::new(address, memcached));
+    }
     let first_run_key = bootstrap_keys(&backends).await?;
     let mut gateway = Gateway::new(&config, backends, &env)?;
     let vectors: Arc<dyn VectorStore> = match &embedded {
@@ -362,6 +369,7 @@ async fn serve(
             }
         }
     };
+    let vectors = CollectionStores::configured(&config.vectors, vectors, env)?;
     gateway.vectors = Some(vectors);
     let gateway = Arc::new(gateway);
     // Queued ingests run in process over the embedded queue, as the ingest function does on AWS.

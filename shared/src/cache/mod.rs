@@ -4,6 +4,8 @@
 pub mod dynamo;
 pub mod embedded;
 pub mod key;
+#[cfg(feature = "memcached")]
+pub mod memcached;
 pub mod near_miss;
 #[cfg(feature = "redis")]
 pub mod redis;

@@ -11,6 +11,7 @@ mod routing;
 pub mod secrets;
 mod server;
 mod validate;
+mod vectors;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -24,8 +25,9 @@ pub use models::{
     ProviderConfig, ProviderKind, RagBinding, RouteConfig, RouteStrategy, SemanticCacheConfig,
     Timeouts,
 };
-pub use routing::{BreakerConfig, CacheConfig, CachePartition, RoutingConfig};
+pub use routing::{BreakerConfig, CacheConfig, CachePartition, MemcachedConfig, RoutingConfig};
 pub use server::ServerConfig;
+pub use vectors::{PineconeIndexConfig, VectorsConfig};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -39,6 +41,8 @@ pub struct Config {
     pub cache: CacheConfig,
     #[serde(default)]
     pub routing: RoutingConfig,
+    #[serde(default)]
+    pub vectors: VectorsConfig,
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderConfig>,
     #[serde(default)]

@@ -3,6 +3,8 @@
 
 use serde::Deserialize;
 
+use super::ConfigError;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum CachePartition {
@@ -24,6 +26,79 @@ pub struct CacheConfig {
     /// How long an embedding stays in the embedding cache; 0 turns that cache off.
     #[serde(default = "default_embedding_ttl_s")]
     pub embedding_ttl_s: u64,
+    /// `[cache.memcached]`: responses and embeddings cached in Memcached instead of the storage
+    /// backend (`gateway-local` only; keys, limits and spend stay where they were).
+    #[serde(default)]
+    pub memcached: Option<MemcachedConfig>,
+}
+
+/// A Memcached server for the response cache.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemcachedConfig {
+    /// `host:port`; unset, it is read from the environment variable `address_env`.
+    #[serde(default)]
+    pub address: Option<String>,
+    #[serde(default = "default_memcached_address_env")]
+    pub address_env: String,
+    /// Each get, set and connect gives up after this; a server that does not answer in time is a
+    /// cache miss.
+    #[serde(default = "default_memcached_timeout_ms")]
+    pub timeout_ms: u64,
+    /// The server's item size limit (`memcached -I`, 1 MiB by default): larger bodies are not
+    /// cached.
+    #[serde(default = "default_memcached_max_item_bytes")]
+    pub max_item_bytes: usize,
+}
+
+fn default_memcached_address_env() -> String {
+    "GATEWAY_MEMCACHED_ADDRESS".to_owned()
+}
+fn default_memcached_timeout_ms() -> u64 {
+    250
+}
+fn default_memcached_max_item_bytes() -> usize {
+    1024 * 1024
+}
+
+/// Memcached's largest item size (`-I` accepts up to 1 GiB).
+const MAX_MEMCACHED_ITEM_BYTES: usize = 1024 * 1024 * 1024;
+
+impl MemcachedConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.timeout_ms == 0 || self.timeout_ms > super::server::MAX_TIMEOUT_MS {
+            return Err(ConfigError::new(
+                "cache.memcached.timeout_ms",
+                "must be between 1 and 86400000 (one day)",
+            ));
+        }
+        if !(4096..=MAX_MEMCACHED_ITEM_BYTES).contains(&self.max_item_bytes) {
+            return Err(ConfigError::new(
+                "cache.memcached.max_item_bytes",
+                "must be between 4096 and 1073741824 (Memcached's range for -I)",
+            ));
+        }
+        if self.address.as_deref().is_some_and(|a| a.trim().is_empty()) {
+            return Err(ConfigError::new(
+                "cache.memcached.address",
+                "must be host:port, or left out to read the environment variable",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The server address: `address`, else the environment variable `address_env`.
+    pub fn resolve_address(&self, env: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+        self.address
+            .clone()
+            .or_else(|| env(&self.address_env).filter(|a| !a.trim().is_empty()))
+            .ok_or_else(|| {
+                format!(
+                    "cache.memcached: no address in the config and {} is not set",
+                    self.address_env
+                )
+            })
+    }
 }
 
 impl Default for CacheConfig {
@@ -32,6 +107,7 @@ impl Default for CacheConfig {
             partition: CachePartition::Tenant,
             default_ttl_s: default_cache_ttl_s(),
             embedding_ttl_s: default_embedding_ttl_s(),
+            memcached: None,
         }
     }
 }

@@ -8,6 +8,10 @@ use super::{
 impl Config {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         self.server.validate()?;
+        self.vectors.validate()?;
+        if let Some(memcached) = &self.cache.memcached {
+            memcached.validate()?;
+        }
         if self.server.max_body_bytes == 0 {
             return Err(ConfigError::new(
                 "server.max_body_bytes",

@@ -113,7 +113,10 @@ pub async fn create_collection(
         .map_err(|e| ApiError::bad_request(format!("`chunking`: {e}")).with_param("chunking"))?;
     let metadata = request.metadata.unwrap_or_default();
     api::validate_metadata(&metadata, "metadata")?;
-    let dimensions = match (request.dimensions, vectors.fixed_dimensions()) {
+    let dimensions = match (
+        request.dimensions,
+        vectors.collection_dimensions(&request.name),
+    ) {
         (Some(asked), Some(fixed)) if asked != fixed => {
             return Err(ApiError::bad_request(format!(
                 "`dimensions` is {asked}, but this gateway's vector index holds vectors of \

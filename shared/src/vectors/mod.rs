@@ -8,7 +8,11 @@
 
 pub mod embedded;
 mod filter;
+pub mod pinecone;
 pub mod s3;
+
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -86,6 +90,99 @@ pub trait VectorStore: Send + Sync {
         top_k: usize,
         filter: Option<&MetadataFilter>,
     ) -> Result<Vec<VectorHit>, StoreError>;
+    /// The dimension the vectors of collection `name` must have, if fixed.
+    fn collection_dimensions(&self, _name: &str) -> Option<u32> {
+        self.fixed_dimensions()
+    }
+}
+
+/// Collections named in the config in a store of their own (`[vectors.pinecone.<name>]`), the
+/// others in the default store.
+pub struct CollectionStores {
+    default: Arc<dyn VectorStore>,
+    by_collection: HashMap<String, Arc<dyn VectorStore>>,
+}
+
+impl CollectionStores {
+    pub fn new(
+        default: Arc<dyn VectorStore>,
+        by_collection: HashMap<String, Arc<dyn VectorStore>>,
+    ) -> Self {
+        Self {
+            default,
+            by_collection,
+        }
+    }
+
+    /// `default`, with the collections `[vectors]` names in their vendor's store; API keys are
+    /// read from the environment (`env`).
+    pub fn configured(
+        config: &crate::config::VectorsConfig,
+        default: Arc<dyn VectorStore>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Arc<dyn VectorStore>, String> {
+        if config.pinecone.is_empty() {
+            return Ok(default);
+        }
+        let mut by_collection: HashMap<String, Arc<dyn VectorStore>> = HashMap::new();
+        for (name, index) in &config.pinecone {
+            let api_key = env(&index.api_key_env)
+                .filter(|key| !key.trim().is_empty())
+                .ok_or_else(|| {
+                    format!(
+                        "vectors.pinecone.{name}: the API key variable {} is not set",
+                        index.api_key_env
+                    )
+                })?;
+            let store = pinecone::PineconeVectorStore::new(
+                index.host.clone(),
+                api_key,
+                index.dimensions,
+                format!("collection {name}"),
+            );
+            by_collection.insert(name.clone(), Arc::new(store));
+        }
+        Ok(Arc::new(Self::new(default, by_collection)))
+    }
+
+    fn store(&self, collection: &str) -> &Arc<dyn VectorStore> {
+        self.by_collection.get(collection).unwrap_or(&self.default)
+    }
+}
+
+#[async_trait::async_trait]
+impl VectorStore for CollectionStores {
+    fn fixed_dimensions(&self) -> Option<u32> {
+        self.default.fixed_dimensions()
+    }
+    fn collection_dimensions(&self, name: &str) -> Option<u32> {
+        self.store(name).collection_dimensions(name)
+    }
+    async fn put(
+        &self,
+        namespace: &Namespace,
+        records: Vec<VectorRecord>,
+    ) -> Result<(), StoreError> {
+        self.store(&namespace.collection)
+            .put(namespace, records)
+            .await
+    }
+    async fn delete(&self, namespace: &Namespace, keys: &[String]) -> Result<(), StoreError> {
+        self.store(&namespace.collection)
+            .delete(namespace, keys)
+            .await
+    }
+    async fn query(
+        &self,
+        namespace: &Namespace,
+        vector: &[f32],
+        top_k: usize,
+        filter: Option<&MetadataFilter>,
+    ) -> Result<Vec<VectorHit>, StoreError> {
+        self.store(&namespace.collection)
+            .query(namespace, vector, top_k, filter)
+            .await
+    }
 }
 
 fn invalid(message: impl Into<String>) -> StoreError {

@@ -43,12 +43,12 @@ async fn get(gw: &TestGateway, path: &str, key: &str) -> Reply {
         .await
 }
 
-async fn delete(gw: &TestGateway, path: &str, key: &str) -> Reply {
+pub(crate) async fn delete(gw: &TestGateway, path: &str, key: &str) -> Reply {
     gw.send(gw.http.delete(format!("{}{path}", gw.url)).bearer_auth(key))
         .await
 }
 
-async fn create(gw: &TestGateway, key: &str, name: &str) -> Value {
+pub(crate) async fn create(gw: &TestGateway, key: &str, name: &str) -> Value {
     let reply = gw
         .post(
             "/v1/collections",
@@ -66,7 +66,12 @@ async fn create(gw: &TestGateway, key: &str, name: &str) -> Value {
     reply.json()
 }
 
-async fn ingest(gw: &TestGateway, key: &str, collection: &str, documents: Value) -> Value {
+pub(crate) async fn ingest(
+    gw: &TestGateway,
+    key: &str,
+    collection: &str,
+    documents: Value,
+) -> Value {
     let reply = gw
         .post(
             &format!("/v1/collections/{collection}/documents"),
@@ -83,7 +88,7 @@ async fn ingest(gw: &TestGateway, key: &str, collection: &str, documents: Value)
     reply.json()
 }
 
-async fn query(gw: &TestGateway, key: &str, collection: &str, text: &str) -> Reply {
+pub(crate) async fn query(gw: &TestGateway, key: &str, collection: &str, text: &str) -> Reply {
     gw.post(
         &format!("/v1/collections/{collection}/query"),
         key,
@@ -106,7 +111,7 @@ fn statuses(report: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
-fn documents_of(reply: &Reply) -> Vec<String> {
+pub(crate) fn documents_of(reply: &Reply) -> Vec<String> {
     reply.json()["data"]
         .as_array()
         .unwrap()
