@@ -255,6 +255,11 @@ deployments = [{{ provider = "openai", model = "fault:tokens=20;cut_after=5" }}]
 [models.slow-first-token]
 deployments = [{{ provider = "openai", model = "fault:first_token_ms=2600" }}]
 
+# The same broken stream as upstream-cut, with a circuit breaker of its own: the alert test's
+# broken streams must not open the one test_prometheus_dashboard.py's stream goes through.
+[models.upstream-cut-alerts]
+deployments = [{{ provider = "openai", model = "fault:tokens=20;cut_after=5" }}]
+
 [models.pricey]
 deployments = [{{ provider = "mock", model = "mock" }}]
 price = {{ input_per_mtok = 1000000, output_per_mtok = 1000000 }}

@@ -93,7 +93,7 @@ def _value(prometheus_url: str, expr: str) -> float:
 def _broken_stream(client: openai.OpenAI) -> None:
     with pytest.raises(openai.APIError):
         with client.chat.completions.create(
-            model="upstream-cut", stream=True,
+            model="upstream-cut-alerts", stream=True,
             messages=[{"role": "user", "content": "a stream that breaks"}],
         ) as stream:
             for _ in stream:
