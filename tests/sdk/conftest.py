@@ -249,6 +249,24 @@ deployments = [{{ provider = "openai", model = "error-context" }}]
 # Twenty tokens, the connection cut after the fifth: past the first token, so no retry.
 [models.upstream-cut]
 deployments = [{{ provider = "openai", model = "fault:tokens=20;cut_after=5" }}]
+
+# test_prometheus_alerts.py: streams whose first token takes 2.6 s (over the 2 s p95 alert), and a
+# model priced at 1 USD a token, so a few requests cross the 10 USD-an-hour cost alert.
+[models.slow-first-token]
+deployments = [{{ provider = "openai", model = "fault:first_token_ms=2600" }}]
+
+# The same broken stream as upstream-cut, with a circuit breaker of its own: the alert test's
+# broken streams must not open the one test_prometheus_dashboard.py's stream goes through.
+[models.upstream-cut-alerts]
+deployments = [{{ provider = "openai", model = "fault:tokens=20;cut_after=5" }}]
+
+[models.pricey]
+deployments = [{{ provider = "mock", model = "mock" }}]
+price = {{ input_per_mtok = 1000000, output_per_mtok = 1000000 }}
+
+# test_nginx.py: six tokens with a 0.8 s pause after the third, to see chunks pass a proxy unbuffered.
+[models.paced]
+deployments = [{{ provider = "openai", model = "fault:tokens=6;stall_after=3;stall_ms=800" }}]
 """
 
 

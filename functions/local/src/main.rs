@@ -125,6 +125,9 @@ enum Command {
     /// Write a trace for `replay` to standard output: Zipf-distributed repeats of distinct
     /// prompts
     TraceGen(replay::TraceGenArgs),
+    /// Exit 0 when the server on --listen (a wildcard address is reached on loopback) answers
+    /// `GET /health` with 200 in time, else 1: a container health check with no shell or curl
+    Health,
 }
 
 #[derive(Subcommand)]
@@ -262,10 +265,41 @@ async fn main() {
             None => replay::replay(args, Config::built_in(|_| None)).await,
         },
         Some(Command::TraceGen(args)) => replay::trace_gen(args),
+        Some(Command::Health) => match load_config(cli.config.as_ref()) {
+            Ok(config) => health(cli.listen.or(config.server.listen)).await,
+            Err(error) => Err(error),
+        },
     };
     if let Err(error) = result {
         eprintln!("gateway-local: {error}");
         std::process::exit(1);
+    }
+}
+
+/// How long the health check waits for the answer: well under a container runtime's timeout.
+const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+async fn health(listen: Option<String>) -> Result<(), Failure> {
+    let listen = listen.unwrap_or_else(|| "127.0.0.1:8080".to_owned());
+    let mut address: std::net::SocketAddr = listen
+        .parse()
+        .map_err(|e| format!("--listen {listen} is not an address: {e}"))?;
+    if address.ip().is_unspecified() {
+        address.set_ip(match address {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let response = reqwest::Client::builder()
+        .timeout(HEALTH_TIMEOUT)
+        .build()?
+        .get(format!("http://{address}/health"))
+        .send()
+        .await
+        .map_err(|e| format!("no answer from http://{address}/health: {e}"))?;
+    match response.status() {
+        reqwest::StatusCode::OK => Ok(()),
+        status => Err(format!("http://{address}/health answered {status}").into()),
     }
 }
 
