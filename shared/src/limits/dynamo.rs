@@ -40,7 +40,7 @@ use crate::limits::{
     BUDGET, Estimate, LimitError, Limiter, Plan, Reservation, SpendSettlement, from_nano_usd,
 };
 use crate::storage::dynamo::{
-    DynamoConfig, FailurePolicy, PK, Rejection, SK, WriteError, n, number_attr, rejection,
+    DynamoConfig, FailurePolicy, PK, Rejection, SK, WriteError, n, number_attr, raced, rejection,
     retry_on_conflict, s, sdk_message,
 };
 use crate::usage::dynamo::{usage_sk, usage_update};
@@ -486,23 +486,20 @@ impl DynamoLimiter {
         let (pk, sk) = (pk.as_str(), sk.as_str());
         let (names, values) = (&names, &values);
         let result = retry_on_conflict("recording usage", || async move {
-            self.client
-                .update_item()
-                .table_name(&self.table)
-                .key(PK, s(pk))
-                .key(SK, s(sk))
-                .update_expression(expression)
-                .set_expression_attribute_names(Some(names.clone()))
-                .set_expression_attribute_values(Some(values.clone()))
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(|error| match rejection(&error) {
-                    Some(_) => WriteError::Conflict,
-                    None => {
-                        WriteError::Backend(sdk_message("UpdateItem on the limits table", &error))
-                    }
-                })
+            raced(
+                "UpdateItem on the limits table",
+                self.client
+                    .update_item()
+                    .table_name(&self.table)
+                    .key(PK, s(pk))
+                    .key(SK, s(sk))
+                    .update_expression(expression)
+                    .set_expression_attribute_names(Some(names.clone()))
+                    .set_expression_attribute_values(Some(values.clone()))
+                    .send()
+                    .await
+                    .map(|_| ()),
+            )
         })
         .await;
         if let Err(error) = result {
