@@ -10,7 +10,8 @@ use async_trait::async_trait;
 use crate::clock::month_of;
 use crate::keys::KeyRecord;
 use crate::limits::{
-    BUDGET, Estimate, LimitError, Limiter, Plan, Reservation, from_nano_usd, to_nano_usd,
+    BUDGET, Estimate, LimitError, Limiter, Plan, Reservation, SpendSettlement, from_nano_usd,
+    to_nano_usd,
 };
 use crate::storage::embedded::{EmbeddedStore, Write};
 use crate::usage::{Billed, ModelUsage};
@@ -25,6 +26,24 @@ pub struct Spend {
     /// The day its usage is recorded under, and the usage per model.
     pub day: u32,
     pub usage: Vec<ModelUsage>,
+}
+
+impl Spend {
+    /// What a settled reservation records: its key, month and day, the spend (`None` when
+    /// nothing was spent) and the usage per model. `None` when no model was billed.
+    pub fn settled(
+        reservation: &Reservation,
+        spend: Option<SpendSettlement>,
+        usage: Vec<ModelUsage>,
+    ) -> Option<Self> {
+        (!usage.is_empty()).then(|| Self {
+            key_id: reservation.key_id.to_string(),
+            month: reservation.month,
+            nano_usd: spend.map_or(0, |spend| spend.spent),
+            day: reservation.day,
+            usage,
+        })
+    }
 }
 
 tokio::task_local! {
@@ -169,15 +188,9 @@ impl Limiter for LocalLimiter {
             }
         }
         if let Some(sink) = &self.spend
-            && !billed.models.is_empty()
+            && let Some(settled) = Spend::settled(&reservation, spend, billed.models)
         {
-            sink.record(Spend {
-                key_id: reservation.key_id.to_string(),
-                month: reservation.month,
-                nano_usd: spend.map_or(0, |spend| spend.spent),
-                day: reservation.day,
-                usage: billed.models,
-            });
+            sink.record(settled);
         }
     }
 

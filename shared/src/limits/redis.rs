@@ -178,15 +178,9 @@ impl Limiter for RedisLimiter {
             }
         }
         if let Some(usage) = &self.usage
-            && !billed.models.is_empty()
+            && let Some(settled) = Spend::settled(&reservation, spend, billed.models)
         {
-            usage.record(Spend {
-                key_id: reservation.key_id.to_string(),
-                month: reservation.month,
-                nano_usd: spend.map_or(0, |spend| spend.spent),
-                day: reservation.day,
-                usage: billed.models,
-            });
+            usage.record(settled);
         }
     }
 
