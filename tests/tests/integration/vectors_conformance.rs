@@ -3,8 +3,6 @@
 //! the vendors' API references: see `vectors_aws`, `vectors_pinecone`, `vectors_weaviate`).
 //! Backend-specific behaviour (batching limits, how refusals map) stays in those modules.
 
-use std::collections::BTreeSet;
-
 use gateway::error::StoreError;
 use gateway::storage::embedded::EmbeddedStore;
 use gateway::vectors::embedded::EmbeddedVectors;
@@ -73,8 +71,9 @@ async fn keys(
         .query(namespace, &[1.0, 1.0, 1.0], 10, filter.as_ref())
         .await
         .unwrap();
-    let keys: BTreeSet<String> = hits.into_iter().map(|hit| hit.key).collect();
-    keys.into_iter().collect()
+    let mut keys: Vec<String> = hits.into_iter().map(|hit| hit.key).collect();
+    keys.sort();
+    keys
 }
 
 fn is_client_error(result: Result<impl std::fmt::Debug, StoreError>, needle: &str) {
@@ -88,6 +87,23 @@ fn is_client_error(result: Result<impl std::fmt::Debug, StoreError>, needle: &st
 async fn conformance(store: &dyn VectorStore) {
     let acme = ns("acme", "handbook");
     store.put(&acme, handbook()).await.unwrap();
+
+    // The same key in another collection or tenant is another vector, which no query or delete
+    // in this namespace touches (checked below).
+    let (other_collection, other_tenant) = (ns("acme", "notes"), ns("globex", "handbook"));
+    let stranger = |text: &str| {
+        vec![record(
+            "hr.md#0",
+            [1.0, 0.0, 0.0],
+            text,
+            json!({"lang": "en"}),
+        )]
+    };
+    store
+        .put(&other_collection, stranger("notes"))
+        .await
+        .unwrap();
+    store.put(&other_tenant, stranger("globex")).await.unwrap();
 
     // Ranked by cosine similarity (whatever the vectors' length), top_k honoured, text and
     // metadata as written.
@@ -176,21 +192,6 @@ async fn conformance(store: &dyn VectorStore) {
         );
     }
 
-    // Namespaces are apart: the same key in another collection or tenant is another vector.
-    let (other_collection, other_tenant) = (ns("acme", "notes"), ns("globex", "handbook"));
-    let stranger = |text: &str| {
-        vec![record(
-            "hr.md#0",
-            [1.0, 0.0, 0.0],
-            text,
-            json!({"lang": "en"}),
-        )]
-    };
-    store
-        .put(&other_collection, stranger("notes"))
-        .await
-        .unwrap();
-    store.put(&other_tenant, stranger("globex")).await.unwrap();
     let hits = store
         .query(&acme, &[1.0, 0.0, 0.0], 10, None)
         .await
