@@ -27,7 +27,7 @@ pub use models::{
 };
 pub use routing::{BreakerConfig, CacheConfig, CachePartition, MemcachedConfig, RoutingConfig};
 pub use server::ServerConfig;
-pub use vectors::{PineconeIndexConfig, VectorsConfig};
+pub use vectors::{PineconeIndexConfig, VectorsConfig, WeaviateClassConfig};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

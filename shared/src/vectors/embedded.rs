@@ -25,7 +25,7 @@ use crate::error::StoreError;
 use crate::storage::embedded::EmbeddedStore;
 use crate::vectors::{
     MetadataFilter, Namespace, VectorHit, VectorRecord, VectorStore, check_top_k,
-    dimension_mismatch, normalised, prepared,
+    dimension_mismatch, prepared, query_vector,
 };
 
 /// Rows read per statement while loading a namespace, so keys lookups sharing the store's
@@ -787,7 +787,7 @@ impl VectorStore for EmbeddedVectors {
         filter: Option<&MetadataFilter>,
     ) -> Result<Vec<VectorHit>, StoreError> {
         check_top_k(top_k)?;
-        let query = normalised(vector, "the query vector")?;
+        let query = query_vector(vector, None)?;
         let (namespace, filter) = (namespace.clone(), filter.cloned());
         self.blocking(move |inner| inner.query(&namespace, &query, top_k, filter.as_ref()))
             .await
@@ -798,6 +798,7 @@ impl VectorStore for EmbeddedVectors {
 mod tests {
     use super::*;
     use crate::storage::embedded::test_dir;
+    use crate::vectors::normalised;
     use serde_json::json;
 
     fn ns(tenant: &str, collection: &str) -> Namespace {

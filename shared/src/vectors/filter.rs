@@ -21,14 +21,14 @@ pub const RESERVED_METADATA_KEYS: [&str; 2] = ["ns", "text"];
 
 /// A value a condition compares with.
 #[derive(Debug, Clone, PartialEq)]
-enum Scalar {
+pub(super) enum Scalar {
     String(String),
     Number(Number),
     Bool(bool),
 }
 
 #[derive(Debug, Clone, PartialEq)]
-enum Condition {
+pub(super) enum Condition {
     Eq(Scalar),
     Ne(Scalar),
     Gt(Number),
@@ -41,7 +41,7 @@ enum Condition {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-enum Node {
+pub(super) enum Node {
     And(Vec<Node>),
     Or(Vec<Node>),
     Field(String, Condition),
@@ -343,6 +343,11 @@ impl MetadataFilter {
 
     pub fn matches(&self, metadata: &Map<String, Value>) -> bool {
         self.root.matches(metadata)
+    }
+
+    /// The parsed tree, for stores that translate it into their own filter language.
+    pub(super) fn root(&self) -> &Node {
+        &self.root
     }
 
     /// The filter in explicit form (every condition with its operator, every implicit AND an

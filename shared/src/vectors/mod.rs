@@ -3,13 +3,17 @@
 //! search over an in-memory copy of a SQLite table, for the local run) and `s3` (one Amazon S3
 //! Vectors index, collections kept apart by filterable metadata).
 //!
-//! Both stores normalise vectors to unit length, so a score is the cosine similarity whatever
+//! Collections the config names can live in a vendor's database instead: `pinecone` (one
+//! Pinecone index) and `weaviate` (one Weaviate class), both over their HTTP APIs.
+//!
+//! All stores normalise vectors to unit length, so a score is the cosine similarity whatever
 //! the length of the vectors given.
 
 pub mod embedded;
 mod filter;
 pub mod pinecone;
 pub mod s3;
+pub mod weaviate;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -96,8 +100,8 @@ pub trait VectorStore: Send + Sync {
     }
 }
 
-/// Collections named in the config in a store of their own (`[vectors.pinecone.<name>]`), the
-/// others in the default store.
+/// Collections named in the config in a store of their own (`[vectors.pinecone.<name>]`,
+/// `[vectors.weaviate.<name>]`), the others in the default store.
 pub struct CollectionStores {
     default: Arc<dyn VectorStore>,
     by_collection: HashMap<String, Arc<dyn VectorStore>>,
@@ -121,23 +125,32 @@ impl CollectionStores {
         default: Arc<dyn VectorStore>,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Arc<dyn VectorStore>, String> {
-        if config.pinecone.is_empty() {
+        if config.pinecone.is_empty() && config.weaviate.is_empty() {
             return Ok(default);
         }
-        let mut by_collection: HashMap<String, Arc<dyn VectorStore>> = HashMap::new();
-        for (name, index) in &config.pinecone {
-            let api_key = env(&index.api_key_env)
+        let api_key = |vendor: &str, name: &str, variable: &str| {
+            env(variable)
                 .filter(|key| !key.trim().is_empty())
                 .ok_or_else(|| {
-                    format!(
-                        "vectors.pinecone.{name}: the API key variable {} is not set",
-                        index.api_key_env
-                    )
-                })?;
+                    format!("vectors.{vendor}.{name}: the API key variable {variable} is not set")
+                })
+        };
+        let mut by_collection: HashMap<String, Arc<dyn VectorStore>> = HashMap::new();
+        for (name, index) in &config.pinecone {
             let store = pinecone::PineconeVectorStore::new(
                 index.host.clone(),
-                api_key,
+                api_key("pinecone", name, &index.api_key_env)?,
                 index.dimensions,
+                format!("collection {name}"),
+            );
+            by_collection.insert(name.clone(), Arc::new(store));
+        }
+        for (name, class) in &config.weaviate {
+            let store = weaviate::WeaviateVectorStore::new(
+                class.url.clone(),
+                class.class.clone(),
+                api_key("weaviate", name, &class.api_key_env)?,
+                class.dimensions,
                 format!("collection {name}"),
             );
             by_collection.insert(name.clone(), Arc::new(store));
@@ -236,6 +249,19 @@ pub(crate) fn normalised(vector: &[f32], what: &str) -> Result<Vec<f32>, StoreEr
         .iter()
         .map(|x| (f64::from(*x) / norm) as f32)
         .collect())
+}
+
+/// A query vector of the dimension the store expects (when it fixes one), scaled to unit length.
+pub(crate) fn query_vector(
+    vector: &[f32],
+    dimensions: Option<usize>,
+) -> Result<Vec<f32>, StoreError> {
+    if let Some(expected) = dimensions
+        && vector.len() != expected
+    {
+        return Err(dimension_mismatch(expected, vector.len()));
+    }
+    normalised(vector, "the query vector")
 }
 
 /// Metadata values a filter can compare: strings, numbers, booleans and arrays of strings; keys

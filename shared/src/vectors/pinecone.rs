@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 
 use super::{
     MAX_TOP_K, MetadataFilter, Namespace, VectorHit, VectorRecord, VectorStore, check_top_k,
-    dimension_mismatch, normalised, prepared,
+    prepared, query_vector,
 };
 use crate::error::StoreError;
 
@@ -154,13 +154,10 @@ impl VectorStore for PineconeVectorStore {
         filter: Option<&MetadataFilter>,
     ) -> Result<Vec<VectorHit>, StoreError> {
         check_top_k(top_k)?;
+        let vector = query_vector(vector, Some(self.dimensions as usize))?;
         if top_k == 0 {
             return Ok(Vec::new());
         }
-        if vector.len() != self.dimensions as usize {
-            return Err(dimension_mismatch(self.dimensions as usize, vector.len()));
-        }
-        let vector = normalised(vector, "the query vector")?;
         let mut body = json!({
             "namespace": namespace.digest(),
             "vector": vector,

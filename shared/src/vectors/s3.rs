@@ -19,7 +19,7 @@ use serde_json::{Map, Number, Value, json};
 use crate::error::StoreError;
 use crate::vectors::{
     MAX_DIMENSIONS, MetadataFilter, Namespace, VectorHit, VectorRecord, VectorStore, check_key,
-    check_top_k, dimension_mismatch, normalised, prepared,
+    check_top_k, prepared, query_vector,
 };
 
 /// PutVectors and DeleteVectors take at most 500 vectors or keys a call.
@@ -314,13 +314,10 @@ impl VectorStore for S3VectorStore {
         filter: Option<&MetadataFilter>,
     ) -> Result<Vec<VectorHit>, StoreError> {
         check_top_k(top_k)?;
-        if vector.len() != self.dimensions() {
-            return Err(dimension_mismatch(self.dimensions(), vector.len()));
-        }
+        let query = query_vector(vector, Some(self.dimensions()))?;
         if top_k == 0 {
             return Ok(Vec::new());
         }
-        let query = normalised(vector, "the query vector")?;
         let (prefix, digest) = prefix_of(namespace);
         let in_namespace = json!({"ns": {"$eq": digest}});
         let filter = match filter {

@@ -47,4 +47,6 @@ mod tenant_boundaries;
 mod three_apis;
 mod usage;
 mod vectors_aws;
+mod vectors_conformance;
 mod vectors_pinecone;
+mod vectors_weaviate;

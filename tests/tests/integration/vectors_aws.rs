@@ -1,7 +1,9 @@
 //! The S3 Vectors store against moto server: what PutVectors and DeleteVectors leave in the
 //! index (prefixed keys, the namespace and text metadata, batches beyond the API's 500), and how
-//! the index's refusals come back. moto does not implement QueryVectors: the query's request and
-//! its answer are checked with canned responses in `shared/src/vectors/s3.rs`.
+//! the index's refusals come back. moto does not implement QueryVectors, so the conformance
+//! suite (`vectors_conformance`) runs on a stand-in for the three data-plane calls the store
+//! makes (`stand_in_store`), following the S3 Vectors API reference: REST-JSON `POST
+//! /PutVectors`, `/QueryVectors`, `/DeleteVectors` with the SDK's request shapes.
 
 use std::collections::BTreeMap;
 
@@ -12,6 +14,134 @@ use gateway::vectors::{Namespace, VectorRecord, VectorStore};
 use serde_json::{Value, json};
 
 use crate::common::moto::Moto;
+
+/// One index's vectors on the stand-in: key -> (values, metadata).
+type Index = std::sync::Mutex<BTreeMap<String, (Vec<f64>, serde_json::Map<String, Value>)>>;
+
+/// The stand-in's name for the namespace metadata: `ns` is reserved in the gateway's filter
+/// language, which the stand-in borrows to evaluate S3 Vectors' (the same Mongo-like syntax).
+fn unreserved(value: &Value) -> Value {
+    match value {
+        Value::Object(entries) => entries
+            .iter()
+            .map(|(k, v)| {
+                let k = if k == "ns" {
+                    "_ns".to_owned()
+                } else {
+                    k.clone()
+                };
+                (k, unreserved(v))
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into(),
+        Value::Array(items) => items.iter().map(unreserved).collect(),
+        other => other.clone(),
+    }
+}
+
+fn float32(data: &Value) -> Vec<f64> {
+    data["float32"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect()
+}
+
+async fn stand_in(
+    axum::extract::State(index): axum::extract::State<std::sync::Arc<Index>>,
+    axum::extract::Path(operation): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+    axum::Json(body): axum::Json<Value>,
+) -> (axum::http::StatusCode, axum::Json<Value>) {
+    use axum::http::StatusCode;
+    // Signed with SigV4 by the SDK, for the bucket and index the store names.
+    let signed = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("AWS4-HMAC-SHA256 Credential=test/"));
+    if !signed || body["vectorBucketName"] != "vectors" || body["indexName"] != "docs" {
+        return (
+            StatusCode::FORBIDDEN,
+            axum::Json(json!({"message": "Access denied"})),
+        );
+    }
+    let mut vectors = index.lock().unwrap();
+    let answer = match operation.as_str() {
+        "PutVectors" => {
+            for vector in body["vectors"].as_array().unwrap() {
+                let metadata = vector["metadata"].as_object().cloned().unwrap_or_default();
+                let key = vector["key"].as_str().unwrap().to_owned();
+                vectors.insert(key, (float32(&vector["data"]), metadata));
+            }
+            json!({})
+        }
+        "DeleteVectors" => {
+            for key in body["keys"].as_array().unwrap() {
+                vectors.remove(key.as_str().unwrap());
+            }
+            json!({})
+        }
+        "QueryVectors" => {
+            let query = float32(&body["queryVector"]);
+            let filter =
+                gateway::vectors::MetadataFilter::parse(&unreserved(&body["filter"])).unwrap();
+            let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+            let mut found: Vec<(f64, Value)> = vectors
+                .iter()
+                .filter(|(_, (_, metadata))| {
+                    filter.matches(
+                        unreserved(&Value::Object(metadata.clone()))
+                            .as_object()
+                            .unwrap(),
+                    )
+                })
+                .map(|(key, (values, metadata))| {
+                    let dot: f64 = values.iter().zip(&query).map(|(a, b)| a * b).sum();
+                    let distance = 1.0 - dot / (norm(values) * norm(&query));
+                    (
+                        distance,
+                        json!({"key": key, "distance": distance, "metadata": metadata}),
+                    )
+                })
+                .collect();
+            found.sort_by(|a, b| a.0.total_cmp(&b.0));
+            found.truncate(body["topK"].as_u64().unwrap() as usize);
+            let found: Vec<Value> = found.into_iter().map(|(_, v)| v).collect();
+            json!({"vectors": found, "distanceMetric": "cosine"})
+        }
+        _ => {
+            return (
+                StatusCode::NOT_FOUND,
+                axum::Json(json!({"message": "Unknown operation"})),
+            );
+        }
+    };
+    (StatusCode::OK, axum::Json(answer))
+}
+
+/// An S3 Vectors store (bucket `vectors`, index `docs`, 3 dimensions) on the stand-in.
+pub(crate) async fn stand_in_store() -> S3VectorStore {
+    use aws_sdk_s3vectors::config::{BehaviorVersion, Credentials, Region};
+    let router = axum::Router::new()
+        .route("/{operation}", axum::routing::post(stand_in))
+        .with_state(std::sync::Arc::new(Index::default()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let config = aws_sdk_s3vectors::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
+        .endpoint_url(format!("http://{address}"))
+        .build();
+    S3VectorStore::new(
+        aws_sdk_s3vectors::Client::from_conf(config),
+        "vectors".into(),
+        "docs".into(),
+        3,
+    )
+}
 
 /// A vector bucket named `bucket` with an index `docs` of 3 dimensions (cosine), and the raw
 /// client to inspect it.
