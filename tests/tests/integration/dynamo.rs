@@ -1198,14 +1198,11 @@ async fn concurrent_settlements_across_a_day_boundary_lose_and_double_nothing() 
         let store = DynamoUsageStore::new(tables.client.clone(), &tables.config);
         let key = limited_key("key_race", None, None, Some(1_000.0));
         let day = gateway::clock::parse_day("2026-11-20").unwrap();
-        // Some of the first day's reservations are settled only after the second day began.
-        let mut tasks = Vec::new();
         let mut expected = HashMap::new();
-        for index in 0..48u64 {
+        let mut request = |index: u64, on: u32| {
             let limiter = Arc::clone(&limiters[(index % 2) as usize]);
-            let on = day + u32::from(index % 3 == 0);
             let billed = vec![model_usage(
-                ["a", "b", "c"][(index % 3) as usize],
+                ["a", "b", "c", "d"][(index % 4) as usize],
                 1,
                 index,
                 2 * index,
@@ -1213,14 +1210,34 @@ async fn concurrent_settlements_across_a_day_boundary_lose_and_double_nothing() 
             )];
             expect(&mut expected, on, &billed);
             let key = key.clone();
-            tasks.push(tokio::spawn(async move {
+            async move {
                 let reservation = limiter
                     .acquire(&key, estimate(10, 0.001), during(on, 60 + index))
                     .await
                     .expect("admitted");
                 limiter.settle(reservation, billed_to(&billed)).await;
-            }));
+            }
+        };
+        // The first day's usage is on the limits item when the second day begins.
+        for index in 0..8 {
+            request(index, day).await;
         }
+        // Then the two days' settlements race: the second day's first ones start it (copying
+        // the first day) while the first day's keep arriving, folded in or added to its rows.
+        let mut tasks = Vec::new();
+        for index in 8..56 {
+            tasks.push(tokio::spawn(request(
+                index,
+                day + u32::from(index % 3 == 0),
+            )));
+        }
+        for task in tasks {
+            task.await.expect("settled");
+        }
+        // First-day requests that straddled midnight, settled among the second day's.
+        let tasks: Vec<_> = (56..72)
+            .map(|index| tokio::spawn(request(index, day + u32::from(index % 2 == 0))))
+            .collect();
         for task in tasks {
             task.await.expect("settled");
         }
@@ -1229,6 +1246,93 @@ async fn concurrent_settlements_across_a_day_boundary_lose_and_double_nothing() 
             expected
         );
         assert_eq!(report_of(&store, None, day, day + 1).await, expected);
+    })
+    .await;
+}
+
+/// Holds back every copy of a usage day a client sends (an UpdateItem setting `folded_version`),
+/// as a container paused between reading a day's counters and copying them would.
+#[derive(Debug)]
+struct SlowCopies(std::time::Duration);
+
+impl aws_sdk_dynamodb::config::Intercept for SlowCopies {
+    fn name(&self) -> &'static str {
+        "SlowCopies"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+        _: &aws_sdk_dynamodb::config::RuntimeComponents,
+        _: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), aws_sdk_dynamodb::error::BoxError> {
+        let body = context.request().body().bytes().unwrap_or_default();
+        if String::from_utf8_lossy(body).contains("folded_version") {
+            // Blocks the thread of the process being slow, which runs nothing else.
+            std::thread::sleep(self.0);
+        }
+        Ok(())
+    }
+}
+
+/// Settles one request of `key` admitted on `day`, billed `billed`.
+async fn settle_on(limiter: &DynamoLimiter, key: &KeyRecord, day: u32, billed: &[ModelUsage]) {
+    let reservation = limiter
+        .acquire(key, estimate(10, 0.001), during(day, 600))
+        .await
+        .expect("admitted");
+    limiter.settle(reservation, billed_to(billed)).await;
+}
+
+#[tokio::test]
+async fn a_slow_copy_of_a_usage_day_never_replaces_a_newer_one() {
+    within(60, async {
+        let tables = Tables::create("usage-slow-copy").await;
+        let fast = tables.limiter();
+        let store = DynamoUsageStore::new(tables.client.clone(), &tables.config);
+        let key = limited_key("key_slow", None, None, None);
+        let day = gateway::clock::parse_day("2026-11-15").unwrap();
+        let usage = [model_usage("a", 1, 10, 5, 100)];
+        let mut expected = HashMap::new();
+        for _ in 0..2 {
+            settle_on(&fast, &key, day, &usage).await;
+            expect(&mut expected, day, &usage);
+        }
+        // Another process (a thread with a runtime of its own) starts the next day: it reads the
+        // first day at two settlements, and its copy is held back.
+        let next_day = {
+            let (endpoint, config) = (tables.moto_endpoint.clone(), tables.config.clone());
+            let (key, usage) = (key.clone(), usage.clone());
+            std::thread::spawn(move || {
+                let client = client_for(&endpoint)
+                    .config()
+                    .to_builder()
+                    .interceptor(SlowCopies(std::time::Duration::from_millis(1_500)))
+                    .build();
+                let slow = DynamoLimiter::new(Client::from_conf(client), &config);
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime")
+                    .block_on(settle_on(&slow, &key, day + 1, &usage));
+            })
+        };
+        expect(&mut expected, day + 1, &usage);
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        // Meanwhile a third settlement of the first day, and another container starting the
+        // next day with a copy of all three.
+        settle_on(&fast, &key, day, &usage).await;
+        expect(&mut expected, day, &usage);
+        settle_on(&fast, &key, day + 1, &usage).await;
+        expect(&mut expected, day + 1, &usage);
+        tokio::task::spawn_blocking(move || next_day.join())
+            .await
+            .expect("joined")
+            .expect("settled");
+        assert_eq!(
+            report_of(&store, Some("key_slow"), day, day + 1).await,
+            expected
+        );
     })
     .await;
 }
