@@ -8,22 +8,21 @@
 //! the per-day usage rows, `usage#...`, the spend history, which a day's counters are copied to
 //! when the key's next day starts).
 //!
-//! Cost and exactness: an admission is one conditional UpdateItem of that item (1 write unit),
-//! and so is a settlement, its usage included. The admission `ADD`s the request, its tokens and its estimate on
-//! condition that the item's windows are the current ones and its counters admit it, as
-//! `WindowCheck::refusal` and `BudgetCheck::admits` say (a condition cannot add two attributes,
-//! so the budget is checked as `committed <= budget - estimate`, worked out here). One write
-//! means a request refused by any limit consumes nothing. When the condition fails, the item
-//! as it was (`ReturnValuesOnConditionCheckFailure::AllOld`) tells a refusal from a window that
-//! has ended; the latter is written again, starting the ended window anew (`SET` on condition
-//! that the item's window is older), which a racing writer can do only once. So the first request
-//! of a minute (or month) pays a second write; every other admission pays one. Likewise the first
-//! settlement of a key's day pays for starting it: one write per model the key used on its
-//! previous day (the copy) and one to empty the counters, once per key and day, which amortises
-//! to nothing next to the day's requests. Money is counted in
-//! integer nano-dollars, so `ADD` is exact. One key's counters are one item, so a single key is
-//! admitted at most at DynamoDB's per-item write rate (about 1 000 a second): sharding it would
-//! give up exactness.
+//! Cost and exactness: an admission is one conditional UpdateItem of that item (1 write unit), and
+//! so is a settlement, its usage included. The admission `ADD`s the request, its tokens and its
+//! estimate on condition that the item's windows are the current ones and its counters admit it, as
+//! `WindowCheck::refusal` and `BudgetCheck::admits` say (a condition cannot add two attributes, so
+//! the budget is checked as `committed <= budget - estimate`, worked out here). One write means a
+//! request refused by any limit consumes nothing. When the condition fails, the item as it was
+//! (`ReturnValuesOnConditionCheckFailure::AllOld`) tells a refusal from a window that has ended;
+//! the latter is written again, starting the ended window anew (`SET` on condition that the item's
+//! window is older), which a racing writer can do only once. So the first request of a minute (or
+//! month) pays a second write; every other admission pays one. Likewise the first settlement of a
+//! key's day pays for starting it: one write per model the key used on its previous day (the copy)
+//! and one to empty the counters, once per key and day, which amortises to nothing next to the
+//! day's requests. Money is counted in integer nano-dollars, so `ADD` is exact. One key's counters
+//! are one item, so a single key is admitted at most at DynamoDB's per-item write rate (about 1 000
+//! a second): sharding it would give up exactness.
 //!
 //! Tables written by earlier versions kept the month in a `month#<YYYYMM>` item: when a key's
 //! item does not exist yet, that item's spend is carried into the new one, so an upgrade in the
@@ -674,7 +673,8 @@ impl DynamoLimiter {
         .await
     }
 
-    /// One model's usage added to its `usage#` item for the reservation's day.
+    /// One model's usage added straight to its `usage#` item for the reservation's day: for a
+    /// settlement whose day the limits item has moved past (its counters are copied already).
     async fn record_usage(&self, reservation: &Reservation, usage: &ModelUsage) {
         let (expression, names, values) = usage_update(&reservation.key_id, usage);
         let pk = limits_pk(&reservation.key_id);
