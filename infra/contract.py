@@ -247,7 +247,8 @@ NOT_EXECUTED["admin"] = {
     "BedrockProvider::*": "the admin function never calls a model (it keeps the built-in mock models)",
     "DynamoCacheStore::*": "the admin routes answer no model request: the cache is never read or written",
     **{f"DynamoLimiter::{name}": "the admin routes read spend only (spent_usd): no request is admitted or settled"
-       for name in ("admit", "write", "update_item", "settle_counters", "record_usage")},
+       for name in ("admit", "write", "update_item", "settle_counters", "start_usage_day",
+                    "copy_day_row", "record_usage")},
 }
 
 # --------------------------------------------------------------------------- route table

@@ -3,22 +3,26 @@
 //! One item per key holds every counter: `pk = "key#<key id>"`, `sk = "limits"`, with
 //! `window_minute` (N, the epoch minute the window counters belong to), `requests` and `tokens`
 //! (N), `budget_month` (N, YYYYMM), `committed_nano_usd` (N, spent plus in-flight reservations)
-//! and `spent_nano_usd` (N) for that month. Spend history lives in the per-day usage items
-//! (`usage#...`, shared/src/usage/dynamo.rs), so the item only needs the current windows.
+//! and `spent_nano_usd` (N) for that month, and the usage of the key's current usage day
+//! (`usage_day`, `usage_writes`, `u#<model>#...`: shared/src/usage/dynamo.rs describes them and
+//! the per-day usage rows, `usage#...`, the spend history, which a day's counters are copied to
+//! when the key's next day starts).
 //!
-//! Cost and exactness: an admission is one conditional UpdateItem of that item (1 write unit),
-//! and so is a settlement. The admission `ADD`s the request, its tokens and its estimate on
-//! condition that the item's windows are the current ones and its counters admit it, as
-//! `WindowCheck::refusal` and `BudgetCheck::admits` say (a condition cannot add two attributes,
-//! so the budget is checked as `committed <= budget - estimate`, worked out here). One write
-//! means a request refused by any limit consumes nothing. When the condition fails, the item
-//! as it was (`ReturnValuesOnConditionCheckFailure::AllOld`) tells a refusal from a window that
-//! has ended; the latter is written again, starting the ended window anew (`SET` on condition
-//! that the item's window is older), which a racing writer can do only once. So the first request
-//! of a minute (or month) pays a second write; every other admission pays one. Money is counted in
-//! integer nano-dollars, so `ADD` is exact. One key's counters are one item, so a single key is
-//! admitted at most at DynamoDB's per-item write rate (about 1 000 a second): sharding it would
-//! give up exactness.
+//! Cost and exactness: an admission is one conditional UpdateItem of that item (1 write unit), and
+//! so is a settlement, its usage included. The admission `ADD`s the request, its tokens and its
+//! estimate on condition that the item's windows are the current ones and its counters admit it, as
+//! `WindowCheck::refusal` and `BudgetCheck::admits` say (a condition cannot add two attributes, so
+//! the budget is checked as `committed <= budget - estimate`, worked out here). One write means a
+//! request refused by any limit consumes nothing. When the condition fails, the item as it was
+//! (`ReturnValuesOnConditionCheckFailure::AllOld`) tells a refusal from a window that has ended;
+//! the latter is written again, starting the ended window anew (`SET` on condition that the item's
+//! window is older), which a racing writer can do only once. So the first request of a minute (or
+//! month) pays a second write; every other admission pays one. Likewise the first settlement of a
+//! key's day pays for starting it: one write per model the key used on its previous day (the copy)
+//! and one to empty the counters, once per key and day, which amortises to nothing next to the
+//! day's requests. Money is counted in integer nano-dollars, so `ADD` is exact. One key's counters
+//! are one item, so a single key is admitted at most at DynamoDB's per-item write rate (about 1 000
+//! a second): sharding it would give up exactness.
 //!
 //! Tables written by earlier versions kept the month in a `month#<YYYYMM>` item: when a key's
 //! item does not exist yet, that item's spend is carried into the new one, so an upgrade in the
@@ -40,13 +44,15 @@ use crate::limits::{
     BUDGET, Estimate, LimitError, Limiter, Plan, Reservation, SpendSettlement, from_nano_usd,
 };
 use crate::storage::dynamo::{
-    DynamoConfig, FailurePolicy, PK, Rejection, SK, WriteError, n, number_attr, raced, rejection,
-    retry_on_conflict, s, sdk_message,
+    DynamoConfig, FailurePolicy, PK, Rejection, SK, WriteError, conflict_backoff, n, number_attr,
+    raced, rejection, retry_on_conflict, s, sdk_message,
 };
-use crate::usage::dynamo::{usage_sk, usage_update};
+use crate::usage::dynamo::{
+    DayCounters, LIMITS_SK as COUNTERS_SK, USAGE_DAY, USAGE_WRITES, copy_update, day_counter_names,
+    is_day_counter, usage_sk, usage_update,
+};
 use crate::usage::{Billed, ModelUsage};
 
-const COUNTERS_SK: &str = "limits";
 const MINUTE: &str = "window_minute";
 const REQUESTS: &str = "requests";
 const TOKENS: &str = "tokens";
@@ -54,9 +60,13 @@ const MONTH: &str = "budget_month";
 const COMMITTED: &str = "committed_nano_usd";
 const SPENT: &str = "spent_nano_usd";
 
-/// Writes of one admission or settlement: the fast path, then at most a window started anew and
-/// a couple of races with other writers doing the same.
-const STATE_ATTEMPTS: usize = 4;
+/// Writes of one admission or settlement: the fast path, then at most a window (or usage day)
+/// started anew and a few races with other writers doing the same.
+const STATE_ATTEMPTS: usize = 6;
+
+/// Attempts to start a key's next usage day: each one that fails met a settlement of the old
+/// day that arrived meanwhile (and copies again).
+const USAGE_DAY_ATTEMPTS: u32 = 8;
 
 fn limits_pk(key_id: &str) -> String {
     format!("key#{key_id}")
@@ -69,7 +79,7 @@ fn legacy_month_sk(month: u32) -> String {
 
 /// A key's counters as a refused write found them; absent attributes read as an item that has
 /// never counted that window.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 struct Counters {
     exists: bool,
     minute: Option<u64>,
@@ -77,6 +87,10 @@ struct Counters {
     tokens: u64,
     month: Option<u32>,
     committed: i64,
+    /// The usage day the item holds (none before its first settlement).
+    usage: Option<DayCounters>,
+    /// The names of that day's counters, which starting the next day removes.
+    day_attributes: Vec<String>,
 }
 
 impl Counters {
@@ -91,6 +105,12 @@ impl Counters {
             tokens: number_attr(item, TOKENS).unwrap_or(0),
             month: number_attr(item, MONTH),
             committed: number_attr(item, COMMITTED).unwrap_or(0),
+            usage: DayCounters::read(item),
+            day_attributes: item
+                .keys()
+                .filter(|name| is_day_counter(name))
+                .cloned()
+                .collect(),
         }
     }
 
@@ -126,9 +146,10 @@ fn window_state(item: Option<u128>, this: u128) -> Window {
 /// One UpdateItem of a key's counters, built from parts.
 #[derive(Debug, Clone, Default, PartialEq)]
 struct CounterUpdate {
-    set: Vec<&'static str>,
-    add: Vec<&'static str>,
-    conditions: Vec<&'static str>,
+    set: Vec<String>,
+    add: Vec<String>,
+    remove: Vec<String>,
+    conditions: Vec<String>,
     names: HashMap<String, String>,
     values: HashMap<String, AttributeValue>,
 }
@@ -143,8 +164,22 @@ impl CounterUpdate {
         self.values.insert(placeholder.to_owned(), value);
     }
 
+    fn set(&mut self, clauses: &[&str]) {
+        self.set
+            .extend(clauses.iter().map(|clause| (*clause).to_owned()));
+    }
+
+    fn add(&mut self, clauses: &[&str]) {
+        self.add
+            .extend(clauses.iter().map(|clause| (*clause).to_owned()));
+    }
+
+    fn require(&mut self, condition: &str) {
+        self.conditions.push(condition.to_owned());
+    }
+
     fn is_empty(&self) -> bool {
-        self.set.is_empty() && self.add.is_empty()
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
     }
 
     fn expression(&self) -> String {
@@ -154,6 +189,9 @@ impl CounterUpdate {
         }
         if !self.add.is_empty() {
             clauses.push(format!("ADD {}", self.add.join(", ")));
+        }
+        if !self.remove.is_empty() {
+            clauses.push(format!("REMOVE {}", self.remove.join(", ")));
         }
         clauses.join(" ")
     }
@@ -201,23 +239,21 @@ impl CounterUpdate {
         self.value(":one", n(1));
         self.value(":tokens", n(check.reserved_tokens()));
         if state == Window::Current {
-            self.conditions.push("#minute = :minute");
-            self.add.push("#requests :one");
+            self.require("#minute = :minute");
+            self.add(&["#requests :one"]);
             if let Some(rpm) = check.rpm {
-                self.conditions.push("#requests < :rpm");
+                self.require("#requests < :rpm");
                 self.value(":rpm", n(rpm));
             }
             if let Some(tokens_left) = check.tokens_left() {
-                self.add.push("#tokens :tokens");
-                self.conditions.push("#tokens <= :tpm_left");
+                self.add(&["#tokens :tokens"]);
+                self.require("#tokens <= :tpm_left");
                 self.value(":tpm_left", n(tokens_left));
             }
         } else {
             // `Plan::new` refused a request no empty window admits.
-            self.conditions
-                .push("(attribute_not_exists(#minute) OR #minute < :minute)");
-            self.set
-                .extend(["#minute = :minute", "#requests = :one", "#tokens = :tokens"]);
+            self.require("(attribute_not_exists(#minute) OR #minute < :minute)");
+            self.set(&["#minute = :minute", "#requests = :one", "#tokens = :tokens"]);
         }
     }
 
@@ -229,9 +265,9 @@ impl CounterUpdate {
         };
         self.month(month);
         if state == Window::Current {
-            self.conditions.push("#month = :month");
-            self.conditions.push("#committed <= :budget_left");
-            self.add.push("#committed :reserve");
+            self.require("#month = :month");
+            self.require("#committed <= :budget_left");
+            self.add(&["#committed :reserve"]);
             self.value(":reserve", n(check.reserve_nano));
             self.value(":budget_left", n(check.committed_at_most()));
         } else {
@@ -245,8 +281,8 @@ impl CounterUpdate {
         self.month(month);
         match state {
             Window::Current => {
-                self.conditions.push("#month = :month");
-                self.add.extend(["#committed :delta", "#spent :spent"]);
+                self.require("#month = :month");
+                self.add(&["#committed :delta", "#spent :spent"]);
                 self.value(":delta", n(settlement.committed_change));
                 self.value(":spent", n(settlement.spent));
             }
@@ -267,9 +303,8 @@ impl CounterUpdate {
     }
 
     fn start_month(&mut self, committed: i64, spent: i64) {
-        self.conditions
-            .push("(attribute_not_exists(#month) OR #month < :month)");
-        self.set.extend([
+        self.require("(attribute_not_exists(#month) OR #month < :month)");
+        self.set(&[
             "#month = :month",
             "#committed = :committed",
             "#spent = :spent_start",
@@ -285,8 +320,58 @@ impl CounterUpdate {
         self.name("#tokens", TOKENS);
         self.value(":minute", n(minute));
         self.value(":tokens_delta", n(change));
-        self.conditions.push("#minute = :minute");
-        self.add.push("#tokens :tokens_delta");
+        self.require("#minute = :minute");
+        self.add(&["#tokens :tokens_delta"]);
+    }
+
+    /// Folds a settled request's usage (one line per model) into the item's usage day: adds it
+    /// on condition that the item's day is the request's, or that the item has none yet (this
+    /// write starts it).
+    fn usage(&mut self, day: u32, models: &[ModelUsage]) {
+        self.usage_day(day);
+        self.value(":write", n(1));
+        self.require("(attribute_not_exists(#usage_day) OR #usage_day = :usage_day)");
+        self.set(&["#usage_day = :usage_day"]);
+        self.add(&["#usage_writes :write"]);
+        for (index, usage) in models.iter().enumerate() {
+            let counts = [
+                n(usage.requests),
+                n(usage.input_tokens),
+                n(usage.output_tokens),
+                n(usage.nano_usd),
+            ];
+            let names = day_counter_names(&usage.model);
+            for (field, (name, count)) in names.into_iter().zip(counts).enumerate() {
+                let (name_placeholder, value_placeholder) =
+                    (format!("#u{index}_{field}"), format!(":u{index}_{field}"));
+                self.add
+                    .push(format!("{name_placeholder} {value_placeholder}"));
+                self.names.insert(name_placeholder, name);
+                self.values.insert(value_placeholder, count);
+            }
+        }
+    }
+
+    /// Starts usage day `day` in place of `old`, whose counters (`attributes`) have been copied
+    /// to its day rows: on condition that no settlement was folded into it since it was read.
+    fn next_usage_day(&mut self, old: &DayCounters, attributes: &[String], day: u32) {
+        self.usage_day(day);
+        self.value(":old_day", n(old.day));
+        self.value(":copied_writes", n(old.writes));
+        self.value(":no_writes", n(0));
+        self.require("#usage_day = :old_day AND #usage_writes = :copied_writes");
+        self.set(&["#usage_day = :usage_day", "#usage_writes = :no_writes"]);
+        for (index, name) in attributes.iter().enumerate() {
+            let placeholder = format!("#old{index}");
+            self.remove.push(placeholder.clone());
+            self.names.insert(placeholder, name.clone());
+        }
+    }
+
+    fn usage_day(&mut self, day: u32) {
+        self.name("#usage_day", USAGE_DAY);
+        self.name("#usage_writes", USAGE_WRITES);
+        self.value(":usage_day", n(day));
     }
 }
 
@@ -439,15 +524,18 @@ impl DynamoLimiter {
         ))
     }
 
-    /// Replaces the reservation's tokens and estimate with what the request used.
+    /// Replaces the reservation's tokens and estimate with what the request used, and folds its
+    /// usage (`models`, one line per model) into the item's usage day, in one write.
     async fn settle_counters(
         &self,
         reservation: &Reservation,
         tokens_change: Option<i64>,
         spend: Option<SpendSettlement>,
+        models: &[ModelUsage],
     ) -> Result<(), String> {
         let (mut tokens_change, mut month) = (tokens_change, Window::Current);
         let mut carried = None;
+        let mut fold_usage = !models.is_empty();
         for _ in 0..STATE_ATTEMPTS {
             let mut update = CounterUpdate::default();
             if let Some(change) = tokens_change {
@@ -455,6 +543,9 @@ impl DynamoLimiter {
             }
             if let Some(settlement) = spend {
                 update.spend(settlement, reservation.month, month, carried.unwrap_or(0));
+            }
+            if fold_usage {
+                update.usage(reservation.day, models);
             }
             if update.is_empty() {
                 return Ok(());
@@ -472,13 +563,118 @@ impl DynamoLimiter {
                         .await?,
                 );
             }
+            let usage_day = found.usage.as_ref().map(|usage| usage.day);
+            match usage_day {
+                Some(day) if fold_usage && day < reservation.day => {
+                    self.start_usage_day(&reservation.key_id, found, reservation.day)
+                        .await?;
+                }
+                // The item has moved on to a later day (this request straddled midnight, or
+                // its process's clock is behind): the request's day was copied to its rows
+                // already, so its usage is added there.
+                Some(day) if fold_usage && day > reservation.day => {
+                    fold_usage = false;
+                    futures_util::future::join_all(
+                        models
+                            .iter()
+                            .map(|usage| self.record_usage(reservation, usage)),
+                    )
+                    .await;
+                }
+                _ => {}
+            }
         }
         Err(format!(
             "settling a request: the key's limits item kept changing under {STATE_ATTEMPTS} attempts"
         ))
     }
 
-    /// One model's usage added to its `usage#` item for the reservation's day.
+    /// Starts the key's usage day `day` in the item, which `found` says holds an earlier one:
+    /// copies that day's counters to its rows, then empties them and sets the new day, on
+    /// condition that no settlement of the old day was folded in meanwhile.
+    ///
+    /// Races: a settlement of the old day that lands between the copy and the emptying bumps
+    /// `usage_writes`, so the emptying fails and the counters as they are now (returned with the
+    /// failure) are copied again. Copies are `SET`, each at the `usage_writes` it read, on
+    /// condition that the row holds no newer one: copying twice counts once, and a slow copier
+    /// never overwrites a newer copy. Once the day is emptied, a late settlement of it finds a
+    /// later day and adds to the rows directly (kept apart from the copy). Readers count a
+    /// day's newest copy, on the row or still on the item, so nothing is counted twice while
+    /// this runs.
+    async fn start_usage_day(
+        &self,
+        key_id: &str,
+        mut found: Counters,
+        day: u32,
+    ) -> Result<(), String> {
+        for attempt in 0..USAGE_DAY_ATTEMPTS {
+            let Some(old) = found.usage.as_ref().filter(|old| old.day < day) else {
+                // Another settlement started this day (or a later one) already.
+                return Ok(());
+            };
+            futures_util::future::try_join_all(
+                old.models
+                    .iter()
+                    .map(|usage| self.copy_day_row(key_id, old.day, old.writes, usage)),
+            )
+            .await?;
+            let mut update = CounterUpdate::default();
+            update.next_usage_day(old, &found.day_attributes, day);
+            match self.write(key_id, &update).await? {
+                Written::Done => return Ok(()),
+                Written::Refused(now) => found = now,
+            }
+            conflict_backoff(attempt).await;
+        }
+        Err(format!(
+            "starting a key's usage day: its counters kept changing under {USAGE_DAY_ATTEMPTS} attempts"
+        ))
+    }
+
+    /// Copies a model's counters of usage day `day`, read at `version`, to its row, unless the
+    /// row holds a copy at least as new.
+    async fn copy_day_row(
+        &self,
+        key_id: &str,
+        day: u32,
+        version: u64,
+        usage: &ModelUsage,
+    ) -> Result<(), String> {
+        let (expression, condition, names, values) = copy_update(key_id, usage, version);
+        let pk = limits_pk(key_id);
+        let sk = usage_sk(day, &usage.model);
+        let (pk, sk, names, values) = (pk.as_str(), sk.as_str(), &names, &values);
+        retry_on_conflict("copying a usage day", || async move {
+            let result = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .key(PK, s(pk))
+                .key(SK, s(sk))
+                .update_expression(expression)
+                .condition_expression(condition)
+                .set_expression_attribute_names(Some(names.clone()))
+                .set_expression_attribute_values(Some(values.clone()))
+                .send()
+                .await;
+            match result {
+                Ok(_) => Ok(()),
+                Err(error) => match rejection(&error) {
+                    // The row holds this copy or a newer one.
+                    Some(Rejection::Condition(_)) => Ok(()),
+                    Some(Rejection::Conflict) => Err(WriteError::Conflict),
+                    None => Err(WriteError::Backend(sdk_message(
+                        "UpdateItem on the limits table (usage day)",
+                        &error,
+                    ))),
+                },
+            }
+        })
+        .await
+    }
+
+    /// One model's usage added straight to its `usage#` item for the reservation's day: for a
+    /// settlement whose day the limits item has moved past (its counters are copied already).
     async fn record_usage(&self, reservation: &Reservation, usage: &ModelUsage) {
         let (expression, names, values) = usage_update(&reservation.key_id, usage);
         let pk = limits_pk(&reservation.key_id);
@@ -553,27 +749,16 @@ impl Limiter for DynamoLimiter {
     async fn settle(&self, reservation: Reservation, billed: Billed) {
         let tokens_change = reservation.tokens_change(billed.tokens);
         let spend = reservation.spend_settlement(billed.nano_usd());
-        let reservation = &reservation;
-        tokio::join!(
-            futures_util::future::join_all(
-                billed
-                    .models
-                    .iter()
-                    .map(|usage| self.record_usage(reservation, usage))
-            ),
-            async {
-                if let Err(error) = self
-                    .settle_counters(reservation, tokens_change, spend)
-                    .await
-                {
-                    tracing::error!(
-                        %error,
-                        key_id = %reservation.key_id,
-                        "settling limits failed: the reservation stays counted"
-                    );
-                }
-            },
-        );
+        if let Err(error) = self
+            .settle_counters(&reservation, tokens_change, spend, &billed.models)
+            .await
+        {
+            tracing::error!(
+                %error,
+                key_id = %reservation.key_id,
+                "settling limits and usage failed: the reservation stays counted, the usage is not recorded"
+            );
+        }
     }
 
     async fn spent_usd(&self, key_id: &str, now_secs: u64) -> Result<f64, LimitError> {
@@ -711,6 +896,63 @@ mod tests {
             (&values[":committed"], &values[":spent_start"]),
             (&n(250), &n(250))
         );
+    }
+
+    #[test]
+    fn settlement_folds_usage_into_the_usage_day_and_the_next_day_empties_it() {
+        let mut update = CounterUpdate::default();
+        let usage = ModelUsage {
+            model: "a".into(),
+            requests: 1,
+            input_tokens: 10,
+            output_tokens: 2,
+            nano_usd: 30,
+        };
+        update.usage(20_000, &[usage]);
+        assert_eq!(
+            update.expression(),
+            "SET #usage_day = :usage_day ADD #usage_writes :write, #u0_0 :u0_0, #u0_1 :u0_1, \
+             #u0_2 :u0_2, #u0_3 :u0_3"
+        );
+        assert_eq!(
+            update.condition().as_deref(),
+            Some("(attribute_not_exists(#usage_day) OR #usage_day = :usage_day)")
+        );
+        let (names, values) = update.used_placeholders();
+        assert_eq!(names["#u0_1"], "u#a#input_tokens");
+        assert_eq!((&values[":u0_1"], &values[":u0_3"]), (&n(10), &n(30)));
+
+        let found = Counters::read(Some(&item(&[
+            (MINUTE, 7),
+            (USAGE_DAY, 20_000),
+            (USAGE_WRITES, 3),
+            ("u#a#requests", 3),
+            ("u#a#nano_usd", 90),
+        ])));
+        let old = found.usage.clone().unwrap_or_default();
+        assert_eq!((old.day, old.writes), (20_000, 3));
+        assert_eq!((old.models[0].requests, old.models[0].nano_usd), (3, 90));
+        let mut next = CounterUpdate::default();
+        next.next_usage_day(&old, &found.day_attributes, 20_001);
+        let expression = next.expression();
+        assert!(
+            expression
+                .starts_with("SET #usage_day = :usage_day, #usage_writes = :no_writes REMOVE #old"),
+            "{expression}"
+        );
+        assert_eq!(
+            next.condition().as_deref(),
+            Some("#usage_day = :old_day AND #usage_writes = :copied_writes")
+        );
+        let (names, values) = next.used_placeholders();
+        let mut removed: Vec<&String> = names
+            .iter()
+            .filter(|(placeholder, _)| placeholder.starts_with("#old"))
+            .map(|(_, name)| name)
+            .collect();
+        removed.sort();
+        assert_eq!(removed, ["u#a#nano_usd", "u#a#requests"]);
+        assert_eq!(values[":copied_writes"], n(3));
     }
 
     #[test]

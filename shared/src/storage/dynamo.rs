@@ -285,17 +285,20 @@ where
         match attempt().await {
             Ok(value) => return Ok(value),
             Err(WriteError::Backend(message)) => return Err(message),
-            Err(WriteError::Conflict) => {
-                // Full jitter, 5 ms doubling up to 320 ms: contending writers spread out.
-                let cap_ms = 5u64 << n.min(6);
-                let wait_ms = rand::rng().random_range(0..=cap_ms);
-                tokio::time::sleep(Duration::from_millis(wait_ms)).await;
-            }
+            Err(WriteError::Conflict) => conflict_backoff(n).await,
         }
     }
     Err(format!(
         "{what}: still conflicting with concurrent writers after {CONFLICT_ATTEMPTS} attempts"
     ))
+}
+
+/// Sleeps before attempt `attempt + 1` of a write that met another writer: full jitter, 5 ms
+/// doubling up to 320 ms, so contending writers spread out.
+pub(crate) async fn conflict_backoff(attempt: u32) {
+    let cap_ms = 5u64 << attempt.min(6);
+    let wait_ms = rand::rng().random_range(0..=cap_ms);
+    tokio::time::sleep(Duration::from_millis(wait_ms)).await;
 }
 
 /// Why DynamoDB turned a write down, read the same way for a single-item write and for a

@@ -36,6 +36,9 @@ pub struct ModelUsage {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Billed {
     pub tokens: u64,
+    /// One line per model (`Settlement::settle` merges a retry answered by the same model): the
+    /// DynamoDB limiter adds each model's line to attributes of one item in one UpdateItem,
+    /// which refuses two additions to the same attribute.
     pub models: Vec<ModelUsage>,
 }
 

@@ -21,6 +21,8 @@ use gateway::keys::{KeyRecord, NewKey, ensure_admin_key, generate_key, hash_secr
 use gateway::limits::dynamo::DynamoLimiter;
 use gateway::limits::{BUDGET, Estimate, LimitError, Limiter, RPM, TPM};
 use gateway::storage::dynamo::{DynamoConfig, FailurePolicy, create_tables};
+use gateway::usage::dynamo::DynamoUsageStore;
+use gateway::usage::{Billed, ModelUsage, UsageQuery, UsageStore};
 
 /// Tables of one test on the shared moto server.
 struct Tables {
@@ -886,6 +888,451 @@ async fn an_upgrade_carries_the_months_spend_from_the_earlier_month_item() {
         limiter.settle(reservation, billed(0, 0.05)).await;
         let spent = limiter.spent_usd("key_legacy", now).await.unwrap();
         assert!((spent - 0.95).abs() < 1e-9, "{spent}");
+    })
+    .await;
+}
+
+// ------------------------------------------------------------------------------------ usage
+
+/// Counts the writes a client sends to one table: every attempt of PutItem, UpdateItem,
+/// DeleteItem, BatchWriteItem and TransactWriteItems naming it, read from the HTTP request as
+/// it leaves, so nothing the limiter does escapes the count.
+#[derive(Debug)]
+struct WriteCounter {
+    table: String,
+    writes: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl aws_sdk_dynamodb::config::Intercept for WriteCounter {
+    fn name(&self) -> &'static str {
+        "WriteCounter"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+        _: &aws_sdk_dynamodb::config::RuntimeComponents,
+        _: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), aws_sdk_dynamodb::error::BoxError> {
+        let request = context.request();
+        let operation = request
+            .headers()
+            .get("x-amz-target")
+            .and_then(|target| target.strip_prefix("DynamoDB_20120810."))
+            .unwrap_or_default()
+            .to_owned();
+        let body = request.body().bytes().unwrap_or_default();
+        let names_table = String::from_utf8_lossy(body).contains(&format!("\"{}\"", self.table));
+        let writes = [
+            "PutItem",
+            "UpdateItem",
+            "DeleteItem",
+            "BatchWriteItem",
+            "TransactWriteItems",
+        ];
+        if names_table && writes.contains(&operation.as_str()) {
+            self.writes.lock().unwrap().push(operation);
+        }
+        Ok(())
+    }
+}
+
+/// An item's size as DynamoDB counts it for write units: attribute names and values in bytes,
+/// numbers at one byte per two digits plus one.
+fn item_bytes(item: &HashMap<String, AttributeValue>) -> usize {
+    item.iter()
+        .map(|(name, value)| {
+            name.len()
+                + match value {
+                    AttributeValue::S(text) => text.len(),
+                    AttributeValue::N(number) => number.len().div_ceil(2) + 1,
+                    other => panic!("unexpected attribute {other:?}"),
+                }
+        })
+        .sum()
+}
+
+fn model_usage(model: &str, requests: u64, input: u64, output: u64, nano: i64) -> ModelUsage {
+    ModelUsage {
+        model: model.to_owned(),
+        requests,
+        input_tokens: input,
+        output_tokens: output,
+        nano_usd: nano,
+    }
+}
+
+fn billed_to(models: &[ModelUsage]) -> Billed {
+    Billed {
+        tokens: models
+            .iter()
+            .map(|m| m.input_tokens + m.output_tokens)
+            .sum(),
+        models: models.to_vec(),
+    }
+}
+
+/// Seconds into `day` (days since 1970-01-01).
+fn during(day: u32, secs: u64) -> u64 {
+    u64::from(day) * 86_400 + secs
+}
+
+#[tokio::test]
+async fn a_request_writes_its_limits_item_twice_and_the_item_stays_under_one_write_unit() {
+    within(60, async {
+        let tables = Tables::create("usage-two-writes").await;
+        let writes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let counted = client_for(&tables.moto_endpoint)
+            .config()
+            .to_builder()
+            .interceptor(WriteCounter {
+                table: tables.config.limits_table.clone(),
+                writes: Arc::clone(&writes),
+            })
+            .build();
+        let limiter = DynamoLimiter::new(Client::from_conf(counted), &tables.config);
+        // RPM, TPM and a budget: every counter the admission and the settlement touch.
+        let key = limited_key("key_two_writes", Some(100), Some(100_000), Some(50.0));
+        let now = start_of_this_minute();
+        let models = [
+            "gpt-4o-mini",
+            "claude-3-5-haiku",
+            "llama-3.1-8b-instant",
+            "gemini-2.0-flash",
+        ];
+        // The key's first request starts its minute, month and usage day.
+        let first = limiter
+            .acquire(&key, estimate(100, 0.01), now)
+            .await
+            .expect("first");
+        limiter
+            .settle(first, billed_to(&[model_usage(models[0], 1, 50, 20, 9)]))
+            .await;
+        for (index, model) in models.iter().enumerate() {
+            writes.lock().unwrap().clear();
+            let reservation = limiter
+                .acquire(&key, estimate(100, 0.01), now)
+                .await
+                .expect("admitted");
+            // A fallback after a failed validation bills two models in one request.
+            let billed = if index == 0 {
+                vec![
+                    model_usage(models[3], 0, 40, 10, 7),
+                    model_usage(model, 1, 60, 30, 11),
+                ]
+            } else {
+                vec![model_usage(model, 1, 60, 30, 11)]
+            };
+            limiter.settle(reservation, billed_to(&billed)).await;
+            assert_eq!(
+                *writes.lock().unwrap(),
+                ["UpdateItem", "UpdateItem"],
+                "admission and settlement, usage included, for {model}"
+            );
+        }
+        let items = counter_items(&tables, "key_two_writes").await;
+        let [item] = items.as_slice() else {
+            panic!("{items:?}")
+        };
+        let bytes = item_bytes(item);
+        assert!(
+            bytes < 1_024,
+            "{bytes} bytes with {} models' usage",
+            models.len()
+        );
+    })
+    .await;
+}
+
+/// The report's rows of a key as (date, model) → (requests, input, output, nano-dollars).
+async fn report_of(
+    store: &DynamoUsageStore,
+    key_id: Option<&str>,
+    from: u32,
+    to: u32,
+) -> HashMap<(String, String), (u64, u64, u64, i64)> {
+    let rows = store
+        .usage(&UsageQuery {
+            key_id: key_id.map(str::to_owned),
+            from,
+            to,
+        })
+        .await
+        .expect("report");
+    rows.into_iter()
+        .filter(|row| key_id.is_none_or(|key| row.key_id == key))
+        .map(|row| {
+            (
+                (row.date, row.model),
+                (
+                    row.requests,
+                    row.input_tokens,
+                    row.output_tokens,
+                    row.cost_nano_usd,
+                ),
+            )
+        })
+        .collect()
+}
+
+/// What settling `billed` on `day` adds to the expected report.
+fn expect(
+    expected: &mut HashMap<(String, String), (u64, u64, u64, i64)>,
+    day: u32,
+    billed: &[ModelUsage],
+) {
+    for usage in billed {
+        let row = expected
+            .entry((gateway::clock::format_day(day), usage.model.clone()))
+            .or_default();
+        row.0 += usage.requests;
+        row.1 += usage.input_tokens;
+        row.2 += usage.output_tokens;
+        row.3 += usage.nano_usd;
+    }
+}
+
+#[tokio::test]
+async fn the_usage_report_after_a_day_roll_equals_the_per_request_sum() {
+    within(60, async {
+        let tables = Tables::create("usage-day-roll").await;
+        let limiter = tables.limiter();
+        let store = DynamoUsageStore::new(tables.client.clone(), &tables.config);
+        let key = limited_key("key_roll", None, Some(100_000), Some(100.0));
+        let day = gateway::clock::parse_day("2026-11-10").unwrap();
+        let mut expected = HashMap::new();
+        // A row an earlier version wrote (every request added to it): kept, and added to.
+        let legacy = model_usage("a", 2, 20, 4, 1_000);
+        tables
+            .client
+            .put_item()
+            .table_name(&tables.config.limits_table)
+            .item("pk", AttributeValue::S("key#key_roll".into()))
+            .item(
+                "sk",
+                AttributeValue::S(format!("usage#{}#a", gateway::clock::format_day(day))),
+            )
+            .item("key_id", AttributeValue::S("key_roll".into()))
+            .item("model", AttributeValue::S("a".into()))
+            .item("requests", AttributeValue::N("2".into()))
+            .item("input_tokens", AttributeValue::N("20".into()))
+            .item("output_tokens", AttributeValue::N("4".into()))
+            .item("nano_usd", AttributeValue::N("1000".into()))
+            .send()
+            .await
+            .unwrap();
+        let legacy_nano = legacy.nano_usd;
+        expect(&mut expected, day, &[legacy]);
+        let requests: [(u32, Vec<ModelUsage>); 6] = [
+            (day, vec![model_usage("a", 1, 10, 5, 300)]),
+            (day, vec![model_usage("b", 1, 7, 3, 170)]),
+            (
+                day,
+                vec![
+                    model_usage("b", 0, 9, 2, 110),
+                    model_usage("a", 1, 12, 6, 420),
+                ],
+            ),
+            (day + 1, vec![model_usage("b", 1, 30, 10, 900)]),
+            (day + 1, vec![model_usage("c", 1, 3, 1, 50)]),
+            (day + 1, vec![model_usage("b", 1, 31, 11, 930)]),
+        ];
+        // A request admitted on the first day that ends after the second day has started.
+        let straddler = limiter
+            .acquire(&key, estimate(100, 0.01), during(day, 86_399))
+            .await
+            .expect("straddler");
+        for (on, billed) in &requests {
+            let reservation = limiter
+                .acquire(&key, estimate(100, 0.01), during(*on, 3_600))
+                .await
+                .expect("admitted");
+            limiter.settle(reservation, billed_to(billed)).await;
+            expect(&mut expected, *on, billed);
+        }
+        let late = [model_usage("a", 1, 8, 8, 640), model_usage("d", 0, 1, 1, 5)];
+        limiter.settle(straddler, billed_to(&late)).await;
+        expect(&mut expected, day, &late);
+
+        // The first day is on its rows now; the second still on the limits item.
+        let items = counter_items(&tables, "key_roll").await;
+        assert_eq!(
+            *items[0]["usage_day"].as_n().unwrap(),
+            (day + 1).to_string(),
+            "{items:?}"
+        );
+        assert_eq!(
+            report_of(&store, Some("key_roll"), day, day + 1).await,
+            expected
+        );
+        assert_eq!(report_of(&store, None, day, day + 1).await, expected);
+        // Each day alone.
+        let first_day: HashMap<_, _> = expected
+            .iter()
+            .filter(|((date, _), _)| *date == gateway::clock::format_day(day))
+            .map(|(slot, row)| (slot.clone(), *row))
+            .collect();
+        assert_eq!(
+            report_of(&store, Some("key_roll"), day, day).await,
+            first_day
+        );
+        let spent = limiter
+            .spent_usd("key_roll", during(day + 1, 7_200))
+            .await
+            .unwrap();
+        // The month's spend is every settlement's (the earlier version's row is history only).
+        let settled: i64 = expected.values().map(|row| row.3).sum::<i64>() - legacy_nano;
+        assert!((spent - settled as f64 / 1e9).abs() < 1e-12, "{spent}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_settlements_across_a_day_boundary_lose_and_double_nothing() {
+    within(120, async {
+        let tables = Tables::create("usage-day-race").await;
+        let limiters = [
+            Arc::new(tables.limiter()),
+            Arc::new(tables.other_container_limiter()),
+        ];
+        let store = DynamoUsageStore::new(tables.client.clone(), &tables.config);
+        let key = limited_key("key_race", None, None, Some(1_000.0));
+        let day = gateway::clock::parse_day("2026-11-20").unwrap();
+        let mut expected = HashMap::new();
+        let mut request = |index: u64, on: u32| {
+            let limiter = Arc::clone(&limiters[(index % 2) as usize]);
+            let billed = vec![model_usage(
+                ["a", "b", "c", "d"][(index % 4) as usize],
+                1,
+                index,
+                2 * index,
+                i64::try_from(1_000 + index).unwrap(),
+            )];
+            expect(&mut expected, on, &billed);
+            let key = key.clone();
+            async move {
+                let reservation = limiter
+                    .acquire(&key, estimate(10, 0.001), during(on, 60 + index))
+                    .await
+                    .expect("admitted");
+                limiter.settle(reservation, billed_to(&billed)).await;
+            }
+        };
+        // The first day's usage is on the limits item when the second day begins.
+        for index in 0..8 {
+            request(index, day).await;
+        }
+        // Then the two days' settlements race: the second day's first ones start it (copying
+        // the first day) while the first day's keep arriving, folded in or added to its rows.
+        let mut tasks = Vec::new();
+        for index in 8..56 {
+            tasks.push(tokio::spawn(request(
+                index,
+                day + u32::from(index % 3 == 0),
+            )));
+        }
+        for task in tasks {
+            task.await.expect("settled");
+        }
+        // First-day requests that straddled midnight, settled among the second day's.
+        let tasks: Vec<_> = (56..72)
+            .map(|index| tokio::spawn(request(index, day + u32::from(index % 2 == 0))))
+            .collect();
+        for task in tasks {
+            task.await.expect("settled");
+        }
+        assert_eq!(
+            report_of(&store, Some("key_race"), day, day + 1).await,
+            expected
+        );
+        assert_eq!(report_of(&store, None, day, day + 1).await, expected);
+    })
+    .await;
+}
+
+/// Holds back every copy of a usage day a client sends (an UpdateItem setting `folded_version`),
+/// as a container paused between reading a day's counters and copying them would.
+#[derive(Debug)]
+struct SlowCopies(std::time::Duration);
+
+impl aws_sdk_dynamodb::config::Intercept for SlowCopies {
+    fn name(&self) -> &'static str {
+        "SlowCopies"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+        _: &aws_sdk_dynamodb::config::RuntimeComponents,
+        _: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), aws_sdk_dynamodb::error::BoxError> {
+        let body = context.request().body().bytes().unwrap_or_default();
+        if String::from_utf8_lossy(body).contains("folded_version") {
+            // Blocks the thread of the process being slow, which runs nothing else.
+            std::thread::sleep(self.0);
+        }
+        Ok(())
+    }
+}
+
+/// Settles one request of `key` admitted on `day`, billed `billed`.
+async fn settle_on(limiter: &DynamoLimiter, key: &KeyRecord, day: u32, billed: &[ModelUsage]) {
+    let reservation = limiter
+        .acquire(key, estimate(10, 0.001), during(day, 600))
+        .await
+        .expect("admitted");
+    limiter.settle(reservation, billed_to(billed)).await;
+}
+
+#[tokio::test]
+async fn a_slow_copy_of_a_usage_day_never_replaces_a_newer_one() {
+    within(60, async {
+        let tables = Tables::create("usage-slow-copy").await;
+        let fast = tables.limiter();
+        let store = DynamoUsageStore::new(tables.client.clone(), &tables.config);
+        let key = limited_key("key_slow", None, None, None);
+        let day = gateway::clock::parse_day("2026-11-15").unwrap();
+        let usage = [model_usage("a", 1, 10, 5, 100)];
+        let mut expected = HashMap::new();
+        for _ in 0..2 {
+            settle_on(&fast, &key, day, &usage).await;
+            expect(&mut expected, day, &usage);
+        }
+        // Another process (a thread with a runtime of its own) starts the next day: it reads the
+        // first day at two settlements, and its copy is held back.
+        let next_day = {
+            let (endpoint, config) = (tables.moto_endpoint.clone(), tables.config.clone());
+            let (key, usage) = (key.clone(), usage.clone());
+            std::thread::spawn(move || {
+                let client = client_for(&endpoint)
+                    .config()
+                    .to_builder()
+                    .interceptor(SlowCopies(std::time::Duration::from_millis(1_500)))
+                    .build();
+                let slow = DynamoLimiter::new(Client::from_conf(client), &config);
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime")
+                    .block_on(settle_on(&slow, &key, day + 1, &usage));
+            })
+        };
+        expect(&mut expected, day + 1, &usage);
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        // Meanwhile a third settlement of the first day, and another container starting the
+        // next day with a copy of all three.
+        settle_on(&fast, &key, day, &usage).await;
+        expect(&mut expected, day, &usage);
+        settle_on(&fast, &key, day + 1, &usage).await;
+        expect(&mut expected, day + 1, &usage);
+        tokio::task::spawn_blocking(move || next_day.join())
+            .await
+            .expect("joined")
+            .expect("settled");
+        assert_eq!(
+            report_of(&store, Some("key_slow"), day, day + 1).await,
+            expected
+        );
     })
     .await;
 }

@@ -307,6 +307,79 @@ async fn a_mixed_run_is_reported_to_the_nano_dollar_in_dynamodb() {
     within(90, mixed_run_is_reported_to_the_nano_dollar(Store::Dynamo)).await;
 }
 
+/// A request whose first answer fails its JSON schema and is asked for again from the same
+/// model: the report has one line for that model, one request, with both calls' tokens and cost.
+async fn a_retry_on_the_same_model_is_reported_as_one_request_with_both_calls(store: Store) {
+    let upstream = MockUpstream::start(&[]);
+    let (gw, _moto) = start(store, &upstream).await;
+    let (key, _) = gw
+        .key(NewKey {
+            name: "retried".into(),
+            ..NewKey::default()
+        })
+        .await;
+    let answers = ["Sure! {x: 1}", r#"{"x": 1, "y": 2}"#];
+    let body = json!({
+        "model": "mock",
+        "messages": [{"role": "user", "content": format!("mock-answers: {}", json!(answers))}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "point", "strict": true,
+            "schema": {"type": "object",
+                "properties": {"x": {"type": "integer"}, "y": {"type": "integer"}},
+                "required": ["x", "y"], "additionalProperties": false}}},
+    });
+    let reply = gw.post("/v1/chat/completions", &key, &body).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let usage = reply.json()["usage"].clone();
+    // 3 completion words, then 4: the response's usage covers both calls.
+    assert_eq!(usage["completion_tokens"], 7, "{usage}");
+    let cost = header_nano(reply.header("x-gateway-cost-usd").expect("a cost header"));
+    assert_eq!(
+        cost,
+        usage_nano("mock", &usage["prompt_tokens"], &usage["completion_tokens"])
+    );
+    gw.gateway.background.idle().await;
+    gw.store.flush();
+    let report = gw.get("/v1/usage", &key).await.json();
+    let rows = report["data"].as_array().expect("rows");
+    assert_eq!(rows.len(), 1, "{report}");
+    let row = &rows[0];
+    assert_eq!(
+        (
+            row["model"].as_str(),
+            row["requests"].as_u64(),
+            row["input_tokens"].as_u64(),
+            row["output_tokens"].as_u64(),
+            row["cost_nano_usd"].as_i64()
+        ),
+        (
+            Some("mock"),
+            Some(1),
+            usage["prompt_tokens"].as_u64(),
+            Some(7),
+            Some(cost)
+        ),
+        "{report}"
+    );
+}
+
+#[tokio::test]
+async fn a_retry_on_the_same_model_is_reported_with_both_calls_in_the_embedded_store() {
+    within(
+        60,
+        a_retry_on_the_same_model_is_reported_as_one_request_with_both_calls(Store::Embedded),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_retry_on_the_same_model_is_reported_with_both_calls_in_dynamodb() {
+    within(
+        60,
+        a_retry_on_the_same_model_is_reported_as_one_request_with_both_calls(Store::Dynamo),
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn usage_reports_refuse_bad_dates_and_keys_without_the_usage_scope() {
     within(30, async {
