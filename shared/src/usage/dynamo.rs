@@ -129,30 +129,15 @@ pub(crate) fn copy_update(
     HashMap<String, String>,
     HashMap<String, AttributeValue>,
 ) {
-    let names = HashMap::from(
-        [
-            ("#requests", FOLDED_REQUESTS),
-            ("#input", FOLDED_INPUT_TOKENS),
-            ("#output", FOLDED_OUTPUT_TOKENS),
-            ("#nano", FOLDED_NANO_USD),
-            ("#version", FOLDED_VERSION),
-            ("#key_id", KEY_ID),
-            ("#model", MODEL),
-        ]
-        .map(|(placeholder, name)| (placeholder.to_owned(), name.to_owned())),
-    );
-    let values = HashMap::from(
-        [
-            (":requests", n(usage.requests)),
-            (":input", n(usage.input_tokens)),
-            (":output", n(usage.output_tokens)),
-            (":nano", n(usage.nano_usd)),
-            (":version", n(version)),
-            (":key_id", s(key_id)),
-            (":model", s(usage.model.as_str())),
-        ]
-        .map(|(placeholder, value)| (placeholder.to_owned(), value)),
-    );
+    let folded = [
+        FOLDED_REQUESTS,
+        FOLDED_INPUT_TOKENS,
+        FOLDED_OUTPUT_TOKENS,
+        FOLDED_NANO_USD,
+    ];
+    let (mut names, mut values) = counter_attributes(key_id, usage, folded);
+    names.insert("#version".to_owned(), FOLDED_VERSION.to_owned());
+    values.insert(":version".to_owned(), n(version));
     (
         "SET #requests = :requests, #input = :input, #output = :output, #nano = :nano, \
          #version = :version, #key_id = :key_id, #model = :model",
@@ -176,12 +161,31 @@ pub(crate) fn usage_update(
     HashMap<String, String>,
     HashMap<String, AttributeValue>,
 ) {
+    let direct = [REQUESTS, INPUT_TOKENS, OUTPUT_TOKENS, NANO_USD];
+    let (names, values) = counter_attributes(key_id, usage, direct);
+    (
+        "ADD #requests :requests, #input :input, #output :output, #nano :nano \
+         SET #key_id = :key_id, #model = :model",
+        names,
+        values,
+    )
+}
+
+/// The placeholders of one model's four counters (stored under `counters`: requests, input
+/// tokens, output tokens, nano-USD), its key id and its model, as both updates of a usage row
+/// name them.
+fn counter_attributes(
+    key_id: &str,
+    usage: &ModelUsage,
+    counters: [&str; 4],
+) -> (HashMap<String, String>, HashMap<String, AttributeValue>) {
+    let [requests, input, output, nano] = counters;
     let names = HashMap::from(
         [
-            ("#requests", REQUESTS),
-            ("#input", INPUT_TOKENS),
-            ("#output", OUTPUT_TOKENS),
-            ("#nano", NANO_USD),
+            ("#requests", requests),
+            ("#input", input),
+            ("#output", output),
+            ("#nano", nano),
             ("#key_id", KEY_ID),
             ("#model", MODEL),
         ]
@@ -198,12 +202,7 @@ pub(crate) fn usage_update(
         ]
         .map(|(placeholder, value)| (placeholder.to_owned(), value)),
     );
-    (
-        "ADD #requests :requests, #input :input, #output :output, #nano :nano \
-         SET #key_id = :key_id, #model = :model",
-        names,
-        values,
-    )
+    (names, values)
 }
 
 /// Reads usage from the limits table.
