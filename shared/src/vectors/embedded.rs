@@ -24,8 +24,8 @@ use serde_json::{Map, Value};
 use crate::error::StoreError;
 use crate::storage::embedded::EmbeddedStore;
 use crate::vectors::{
-    MetadataFilter, Namespace, VectorHit, VectorRecord, VectorStore, check_top_k,
-    dimension_mismatch, prepared, query_vector,
+    MetadataFilter, Namespace, VectorHit, VectorRecord, VectorStore, dimension_mismatch, prepared,
+    query_vector,
 };
 
 /// Rows read per statement while loading a namespace, so keys lookups sharing the store's
@@ -786,8 +786,7 @@ impl VectorStore for EmbeddedVectors {
         top_k: usize,
         filter: Option<&MetadataFilter>,
     ) -> Result<Vec<VectorHit>, StoreError> {
-        check_top_k(top_k)?;
-        let query = query_vector(vector, None)?;
+        let query = query_vector(vector, top_k, None)?;
         let (namespace, filter) = (namespace.clone(), filter.cloned());
         self.blocking(move |inner| inner.query(&namespace, &query, top_k, filter.as_ref()))
             .await

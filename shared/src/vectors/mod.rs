@@ -251,11 +251,14 @@ pub(crate) fn normalised(vector: &[f32], what: &str) -> Result<Vec<f32>, StoreEr
         .collect())
 }
 
-/// A query vector of the dimension the store expects (when it fixes one), scaled to unit length.
+/// A query's inputs checked as every store needs them: `top_k` within `MAX_TOP_K`, and the
+/// vector of the dimension the store expects (when it fixes one), scaled to unit length.
 pub(crate) fn query_vector(
     vector: &[f32],
+    top_k: usize,
     dimensions: Option<usize>,
 ) -> Result<Vec<f32>, StoreError> {
+    check_top_k(top_k)?;
     if let Some(expected) = dimensions
         && vector.len() != expected
     {

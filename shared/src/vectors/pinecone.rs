@@ -9,8 +9,8 @@ use std::time::Duration;
 use serde_json::{Map, Value, json};
 
 use super::{
-    MAX_TOP_K, MetadataFilter, Namespace, VectorHit, VectorRecord, VectorStore, check_top_k,
-    prepared, query_vector,
+    MAX_TOP_K, MetadataFilter, Namespace, VectorHit, VectorRecord, VectorStore, prepared,
+    query_vector,
 };
 use crate::error::StoreError;
 
@@ -153,8 +153,7 @@ impl VectorStore for PineconeVectorStore {
         top_k: usize,
         filter: Option<&MetadataFilter>,
     ) -> Result<Vec<VectorHit>, StoreError> {
-        check_top_k(top_k)?;
-        let vector = query_vector(vector, Some(self.dimensions as usize))?;
+        let vector = query_vector(vector, top_k, Some(self.dimensions as usize))?;
         if top_k == 0 {
             return Ok(Vec::new());
         }

@@ -19,7 +19,7 @@ use serde_json::{Map, Number, Value, json};
 use crate::error::StoreError;
 use crate::vectors::{
     MAX_DIMENSIONS, MetadataFilter, Namespace, VectorHit, VectorRecord, VectorStore, check_key,
-    check_top_k, prepared, query_vector,
+    prepared, query_vector,
 };
 
 /// PutVectors and DeleteVectors take at most 500 vectors or keys a call.
@@ -313,8 +313,7 @@ impl VectorStore for S3VectorStore {
         top_k: usize,
         filter: Option<&MetadataFilter>,
     ) -> Result<Vec<VectorHit>, StoreError> {
-        check_top_k(top_k)?;
-        let query = query_vector(vector, Some(self.dimensions()))?;
+        let query = query_vector(vector, top_k, Some(self.dimensions()))?;
         if top_k == 0 {
             return Ok(Vec::new());
         }

@@ -18,8 +18,8 @@ use sha2::{Digest, Sha256};
 
 use super::filter::{Condition, Node, Scalar};
 use super::{
-    MetadataFilter, Namespace, VectorHit, VectorRecord, VectorStore, check_top_k, invalid,
-    prepared, query_vector,
+    MetadataFilter, Namespace, VectorHit, VectorRecord, VectorStore, invalid, prepared,
+    query_vector,
 };
 use crate::error::StoreError;
 
@@ -422,8 +422,7 @@ impl VectorStore for WeaviateVectorStore {
         top_k: usize,
         filter: Option<&MetadataFilter>,
     ) -> Result<Vec<VectorHit>, StoreError> {
-        check_top_k(top_k)?;
-        let vector = query_vector(vector, Some(self.dimensions as usize))?;
+        let vector = query_vector(vector, top_k, Some(self.dimensions as usize))?;
         if top_k == 0 {
             return Ok(Vec::new());
         }
