@@ -15,8 +15,8 @@ use crate::ingest::backends::IngestBackends;
 use crate::responses::ResponseStore;
 use crate::state::Gateway;
 use crate::usage::UsageStore;
-use crate::vectors::VectorStore;
 use crate::vectors::s3::S3VectorStore;
+use crate::vectors::{CollectionStores, VectorStore};
 
 pub fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
@@ -50,7 +50,8 @@ impl Setup {
     /// Reads the secret and the config, and builds the AWS backends (with the batch backends
     /// when `GATEWAY_BATCH_TABLE`, `GATEWAY_BUCKET` and `GATEWAY_BATCH_QUEUE_URL` are set, the
     /// collections when `GATEWAY_COLLECTIONS_TABLE` is, and the S3 Vectors store when
-    /// `GATEWAY_VECTOR_BUCKET`, `GATEWAY_VECTOR_INDEX` and `GATEWAY_VECTOR_DIMENSION` are).
+    /// `GATEWAY_VECTOR_BUCKET`, `GATEWAY_VECTOR_INDEX` and `GATEWAY_VECTOR_DIMENSION` are, with
+    /// the collections `[vectors]` puts in Pinecone or Weaviate in front of it).
     pub async fn load(aws: &aws_config::SdkConfig, batch_part: BatchPart) -> Result<Self, Error> {
         let credentials = match env("GATEWAY_PROVIDER_SECRET_ARN") {
             Some(arn) => crate::config::secrets::provider_credentials(aws, &arn).await?,
@@ -68,8 +69,7 @@ impl Setup {
             BatchPart::Left => None,
         };
         let ingest = IngestBackends::aws(aws, &dynamo, env)?;
-        let vectors = S3VectorStore::from_lookup(aws, env)?
-            .map(|store| Arc::new(store) as Arc<dyn VectorStore>);
+        let vectors = vector_store(aws, &config, lookup)?;
         Ok(Self {
             config,
             backends,
@@ -92,5 +92,29 @@ impl Setup {
         gateway.responses = self.responses;
         gateway.usage = self.usage;
         Ok(Arc::new(gateway))
+    }
+}
+
+/// The stack's S3 Vectors store (when `GATEWAY_VECTOR_BUCKET`, `GATEWAY_VECTOR_INDEX` and
+/// `GATEWAY_VECTOR_DIMENSION` are set), with the collections `[vectors]` puts in Pinecone or
+/// Weaviate in front of it; their API keys are looked up like the providers' (the secret first).
+pub fn vector_store(
+    aws: &aws_config::SdkConfig,
+    config: &Config,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<Option<Arc<dyn VectorStore>>, String> {
+    let vendor_collections =
+        !config.vectors.pinecone.is_empty() || !config.vectors.weaviate.is_empty();
+    match S3VectorStore::from_lookup(aws, &lookup)? {
+        Some(store) => {
+            CollectionStores::configured(&config.vectors, Arc::new(store), lookup).map(Some)
+        }
+        None if vendor_collections => {
+            Err("the config names Pinecone or Weaviate collections, but \
+             the function has no vector store (GATEWAY_VECTOR_BUCKET, GATEWAY_VECTOR_INDEX and \
+             GATEWAY_VECTOR_DIMENSION)"
+                .into())
+        }
+        None => Ok(None),
     }
 }

@@ -315,3 +315,58 @@ async fn the_index_s_refusals_are_client_errors_and_failures_name_no_endpoint() 
         "{message}"
     );
 }
+
+/// The Lambda functions' vector store (`lambda::setup::vector_store`): a collection the config
+/// puts in Pinecone goes there, with the API key from the provider secret's lookup; every other
+/// collection stays in the stack's S3 Vectors index.
+#[tokio::test]
+async fn on_lambda_a_pinecone_collection_goes_to_pinecone_and_the_others_to_s3_vectors() {
+    use crate::vectors_pinecone::{API_KEY, start, stored_ids};
+    use gateway::config::Config;
+    use gateway::lambda::setup::vector_store;
+
+    let moto = Moto::shared();
+    let client = index(&moto, "vectors-lambda-setup").await;
+    let (host, pinecone) = start().await;
+    let config = Config::from_toml(&format!(
+        "{}\n[vectors.pinecone.handbook]\nhost = \"{host}\"\napi_key_env = \"PINECONE_KEY\"\ndimensions = 3\n",
+        crate::common::test_config("http://127.0.0.1:9")
+    ))
+    .unwrap();
+    let lookup = |name: &str| match name {
+        "GATEWAY_VECTOR_BUCKET" => Some("vectors-lambda-setup".to_owned()),
+        "GATEWAY_VECTOR_INDEX" => Some("docs".to_owned()),
+        "GATEWAY_VECTOR_DIMENSION" => Some("3".to_owned()),
+        "PINECONE_KEY" => Some(API_KEY.to_owned()),
+        _ => None,
+    };
+    let store = vector_store(&moto.sdk_config(), &config, lookup)
+        .unwrap()
+        .unwrap();
+    let manuals = Namespace {
+        tenant: "acme".into(),
+        collection: "manuals".into(),
+    };
+    store.put(&ns("acme"), vec![record(1)]).await.unwrap();
+    store.put(&manuals, vec![record(2)]).await.unwrap();
+
+    assert_eq!(stored_ids(&pinecone), vec!["doc-1".to_owned()]);
+    let in_s3: Vec<String> = stored(&client, "vectors-lambda-setup")
+        .await
+        .into_keys()
+        .collect();
+    assert_eq!(in_s3, vec![format!("{}:doc-2", manuals.digest())]);
+
+    // Without the API key in the secret or the environment, or without the stack's index, the
+    // function refuses to start, naming what is missing.
+    let no_key = |name: &str| lookup(name).filter(|_| name != "PINECONE_KEY");
+    let error = vector_store(&moto.sdk_config(), &config, no_key)
+        .err()
+        .unwrap();
+    assert!(error.contains("vectors.pinecone.handbook"), "{error}");
+    let no_index = |name: &str| lookup(name).filter(|_| name == "PINECONE_KEY");
+    let error = vector_store(&moto.sdk_config(), &config, no_index)
+        .err()
+        .unwrap();
+    assert!(error.contains("GATEWAY_VECTOR_BUCKET"), "{error}");
+}

@@ -164,7 +164,7 @@ async fn delete(
     (StatusCode::OK, Json(json!({})))
 }
 
-fn stored_ids(state: &StandIn) -> Vec<String> {
+pub(crate) fn stored_ids(state: &StandIn) -> Vec<String> {
     let namespaces = state.namespaces.lock().unwrap();
     let mut ids: Vec<String> = namespaces
         .values()
