@@ -3,16 +3,24 @@
 //! the vendors' API references: see `vectors_aws`, `vectors_pinecone`, `vectors_weaviate`).
 //! Backend-specific behaviour (batching limits, how refusals map) stays in those modules.
 
+use std::sync::Arc;
+
+use gateway::config::Config;
 use gateway::error::StoreError;
+use gateway::ingest::backends::IngestBackends;
 use gateway::storage::embedded::EmbeddedStore;
 use gateway::vectors::embedded::EmbeddedVectors;
 use gateway::vectors::pinecone::PineconeVectorStore;
 use gateway::vectors::weaviate::WeaviateVectorStore;
-use gateway::vectors::{MetadataFilter, Namespace, VectorRecord, VectorStore};
+use gateway::vectors::{CollectionStores, MetadataFilter, Namespace, VectorRecord, VectorStore};
 use serde_json::{Value, json};
 
 use crate::common::local::TempDir;
-use crate::common::within;
+use crate::common::{MockUpstream, TestGateway, test_config, within};
+use crate::ingest_api::{
+    MODEL, corpus, create, delete as delete_path, documents_of, ingest, query as query_text,
+    tenant_key,
+};
 
 fn ns(tenant: &str, collection: &str) -> Namespace {
     Namespace {
@@ -315,4 +323,68 @@ async fn s3_vectors_conforms() {
         conformance(&store).await;
     })
     .await;
+}
+
+/// The end-to-end half of the suite for a vendor's store, through the router: a gateway whose
+/// config adds `vendor_table` (a `[vectors.<vendor>.handbook]` table of 512 dimensions whose key
+/// variable is `key_env`) ingests, queries with and without a filter, and deletes a document of
+/// the `handbook` collection in that vendor's store (`stored` lists the chunk keys it holds), while
+/// a collection the config does not name stays in the default store. Returns the gateway and the
+/// tenant's key for the vendor's own checks.
+pub(crate) async fn a_configured_collection_round_trips(
+    vendor_table: &str,
+    key_env: &'static str,
+    api_key: &'static str,
+    stored: impl Fn() -> Vec<String>,
+) -> (TestGateway, String) {
+    let upstream = MockUpstream::start(&[]);
+    let config = format!("{}\n{vendor_table}", test_config(&upstream.url));
+    let vectors_config = Config::from_toml(&config).unwrap().vectors;
+    let gw = TestGateway::start_with(&config, std::future::pending(), |gateway, store, dir| {
+        gateway.ingest = Some(IngestBackends::embedded(store, dir, |_| None).unwrap());
+        let embedded = Arc::new(EmbeddedVectors::new(Arc::clone(store)));
+        let env = |name: &str| (name == key_env).then(|| api_key.to_owned());
+        gateway.vectors =
+            Some(CollectionStores::configured(&vectors_config, embedded, env).unwrap());
+    })
+    .await;
+    let key = tenant_key(&gw, "acme").await;
+    create(&gw, &key, "handbook").await;
+    ingest(&gw, &key, "handbook", corpus()).await;
+    let keys = stored();
+    assert!(keys.iter().any(|k| k.starts_with("it/vpn.md")), "{keys:?}");
+
+    let reply = query_text(&gw, &key, "handbook", "how do I reset my VPN password").await;
+    assert_eq!(documents_of(&reply)[0], "it/vpn.md", "{}", reply.json());
+    let filtered = gw
+        .post(
+            "/v1/collections/handbook/query",
+            &key,
+            &json!({"query": "reset VPN password", "top_k": 4, "filter": {"team": "hr"}}),
+        )
+        .await;
+    assert_eq!(documents_of(&filtered), ["hr/holidays.txt"]);
+
+    // Deleting a document deletes its recorded chunks from the vendor's store.
+    let deleted = delete_path(&gw, "/v1/collections/handbook/documents/it/vpn.md", &key).await;
+    assert_eq!(deleted.status, 200, "{}", deleted.json());
+    let keys = stored();
+    assert!(
+        !keys.is_empty() && !keys.iter().any(|k| k.starts_with("it/vpn.md")),
+        "{keys:?}"
+    );
+
+    // A collection not in the config stays in the default store.
+    let before = stored().len();
+    let reply = gw
+        .post(
+            "/v1/collections",
+            &key,
+            &json!({"name": "notes", "embedding_model": MODEL, "dimensions": 512}),
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    ingest(&gw, &key, "notes", corpus()).await;
+    assert_eq!(stored().len(), before);
+    (gw, key)
 }

@@ -16,15 +16,9 @@ use gateway::vectors::pinecone::PineconeVectorStore;
 use gateway::vectors::{MetadataFilter, Namespace, VectorRecord, VectorStore};
 use serde_json::{Map, Value, json};
 
-use crate::common::{MockUpstream, TestGateway, test_config, within};
-use crate::ingest_api::{
-    MODEL, corpus, create, delete as delete_path, documents_of, ingest, query as query_text,
-    tenant_key,
-};
-use gateway::config::Config;
-use gateway::ingest::backends::IngestBackends;
-use gateway::vectors::CollectionStores;
-use gateway::vectors::embedded::EmbeddedVectors;
+use crate::common::within;
+use crate::ingest_api::MODEL;
+use crate::vectors_conformance::a_configured_collection_round_trips;
 
 pub(crate) const API_KEY: &str = "pc-test-key";
 
@@ -303,54 +297,14 @@ async fn refusals_are_client_errors_and_failures_name_the_collection_not_the_hos
 async fn a_collection_configured_for_pinecone_is_ingested_queried_and_deleted_there() {
     within(60, async {
         let (host, state) = start_with(512).await;
-        let upstream = MockUpstream::start(&[]);
-        let config = format!(
-            "{}\n[vectors.pinecone.handbook]\nhost = \"{host}\"\napi_key_env = \"PINECONE_TEST_KEY\"\ndimensions = 512\n",
-            test_config(&upstream.url)
+        let table = format!(
+            "[vectors.pinecone.handbook]\nhost = \"{host}\"\napi_key_env = \"PINECONE_TEST_KEY\"\ndimensions = 512\n"
         );
-        let vectors_config = Config::from_toml(&config).unwrap().vectors;
-        let gw = TestGateway::start_with(&config, std::future::pending(), |gateway, store, dir| {
-            gateway.ingest = Some(IngestBackends::embedded(store, dir, |_| None).unwrap());
-            let embedded = Arc::new(EmbeddedVectors::new(Arc::clone(store)));
-            let env = |name: &str| (name == "PINECONE_TEST_KEY").then(|| API_KEY.to_owned());
-            gateway.vectors = Some(CollectionStores::configured(&vectors_config, embedded, env).unwrap());
-        })
-        .await;
-        let key = tenant_key(&gw, "acme").await;
-        create(&gw, &key, "handbook").await;
-        ingest(&gw, &key, "handbook", corpus()).await;
-        let ids = stored_ids(&state);
-        assert!(ids.iter().any(|id| id.starts_with("it/vpn.md")), "{ids:?}");
-
-        let reply = query_text(&gw, &key, "handbook", "how do I reset my VPN password").await;
-        assert_eq!(documents_of(&reply)[0], "it/vpn.md", "{}", reply.json());
-        let filtered = gw
-            .post(
-                "/v1/collections/handbook/query",
-                &key,
-                &json!({"query": "reset VPN password", "top_k": 4, "filter": {"team": "hr"}}),
-            )
+        let (gw, key) =
+            a_configured_collection_round_trips(&table, "PINECONE_TEST_KEY", API_KEY, || {
+                stored_ids(&state)
+            })
             .await;
-        assert_eq!(documents_of(&filtered), ["hr/holidays.txt"]);
-
-        // Deleting a document deletes its recorded chunk ids from the index.
-        let deleted = delete_path(&gw, "/v1/collections/handbook/documents/it/vpn.md", &key).await;
-        assert_eq!(deleted.status, 200, "{}", deleted.json());
-        let ids = stored_ids(&state);
-        assert!(!ids.is_empty() && !ids.iter().any(|id| id.starts_with("it/vpn.md")), "{ids:?}");
-
-        // A collection not in the config stays in the default store.
-        let before = stored_ids(&state).len();
-        let reply = gw
-            .post(
-                "/v1/collections",
-                &key,
-                &json!({"name": "notes", "embedding_model": MODEL, "dimensions": 512}),
-            )
-            .await;
-        assert_eq!(reply.status, 200);
-        ingest(&gw, &key, "notes", corpus()).await;
-        assert_eq!(stored_ids(&state).len(), before);
         // The Pinecone index's dimension is the collection's.
         let reply = gw
             .post(

@@ -16,17 +16,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use gateway::config::Config;
 use gateway::error::StoreError;
-use gateway::ingest::backends::IngestBackends;
-use gateway::vectors::embedded::EmbeddedVectors;
 use gateway::vectors::weaviate::WeaviateVectorStore;
 use gateway::vectors::{CollectionStores, Namespace, VectorRecord, VectorStore};
 use serde_json::{Map, Value, json};
 
-use crate::common::{MockUpstream, TestGateway, test_config, within};
-use crate::ingest_api::{
-    MODEL, corpus, create, delete as delete_path, documents_of, ingest, query as query_text,
-    tenant_key,
-};
+use crate::common::{test_config, within};
+use crate::vectors_conformance::a_configured_collection_round_trips;
 
 pub(crate) const API_KEY: &str = "wv-test-key";
 pub(crate) const CLASS: &str = "Handbook";
@@ -425,54 +420,13 @@ fn stored_keys(state: &StandIn) -> Vec<String> {
 async fn a_collection_configured_for_weaviate_is_ingested_queried_and_deleted_there() {
     within(60, async {
         let (url, state) = start().await;
-        let upstream = MockUpstream::start(&[]);
-        let config = format!(
-            "{}\n[vectors.weaviate.handbook]\nurl = \"{url}\"\nclass = \"{CLASS}\"\napi_key_env = \"WEAVIATE_TEST_KEY\"\ndimensions = 512\n",
-            test_config(&upstream.url)
+        let table = format!(
+            "[vectors.weaviate.handbook]\nurl = \"{url}\"\nclass = \"{CLASS}\"\napi_key_env = \"WEAVIATE_TEST_KEY\"\ndimensions = 512\n"
         );
-        let vectors_config = Config::from_toml(&config).unwrap().vectors;
-        let gw = TestGateway::start_with(&config, std::future::pending(), |gateway, store, dir| {
-            gateway.ingest = Some(IngestBackends::embedded(store, dir, |_| None).unwrap());
-            let embedded = Arc::new(EmbeddedVectors::new(Arc::clone(store)));
-            let env = |name: &str| (name == "WEAVIATE_TEST_KEY").then(|| API_KEY.to_owned());
-            gateway.vectors =
-                Some(CollectionStores::configured(&vectors_config, embedded, env).unwrap());
+        a_configured_collection_round_trips(&table, "WEAVIATE_TEST_KEY", API_KEY, || {
+            stored_keys(&state)
         })
         .await;
-        let key = tenant_key(&gw, "acme").await;
-        create(&gw, &key, "handbook").await;
-        ingest(&gw, &key, "handbook", corpus()).await;
-        let keys = stored_keys(&state);
-        assert!(keys.iter().any(|k| k.starts_with("it/vpn.md")), "{keys:?}");
-
-        let reply = query_text(&gw, &key, "handbook", "how do I reset my VPN password").await;
-        assert_eq!(documents_of(&reply)[0], "it/vpn.md", "{}", reply.json());
-        let filtered = gw
-            .post(
-                "/v1/collections/handbook/query",
-                &key,
-                &json!({"query": "reset VPN password", "top_k": 4, "filter": {"team": "hr"}}),
-            )
-            .await;
-        assert_eq!(documents_of(&filtered), ["hr/holidays.txt"]);
-
-        let deleted = delete_path(&gw, "/v1/collections/handbook/documents/it/vpn.md", &key).await;
-        assert_eq!(deleted.status, 200, "{}", deleted.json());
-        let keys = stored_keys(&state);
-        assert!(!keys.is_empty() && !keys.iter().any(|k| k.starts_with("it/vpn.md")), "{keys:?}");
-
-        // A collection not in the config stays in the default store.
-        let before = stored_keys(&state).len();
-        let reply = gw
-            .post(
-                "/v1/collections",
-                &key,
-                &json!({"name": "notes", "embedding_model": MODEL, "dimensions": 512}),
-            )
-            .await;
-        assert_eq!(reply.status, 200);
-        ingest(&gw, &key, "notes", corpus()).await;
-        assert_eq!(stored_keys(&state).len(), before);
     })
     .await;
 }
