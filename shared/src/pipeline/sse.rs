@@ -1,8 +1,11 @@
 //! SSE framing, and the scanner that relays an upstream chunk's own text without its `usage`.
 
+use std::sync::LazyLock;
+
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderValue, header};
 use axum::response::Response;
+use memchr::memmem::Finder;
 use serde::Serialize;
 
 use crate::error::ApiError;
@@ -36,10 +39,7 @@ pub(crate) fn sse_data<T: Serialize>(value: &T) -> Bytes {
 /// `choices` when they are missing), or when `usage` cannot be cut out with certainty (a key with
 /// escapes, text that is not an object).
 pub(crate) fn sse_relay_frame(raw: &[u8], strip_usage: bool) -> Option<Bytes> {
-    if !has_keys(
-        raw,
-        &[b"\"object\"", b"\"created\"", b"\"model\"", b"\"choices\""],
-    ) {
+    if !has_keys(raw, &*CHUNK_FILLED_KEYS) {
         return None;
     }
     // OpenAI ends each chunk of a stream with `"usage":null` when usage was asked for (the
@@ -62,13 +62,25 @@ pub(crate) fn sse_relay_frame(raw: &[u8], strip_usage: bool) -> Option<Bytes> {
     Some(Bytes::from(frame))
 }
 
+/// The keys whose absence the parsed chunk fills in, as searchers built once (building one costs
+/// about as much as a search over a chunk).
+static CHUNK_FILLED_KEYS: LazyLock<[Finder<'static>; 4]> = LazyLock::new(|| {
+    [
+        Finder::new(b"\"object\""),
+        Finder::new(b"\"created\""),
+        Finder::new(b"\"model\""),
+        Finder::new(b"\"choices\""),
+    ]
+});
+
 /// Whether every one of `keys` (each a quoted name) appears in `json` followed by a colon.
 /// Each key is found with memchr's substring search (every occurrence of a quoted key starts at
 /// a quote, so this finds what a walk over the quotes would find, without visiting each one).
-pub(crate) fn has_keys(json: &[u8], keys: &[&[u8]]) -> bool {
+pub(crate) fn has_keys(json: &[u8], keys: &[Finder<'_>]) -> bool {
     keys.iter().all(|key| {
-        memchr::memmem::find_iter(json, key).any(|at| {
-            json.get(at + key.len()..)
+        let length = key.needle().len();
+        key.find_iter(json).any(|at| {
+            json.get(at + length..)
                 .and_then(|after| after.trim_ascii_start().first())
                 == Some(&b':')
         })
