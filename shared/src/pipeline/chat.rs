@@ -277,7 +277,15 @@ async fn answer(
                     request,
                     deadline,
                 };
-                checked = validate::ensure_valid(schema, checked, retry, &mut settlement).await?;
+                // Boxed: a retry holds a second attempt loop, which would otherwise size (and
+                // be copied with) every request's future for the few that ask for a schema.
+                checked = Box::pin(validate::ensure_valid(
+                    schema,
+                    checked,
+                    retry,
+                    &mut settlement,
+                ))
+                .await?;
             }
             let Checked {
                 completion,

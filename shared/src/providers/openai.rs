@@ -292,7 +292,8 @@ fn parse_chunk(data: Bytes) -> Result<ChatChunk, ProviderError> {
     {
         return Err(error);
     }
-    if !text.contains(['\n', '\r']) {
+    // One line, so relayed as one `data:` line (memchr: this runs over every chunk's text).
+    if memchr::memchr2(b'\n', b'\r', &data).is_none() {
         chunk.raw = Some(data);
     }
     Ok(chunk)

@@ -247,10 +247,8 @@ impl SseDecoder {
             self.started = true;
         }
         loop {
-            let end = self
-                .buffer
-                .iter()
-                .position(|b| matches!(b, b'\n' | b'\r'))?;
+            // memchr's SIMD search: this runs over every byte of every stream.
+            let end = memchr::memchr2(b'\n', b'\r', &self.buffer)?;
             let terminator = match (self.buffer.get(end), self.buffer.get(end + 1)) {
                 (Some(b'\r'), Some(b'\n')) => 2,
                 // A CR at the end may be the first half of a CRLF: wait for the next byte.
@@ -268,7 +266,7 @@ impl SseDecoder {
                 };
                 return Some(SseEvent { event, data });
             }
-            let (name, value) = match line.iter().position(|b| *b == b':') {
+            let (name, value) = match memchr::memchr(b':', &line) {
                 Some(0) => continue,
                 Some(colon) => {
                     let start = colon + 1 + usize::from(line.get(colon + 1) == Some(&b' '));
