@@ -51,7 +51,6 @@ pub enum Provider {
     Mock(mock::MockProvider),
 }
 
-/// Runs `$call` on the provider inside `$provider`, whichever kind it is.
 /// Calls the same method on whichever provider it is and awaits it. Bedrock's futures (the AWS
 /// SDK's) are about 12 KB, four times the others': awaited in place they would size every future
 /// that awaits a provider call (the attempt loop, the chat pipeline, the handler), and the
