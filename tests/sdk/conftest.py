@@ -10,12 +10,14 @@ SIGTERM if the pytest process itself dies (PR_SET_PDEATHSIG), so none is ever le
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import json
 import os
 import re
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -130,6 +132,13 @@ def _wait_ready(url: str) -> None:
             last = error
         time.sleep(0.05)
     raise RuntimeError(f"{url} not ready in {START_TIMEOUT_S}s: {last}")
+
+
+def free_port() -> int:
+    """A loopback port free now, for servers that cannot take port 0 and print theirs."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _loopback_only(address: str) -> str:
@@ -362,3 +371,40 @@ def make_client(stack: Stack) -> Iterator[Callable[..., openai.OpenAI]]:
     yield make
     for c in made:
         c.close()
+
+
+@contextlib.contextmanager
+def prometheus_scraping(
+    stack: Stack, credentials: str, work: Path, interval_s: int, rule_file: Path | None = None
+) -> Iterator[str]:
+    """Debian's Prometheus scraping the stack's gateway every `interval_s` with `credentials` (a
+    key with the metrics scope), evaluating `rule_file` at the same interval when given; yields
+    its URL once it is ready and stops it after. Its log is `work`/prometheus.log."""
+    address = f"127.0.0.1:{free_port()}"
+    config = ["global:", f"  scrape_interval: {interval_s}s"]
+    if rule_file is not None:
+        config += [f"  evaluation_interval: {interval_s}s", f"rule_files: ['{rule_file}']"]
+    config += [
+        "scrape_configs:",
+        "  - job_name: gateway",
+        "    authorization:",
+        f"      credentials: {credentials}",
+        "    static_configs:",
+        f"      - targets: ['{stack.gateway_url.removeprefix('http://')}']",
+    ]
+    (work / "prometheus.yml").write_text("\n".join(config) + "\n")
+    with open(work / "prometheus.log", "wb") as log:
+        prometheus = subprocess.Popen(
+            ["prometheus", f"--config.file={work / 'prometheus.yml'}",
+             f"--storage.tsdb.path={work / 'tsdb'}", f"--web.listen-address={address}",
+             "--log.level=warn"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=work,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
+    _live.append(prometheus)
+    try:
+        url = f"http://{address}"
+        _wait_ready(f"{url}/-/ready")
+        yield url
+    finally:
+        _stop(prometheus)

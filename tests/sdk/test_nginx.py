@@ -11,7 +11,6 @@ import contextlib
 import json
 import re
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -20,18 +19,12 @@ from typing import Iterator
 import httpx
 import pytest
 
-from conftest import REPO, Stack, _stop, _wait_ready
+from conftest import REPO, Stack, _stop, _wait_ready, free_port
 
 CONFIG = REPO / "infra" / "nginx" / "gateway.conf"
 TIMEOUT_S = 30
 # The `paced` model's upstream pauses 0.8 s after its third token.
 PAUSE_S = 0.8
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _render(stack: Stack, port: int, access_log: Path, upstream_http: str = "1.1") -> str:
@@ -58,7 +51,7 @@ def _nginx(stack: Stack, prefix: Path, upstream_http: str = "1.1") -> Iterator[t
     """Nginx on a free loopback port with the committed config in front of the session's
     gateway; yields its URL and its access log, and stops it on the way out."""
     assert shutil.which("nginx"), "nginx not installed (tests/sdk/run installs Debian's nginx)"
-    port = _free_port()
+    port = free_port()
     access_log = prefix / "gateway.access.log"
     (prefix / "gateway.conf").write_text(_render(stack, port, access_log, upstream_http))
     (prefix / "nginx.conf").write_text(

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -24,7 +23,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from conftest import REPO, Stack, _wait_ready
+from conftest import REPO, Stack, prometheus_scraping
 
 RULES = REPO / "infra" / "prometheus" / "alerts.yml"
 RULES_TEST = REPO / "infra" / "prometheus" / "alerts_test.yml"
@@ -42,12 +41,6 @@ ALERTS = {
 }
 # All but the overhead alert, which no request from outside can drive.
 FAULT_ALERTS = ALERTS - {"GatewayOverheadP95High"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _render_rules(target: Path) -> None:
@@ -179,29 +172,7 @@ def test_alerts_quiet_when_healthy_and_fire_on_faults(stack: Stack, make_client,
     _start_series(client)
     rules = tmp_path / "alerts.yml"
     _render_rules(rules)
-    address = f"127.0.0.1:{_free_port()}"
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global:\n"
-        f"  scrape_interval: {INTERVAL_S}s\n"
-        f"  evaluation_interval: {INTERVAL_S}s\n"
-        f"rule_files: ['{rules}']\n"
-        "scrape_configs:\n"
-        "  - job_name: gateway\n"
-        "    authorization:\n"
-        f"      credentials: {scraper.secret}\n"
-        "    static_configs:\n"
-        f"      - targets: ['{stack.gateway_url.removeprefix('http://')}']\n"
-    )
-    log = open(tmp_path / "prometheus.log", "wb")
-    prometheus = subprocess.Popen(
-        ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address={address}", "--log.level=warn"],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=tmp_path,
-    )
-    prometheus_url = f"http://{address}"
-    try:
-        _wait_ready(f"{prometheus_url}/-/ready")
+    with prometheus_scraping(stack, scraper.secret, tmp_path, INTERVAL_S, rules) as prometheus_url:
         groups = _get(f"{prometheus_url}/api/v1/rules")["groups"]
         assert {rule["name"] for group in groups for rule in group["rules"]} == ALERTS
 
@@ -231,10 +202,3 @@ def test_alerts_quiet_when_healthy_and_fire_on_faults(stack: Stack, make_client,
             f"{sorted(fired)} fired in {time.monotonic() - started:.1f}s after the faults began, "
             f"which took {traffic_s:.1f}s; in the window: {_window_totals(prometheus_url)}"
         )
-    finally:
-        prometheus.terminate()
-        try:
-            prometheus.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            prometheus.kill()
-        log.close()

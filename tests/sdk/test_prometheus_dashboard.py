@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from conftest import REPO, Stack, _wait_ready
+from conftest import REPO, Stack, prometheus_scraping
 
 DASHBOARD = REPO / "infra" / "grafana" / "dashboard.py"
 TELEMETRY = REPO / "shared" / "src" / "telemetry" / "mod.rs"
@@ -42,12 +41,6 @@ MUST_HAVE_DATA = {
     "Tokens per second by model",
     "Provider cost per hour by model",
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _panel_queries() -> list[tuple[str, str]]:
@@ -111,27 +104,7 @@ def test_every_dashboard_query_runs_on_a_real_scrape(stack: Stack, make_client, 
             family = re.sub(r"_(total|bucket|sum|count)$", "", name)
             assert family in registered, f"{title}: {name} is not a metric the gateway registers"
 
-    address = f"127.0.0.1:{_free_port()}"
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global:\n"
-        f"  scrape_interval: {SCRAPE_INTERVAL_S}s\n"
-        "scrape_configs:\n"
-        "  - job_name: gateway\n"
-        "    authorization:\n"
-        f"      credentials: {scraper.secret}\n"
-        "    static_configs:\n"
-        f"      - targets: ['{stack.gateway_url.removeprefix('http://')}']\n"
-    )
-    log = open(tmp_path / "prometheus.log", "wb")
-    prometheus = subprocess.Popen(
-        ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address={address}", "--log.level=warn"],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=tmp_path,
-    )
-    prometheus_url = f"http://{address}"
-    try:
-        _wait_ready(f"{prometheus_url}/-/ready")
+    with prometheus_scraping(stack, scraper.secret, tmp_path, SCRAPE_INTERVAL_S) as prometheus_url:
         # Samples before and after the traffic, so rate() sees it.
         time.sleep(3 * SCRAPE_INTERVAL_S)
         _traffic(make_client(scraper_less_key(stack)))
@@ -149,13 +122,6 @@ def test_every_dashboard_query_runs_on_a_real_scrape(stack: Stack, make_client, 
             if title in MUST_HAVE_DATA and not series:
                 empty.append(f"{title}: {expr}")
         assert not empty, "panels without data after the traffic:\n" + "\n".join(empty)
-    finally:
-        prometheus.terminate()
-        try:
-            prometheus.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            prometheus.kill()
-        log.close()
 
 
 def _scrape(stack: Stack, secret: str) -> str:
