@@ -97,6 +97,17 @@ pub(crate) async fn query(gw: &TestGateway, key: &str, collection: &str, text: &
     .await
 }
 
+/// The HR-only query both the API test and the vector-store conformance suite ask: "reset VPN
+/// password" within team "hr", which only the HR document may answer.
+pub(crate) async fn query_hr_only(gw: &TestGateway, key: &str, collection: &str) -> Reply {
+    gw.post(
+        &format!("/v1/collections/{collection}/query"),
+        key,
+        &json!({"query": "reset VPN password", "top_k": 4, "filter": {"team": "hr"}}),
+    )
+    .await
+}
+
 fn statuses(report: &Value) -> Vec<(String, String)> {
     report["documents"]
         .as_array()
@@ -167,13 +178,7 @@ async fn an_ingested_corpus_answers_a_query_with_the_right_document_first() {
         }
 
         // Metadata is filterable: only the HR document answers within team "hr".
-        let filtered = gw
-            .post(
-                "/v1/collections/handbook/query",
-                &key,
-                &json!({"query": "reset VPN password", "top_k": 4, "filter": {"team": "hr"}}),
-            )
-            .await;
+        let filtered = query_hr_only(&gw, &key, "handbook").await;
         assert_eq!(filtered.status, 200);
         assert_eq!(documents_of(&filtered), ["hr/holidays.txt"]);
 

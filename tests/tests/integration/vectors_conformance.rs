@@ -19,7 +19,7 @@ use crate::common::local::TempDir;
 use crate::common::{MockUpstream, TestGateway, test_config, within};
 use crate::ingest_api::{
     MODEL, corpus, create, delete as delete_path, documents_of, ingest, query as query_text,
-    tenant_key,
+    query_hr_only, tenant_key,
 };
 
 fn ns(tenant: &str, collection: &str) -> Namespace {
@@ -356,13 +356,7 @@ pub(crate) async fn a_configured_collection_round_trips(
 
     let reply = query_text(&gw, &key, "handbook", "how do I reset my VPN password").await;
     assert_eq!(documents_of(&reply)[0], "it/vpn.md", "{}", reply.json());
-    let filtered = gw
-        .post(
-            "/v1/collections/handbook/query",
-            &key,
-            &json!({"query": "reset VPN password", "top_k": 4, "filter": {"team": "hr"}}),
-        )
-        .await;
+    let filtered = query_hr_only(&gw, &key, "handbook").await;
     assert_eq!(documents_of(&filtered), ["hr/holidays.txt"]);
 
     // Deleting a document deletes its recorded chunks from the vendor's store.
