@@ -1,21 +1,27 @@
 //! `GET /openapi.json`: the OpenAPI 3.1 document of every route in `router`, derived from the
-//! handlers' `#[utoipa::path]` attributes and the wire types' `ToSchema`, built once per process.
-//! A test checks the document's operations against the route table in `mod.rs` and against the
-//! `.route(..)` calls that build the router, so neither can drift from it.
+//! handlers' `#[utoipa::path]` attributes and the wire types' `ToSchema`.
+//!
+//! The binaries serve `openapi.json`, committed beside this file, rather than generate it: the
+//! generated schema code is about 0.5 MB of every Lambda binary, for a document that only changes
+//! with the code. A test generates the document and fails when the committed one differs
+//! (`UPDATE_OPENAPI=1 cargo test -p gateway --lib openapi` rewrites it). Other tests check its
+//! operations against the route table in `mod.rs` and against the `.route(..)` calls that build
+//! the router, so neither can drift from it.
 
-use std::sync::LazyLock;
-
-use axum::body::Bytes;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::ToSchema;
 
-use super::{admin, batch, collections, handlers, messages, responses, usage};
 use crate::batch::files_api::FilePurpose;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::ErrorBody;
+#[cfg(test)]
+use super::{admin, batch, collections, handlers, messages, responses, usage};
 
-#[derive(OpenApi)]
+/// The document the binaries serve, as committed (checked against the generated one by a test).
+const DOCUMENT: &str = include_str!("openapi.json");
+
+#[cfg(test)]
+#[derive(utoipa::OpenApi)]
 #[openapi(
     info(
         title = "AI gateway",
@@ -74,10 +80,14 @@ use crate::error::{ApiError, ErrorBody};
 struct ApiDoc;
 
 /// The bearer scheme every keyed route names (`Authorization: Bearer gw-...`).
+#[cfg(test)]
 struct GatewayKey;
 
-impl Modify for GatewayKey {
+#[cfg(test)]
+impl utoipa::Modify for GatewayKey {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "gateway_key",
@@ -125,48 +135,6 @@ pub(crate) struct UploadPart {
     data: Vec<u8>,
 }
 
-/// The document as JSON, serialised on first use.
-static DOCUMENT: LazyLock<Result<Bytes, String>> = LazyLock::new(|| {
-    let mut document = serde_json::to_value(ApiDoc::openapi()).map_err(|e| e.to_string())?;
-    camel_case_links(&mut document);
-    serde_json::to_vec(&document)
-        .map(Bytes::from)
-        .map_err(|e| e.to_string())
-});
-
-/// utoipa 5.5 writes a Link object's fields in snake case (`operation_id`); OpenAPI and the
-/// fuzzer's stateful phase read `operationId` and `requestBody`.
-fn camel_case_links(document: &mut serde_json::Value) {
-    let Some(paths) = document
-        .get_mut("paths")
-        .and_then(serde_json::Value::as_object_mut)
-    else {
-        return;
-    };
-    let links = paths
-        .values_mut()
-        .filter_map(serde_json::Value::as_object_mut)
-        .flat_map(|item| item.values_mut())
-        .filter_map(|operation| operation.get_mut("responses"))
-        .filter_map(serde_json::Value::as_object_mut)
-        .flat_map(|responses| responses.values_mut())
-        .filter_map(|response| response.get_mut("links"))
-        .filter_map(serde_json::Value::as_object_mut)
-        .flat_map(|links| links.values_mut())
-        .filter_map(serde_json::Value::as_object_mut);
-    for link in links {
-        for (snake, camel) in [
-            ("operation_id", "operationId"),
-            ("operation_ref", "operationRef"),
-            ("request_body", "requestBody"),
-        ] {
-            if let Some(value) = link.remove(snake) {
-                link.insert(camel.to_owned(), value);
-            }
-        }
-    }
-}
-
 /// This document (no key needed).
 #[utoipa::path(
     get,
@@ -176,22 +144,17 @@ fn camel_case_links(document: &mut serde_json::Value) {
     security(),
     responses(
         (status = 200, description = "The OpenAPI 3.1 document", body = Object),
-        (status = "5XX", description = "Failed: OpenAI's error shape", body = ErrorBody),
     )
 )]
 pub(crate) async fn openapi_json() -> Response {
-    match &*DOCUMENT {
-        Ok(body) => (
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )],
-            body.clone(),
-        )
-            .into_response(),
-        Err(error) => ApiError::internal(format!("cannot encode the OpenAPI document: {error}"))
-            .into_response(),
-    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        DOCUMENT,
+    )
+        .into_response()
 }
 
 #[cfg(test)]
@@ -199,13 +162,73 @@ mod tests {
     use std::collections::BTreeSet;
 
     use serde_json::Value;
+    use utoipa::OpenApi;
 
     use super::*;
 
     type Operations = BTreeSet<(String, String)>;
 
+    /// The committed document, as served.
     fn document() -> Value {
-        serde_json::from_slice(DOCUMENT.as_ref().unwrap()).unwrap()
+        serde_json::from_str(DOCUMENT).unwrap()
+    }
+
+    /// The document the code describes.
+    fn generated() -> Value {
+        let mut document = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        camel_case_links(&mut document);
+        document
+    }
+
+/// utoipa 5.5 writes a Link object's fields in snake case (`operation_id`); OpenAPI and the
+    /// fuzzer's stateful phase read `operationId` and `requestBody`.
+    fn camel_case_links(document: &mut serde_json::Value) {
+        let Some(paths) = document
+            .get_mut("paths")
+            .and_then(serde_json::Value::as_object_mut)
+        else {
+            return;
+        };
+        let links = paths
+            .values_mut()
+            .filter_map(serde_json::Value::as_object_mut)
+            .flat_map(|item| item.values_mut())
+            .filter_map(|operation| operation.get_mut("responses"))
+            .filter_map(serde_json::Value::as_object_mut)
+            .flat_map(|responses| responses.values_mut())
+            .filter_map(|response| response.get_mut("links"))
+            .filter_map(serde_json::Value::as_object_mut)
+            .flat_map(|links| links.values_mut())
+            .filter_map(serde_json::Value::as_object_mut);
+        for link in links {
+            for (snake, camel) in [
+                ("operation_id", "operationId"),
+                ("operation_ref", "operationRef"),
+                ("request_body", "requestBody"),
+            ] {
+                if let Some(value) = link.remove(snake) {
+                    link.insert(camel.to_owned(), value);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_committed_document_is_the_generated_one() {
+        let generated = generated();
+        if generated == document() {
+            return;
+        }
+        if std::env::var_os("UPDATE_OPENAPI").is_some() {
+            let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/http/openapi.json");
+            let text = serde_json::to_string_pretty(&generated).unwrap();
+            std::fs::write(path, text + "\n").unwrap();
+            return;
+        }
+        panic!(
+            "shared/src/http/openapi.json is not the document the code describes: \
+             run `UPDATE_OPENAPI=1 cargo test -p gateway --lib openapi` and commit it"
+        );
     }
 
     /// `(METHOD, path)` of every operation in the document.
