@@ -3,6 +3,7 @@
 //! which rules block, flag or pass. Rules are named so that policies and logs can refer to them.
 
 pub mod injection;
+mod json_schema;
 pub mod pii;
 pub mod schema;
 

@@ -1,10 +1,10 @@
 //! Structured output: a client's JSON schema compiled once per request and a model's answer
 //! checked against it. The schema comes from the client, so compiling it must not reach out:
-//! `$ref`s resolve only inside the schema (no URL is fetched, no file read; the crate is built
-//! without those features and the validator is offline), and `pattern`s run on the `regex` crate,
-//! whose matching is linear in the input (no catastrophic backtracking).
+//! `$ref`s resolve only inside the schema (no URL is fetched, no file read), and `pattern`s run on
+//! the `regex` crate, whose matching is linear in the input (no catastrophic backtracking). The
+//! validator is our own ([`super::json_schema`], which says why and what subset it implements).
 
-use jsonschema::{PatternOptions, Validator};
+use super::json_schema::{self, Compiled, Failure};
 use serde_json::Value;
 
 /// Deepest nesting of objects and arrays a schema may have. The compiler recurses once per
@@ -15,13 +15,9 @@ pub const MAX_SCHEMA_DEPTH: usize = 64;
 /// model: an answer's offending value may be long.
 pub const MAX_ERROR_CHARS: usize = 400;
 
-/// Most compiled size of one `pattern`, in bytes: a pattern like `a{1000}{1000}` compiles to
-/// something huge.
-const MAX_PATTERN_BYTES: usize = 1 << 20;
-
 /// A compiled schema.
 pub struct OutputSchema {
-    validator: Validator,
+    compiled: Compiled,
 }
 
 /// Why an answer does not match: the JSON pointer of the failing value and what failed there,
@@ -44,23 +40,27 @@ impl OutputSchema {
                 "the schema nests {depth} levels deep; at most {MAX_SCHEMA_DEPTH} are accepted"
             ));
         }
-        let validator = jsonschema::options()
-            .offline()
-            .with_pattern_options(PatternOptions::regex().size_limit(MAX_PATTERN_BYTES))
-            .build(schema)
-            .map_err(|e| bounded(&e.to_string()))?;
-        Ok(Self { validator })
+        let compiled = json_schema::compile(schema).map_err(|e| bounded(&e))?;
+        Ok(Self { compiled })
     }
 
     /// Checks an answer's text: it must be JSON and match the schema.
     pub fn check(&self, answer: &str) -> Result<(), Violation> {
         let instance: Value = serde_json::from_str(answer.trim())
             .map_err(|e| Violation(bounded(&format!("the answer is not JSON ({e})"))))?;
-        self.validator.validate(&instance).map_err(|error| {
-            let pointer = error.instance_path().as_str();
-            let at = if pointer.is_empty() { "/" } else { pointer };
-            Violation(bounded(&format!("at `{at}`: {error}")))
-        })
+        self.compiled
+            .check(&instance)
+            .map_err(|failure| match failure {
+                Failure::Invalid { pointer, message } => {
+                    let at = if pointer.is_empty() { "/" } else { &pointer };
+                    Violation(bounded(&format!("at `{at}`: {message}")))
+                }
+                Failure::TooCostly => Violation(format!(
+                    "the schema is too costly to check against this answer (more than {} steps, \
+                 or subschemas nested too deep)",
+                    json_schema::MAX_STEPS
+                )),
+            })
     }
 }
 
