@@ -62,3 +62,143 @@ pub fn aws_config() -> aws_config::ConfigLoader {
     aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(aws_http_client())
 }
 
+#[cfg(test)]
+mod tests {
+    //! Real TLS handshakes against a loopback server whose certificate (for `localhost`) is
+    //! signed by a test CA (`test-ca.der`; certificates generated with openssl, valid to 2126).
+
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::sync::{Arc, mpsc};
+
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+    use super::*;
+
+    const TEST_CA: &[u8] = include_bytes!("test-ca.der");
+    const LOCALHOST_CERT: &[u8] = include_bytes!("test-localhost.der");
+    const LOCALHOST_KEY: &[u8] = include_bytes!("test-localhost.key.der");
+
+    /// A TLS server on a loopback port that answers every request `200 ok`, its own crypto
+    /// provider (not the process default) on a thread of its own. Each connection's outcome
+    /// (`Ok` or the handshake or read error) is sent to the receiver.
+    fn tls_server() -> (u16, mpsc::Receiver<Result<(), String>>) {
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from(LOCALHOST_CERT.to_vec())],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(LOCALHOST_KEY.to_vec())),
+        )
+        .unwrap();
+        let config = Arc::new(config);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (outcomes, received) = mpsc::channel();
+        std::thread::spawn(move || {
+            for tcp in listener.incoming() {
+                let Ok(tcp) = tcp else { return };
+                let connection = rustls::ServerConnection::new(config.clone()).unwrap();
+                let mut tls = rustls::StreamOwned::new(connection, tcp);
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 1024];
+                let outcome = loop {
+                    match tls.read(&mut buffer) {
+                        Ok(0) => break Err("closed before a whole request".to_owned()),
+                        Ok(n) => {
+                            request.extend_from_slice(&buffer[..n]);
+                            if request.windows(4).any(|w| w == b"\r\n\r\n") {
+                                break tls
+                                    .write_all(
+                                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\
+                                          connection: close\r\n\r\nok",
+                                    )
+                                    .and_then(|()| tls.flush())
+                                    .map_err(|e| e.to_string());
+                            }
+                        }
+                        Err(error) => break Err(error.to_string()),
+                    }
+                };
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+                if outcomes.send(outcome).is_err() {
+                    return;
+                }
+            }
+        });
+        (port, received)
+    }
+
+    fn chain(error: &dyn std::error::Error) -> String {
+        let mut text = error.to_string();
+        let mut cause = error.source();
+        while let Some(inner) = cause {
+            text.push_str(": ");
+            text.push_str(&inner.to_string());
+            cause = inner.source();
+        }
+        text
+    }
+
+    #[tokio::test]
+    async fn reqwest_completes_a_handshake_with_a_server_it_trusts() {
+        let (port, outcomes) = tls_server();
+        let client = http_client_builder()
+            .tls_certs_only([reqwest::Certificate::from_der(TEST_CA).unwrap()])
+            .build()
+            .unwrap();
+        let response = client
+            .get(format!("https://localhost:{port}/"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{}", chain(&e)));
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text().await.unwrap(), "ok");
+        assert_eq!(outcomes.recv().unwrap(), Ok(()));
+    }
+
+    #[tokio::test]
+    async fn reqwest_refuses_a_certificate_the_platform_roots_do_not_vouch_for() {
+        let (port, outcomes) = tls_server();
+        let error = http_client()
+            .get(format!("https://localhost:{port}/"))
+            .send()
+            .await
+            .unwrap_err();
+        let text = chain(&error);
+        assert!(text.contains("certificate"), "{text}");
+        // The server saw the handshake fail, at the client's alert: no request was sent.
+        let outcome = outcomes.recv().unwrap().unwrap_err();
+        assert!(outcome.contains("alert"), "{outcome}");
+    }
+
+    #[tokio::test]
+    async fn the_aws_sdk_client_refuses_a_certificate_the_platform_roots_do_not_vouch_for() {
+        use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+        let (port, outcomes) = tls_server();
+        let config = aws_sdk_dynamodb::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("test", "test", None, None, "test"))
+            .endpoint_url(format!("https://localhost:{port}"))
+            .http_client(aws_http_client())
+            .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled())
+            .build();
+        let error = aws_sdk_dynamodb::Client::from_conf(config)
+            .list_tables()
+            .send()
+            .await
+            .unwrap_err();
+        let text = format!(
+            "{}",
+            aws_smithy_types::error::display::DisplayErrorContext(&error)
+        );
+        assert!(text.contains("certificate"), "{text}");
+        let outcome = outcomes.recv().unwrap().unwrap_err();
+        assert!(outcome.contains("alert"), "{outcome}");
+    }
+}
