@@ -15,6 +15,7 @@
 
 use std::sync::OnceLock;
 
+use aws_smithy_http_client::proxy::ProxyConfig;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 // The SDK crates re-export the type aws-smithy-runtime-api defines; any of them names it.
 pub use aws_sdk_dynamodb::config::SharedHttpClient;
@@ -43,15 +44,27 @@ pub fn http_client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
-/// The AWS SDK's HTTP client: hyper and rustls with ring, the platform's roots. One per process
-/// (one connection pool for every SDK client), built at the first call.
+/// The AWS SDK's HTTP client: hyper and rustls with ring, the platform's roots. Built as the
+/// SDK builds its default client (aws-smithy-runtime's `default_https_client`) but for the
+/// crypto provider: the SDK's connector settings and sleep, and a proxy from the standard
+/// environment variables (`HTTPS_PROXY`, `NO_PROXY`...). One per process (one connection pool
+/// for every SDK client), built at the first call.
 pub fn aws_http_client() -> SharedHttpClient {
     static CLIENT: OnceLock<SharedHttpClient> = OnceLock::new();
     CLIENT
         .get_or_init(|| {
-            aws_smithy_http_client::Builder::new()
-                .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
-                .build_https()
+            aws_smithy_http_client::Builder::new().build_with_connector_fn(
+                |settings, runtime_components| {
+                    let mut connector = aws_smithy_http_client::ConnectorBuilder::default()
+                        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring));
+                    connector.set_connector_settings(settings.cloned());
+                    if let Some(components) = runtime_components {
+                        connector.set_sleep_impl(components.sleep_impl());
+                    }
+                    connector.set_proxy_config(Some(ProxyConfig::from_env()));
+                    connector.build()
+                },
+            )
         })
         .clone()
 }
