@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use aws_config::BehaviorVersion;
 use aws_sdk_dynamodb::Client;
 
 use crate::cache::CacheStore;
@@ -66,7 +65,7 @@ impl Backends {
     /// The DynamoDB backends, configured from the environment. Call once per process (Lambda
     /// container).
     pub async fn aws_from_env() -> Result<Self, String> {
-        let sdk_config = aws_config::defaults(BehaviorVersion::latest()).load().await;
+        let sdk_config = crate::tls::aws_config().load().await;
         Self::aws(&sdk_config)
     }
 

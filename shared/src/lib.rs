@@ -32,5 +32,6 @@ pub mod routing;
 pub mod state;
 pub mod storage;
 pub mod telemetry;
+pub mod tls;
 pub mod usage;
 pub mod vectors;

@@ -17,9 +17,7 @@ use lambda_http::Error;
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     gateway::telemetry::init_logging();
-    let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .load()
-        .await;
+    let aws = gateway::tls::aws_config().load().await;
     // Key management never calls a model: the built-in models need no provider credentials, so
     // this function cannot read the provider secret. The file's server settings still apply.
     let mut config = Config::built_in(|_| None);

@@ -13,9 +13,7 @@ use serde_json::Value;
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     gateway::telemetry::init_logging();
-    let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .load()
-        .await;
+    let aws = gateway::tls::aws_config().load().await;
     let gateway = Setup::load(&aws, BatchPart::Included).await?.gateway()?;
     let batch = gateway.batch.clone().ok_or(
         "the batch function needs GATEWAY_BATCH_TABLE, GATEWAY_BUCKET and GATEWAY_BATCH_QUEUE_URL",

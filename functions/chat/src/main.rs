@@ -14,9 +14,7 @@ use lambda_http::Error;
 async fn main() -> Result<(), Error> {
     gateway::telemetry::init_logging();
     let mode = ResponseMode::from_env(env("GATEWAY_RESPONSE_MODE").as_deref())?;
-    let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .load()
-        .await;
+    let aws = gateway::tls::aws_config().load().await;
     let mut setup = Setup::load(&aws, BatchPart::Included).await?;
     // Only this function answers `/v1/responses`: the workers need no responses table.
     let dynamo = gateway::storage::dynamo::client(&aws);

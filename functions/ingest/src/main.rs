@@ -16,9 +16,7 @@ const DEADLINE_MARGIN: Duration = Duration::from_secs(2);
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     gateway::telemetry::init_logging();
-    let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .load()
-        .await;
+    let aws = gateway::tls::aws_config().load().await;
     let gateway = Setup::load(&aws, BatchPart::Left).await?.gateway()?;
     if gateway.ingest.is_none() {
         return Err("the ingest function needs GATEWAY_COLLECTIONS_TABLE".into());

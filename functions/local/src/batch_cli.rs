@@ -177,7 +177,7 @@ impl Client {
         // Relative paths join under `/v1/`, whatever path the base has (API Gateway's stage).
         let path = format!("{}/v1/", base.path().trim_end_matches('/'));
         base.set_path(&path);
-        let http = reqwest::Client::builder()
+        let http = gateway::tls::http_client_builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(TRANSFER_TIMEOUT)
             .build()

@@ -290,7 +290,7 @@ async fn health(listen: Option<String>) -> Result<(), Failure> {
             std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
         });
     }
-    let response = reqwest::Client::builder()
+    let response = gateway::tls::http_client_builder()
         .timeout(HEALTH_TIMEOUT)
         .build()?
         .get(format!("http://{address}/health"))
@@ -342,9 +342,7 @@ async fn open_backends(
 
 async fn create_tables() -> Result<(), Failure> {
     let config = DynamoConfig::from_env()?;
-    let sdk_config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .load()
-        .await;
+    let sdk_config = gateway::tls::aws_config().load().await;
     let client = aws_sdk_dynamodb::Client::new(&sdk_config);
     gateway::storage::dynamo::create_tables(&client, &config).await?;
     let mut ready = vec![config.keys_table, config.limits_table, config.cache_table];
@@ -389,9 +387,7 @@ async fn serve(
         // to the stack's S3 Vectors index when it is named, else to the embedded store in
         // --data-dir.
         None => {
-            let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-                .load()
-                .await;
+            let sdk = gateway::tls::aws_config().load().await;
             let dynamo = gateway::storage::dynamo::client(&sdk);
             gateway.batch = BatchBackends::aws(&sdk, &dynamo, env)?;
             gateway.ingest = IngestBackends::aws(&sdk, &dynamo, env)?;
@@ -558,9 +554,7 @@ async fn usage(
         // Usage rows stay in the embedded store with the Redis backend.
         Backend::Embedded | Backend::Redis => EmbeddedStore::open(data_dir)?,
         Backend::Aws => {
-            let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-                .load()
-                .await;
+            let sdk = gateway::tls::aws_config().load().await;
             Arc::new(DynamoUsageStore::from_env(
                 gateway::storage::dynamo::client(&sdk),
             )?)

@@ -14,7 +14,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_config::BehaviorVersion;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_apigateway::Client;
 use aws_sdk_apigateway::error::DisplayErrorContext;
@@ -105,7 +104,7 @@ impl ApiGatewayEdgeKeys {
             format!("{USAGE_PLAN_IDS_ENV} is not set: it maps key tiers to usage plan ids")
         })?;
         let usage_plans = parse_usage_plan_ids(&plans)?;
-        let sdk_config = aws_config::defaults(BehaviorVersion::latest()).load().await;
+        let sdk_config = crate::tls::aws_config().load().await;
         Ok(Self::from_sdk_config(&sdk_config, usage_plans))
     }
 

@@ -11,7 +11,7 @@ use super::{ProviderError, ProviderErrorKind};
 use crate::config::Timeouts;
 
 pub(crate) fn client(timeouts: &Timeouts) -> reqwest::Result<reqwest::Client> {
-    reqwest::Client::builder()
+    crate::tls::http_client_builder()
         .connect_timeout(Duration::from_millis(timeouts.connect_ms))
         .pool_idle_timeout(Duration::from_secs(90))
         .tcp_nodelay(true)

@@ -32,6 +32,8 @@ impl Redis {
     /// down, refusing limited requests until it is up). The error names what is wrong with the
     /// URL, never the URL.
     pub fn open(url: &str, timeout: Duration) -> Result<Self, String> {
+        // `rediss://` builds its rustls configuration with the process default provider.
+        crate::tls::install_crypto_provider();
         let client = redis::Client::open(url)
             .map_err(|e| format!("{REDIS_URL_ENV} is not a valid Redis URL: {}", describe(&e)))?;
         let config = ConnectionManagerConfig::new()

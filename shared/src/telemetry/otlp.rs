@@ -53,6 +53,8 @@ pub fn init_logging_and_traces(env: &dyn Fn(&str) -> Option<String>) -> Option<T
         super::init_logging();
         return None;
     }
+    // The exporter sends with a reqwest (blocking) client, which needs the crypto provider.
+    crate::tls::install_crypto_provider();
     // The exporter reads the endpoint, headers and timeout from the same standard variables.
     let exporter = SpanExporter::builder()
         .with_http()

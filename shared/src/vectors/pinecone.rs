@@ -37,7 +37,7 @@ pub struct PineconeVectorStore {
 impl PineconeVectorStore {
     pub fn new(host: String, api_key: String, dimensions: u32, label: String) -> Self {
         Self {
-            http: reqwest::Client::new(),
+            http: crate::tls::http_client(),
             host: host.trim_end_matches('/').to_owned(),
             api_key,
             dimensions,

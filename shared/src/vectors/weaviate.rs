@@ -99,7 +99,7 @@ impl WeaviateVectorStore {
         label: String,
     ) -> Self {
         Self {
-            http: reqwest::Client::new(),
+            http: crate::tls::http_client(),
             url: url.trim_end_matches('/').to_owned(),
             class,
             api_key,

@@ -179,7 +179,7 @@ const BY_BUDGET: &str = "budget_exceeded";
 /// Sends `count` requests at once, alternating between the servers; returns (admitted, refused),
 /// and checks that every refusal is by the limit `refused_by` (see `BY_RPM` and the others).
 async fn burst(servers: &[Server], key: &str, count: usize, refused_by: &str) -> (usize, usize) {
-    let client = reqwest::Client::builder()
+    let client = gateway::tls::http_client_builder()
         .pool_max_idle_per_host(0)
         .build()
         .expect("client");

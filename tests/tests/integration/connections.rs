@@ -426,7 +426,7 @@ async fn a_stream_on_a_keep_alive_connection_ends_with_the_upstream() {
         let upstream = MockUpstream::start(&[]);
         let gw = TestGateway::start(&test_config(&upstream.url)).await;
         let key = gw.plain_key().await;
-        let client = reqwest::Client::builder()
+        let client = gateway::tls::http_client_builder()
             .pool_max_idle_per_host(1)
             .build()
             .expect("client");

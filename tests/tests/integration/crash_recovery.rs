@@ -22,7 +22,7 @@ price = { input_per_mtok = 1000, output_per_mtok = 2000 }
 const SETTLED: Duration = Duration::from_millis(300);
 
 async fn post(url: &str, key: &str, body: &Value) -> reqwest::Response {
-    reqwest::Client::new()
+    gateway::tls::http_client()
         .post(url)
         .bearer_auth(key)
         .header("content-type", "application/json")

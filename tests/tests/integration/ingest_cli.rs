@@ -95,7 +95,7 @@ async fn the_cli_ingests_a_folder_and_a_second_run_embeds_nothing() {
         );
         assert!(second.contains("; 0 embedding calls"), "{second}");
 
-        let http = reqwest::Client::new();
+        let http = gateway::tls::http_client();
         let answer: serde_json::Value = http
             .post(format!("{}/v1/collections/handbook/query", server.url))
             .bearer_auth(&key)

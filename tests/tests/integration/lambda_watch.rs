@@ -358,7 +358,7 @@ impl Answer {
 }
 
 async fn post(url: &str, key: &str, body: Value) -> Result<Answer, String> {
-    let client = reqwest::Client::new();
+    let client = gateway::tls::http_client();
     let started = Instant::now();
     let mut response = client
         .post(url)

@@ -275,7 +275,7 @@ async fn no_secret_in_logs(rust_log: Option<&str>) {
     );
     let client = Client {
         url: server.url.clone(),
-        http: reqwest::Client::new(),
+        http: gateway::tls::http_client(),
     };
     let gateway_keys = exercise(&client).await;
     // Lines written after the last response (settling, the batch worker) arrive too.
@@ -343,7 +343,7 @@ async fn personal_data_under_redact_logs_stays_out_of_logs_cache_and_batch_files
         );
         let client = Client {
             url: server.url.clone(),
-            http: reqwest::Client::new(),
+            http: gateway::tls::http_client(),
         };
         let prompt = format!("Mail {EMAIL} about card {CARD}, please.");
         let (status, created) = client

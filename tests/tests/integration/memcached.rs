@@ -205,7 +205,7 @@ deployments = [{{ provider = "mock", model = "mock" }}]
 }
 
 async fn ask(url: &str, key: &str, text: &str) -> (Option<String>, Value) {
-    let response = reqwest::Client::new()
+    let response = gateway::tls::http_client()
         .post(format!("{url}/v1/chat/completions"))
         .bearer_auth(key)
         .json(&json!({

@@ -17,7 +17,7 @@ deployments = [{ provider = "mock", model = "mock" }]
 "#;
 
 async fn get(url: &str, key: Option<&str>) -> (u16, String) {
-    let mut request = reqwest::Client::new()
+    let mut request = gateway::tls::http_client()
         .get(url)
         .timeout(Duration::from_secs(10));
     if let Some(key) = key {
@@ -117,7 +117,7 @@ deployments = [{{ provider = "azure-east", model = "secret-deployment" }}]
             &config,
             &[("GATEWAY_TEST_UPSTREAM_KEY", "sk-test")],
         );
-        let response = reqwest::Client::new()
+        let response = gateway::tls::http_client()
             .post(format!("{}/v1/chat/completions", server.url))
             .bearer_auth(ADMIN_KEY)
             .header("x-request-id", "req-operator-test-1")

@@ -99,7 +99,7 @@ async fn a_fallback_chat_is_one_trace_of_auth_limits_cache_and_each_attempt() {
                 ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
             ],
         );
-        let response = reqwest::Client::new()
+        let response = gateway::tls::http_client()
             .post(format!("{}/v1/chat/completions", server.url))
             .bearer_auth(ADMIN_KEY)
             .header("x-gateway-cache", "use")

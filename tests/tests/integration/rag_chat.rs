@@ -74,7 +74,7 @@ async fn setup(name: &str) -> (Setup, String) {
     let setup = Setup {
         upstream,
         server,
-        http: reqwest::Client::new(),
+        http: gateway::tls::http_client(),
         _dir: dir,
     };
     (setup, key)

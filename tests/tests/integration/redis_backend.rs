@@ -267,7 +267,7 @@ fn create_key(dir: &std::path::Path, args: &[&str]) -> String {
 
 /// Sends `count` requests at once, alternating between the gateways; returns each status.
 async fn burst(urls: &[String], key: &str, count: usize) -> Vec<u16> {
-    let client = reqwest::Client::new();
+    let client = gateway::tls::http_client();
     let body =
         json!({"model": "mock", "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]})
             .to_string();
@@ -348,7 +348,7 @@ async fn a_redis_outage_gives_clean_503s_and_recovers() {
         assert_eq!(burst(&urls, &limited, 5).await, vec![200; 5]);
 
         redis.kill();
-        let client = reqwest::Client::new();
+        let client = gateway::tls::http_client();
         for _ in 0..3 {
             let started = Instant::now();
             let response = client

@@ -142,7 +142,7 @@ async fn attempts(upstream: &MockUpstream, model: &str) -> u64 {
 }
 
 async fn reset(upstream: &MockUpstream) {
-    reqwest::Client::new()
+    gateway::tls::http_client()
         .post(format!("{}/_mock/reset", upstream.url))
         .send()
         .await

@@ -131,6 +131,7 @@ pub(crate) async fn stand_in_store() -> S3VectorStore {
     tokio::spawn(async move { axum::serve(listener, router).await });
     let config = aws_sdk_s3vectors::Config::builder()
         .behavior_version(BehaviorVersion::latest())
+        .http_client(gateway::tls::aws_http_client())
         .region(Region::new("us-east-1"))
         .credentials_provider(Credentials::new("test", "test", None, None, "test"))
         .endpoint_url(format!("http://{address}"))

@@ -15,7 +15,6 @@ mod tests;
 
 use std::time::Duration;
 
-use aws_config::BehaviorVersion;
 use aws_sdk_bedrockruntime::Client;
 use aws_sdk_bedrockruntime::config::{Region, StalledStreamProtectionConfig};
 use aws_sdk_bedrockruntime::operation::RequestId;
@@ -65,7 +64,7 @@ impl BedrockProvider {
     async fn client(&self) -> Result<&Client, ProviderError> {
         self.client
             .get_or_try_init(|| async {
-                let mut loader = aws_config::defaults(BehaviorVersion::latest());
+                let mut loader = crate::tls::aws_config();
                 if let Some(region) = &self.region {
                     loader = loader.region(Region::new(region.clone()));
                 }

@@ -432,6 +432,7 @@ async fn an_unreachable_endpoint_is_a_connection_error() {
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new("us-east-1"))
             .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "test"))
+            .http_client(crate::tls::aws_http_client())
             .endpoint_url(format!("http://127.0.0.1:{port}")),
         &Timeouts::default(),
     )

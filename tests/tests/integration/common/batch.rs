@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+    gateway::tls::http_client_builder()
         .timeout(Duration::from_secs(20))
         .build()
         .expect("client")

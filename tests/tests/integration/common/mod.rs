@@ -58,7 +58,9 @@ impl MockUpstream {
     }
 
     pub async fn stats(&self) -> Value {
-        let body = reqwest::get(format!("{}/_mock/stats", self.url))
+        let body = gateway::tls::http_client()
+            .get(format!("{}/_mock/stats", self.url))
+            .send()
             .await
             .expect("stats")
             .bytes()
@@ -219,7 +221,7 @@ impl TestGateway {
             url,
             gateway,
             store,
-            http: reqwest::Client::new(),
+            http: gateway::tls::http_client(),
             dir,
             server,
         }

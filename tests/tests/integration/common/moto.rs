@@ -101,6 +101,7 @@ impl Moto {
     pub fn sdk_config(&self) -> aws_config::SdkConfig {
         aws_config::SdkConfig::builder()
             .behavior_version(BehaviorVersion::latest())
+            .http_client(gateway::tls::aws_http_client())
             .region(Region::new("us-east-1"))
             .endpoint_url(&self.endpoint)
             .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
@@ -122,6 +123,7 @@ impl Drop for Moto {
 pub fn client_for(endpoint: &str) -> Client {
     let config = aws_sdk_dynamodb::Config::builder()
         .behavior_version(BehaviorVersion::latest())
+        .http_client(gateway::tls::aws_http_client())
         .region(Region::new("us-east-1"))
         .endpoint_url(endpoint)
         .credentials_provider(Credentials::new("test", "test", None, None, "moto"))
