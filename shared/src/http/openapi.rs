@@ -12,10 +12,10 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use utoipa::ToSchema;
 
-use crate::batch::files_api::FilePurpose;
-use crate::error::ErrorBody;
 #[cfg(test)]
 use super::{admin, batch, collections, handlers, messages, responses, usage};
+use crate::batch::files_api::FilePurpose;
+use crate::error::ErrorBody;
 
 /// The document the binaries serve, as committed (checked against the generated one by a test).
 const DOCUMENT: &str = include_str!("openapi.json");
@@ -180,7 +180,7 @@ mod tests {
         document
     }
 
-/// utoipa 5.5 writes a Link object's fields in snake case (`operation_id`); OpenAPI and the
+    /// utoipa 5.5 writes a Link object's fields in snake case (`operation_id`); OpenAPI and the
     /// fuzzer's stateful phase read `operationId` and `requestBody`.
     fn camel_case_links(document: &mut serde_json::Value) {
         let Some(paths) = document
