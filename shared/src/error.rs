@@ -225,6 +225,19 @@ impl std::fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
+/// An error's text followed by each of its causes, `": "`-separated: libraries such as reqwest
+/// put the reason (a refused connection, a bad certificate) only in a cause. For logs only.
+pub(crate) fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
+}
+
 /// A request body the local server stopped waiting for (`server.body_read_timeout_ms`, or under
 /// `server.min_body_bytes_per_s`); the handler reading the body answers it with a 408.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

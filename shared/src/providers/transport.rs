@@ -28,14 +28,7 @@ fn transport_error(error: reqwest::Error) -> ProviderError {
     } else {
         ProviderErrorKind::Protocol
     };
-    let mut message = error.to_string();
-    let mut cause = std::error::Error::source(&error);
-    while let Some(inner) = cause {
-        message.push_str(": ");
-        message.push_str(&inner.to_string());
-        cause = inner.source();
-    }
-    ProviderError::new(kind, message)
+    ProviderError::new(kind, crate::error::with_causes(&error))
 }
 
 /// Sends a request and waits for the response headers for at most `first_byte_ms`. A non-2xx

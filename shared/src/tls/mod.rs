@@ -87,6 +87,7 @@ mod tests {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
     use super::*;
+    use crate::error::with_causes;
 
     const TEST_CA: &[u8] = include_bytes!("test-ca.der");
     const LOCALHOST_CERT: &[u8] = include_bytes!("test-localhost.der");
@@ -146,17 +147,6 @@ mod tests {
         (port, received)
     }
 
-    fn chain(error: &dyn std::error::Error) -> String {
-        let mut text = error.to_string();
-        let mut cause = error.source();
-        while let Some(inner) = cause {
-            text.push_str(": ");
-            text.push_str(&inner.to_string());
-            cause = inner.source();
-        }
-        text
-    }
-
     #[tokio::test]
     async fn reqwest_completes_a_handshake_with_a_server_it_trusts() {
         let (port, outcomes) = tls_server();
@@ -168,7 +158,7 @@ mod tests {
             .get(format!("https://localhost:{port}/"))
             .send()
             .await
-            .unwrap_or_else(|e| panic!("{}", chain(&e)));
+            .unwrap_or_else(|e| panic!("{}", with_causes(&e)));
         assert_eq!(response.status(), 200);
         assert_eq!(response.text().await.unwrap(), "ok");
         assert_eq!(outcomes.recv().unwrap(), Ok(()));
@@ -182,7 +172,7 @@ mod tests {
             .send()
             .await
             .unwrap_err();
-        let text = chain(&error);
+        let text = with_causes(&error);
         assert!(text.contains("certificate"), "{text}");
         // The server saw the handshake fail, at the client's alert: no request was sent.
         let outcome = outcomes.recv().unwrap().unwrap_err();
