@@ -6,10 +6,20 @@
 //! bytes and the body), and records `.../error` and `/runtime/init/error` as failures. The next
 //! event is handed only once the function polls again: what it does after answering (settlement,
 //! usage writes) happens before that poll, inside the CPU window, as on Lambda, where it is billed.
+//!
+//! The stand-in ACKs every segment at once (TCP_QUICKACK after each read): the Rust runtime's
+//! client writes a streamed response's last chunks without TCP_NODELAY, so against a receiver
+//! that delays its ACKs (Linux's default on an established request/response connection) Nagle's
+//! algorithm holds the terminating chunk for about 40 ms. `--delayed-ack` keeps the kernel's
+//! default, to show that stall.
 
 use std::convert::Infallible;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
 use std::process::Stdio;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,7 +29,8 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, mpsc};
 
 use super::{Args, summary};
@@ -27,6 +38,62 @@ use super::{Args, summary};
 const NEXT: &str = "/2018-06-01/runtime/invocation/next";
 const INVOCATION: &str = "/2018-06-01/runtime/invocation/";
 const INIT_ERROR: &str = "/2018-06-01/runtime/init/error";
+
+/// An accepted connection that ACKs each segment as soon as it is read (TCP_QUICKACK does not
+/// stick: the kernel may fall back to delayed ACKs, so it is set again after every read).
+struct QuickAck {
+    socket: TcpStream,
+    on: bool,
+}
+
+impl QuickAck {
+    fn quickack(&self) {
+        if !self.on {
+            return;
+        }
+        let one: libc::c_int = 1;
+        // SAFETY: a valid open socket, and a pointer to an int of the size passed.
+        unsafe {
+            libc::setsockopt(
+                self.socket.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_QUICKACK,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+}
+
+impl AsyncRead for QuickAck {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let result = Pin::new(&mut self.socket).poll_read(cx, buf);
+        if result.is_ready() {
+            self.quickack();
+        }
+        result
+    }
+}
+
+impl AsyncWrite for QuickAck {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.socket).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.socket).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.socket).poll_shutdown(cx)
+    }
+}
 
 /// What the function sent back for one invocation, and when its last byte arrived.
 struct Done {
@@ -229,9 +296,15 @@ pub async fn invoke(args: &Args) -> Result<Value, String> {
         polls: polls_tx,
         done: done_tx,
     });
+    let quickack = !args.flag("--delayed-ack");
     let server = tokio::spawn(async move {
         while let Ok((socket, _)) = listener.accept().await {
             let _ = socket.set_nodelay(true);
+            let socket = QuickAck {
+                socket,
+                on: quickack,
+            };
+            socket.quickack();
             let stand = Arc::clone(&stand);
             tokio::spawn(async move {
                 let service = service_fn(move |request| {
@@ -329,6 +402,7 @@ pub async fn invoke(args: &Args) -> Result<Value, String> {
             "label": args.value("--label").unwrap_or(""),
             "bin": bin,
             "mode": "invoke",
+            "quickack": quickack,
             "runs": runs,
             "warmup": warmup,
             "ok": wall.len(),

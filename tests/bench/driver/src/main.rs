@@ -48,7 +48,7 @@ fn usage() -> ! {
          [--connections N] --duration SECS [--warmup SECS] [--timeout SECS] [--label TEXT]\n  \
          bench-driver coldstart --bin PATH [--runs N] [--fresh-dir-env VAR] [--timeout SECS] [--label TEXT]\n  \
          bench-driver invoke --bin PATH --event-file FILE [--runs N] [--warmup N] [--expect-status CODE] \
-         [--timeout SECS] [--label TEXT]"
+         [--delayed-ack] [--log FILE] [--timeout SECS] [--label TEXT]"
     );
     std::process::exit(2)
 }
