@@ -85,8 +85,8 @@ def verdict(value, limit):
 def invoke_rows(get, rows):
     """Rows of `bench-driver invoke`: chat through the Lambda adapter beside lambda-floor."""
     chat, floor = get("invoke@chat"), get("invoke@lambda-floor")
-    if chat is None and floor is None:
-        return
+    if chat is None and floor is None and get("invoke-dynamo@chat") is None:
+        return  # not run (tests/bench/run writes invoke-dynamo@chat.json whatever happens)
     title = "chat through the Lambda adapter, plain, uncached, 0 ms mock"
 
     def cpu(r):
@@ -96,7 +96,8 @@ def invoke_rows(get, rows):
         return f" ({r['errors']} errors of {r['ok'] + r['errors']}: {r['error_sample']})" if r and r["errors"] else ""
 
     if chat is None:
-        rows.append((f"CPU per invocation, {title}", "failed", "", "", "", ""))
+        rows.append((f"CPU per invocation, {title}", "failed (no result: see the run's log)",
+                     "-" if cpu(floor) is None else f"{cpu(floor):.0f} us lambda-floor", "", "", ""))
         return
     mine, base = cpu(chat), cpu(floor)
     calls = get("invoke-dynamo@chat")
@@ -105,7 +106,8 @@ def invoke_rows(get, rows):
         f"CPU per invocation, {title} (user + system, all threads, /proc/PID/stat)",
         ("-" if mine is None else f"{mine:.0f} us (schedstat {chat['schedstat_us_per_invocation']:.0f} us; "
          f"{chat['ok']} invocations{per_call})") + errors(chat),
-        "-" if base is None else f"{base:.0f} us lambda-floor (schedstat {floor['schedstat_us_per_invocation']:.0f} us)",
+        "lambda-floor failed" if base is None else
+        f"{base:.0f} us lambda-floor (schedstat {floor['schedstat_us_per_invocation']:.0f} us)",
         "-" if mine is None or base is None else f"{mine - base:+.0f} us",
         "", ""))
     for name in ("p50", "p99"):
