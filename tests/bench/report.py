@@ -6,7 +6,9 @@
 
 Each measurement is one JSON file in RESULTS_DIR, named CASE@TARGET.json: the output of `oha
 --output-format json` or of `bench-driver`. Other files: meta.json (machine, settings), rss.json,
-coldstart@BIN.json, zip@BIN.json; keepalive@TARGET.json holds first_us, total_us and gap_us.
+coldstart@BIN.json, zip@BIN.json; keepalive@TARGET.json holds first_us, total_us and gap_us;
+invoke@FUNCTION.json (bench-driver invoke) with invoke-dynamo@FUNCTION.json; quota-meta.json,
+quota-LABEL@TARGET.json and cpu-quota-LABEL@gateway.json (the CPU quota rows).
 """
 
 import json
@@ -78,6 +80,99 @@ def verdict(value, limit):
     if value is None:
         return "MISS (no data)"
     return "PASS" if value <= limit else "MISS"
+
+
+def invoke_rows(get, rows):
+    """Rows of `bench-driver invoke`: chat through the Lambda adapter beside lambda-floor."""
+    chat, floor = get("invoke@chat"), get("invoke@lambda-floor")
+    if chat is None and floor is None and get("invoke-dynamo@chat") is None:
+        return  # not run (tests/bench/run writes invoke-dynamo@chat.json whatever happens)
+    title = "chat through the Lambda adapter, plain, uncached, 0 ms mock"
+
+    def cpu(r):
+        return None if not r or not r.get("ok") else r["cpu_us_per_invocation"]
+
+    def errors(r):
+        return f" ({r['errors']} errors of {r['ok'] + r['errors']}: {r['error_sample']})" if r and r["errors"] else ""
+
+    if chat is None:
+        rows.append((f"CPU per invocation, {title}", "failed (no result: see the run's log)",
+                     "-" if cpu(floor) is None else f"{cpu(floor):.0f} us lambda-floor", "", "", ""))
+        return
+    mine, base = cpu(chat), cpu(floor)
+    calls = get("invoke-dynamo@chat")
+    per_call = "" if not calls else f"; {calls['dynamodb_calls'] / calls['invocations']:.1f} DynamoDB calls (moto)"
+    rows.append((
+        f"CPU per invocation, {title} (user + system, all threads, /proc/PID/stat)",
+        ("-" if mine is None else f"{mine:.0f} us (schedstat {chat['schedstat_us_per_invocation']:.0f} us; "
+         f"{chat['ok']} invocations{per_call})") + errors(chat),
+        "lambda-floor failed" if base is None else
+        f"{base:.0f} us lambda-floor (schedstat {floor['schedstat_us_per_invocation']:.0f} us)",
+        "-" if mine is None or base is None else f"{mine - base:+.0f} us",
+        "", ""))
+    for name in ("p50", "p99"):
+        value = (chat.get("wall_us") or {}).get(name)
+        base_value = ((floor or {}).get("wall_us") or {}).get(name)
+        rows.append((
+            f"wall time per invocation, {title} {name} (event handed to last response byte)",
+            ms(value) + errors(chat),
+            f"{ms(base_value)} lambda-floor",
+            added(None if value is None or base_value is None else value - base_value),
+            "", ""))
+    split = get("invoke@chat-nolimits")
+    split_calls = get("invoke-dynamo@chat-nolimits")
+    if split and cpu(split) is not None and mine is not None:
+        n = "" if not split_calls else f"; {split_calls['dynamodb_calls'] / split_calls['invocations']:.1f} DynamoDB calls"
+        delta_calls = (calls["dynamodb_calls"] / calls["invocations"] - split_calls["dynamodb_calls"]
+                       / split_calls["invocations"]) if calls and split_calls else None
+        rows.append((
+            "CPU per invocation, same, key without limits (no admission UpdateItem)",
+            f"{cpu(split):.0f} us (wall p50 {ms(split['wall_us']['p50'])}{n})" + errors(split),
+            f"{mine:.0f} us with limits (wall p50 {ms(chat['wall_us']['p50'])})",
+            f"{cpu(split) - mine:+.0f} us" + ("" if not delta_calls else
+                                             f" for {delta_calls:.1f} call less"),
+            "", ""))
+    stalled = get("invoke@chat-delayedack")
+    if stalled and stalled.get("wall_us"):
+        rows.append((
+            "wall time per invocation, same, p50, stand-in with the kernel's delayed ACKs "
+            "(the runtime's streamed answer without TCP_NODELAY)",
+            ms(stalled["wall_us"]["p50"]) + errors(stalled),
+            f"{ms(chat['wall_us']['p50'])} stand-in ACKing at once",
+            added(stalled["wall_us"]["p50"] - chat["wall_us"]["p50"]),
+            "", ""))
+
+
+def quota_rows(get, rows):
+    """One request at a time through gateway-local at 256 MB's CPU share, beside unrestricted."""
+    meta = get("quota-meta")
+    if meta is None:
+        return
+    mb = meta["mb"]
+    if meta.get("skipped"):
+        rows.append((f"one request at a time at {mb} MB's CPU share", "skipped: " + meta["skipped"],
+                     "", "", "", ""))
+        return
+    share = f"{mb} MB's CPU share ({meta['quota_us'] / meta['period_us']:.3f} vCPU, cgroup quota)"
+    for label, what in (("full", "unrestricted CPU"), (str(mb), share)):
+        direct, gateway = get(f"quota-{label}@direct"), get(f"quota-{label}@gateway")
+        if not direct or not gateway:
+            continue
+        for name in ("p50", "p99"):
+            value, base = gateway["total_us"][name], direct["total_us"][name]
+            errs = gateway["errors"] + direct["errors"]
+            rows.append((f"one request at a time, plain, {what}, {name}",
+                         ms(value) + (f" ({errs} errors)" if errs else ""),
+                         f"{ms(base)} direct to mock",
+                         added(None if value is None or base is None else value - base), "", ""))
+    for label, what in (("full", "unrestricted CPU"), (str(mb), share)):
+        cpu, gateway = get(f"cpu-quota-{label}@gateway"), get(f"quota-{label}@gateway")
+        if not cpu or not gateway or not gateway["ok"]:
+            continue
+        answered = gateway["ok"] + gateway.get("warmup", 0)
+        note = f", {meta['throttled_periods']} throttled periods" if label != "full" else ""
+        rows.append((f"CPU per request, one at a time, plain, {what} (user + system, all threads)",
+                     f"{cpu['cpu_ns'] / 1000 / answered:.0f} us ({answered} requests{note})", "", "", "", ""))
 
 
 def main(results):
@@ -189,6 +284,8 @@ def main(results):
         rows.append((f"Lambda init, start to first poll: {name} (median)", ms(value) + note,
                      f"{ms(floor_us)} minimal poller", added(None if floor_us is None else value - floor_us),
                      "<= 25 ms", verdict(value / 1000, 25)))
+    invoke_rows(get, rows)
+    quota_rows(get, rows)
     for name in meta.get("lambdas", []):
         z = get(f"zip@{name}")
         if not z:
@@ -233,7 +330,9 @@ def main(results):
         "requests and cache hits, bench-driver (tests/bench/driver, open loop) for time to first token "
         "and unique-prompt misses, and its closed loop of streams one after another on each keep-alive "
         "connection; closed loop for throughput. Lambda init uses the native x86_64 "
-        "release builds; zips are arm64.",
+        "release builds; zips are arm64. Lambda invocations: bench-driver invoke, a Runtime API "
+        "stand-in handing one API Gateway REST event at a time, DynamoDB at moto. CPU quota rows: "
+        "one request at a time, the gateway in a cgroup v1 cpu quota.",
     ]
     out = ["\n".join(head), "",
            "| measure | subject | baseline (same run) | added | goal | |",

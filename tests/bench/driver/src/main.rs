@@ -10,6 +10,13 @@
 //! - `coldstart`: starts a Lambda binary against a Runtime API stand-in that records the moment
 //!   of the first `GET /2018-06-01/runtime/invocation/next` and never answers; repeated `--runs`
 //!   times.
+//! - `invoke`: runs a Lambda binary against a Runtime API stand-in that hands it the same event
+//!   `--warmup` + `--runs` times, one invocation at a time: the event on `/next`, then the whole
+//!   `/response` body (buffered, or a streamed prelude and body), then the function's next poll
+//!   before the next event. Times each measured invocation (event handed to the last byte of its
+//!   response) and reads the process's CPU time (utime + stime of /proc/PID/stat, all threads;
+//!   and the tasks' schedstat, in ns) between its poll after the warm-up and its poll after the
+//!   last measured invocation, so work done after a response (settlement) is counted.
 //!
 //! Every result is one JSON line on stdout. Every loop is bounded in count and in time.
 
@@ -29,6 +36,8 @@ use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 
+mod invoke;
+
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 fn usage() -> ! {
@@ -37,7 +46,9 @@ fn usage() -> ! {
          --rate RPS --duration SECS [--warmup SECS] [--timeout SECS] [--label TEXT]\n  \
          bench-driver keepalive --url URL --body-file FILE [--key KEY] [--header 'NAME: VALUE']... \
          [--connections N] --duration SECS [--warmup SECS] [--timeout SECS] [--label TEXT]\n  \
-         bench-driver coldstart --bin PATH [--runs N] [--fresh-dir-env VAR] [--timeout SECS] [--label TEXT]"
+         bench-driver coldstart --bin PATH [--runs N] [--fresh-dir-env VAR] [--timeout SECS] [--label TEXT]\n  \
+         bench-driver invoke --bin PATH --event-file FILE [--runs N] [--warmup N] [--expect-status CODE] \
+         [--delayed-ack] [--log FILE] [--timeout SECS] [--label TEXT]"
     );
     std::process::exit(2)
 }
@@ -95,6 +106,7 @@ fn main() {
         "load" => runtime.block_on(load(&args)),
         "keepalive" => runtime.block_on(keepalive(&args)),
         "coldstart" => runtime.block_on(coldstart(&args)),
+        "invoke" => runtime.block_on(invoke::invoke(&args)),
         _ => usage(),
     };
     match result {
