@@ -36,12 +36,6 @@ use gateway::vectors::VectorStore;
 use gateway::vectors::embedded::EmbeddedVectors;
 use gateway::vectors::s3::S3VectorStore;
 
-/// mimalloc instead of glibc's malloc: a request and each streamed chunk allocate and free many
-/// small buffers (about 220 allocations for a plain request), and mimalloc's paths for them are
-/// several times shorter: 15 % fewer instructions per plain request (tests/bench/PROFILE.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "gateway-local",
