@@ -35,4 +35,8 @@ lambda_env_export() { # CONFIG
         GATEWAY_KEYS_TABLE=bench-keys GATEWAY_LIMITS_TABLE=bench-limits \
         GATEWAY_CACHE_TABLE=bench-cache GATEWAY_CONFIG="$1" \
         RUST_LOG=info
+    # The batch and collections backends: `ingest` and `batch` exit before their first poll
+    # without them, and the template gives them to `chat` too (admin and authorizer read none).
+    export GATEWAY_BATCH_TABLE=bench-batch GATEWAY_BATCH_QUEUE_URL=http://127.0.0.1:9/000000000000/bench-batch \
+        GATEWAY_BUCKET=bench-bucket GATEWAY_COLLECTIONS_TABLE=bench-collections
 }
