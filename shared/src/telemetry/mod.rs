@@ -476,6 +476,12 @@ const BY_MODEL: [&str; 6] = [
     "CostUsd",
 ];
 
+/// Milliseconds to the microsecond: a clock reading's last digits are noise, and each one is a
+/// byte of every request's log line.
+fn to_microseconds(milliseconds: f64) -> serde_json::Value {
+    ((milliseconds * 1000.0).round() / 1000.0).into()
+}
+
 impl Emf {
     fn line(
         &self,
@@ -510,7 +516,7 @@ impl Emf {
         let trace = &facts.trace;
         let mut fields = serde_json::Map::new();
         let mut metrics = vec![("Latency", "Milliseconds"), ("Requests", "Count")];
-        fields.insert("Latency".into(), facts.latency_ms.into());
+        fields.insert("Latency".into(), to_microseconds(facts.latency_ms));
         fields.insert("Requests".into(), 1.into());
         fields.insert("Status".into(), facts.status.into());
         let properties = [
@@ -527,11 +533,11 @@ impl Emf {
         }
         if let Some(ttft) = facts.time_to_first_token_ms {
             metrics.push(("TimeToFirstToken", "Milliseconds"));
-            fields.insert("TimeToFirstToken".into(), ttft.into());
+            fields.insert("TimeToFirstToken".into(), to_microseconds(ttft));
         }
         if let Some(overhead) = facts.overhead_ms {
             metrics.push(("GatewayOverhead", "Milliseconds"));
-            fields.insert("GatewayOverhead".into(), overhead.into());
+            fields.insert("GatewayOverhead".into(), to_microseconds(overhead));
         }
         let cache_metric = match facts.cache.as_deref() {
             Some("HIT") => Some("CacheHit"),
@@ -784,6 +790,27 @@ mod tests {
             line["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Name"],
             "OutputValidationRetriedValid"
         );
+    }
+
+    #[test]
+    fn request_line_times_are_written_to_the_microsecond() {
+        let emf = Emf {
+            namespace: "AiGateway".into(),
+            function: "gw-chat".into(),
+        };
+        let text = emf.request_line(&RequestFacts {
+            model: Some("gpt".into()),
+            status: 200,
+            latency_ms: 25.769054999999998,
+            time_to_first_token_ms: Some(3.0004999),
+            overhead_ms: Some(0.123456789),
+            ..RequestFacts::default()
+        });
+        let line: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(line["Latency"], 25.769);
+        assert_eq!(line["TimeToFirstToken"], 3.0);
+        assert_eq!(line["GatewayOverhead"], 0.123);
+        assert!(!text.contains("25.76905"), "{text}");
     }
 
     #[test]
