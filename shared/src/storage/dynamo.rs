@@ -109,9 +109,15 @@ pub fn client(sdk_config: &aws_config::SdkConfig) -> Client {
         .operation_attempt_timeout(attempt)
         .operation_timeout(operation)
         .build();
+    // Stalled-stream protection wraps every request and response body in a throughput check;
+    // the two timeouts already bound each call, and these bodies are a few hundred bytes
+    // (tests/bench/PROFILE.md: about 8 % of a call's instructions).
     Client::from_conf(
         aws_sdk_dynamodb::config::Builder::from(sdk_config)
             .timeout_config(timeouts)
+            .stalled_stream_protection(
+                aws_sdk_dynamodb::config::StalledStreamProtectionConfig::disabled(),
+            )
             .build(),
     )
 }
