@@ -152,6 +152,7 @@ struct CompiledRule {
     regex: Option<Regex>,
 }
 
+/// The patterns of `rule` that compile on their own (each is logged when one does not).
 fn compile(rule: &PatternRule) -> Vec<&'static str> {
     rule.patterns
         .iter()
@@ -166,28 +167,35 @@ fn compile(rule: &PatternRule) -> Vec<&'static str> {
         .collect()
 }
 
-static COMPILED: LazyLock<Vec<CompiledRule>> = LazyLock::new(|| {
-    PATTERN_RULES
+fn alternation(patterns: &[&str]) -> Result<Regex, regex::Error> {
+    let alternation = patterns
         .iter()
-        .map(|rule| {
-            let alternation = compile(rule)
-                .iter()
-                .map(|pattern| format!("(?:{pattern})"))
-                .collect::<Vec<_>>()
-                .join("|");
-            CompiledRule {
-                name: rule.name,
-                per_line: rule.per_line,
-                regex: regex::RegexBuilder::new(&alternation)
-                    .size_limit(64 * 1024 * 1024)
-                    .dfa_size_limit(16 * 1024 * 1024)
-                    .build()
-                    .map_err(|error| tracing::error!(rule = rule.name, %error, "injection rule left out"))
-                    .ok(),
-            }
-        })
-        .collect()
-});
+        .map(|pattern| format!("(?:{pattern})"))
+        .collect::<Vec<_>>()
+        .join("|");
+    regex::RegexBuilder::new(&alternation)
+        .size_limit(64 * 1024 * 1024)
+        .dfa_size_limit(16 * 1024 * 1024)
+        .build()
+}
+
+// Built at the first scan (a new Lambda instance's first chat request). The whole alternation is
+// compiled first, and each pattern on its own only when that fails, to leave the bad one out:
+// checking every pattern first doubled the first request's compile work (the patterns are
+// constants, and a unit test compiles each).
+static COMPILED: LazyLock<Vec<CompiledRule>> =
+    LazyLock::new(|| PATTERN_RULES.iter().map(compile_rule).collect());
+
+fn compile_rule(rule: &PatternRule) -> CompiledRule {
+    CompiledRule {
+        name: rule.name,
+        per_line: rule.per_line,
+        regex: alternation(rule.patterns)
+            .or_else(|_| alternation(&compile(rule)))
+            .map_err(|error| tracing::error!(rule = rule.name, %error, "injection rule left out"))
+            .ok(),
+    }
+}
 
 static MARKDOWN_LINK: LazyLock<Option<Regex>> = LazyLock::new(|| {
     Regex::new(
@@ -699,6 +707,20 @@ mod tests {
         for rule in PATTERN_RULES {
             assert!(RULES.contains(&rule.name));
         }
+    }
+
+    #[test]
+    fn a_pattern_that_does_not_compile_leaves_the_rest_of_its_rule_working() {
+        let rule = PatternRule {
+            name: INSTRUCTION_OVERRIDE,
+            per_line: false,
+            patterns: &["ignore (all", "ignore previous instructions"],
+        };
+        let regex = compile_rule(&rule)
+            .regex
+            .expect("the valid pattern is kept");
+        assert!(regex.is_match("please ignore previous instructions now"));
+        assert!(!regex.is_match("ignore (all"));
     }
 
     #[test]
