@@ -1,6 +1,7 @@
 # Sourced by tests/bench/run --peers: LiteLLM proxy and Portkey's gateway, installed under .bench/,
 # listening on loopback, routed to the same mock provider, measured like the gateway.
-# Uses run's helpers and variables (log, wait_for_line, fixed_rate, driven, oha_closed, groups...).
+# Uses run's helpers and variables (log, wait_for_line, free_port, fixed_rate, driven, oha_closed,
+# groups...).
 
 peer_rss() { # PGID OUT: peak RSS summed over the peer's process group
     local pgid=$1 out=$2 total=0 pid
@@ -17,10 +18,6 @@ idle_rss() { # PGID
         total=$((total + $(kb VmRSS "$pid")))
     done
     echo "$total"
-}
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
 # Fails unless every listening socket of the process group is on loopback.
