@@ -6,7 +6,7 @@
 
 Each measurement is one JSON file in RESULTS_DIR, named CASE@TARGET.json: the output of `oha
 --output-format json` or of `bench-driver`. Other files: meta.json (machine, settings), rss.json,
-coldstart@BIN.json, zip@BIN.json; keepalive@TARGET.json (TARGET direct, floor, gateway) holds
+coldstart@BIN.json, zip@BIN.json; keepalive@TARGET.json (TARGET direct, tcp, floor, gateway) holds
 first_us, total_us and gap_us;
 invoke@FUNCTION.json (bench-driver invoke) with invoke-dynamo@FUNCTION.json; quota-meta.json,
 quota-LABEL@TARGET.json and cpu-quota-LABEL@gateway.json (the CPU quota rows).
@@ -236,10 +236,12 @@ def main(results):
                      target, "direct", "direct to mock",
                      goals=goals if who == "gateway" else None, series=series)
         if who == "gateway":
-            # The floor: a hyper reverse proxy that does nothing else, and the gateway over it.
-            for series, what in (("first_us", "time to first token"), ("total_us", "whole stream")):
-                lat_rows("keepalive", f"[proxy-floor] {what}, streams on {conns} keep-alive connections,",
-                         "floor", "direct", "direct to mock", series=series)
+            # The floors: bytes relayed without reading HTTP, a hyper reverse proxy that does
+            # nothing else, and the gateway over the latter.
+            for floor, label in (("tcp", "[tcp relay]"), ("floor", "[proxy-floor]")):
+                for series, what in (("first_us", "time to first token"), ("total_us", "whole stream")):
+                    lat_rows("keepalive", f"{label} {what}, streams on {conns} keep-alive connections,",
+                             floor, "direct", "direct to mock", series=series)
             lat_rows("keepalive", f"whole stream over the proxy floor, streams on {conns} keep-alive connections,",
                      "gateway", "floor", "through proxy-floor", series="total_us")
         for case, title in ((f"plain{top}", f"CPU per request, cache miss, plain, {top} rps"),

@@ -4,9 +4,12 @@
 //! upstream's answer streams back frame by frame. Nothing is parsed, checked or recorded, so
 //! what it adds to a request is what the hops themselves cost (two more sockets, hyper's
 //! per-chunk hand-over between its client connection task and the server's, the threads'
-//! wake-ups): the baseline beside the gateway's keep-alive stream rows.
+//! wake-ups): the baseline beside the gateway's keep-alive stream rows. With `--tcp` it relays
+//! bytes without reading HTTP at all (a connection to the upstream per client connection): the
+//! cost of the hop alone.
 //!
-//! Usage: proxy-floor --upstream http://127.0.0.1:PORT --listen 127.0.0.1:0 (prints its URL).
+//! Usage: proxy-floor --upstream http://127.0.0.1:PORT --listen 127.0.0.1:0 [--tcp]
+//! (prints its URL).
 
 use std::convert::Infallible;
 
@@ -23,6 +26,19 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
 type Body = BoxBody<Bytes, hyper::Error>;
+
+fn flag(name: &str) -> bool {
+    std::env::args().skip(1).any(|arg| arg == name)
+}
+
+/// Relays one client connection's bytes to a connection of its own to the upstream, both ways.
+async fn relay_tcp(mut client: tokio::net::TcpStream, upstream: String) {
+    let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+        return;
+    };
+    let _ = server.set_nodelay(true);
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+}
 
 fn argument(name: &str) -> Option<String> {
     let mut args = std::env::args().skip(1);
@@ -85,6 +101,8 @@ async fn main() {
     if let Ok(address) = listener.local_addr() {
         println!("http://{address}");
     }
+    let tcp = flag("--tcp");
+    let upstream_address = upstream.authority().map(|a| a.to_string()).unwrap_or_default();
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     let client = Client::builder(TokioExecutor::new()).build(connector);
@@ -93,6 +111,10 @@ async fn main() {
             continue;
         };
         let _ = stream.set_nodelay(true);
+        if tcp {
+            tokio::spawn(relay_tcp(stream, upstream_address.clone()));
+            continue;
+        }
         let client = client.clone();
         let upstream = upstream.clone();
         tokio::spawn(async move {
